@@ -1,0 +1,149 @@
+"""Typed settings (pydantic-settings).
+
+Settings are passed in, never read at import time: call :func:`get_settings` (cached) or
+:func:`load_settings` (explicit file) from the composition root. Secrets are ``SecretStr`` so
+they never show up in reprs, logs or error messages.
+
+Precedence, highest first: init arguments, environment (``ITSM_SYNC_...``, nested with ``__``),
+``.env``, the config file (YAML, ``ITSM_SYNC_CONFIG_FILE`` or ``--config``), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "ITSM_SYNC_CONFIG_FILE"
+
+
+class ServiceNowSettings(BaseModel):
+    """A ServiceNow instance. Defaults point at the local simulator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = "http://127.0.0.1:8701"
+    username: str = "admin"
+    password: SecretStr = SecretStr("admin")
+    webhook_secret: SecretStr = SecretStr("sim-servicenow-secret")
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class JiraSettings(BaseModel):
+    """A Jira Cloud site. Defaults point at the local simulator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = "http://127.0.0.1:8702"
+    email: str = "admin@example.com"
+    api_token: SecretStr = SecretStr("sim-token")
+    project: str = "OPS"
+    webhook_secret: SecretStr = SecretStr("sim-jira-secret")
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class StatuspageSettings(BaseModel):
+    """A Statuspage page. Defaults point at the local simulator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = "http://127.0.0.1:8703/v1"
+    api_key: SecretStr = SecretStr("sim-key")
+    page_id: str = "simpage0001"
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ITSM_SYNC_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+    )
+
+    servicenow: ServiceNowSettings = Field(default_factory=ServiceNowSettings)
+    jira: JiraSettings = Field(default_factory=JiraSettings)
+    statuspage: StatuspageSettings = Field(default_factory=StatuspageSettings)
+    database_url: str = "sqlite:///./itsm-sync.db"
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+
+class ConfigFileError(ValueError):
+    """The config file is missing, unreadable or invalid; the message names file, line, field."""
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings, optionally from a YAML config file (environment still wins)."""
+    if config_file is None:
+        return Settings(**overrides)
+    path = Path(config_file)
+    if not path.is_file():
+        raise ConfigFileError(f"{path}: config file not found")
+    try:
+        document = yaml.compose(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"{path}: not valid YAML: {exc}") from exc
+    previous = os.environ.get(CONFIG_FILE_ENV)
+    os.environ[CONFIG_FILE_ENV] = str(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            location = [str(part) for part in error["loc"]]
+            line = _line_of(document, location)
+            where = f"{path}:{line}" if line else str(path)
+            problems.append(f"{where} {'.'.join(location)}: {error['msg']}")
+        raise ConfigFileError("\n".join(problems)) from exc
+    finally:
+        if previous is None:
+            os.environ.pop(CONFIG_FILE_ENV, None)
+        else:
+            os.environ[CONFIG_FILE_ENV] = previous
+
+
+def _line_of(node: yaml.Node | None, location: list[str]) -> int | None:
+    """1-based line of the YAML key at ``location`` (or of its closest existing parent)."""
+    line = None
+    for key in location:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key_node, value_node in node.value:
+            if key_node.value == key:
+                line, node = key_node.start_mark.line + 1, value_node
+                break
+        else:
+            break
+    return line
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built once on first use."""
+    return Settings()

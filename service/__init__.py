@@ -1,0 +1,1 @@
+"""Composition root: the itsm-sync CLI and HTTP service."""

@@ -1,0 +1,169 @@
+"""The ``itsm-sync`` command line (Typer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from config.settings import ConfigFileError, load_settings
+from simulators.runner import ClusterConfig, Credentials, SimulatorCluster
+
+app = typer.Typer(
+    name="itsm-sync",
+    help="Keep incidents in sync across ServiceNow, Jira and Statuspage.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+
+def main() -> None:
+    app()
+
+
+@app.command()
+def simulate(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    servicenow_port: Annotated[int, typer.Option(help="ServiceNow simulator port.")] = 8701,
+    jira_port: Annotated[int, typer.Option(help="Jira simulator port.")] = 8702,
+    statuspage_port: Annotated[int, typer.Option(help="Statuspage simulator port.")] = 8703,
+    tls: Annotated[
+        bool, typer.Option(help="Serve HTTPS with a certificate made at start.")
+    ] = False,
+    state_file: Annotated[
+        Path | None, typer.Option(help="Load state from this file and snapshot it back.")
+    ] = None,
+    seed: Annotated[bool, typer.Option(help="Load the default fixtures into empty state.")] = True,
+    servicenow_username: Annotated[str, typer.Option(envvar="SIM_SERVICENOW_USERNAME")] = "admin",
+    servicenow_password: Annotated[str, typer.Option(envvar="SIM_SERVICENOW_PASSWORD")] = "admin",
+    jira_email: Annotated[str, typer.Option(envvar="SIM_JIRA_EMAIL")] = "admin@example.com",
+    jira_api_token: Annotated[str, typer.Option(envvar="SIM_JIRA_API_TOKEN")] = "sim-token",
+    statuspage_api_key: Annotated[str, typer.Option(envvar="SIM_STATUSPAGE_API_KEY")] = "sim-key",
+    statuspage_page_id: Annotated[str, typer.Option(envvar="SIM_STATUSPAGE_PAGE_ID")] = (
+        "simpage0001"
+    ),
+) -> None:
+    """Run the ServiceNow, Jira and Statuspage simulators until Ctrl-C."""
+    credentials = Credentials(
+        servicenow_username=servicenow_username,
+        servicenow_password=servicenow_password,
+        jira_email=jira_email,
+        jira_api_token=jira_api_token,
+        statuspage_api_key=statuspage_api_key,
+        statuspage_page_id=statuspage_page_id,
+    )
+    config = ClusterConfig(
+        host=host,
+        servicenow_port=servicenow_port,
+        jira_port=jira_port,
+        statuspage_port=statuspage_port,
+        tls=tls,
+        state_file=state_file,
+        seed=seed,
+        credentials=credentials,
+    )
+    cluster = _start_cluster(config)
+    _print_cluster(cluster)
+    console.print("Press Ctrl-C to stop.")
+    try:
+        cluster.wait()
+    finally:
+        cluster.stop()
+
+
+@app.command()
+def demo(
+    hold: Annotated[
+        bool, typer.Option(help="Keep the simulators running until Ctrl-C after the script.")
+    ] = True,
+    base_port: Annotated[
+        int,
+        typer.Option(help="ServiceNow on this port, Jira +1, Statuspage +2; 0 picks free ports."),
+    ] = 8701,
+) -> None:
+    """Start the seeded simulators, play a short scripted P1 on them and show where to look.
+
+    The sync engine is not built yet (issue 5 makes this the full demo): for now the demo
+    shows the three systems a real deployment syncs, with seeded data and a P1 opened in
+    ServiceNow, and keeps them running so a client can be pointed at them.
+    """
+    from service.demo import run_demo
+
+    ports = (0, 0, 0) if base_port == 0 else (base_port, base_port + 1, base_port + 2)
+    config = ClusterConfig(servicenow_port=ports[0], jira_port=ports[1], statuspage_port=ports[2])
+    cluster = _start_cluster(config)
+    try:
+        run_demo(cluster, console)
+        _print_cluster(cluster)
+        if hold:
+            console.print("Simulators keep running; press Ctrl-C to stop.")
+            cluster.wait()
+    finally:
+        cluster.stop()
+
+
+@app.command("config")
+def show_config(
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="YAML config file (env still wins).")
+    ] = None,
+) -> None:
+    """Show the effective settings (secrets masked)."""
+    try:
+        settings = load_settings(config_file)
+    except ConfigFileError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except ValueError as exc:  # pydantic's ValidationError names the field and the problem
+        console.print(f"[red]error:[/red] invalid settings: {exc}")
+        raise typer.Exit(2) from exc
+    console.print_json(json.dumps(settings.model_dump(mode="json")))
+
+
+def _start_cluster(config: ClusterConfig) -> SimulatorCluster:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
+    cluster = SimulatorCluster(config)
+    try:
+        cluster.start()
+    except (OSError, ValueError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"Simulators started in {time.monotonic() - started:.2f} s")
+    return cluster
+
+
+def _print_cluster(cluster: SimulatorCluster) -> None:
+    c = cluster.config.credentials
+    table = Table(title="itsm-sync simulators")
+    table.add_column("system")
+    table.add_column("URL")
+    table.add_column("credentials")
+    table.add_row(
+        "ServiceNow",
+        cluster.urls["servicenow"],
+        f"Basic {c.servicenow_username} / {c.servicenow_password}",
+    )
+    table.add_row(
+        "Jira", cluster.urls["jira"], f"Basic {c.jira_email} / API token {c.jira_api_token}"
+    )
+    table.add_row(
+        "Statuspage",
+        cluster.urls["statuspage"] + "/v1",
+        f"Authorization: OAuth {c.statuspage_api_key}; page id {c.statuspage_page_id}",
+    )
+    console.print(table)
+    if cluster.cert is not None:
+        console.print(f"TLS certificate (trust it in clients): {cluster.cert.cert}")
+    console.print("Point itsm-sync at them with:")
+    console.print(f"  export ITSM_SYNC_SERVICENOW__URL={cluster.urls['servicenow']}")
+    console.print(f"  export ITSM_SYNC_JIRA__URL={cluster.urls['jira']}")
+    console.print(f"  export ITSM_SYNC_STATUSPAGE__URL={cluster.urls['statuspage']}/v1")
+    console.print("Test controls live under /_sim/ on each (see docs/simulators.md).")

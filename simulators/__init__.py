@@ -1,0 +1,1 @@
+"""Faithful simulators of the ServiceNow, Jira and Statuspage APIs (see docs/simulators.md)."""

@@ -1,0 +1,1 @@
+"""The sync engine (see DESIGN.md §2)."""

@@ -1,0 +1,193 @@
+"""The shared simulator machinery: faults, stats, request log, webhooks, snapshots, TLS."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.responses import JSONResponse, Response
+
+from simulators.base import SimHTTPError, SimRequest, Simulator
+from simulators.runner import ClusterConfig, SimulatorCluster
+from tests.conftest import WebhookReceiver
+
+
+class Toy(Simulator):
+    """A minimal simulator: a counter behind one route, with its own error shape."""
+
+    name = "toy"
+
+    def register_routes(self) -> None:
+        @self.route("/things/{thing_id}", methods=["GET", "PUT"])
+        def thing(req: SimRequest) -> Response:
+            if req.method == "PUT":
+                self.things[req.path_params["thing_id"]] = req.json()
+                self.emit("thing_updated", {"id": req.path_params["thing_id"]})
+            if req.path_params["thing_id"] not in self.things:
+                raise SimHTTPError(404, "no such thing")
+            return JSONResponse(self.things[req.path_params["thing_id"]])
+
+    def reset(self) -> None:
+        self.things: dict[str, Any] = {}
+
+    def dump_state(self) -> dict[str, Any]:
+        return {"things": self.things}
+
+    def load_state(self, state: Any) -> None:
+        self.things = dict(state["things"])
+
+    def error_response(
+        self, status: int, message: str, detail: Any = None, **extra: Any
+    ) -> Response:
+        return JSONResponse({"toy_error": message}, status_code=status)
+
+    def rate_limit_response(self, retry_after: int) -> Response:
+        return JSONResponse(
+            {"toy_error": "slow down"}, status_code=429, headers={"Retry-After": str(retry_after)}
+        )
+
+    def sign_webhook(self, target: Any, body: bytes) -> dict[str, str]:
+        return {"X-Toy-Secret": target.secret} if target.secret else {}
+
+
+@pytest.fixture
+def toy() -> Iterator[tuple[Toy, str]]:
+    sim = Toy(seed=7)
+    with SimulatorCluster(ClusterConfig(seed=False), simulators={"toy": sim}) as c:
+        yield sim, c.urls["toy"]
+
+
+def test_route_templates_are_counted_and_logged(toy: tuple[Toy, str]) -> None:
+    _, url = toy
+    httpx.put(f"{url}/things/a", json={"n": 1})
+    httpx.put(f"{url}/things/b", json={"n": 2})
+    assert httpx.get(f"{url}/things/a").json() == {"n": 1}
+    stats = httpx.get(f"{url}/_sim/stats").json()
+    assert stats == {"PUT /things/{thing_id}": 2, "GET /things/{thing_id}": 1}
+    log = httpx.get(f"{url}/_sim/requests").json()["requests"]
+    assert [e["path"] for e in log] == ["/things/a", "/things/b", "/things/a"]
+    assert log[2]["response_body"] == '{"n":1}'
+
+
+def test_errors_use_the_simulators_own_shape_never_a_traceback(toy: tuple[Toy, str]) -> None:
+    _, url = toy
+    missing = httpx.get(f"{url}/things/zzz")
+    assert missing.status_code == 404 and missing.json() == {"toy_error": "no such thing"}
+    unknown_route = httpx.get(f"{url}/nope")
+    assert unknown_route.status_code == 404 and "toy_error" in unknown_route.json()
+    bad_json = httpx.put(f"{url}/things/a", content=b"{not json")
+    assert bad_json.status_code == 400
+    assert bad_json.json() == {"toy_error": "Malformed JSON in request body"}
+    assert "Traceback" not in bad_json.text
+
+
+def test_error_burst_is_limited_by_count_and_reproducible(toy: tuple[Toy, str]) -> None:
+    _, url = toy
+    httpx.put(f"{url}/things/a", json={"n": 1})
+    rule = {"route": "GET /things/{thing_id}", "error_rate": 1.0, "error_status": 503, "count": 3}
+    assert httpx.post(f"{url}/_sim/faults", json={"rules": [rule]}).status_code == 200
+    statuses = [httpx.get(f"{url}/things/a").status_code for _ in range(5)]
+    assert statuses == [503, 503, 503, 200, 200]
+    # PUT is not matched by the rule.
+    assert httpx.put(f"{url}/things/a", json={"n": 2}).status_code == 200
+
+    def run(seed: int) -> list[int]:
+        httpx.post(f"{url}/_sim/faults", json={"seed": seed, "rules": [{"error_rate": 0.5}]})
+        return [httpx.get(f"{url}/things/a").status_code for _ in range(20)]
+
+    first, second = run(11), run(11)
+    assert first == second and 500 in first and 200 in first
+
+
+def test_rate_limit_fault_answers_with_retry_after(toy: tuple[Toy, str]) -> None:
+    _, url = toy
+    httpx.put(f"{url}/things/a", json={"n": 1})
+    httpx.post(f"{url}/_sim/faults", json={"rate_limit_rate": 1.0, "retry_after": 4, "count": 1})
+    limited = httpx.get(f"{url}/things/a")
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "4"
+    assert httpx.get(f"{url}/things/a").status_code == 200
+
+
+def test_latency_is_applied(toy: tuple[Toy, str]) -> None:
+    _, url = toy
+    httpx.put(f"{url}/things/a", json={"n": 1})
+    httpx.post(f"{url}/_sim/faults", json={"latency_ms": 300})
+    start = time.monotonic()
+    httpx.get(f"{url}/things/a")
+    assert time.monotonic() - start >= 0.29
+
+
+def test_reset_and_down_abort_the_connection(toy: tuple[Toy, str]) -> None:
+    _, url = toy
+    httpx.post(f"{url}/_sim/faults", json={"reset_rate": 1.0, "count": 1})
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/things/a")
+    httpx.post(f"{url}/_sim/faults", json={"down": True})
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/things/a")
+    httpx.delete(f"{url}/_sim/faults")
+    assert httpx.get(f"{url}/things/a").status_code == 404
+
+
+def test_timeout_after_the_write_applies_it_but_never_answers(toy: tuple[Toy, str]) -> None:
+    sim, url = toy
+    httpx.post(
+        f"{url}/_sim/faults",
+        json={"route": "PUT *", "timeout_rate": 1.0, "timeout_seconds": 2, "count": 1},
+    )
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.put(f"{url}/things/late", json={"n": 9}, timeout=0.5)
+    assert sim.things["late"] == {"n": 9}  # the remote stored it
+
+
+def test_bad_fault_config_is_rejected_with_a_reason(toy: tuple[Toy, str]) -> None:
+    _, url = toy
+    resp = httpx.post(f"{url}/_sim/faults", json={"rules": [{"eror_rate": 1}]})
+    assert resp.status_code == 400 and "eror_rate" in resp.json()["error"]
+
+
+def test_webhooks_are_signed_retried_and_can_be_duplicated(
+    toy: tuple[Toy, str], webhook_receiver: WebhookReceiver
+) -> None:
+    _, url = toy
+    webhook_receiver.statuses = [500]  # the first delivery fails and is retried
+    target = {"url": webhook_receiver.url, "secret": "s3", "duplicate": True}
+    listed = httpx.post(f"{url}/_sim/webhooks", json=target).json()
+    assert listed["targets"][0]["secret"] == "***"  # never echoed
+    httpx.put(f"{url}/things/a", json={"n": 1})
+    received = webhook_receiver.wait_for(3)
+    assert all(r.headers["X-Toy-Secret"] == "s3" for r in received)
+    assert all(r.json() == {"id": "a"} for r in received)
+
+
+def test_snapshot_survives_a_restart(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    sim = Toy()
+    with SimulatorCluster(
+        ClusterConfig(seed=False, state_file=state), simulators={"toy": sim}
+    ) as c:
+        httpx.put(f"{c.urls['toy']}/things/kept", json={"n": 5})
+    assert json.loads(state.read_text())["toy"]["things"] == {"kept": {"n": 5}}
+    again = Toy()
+    with SimulatorCluster(
+        ClusterConfig(seed=False, state_file=state), simulators={"toy": again}
+    ) as c:
+        assert httpx.get(f"{c.urls['toy']}/things/kept").json() == {"n": 5}
+
+
+def test_tls_serves_https_with_the_generated_certificate() -> None:
+    sim = Toy()
+    with SimulatorCluster(ClusterConfig(seed=False, tls=True), simulators={"toy": sim}) as c:
+        assert c.urls["toy"].startswith("https://")
+        assert c.cert is not None
+        trusted = ssl.create_default_context(cafile=str(c.cert.cert))
+        httpx.put(f"{c.urls['toy']}/things/a", json={"n": 1}, verify=trusted)
+        assert httpx.get(f"{c.urls['toy']}/things/a", verify=trusted).json() == {"n": 1}
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{c.urls['toy']}/things/a")  # not trusted by default
