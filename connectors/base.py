@@ -1,0 +1,118 @@
+"""The one protocol every connector implements, and the values that cross it.
+
+Connectors speak each system's own fields (``short_description``, ``fields.priority.name``,
+``impact``); they know nothing of the canonical incident, which is mapping's job. Values that
+cross the boundary are frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+
+class Visibility(StrEnum):
+    PUBLIC = "public"  # ServiceNow comments, Jira unrestricted comments, Statuspage updates
+    INTERNAL = "internal"  # ServiceNow work_notes, Jira restricted comments; never public
+
+
+class Capability(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    COMMENTS = "comments"
+    INTERNAL_COMMENTS = "internal_comments"
+    TRANSITIONS = "transitions"
+    PEOPLE = "people"
+    WEBHOOKS = "webhooks"
+    CHANGE_REQUESTS = "change_requests"
+
+
+@dataclass(frozen=True)
+class RemoteRef:
+    """Where a record lives: system, configured instance name, object type, id and human key."""
+
+    system: str
+    instance: str
+    object_type: str
+    id: str
+    key: str = ""  # INC0010001, OPS-12, ... ("" where the system has none)
+
+    def __str__(self) -> str:
+        return f"{self.system}:{self.instance}/{self.object_type}/{self.key or self.id}"
+
+
+@dataclass(frozen=True)
+class RemoteRecord:
+    """A record as the system holds it. ``version`` orders versions of one record."""
+
+    ref: RemoteRef
+    version: tuple[int, ...] | str
+    updated_at: dt.datetime
+    fields: Mapping[str, Any]
+    url: str = ""  # where a person can look at it
+
+
+@dataclass(frozen=True)
+class RemoteComment:
+    id: str
+    body: str
+    visibility: Visibility
+    author: str  # email where known, else the system's user id
+    created_at: dt.datetime
+    origin: str = ""  # set when itsm-sync wrote it: the system the comment came from
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a webhook or a poll told us about one record."""
+
+    ref: RemoteRef
+    version: tuple[int, ...] | str
+    fields: Mapping[str, Any]
+    source: str  # "webhook" | "poll"
+    delivery_id: str = ""
+    observed_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass(frozen=True)
+class Changes:
+    """One poll's result: records changed since the watermark and the next watermark."""
+
+    records: Sequence[RemoteRecord]
+    watermark: dt.datetime | None
+
+
+@runtime_checkable
+class Connector(Protocol):
+    system: str
+    instance: str
+    capabilities: frozenset[Capability]
+
+    def object_types(self) -> Sequence[str]: ...
+
+    def changes_since(
+        self, object_type: str, watermark: dt.datetime | None, *, page_size: int = 100
+    ) -> Iterator[RemoteRecord]: ...
+
+    def get(self, object_type: str, id_or_key: str) -> RemoteRecord: ...
+
+    def find_by_correlation(
+        self, object_type: str, correlation_key: str
+    ) -> RemoteRecord | None: ...
+
+    def create(
+        self, object_type: str, fields: Mapping[str, Any], *, correlation_key: str
+    ) -> RemoteRecord: ...
+
+    def update(self, ref: RemoteRef, fields: Mapping[str, Any]) -> RemoteRecord: ...
+
+    def comments(self, ref: RemoteRef) -> list[RemoteComment]: ...
+
+    def add_comment(
+        self, ref: RemoteRef, body: str, *, visibility: Visibility, origin: str = ""
+    ) -> RemoteComment: ...
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> list[Observation]: ...

@@ -1,0 +1,240 @@
+"""Retry and rate policy shared by the connectors: exactly one retry layer per call.
+
+- :class:`TokenBucket` is the proactive budget per (system, credential): requests wait for a
+  token before they are sent, so Statuspage stays at 1 request/s without ever seeing a 420.
+  A ``Retry-After`` from the remote pauses the whole bucket until it expires, so no request on
+  that credential is re-sent early, from this call or any other.
+- :class:`KeyedBuckets` keeps one bucket per key (Jira's per-issue write limit: 20 writes / 2 s).
+- :func:`call_with_retries` runs one remote call with tenacity: it retries only
+  :class:`~connectors.errors.Retriable` errors, waits at least what ``Retry-After`` asked, and
+  gives up (re-raising the last error) after ``max_attempts`` or when the remote asks for a wait
+  longer than ``max_wait``, so a worker is never parked in a sleep for an hour.
+- :class:`CallCounter` counts every call by system, method and status, for metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from connectors.errors import ConnectorError, RateLimited, Retriable
+
+log = logging.getLogger("itsm_sync.connectors")
+
+T = TypeVar("T")
+
+
+class TokenBucket:
+    """A thread-safe token bucket: ``rate`` tokens per second, at most ``capacity`` saved."""
+
+    def __init__(
+        self,
+        rate: float,
+        capacity: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0 or capacity < 1:
+            raise ValueError("a token bucket needs rate > 0 and capacity >= 1")
+        self.rate = rate
+        self.capacity = capacity
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = capacity
+        self._updated = clock()
+        self._paused_until = 0.0
+        self._lock = threading.Lock()
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+
+    def acquire(self, cost: float = 1.0) -> float:
+        """Block until ``cost`` tokens are available; returns how long it waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                self._refill(now)
+                pause = self._paused_until - now
+                if pause <= 0 and self._tokens >= cost:
+                    self._tokens -= cost
+                    return waited
+                delay = max(pause, (cost - self._tokens) / self.rate)
+            self._sleep(delay)
+            waited += delay
+
+    def pause_for(self, seconds: float) -> None:
+        """Hold every request on this bucket for ``seconds`` (a remote's ``Retry-After``)."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, self._clock() + seconds)
+            self._tokens = 0.0
+
+
+class KeyedBuckets:
+    """One :class:`TokenBucket` per key, created on first use."""
+
+    def __init__(self, rate: float, capacity: float) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self._buckets: dict[str, TokenBucket] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> TokenBucket:
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = TokenBucket(self.rate, self.capacity)
+            return bucket
+
+
+@dataclass(frozen=True)
+class RatePolicy:
+    """The proactive budget for one system. ``None`` rate: no proactive limit."""
+
+    requests_per_second: float | None = None
+    burst: float = 1.0
+    per_key_writes: float | None = None  # e.g. Jira: 10/s sustained, burst 20 per issue
+    per_key_burst: float = 20.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    initial_wait: float = 0.2
+    max_backoff: float = 10.0
+    max_wait: float = 60.0  # a Retry-After longer than this is handed back to the caller
+
+
+_registry_lock = threading.Lock()
+_buckets: dict[tuple[str, str], TokenBucket] = {}
+
+
+def credential_fingerprint(secret: str) -> str:
+    """A stable, non-reversible id for a credential (never the credential itself)."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def bucket_for(system: str, fingerprint: str, policy: RatePolicy) -> TokenBucket | None:
+    """The shared bucket for (system, credential): every client using it shares the budget."""
+    if policy.requests_per_second is None:
+        return None
+    with _registry_lock:
+        key = (system, fingerprint)
+        bucket = _buckets.get(key)
+        if bucket is None:
+            bucket = _buckets[key] = TokenBucket(policy.requests_per_second, policy.burst)
+        return bucket
+
+
+class CallCounter:
+    """Counts remote calls by (system, method, status); status is an int or an error name."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, system: str, method: str, status: int | str) -> None:
+        with self._lock:
+            self._counts[(system, method.upper(), str(status))] += 1
+
+    def snapshot(self) -> dict[tuple[str, str, str], int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def total(self, system: str | None = None, method: str | None = None) -> int:
+        with self._lock:
+            return sum(
+                n
+                for (s, m, _), n in self._counts.items()
+                if (system is None or s == system) and (method is None or m == method.upper())
+            )
+
+
+CALLS = CallCounter()
+
+
+def call_with_retries(
+    fn: Callable[[], T],
+    *,
+    system: str,
+    what: str,
+    policy: RetryPolicy = RetryPolicy(),
+    bucket: TokenBucket | None = None,
+    key_bucket: TokenBucket | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``fn`` (one remote call that raises the taxonomy) with the retry and rate policy."""
+
+    def before_attempt() -> None:
+        if bucket is not None:
+            bucket.acquire()
+        if key_bucket is not None:
+            key_bucket.acquire()
+
+    def attempt() -> T:
+        before_attempt()
+        try:
+            return fn()
+        except RateLimited as exc:
+            if bucket is not None:
+                bucket.pause_for(exc.retry_after)
+            if exc.retry_after > policy.max_wait:
+                raise _GiveUp(exc) from exc
+            raise
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        backoff = wait_exponential_jitter(multiplier=policy.initial_wait, max=policy.max_backoff)(
+            state
+        )
+        if isinstance(exc, RateLimited):
+            return max(exc.retry_after, 0.0)
+        return backoff
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "%s %s: attempt %d failed (%s); retrying in %.2fs",
+            system,
+            what,
+            state.attempt_number,
+            exc,
+            state.next_action.sleep if state.next_action else 0.0,
+        )
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(Retriable),
+        stop=stop_after_attempt(policy.max_attempts),
+        wait=wait,
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(attempt)
+    except _GiveUp as give_up:
+        raise give_up.error from None
+
+
+class _GiveUp(Exception):
+    """Internal: stop retrying and re-raise ``error`` (a wait longer than allowed)."""
+
+    def __init__(self, error: ConnectorError) -> None:
+        super().__init__(str(error))
+        self.error = error

@@ -1,0 +1,160 @@
+"""The error table and the retry/rate policy, on a fake clock (no real sleeping)."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors.errors import (
+    AuthFailed,
+    Conflict,
+    Fatal,
+    NotFound,
+    RateLimited,
+    Retriable,
+    classify_response,
+    parse_retry_after,
+    redact,
+    remote_message,
+)
+from connectors.http import RetryPolicy, TokenBucket, call_with_retries
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, Fatal),
+        (401, AuthFailed),
+        (403, Fatal),
+        (404, NotFound),
+        (409, Conflict),
+        (420, RateLimited),
+        (422, Fatal),
+        (429, RateLimited),
+        (500, Retriable),
+        (503, Retriable),
+        (599, Retriable),
+        (418, Fatal),
+    ],
+)
+def test_one_table_classifies_statuses(status: int, cls: type) -> None:
+    err = classify_response(system="jira", status=status, body=b"{}", headers={"Retry-After": "3"})
+    assert type(err) is cls
+    if cls is RateLimited:
+        assert isinstance(err, RateLimited) and err.retry_after == 3.0
+
+
+def test_remote_messages_of_each_system_are_kept_verbatim() -> None:
+    sn = (
+        b'{"error":{"message":"Operation Failed","detail":"Data Policy Exception"},'
+        b'"status":"failure"}'
+    )
+    assert remote_message(sn) == "Operation Failed; Data Policy Exception"
+    jira = b'{"errorMessages":[],"errors":{"labels":"Field \'labels\' cannot be set."}}'
+    assert remote_message(jira) == "labels: Field 'labels' cannot be set."
+    assert remote_message(b'{"message":"Could not authenticate"}') == "Could not authenticate"
+    err = classify_response(system="servicenow", status=403, body=sn, what="update INC0010001")
+    assert str(err) == (
+        "servicenow: update INC0010001 failed (HTTP 403): Operation Failed; Data Policy Exception"
+    )
+
+
+def test_retry_after_forms() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("1.5") == 1.5
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+
+
+def test_secrets_are_redacted() -> None:
+    text = redact("GET https://bob:pw@x.test/v1?api_key=abc123&page=2 Authorization: OAuth sim-key")
+    assert "abc123" not in text and "pw@" not in text and "sim-key" not in text
+    assert "page=2" in text
+
+
+def test_token_bucket_keeps_the_rate() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(rate=1.0, capacity=1, clock=clock, sleep=clock.sleep)
+    for _ in range(5):
+        bucket.acquire()
+    assert clock.now == pytest.approx(4.0)  # 5 requests at 1/s: the first is free
+
+
+def test_retry_after_pauses_the_bucket_for_every_caller() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(rate=100.0, capacity=10, clock=clock, sleep=clock.sleep)
+    bucket.pause_for(5)
+    bucket.acquire()
+    assert clock.now >= 5.0
+
+
+def test_retries_only_retriable_and_honours_retry_after() -> None:
+    clock = FakeClock()
+    outcomes: list[Exception | str] = [
+        RateLimited("slow down", retry_after=4, system="statuspage", status=420),
+        Retriable("boom", system="statuspage", status=503),
+        "ok",
+    ]
+    attempts: list[float] = []
+
+    def fn() -> str:
+        attempts.append(clock.now)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    result = call_with_retries(fn, system="statuspage", what="get", sleep=clock.sleep)
+    assert result == "ok" and len(attempts) == 3
+    assert attempts[1] - attempts[0] >= 4.0  # not re-sent before Retry-After expired
+
+
+def test_fatal_is_not_retried() -> None:
+    calls = 0
+
+    def fn() -> None:
+        nonlocal calls
+        calls += 1
+        raise Fatal("bad field", system="jira", status=400)
+
+    with pytest.raises(Fatal):
+        call_with_retries(fn, system="jira", what="edit", sleep=lambda s: None)
+    assert calls == 1
+
+
+def test_gives_up_after_max_attempts_with_the_last_error() -> None:
+    calls = 0
+
+    def fn() -> None:
+        nonlocal calls
+        calls += 1
+        raise Retriable(f"down {calls}", system="jira", status=503)
+
+    with pytest.raises(Retriable, match="down 3"):
+        call_with_retries(
+            fn, system="jira", what="get", policy=RetryPolicy(max_attempts=3), sleep=lambda s: None
+        )
+    assert calls == 3
+
+
+def test_a_long_retry_after_is_handed_back_not_slept() -> None:
+    slept: list[float] = []
+
+    def fn() -> None:
+        raise RateLimited("hourly limit", retry_after=3600, system="servicenow", status=429)
+
+    with pytest.raises(RateLimited) as info:
+        call_with_retries(fn, system="servicenow", what="list", sleep=slept.append)
+    assert info.value.retry_after == 3600 and slept == []
