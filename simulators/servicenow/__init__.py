@@ -1,0 +1,5 @@
+"""ServiceNow Table API simulator."""
+
+from simulators.servicenow.app import ServiceNowSimulator
+
+__all__ = ["ServiceNowSimulator"]

@@ -1,0 +1,496 @@
+"""ServiceNow Table API simulator."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.responses import JSONResponse, Response
+
+from simulators.base import SimHTTPError, SimRequest, Simulator, WebhookTarget
+
+from .query import compile_query
+
+Record = dict[str, Any]
+
+COMMON = [
+    "sys_id", "sys_created_on", "sys_updated_on", "sys_created_by", "sys_updated_by",
+    "sys_mod_count",
+]  # fmt: skip
+TASK = [
+    "number", "short_description", "description", "state", "active", "opened_at", "opened_by",
+    "assigned_to", "assignment_group", "cmdb_ci", "business_service", "correlation_id",
+    "correlation_display", "close_code", "close_notes", "closed_at", "closed_by", "comments",
+    "work_notes", "priority", "impact", "urgency", "parent",
+]  # fmt: skip
+TABLES: dict[str, list[str]] = {
+    "incident": COMMON + TASK + [
+        "caller_id", "category", "hold_reason", "resolved_at", "resolved_by",
+        "parent_incident", "reopen_count",
+    ],
+    "change_request": COMMON + TASK + ["type", "due_date", "start_date", "end_date"],
+    "sys_user": [*COMMON, "user_name", "email", "name", "first_name", "last_name", "active"],
+    "sys_user_group": [*COMMON, "name", "description", "active"],
+    "cmdb_ci_service": [*COMMON, "name", "short_description", "operational_status"],
+    "sys_journal_field": [*COMMON, "element", "element_id", "name", "value"],
+}  # fmt: skip
+REFS: dict[str, str] = {
+    "assigned_to": "sys_user", "opened_by": "sys_user", "closed_by": "sys_user",
+    "resolved_by": "sys_user", "caller_id": "sys_user", "assignment_group": "sys_user_group",
+    "cmdb_ci": "cmdb_ci_service", "business_service": "cmdb_ci_service",
+    "parent_incident": "incident", "parent": "task",
+}  # fmt: skip
+PREFIX = {"incident": ("INC", 10001), "change_request": ("CHG", 30001)}
+PRIORITY = {
+    ("1", "1"): "1", ("1", "2"): "2", ("2", "1"): "2", ("1", "3"): "3", ("2", "2"): "3",
+    ("3", "1"): "3", ("2", "3"): "4", ("3", "2"): "4", ("3", "3"): "5",
+}  # fmt: skip
+JOURNAL = ("comments", "work_notes")
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "servicenow.json"
+DATA_POLICY = (
+    "Data Policy Exception: \n\tThe following fields are mandatory: "
+    "Resolution code, Resolution notes\n"
+)
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def truthy(v: str | None) -> bool:
+    return (v or "").strip().lower() == "true"
+
+
+class ServiceNowSimulator(Simulator):
+    name = "servicenow"
+
+    def __init__(
+        self,
+        *,
+        username: str = "admin",
+        password: str = "admin",
+        seed: int = 0,
+        webhook_secret_header: str = "X-ServiceNow-Secret",
+    ) -> None:
+        self.username = username
+        self.password = password
+        self.webhook_secret_header = webhook_secret_header
+        self.requests_per_hour: int | None = None
+        self.tokens: dict[str, str] = {}
+        self.refresh_tokens: dict[str, str] = {}
+        self._window: list[float] = []
+        super().__init__(seed=seed)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.tables: dict[str, dict[str, Record]] = {t: {} for t in TABLES}
+        self.counters = {t: n for t, (_, n) in PREFIX.items()}
+        self._window = []
+
+    def dump_state(self) -> dict[str, Any]:
+        return {"tables": copy.deepcopy(self.tables), "counters": dict(self.counters)}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.tables = {t: {} for t in TABLES}
+        for t, rows in state.get("tables", {}).items():
+            if t in self.tables:
+                self.tables[t] = copy.deepcopy(dict(rows))
+        self.counters.update(state.get("counters", {}))
+
+    def default_seed(self) -> dict[str, Any]:
+        return dict(json.loads(FIXTURE.read_text()))
+
+    def seed(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        summary: dict[str, Any] = {}
+        for table in ("sys_user", "sys_user_group", "cmdb_ci_service", "incident",
+                      "change_request"):  # fmt: skip
+            rows = data.get(table) or []
+            for row in rows:
+                self._insert(table, dict(row), "system", seeding=True)
+            summary[table] = len(rows)
+        return summary
+
+    # -- framework hooks ----------------------------------------------------------------------
+
+    def error_response(
+        self, status: int, message: str, detail: Any = None, **extra: Any
+    ) -> Response:
+        headers = extra.get("headers")
+        return JSONResponse(
+            {"error": {"message": message, "detail": detail}, "status": "failure"},
+            status_code=status,
+            headers=headers,
+        )
+
+    def rate_limit_response(self, retry_after: int) -> Response:
+        limit = self.requests_per_hour or 0
+        resp = self.error_response(
+            429,
+            "Rate limit exceeded",
+            f"Rate limit of {limit} requests per hour for Table API exceeded",
+        )
+        resp.headers["Retry-After"] = str(retry_after)
+        resp.headers["X-RateLimit-Limit"] = str(limit)
+        resp.headers["X-RateLimit-Reset"] = str(int(time.time()) + retry_after)
+        resp.headers["X-RateLimit-Rule"] = "sim-table-api"
+        return resp
+
+    def sign_webhook(self, target: WebhookTarget, body: bytes) -> dict[str, str]:
+        secret = getattr(target, "secret", None)
+        return {self.webhook_secret_header: secret} if secret else {}
+
+    def _unauth(self) -> Response:
+        return self.error_response(
+            401, "User Not Authenticated", "Required to provide Auth information"
+        )
+
+    def authenticate(self, req: SimRequest) -> Response | None:
+        if req.path == "/oauth_token.do":
+            return None
+        auth = req.headers.get("authorization", "")
+        kind, _, cred = auth.partition(" ")
+        user: str | None = None
+        if kind.lower() == "basic":
+            try:
+                u, _, p = base64.b64decode(cred).decode().partition(":")
+            except ValueError:
+                return self._unauth()
+            if u == self.username and p == self.password:
+                user = u
+        elif kind.lower() == "bearer":
+            user = self.tokens.get(cred)
+        if user is None:
+            return self._unauth()
+        req.user = user
+        return self._rate_check()
+
+    def _rate_check(self) -> Response | None:
+        if not self.requests_per_hour:
+            return None
+        t = time.time()
+        self._window = [x for x in self._window if x > t - 3600]
+        if len(self._window) >= self.requests_per_hour:
+            return self.rate_limit_response(max(1, int(self._window[0] + 3600 - t)))
+        self._window.append(t)
+        return None
+
+    # -- routes -------------------------------------------------------------------------------
+
+    def register_routes(self) -> None:
+        for prefix in ("/api/now", "/api/now/{version}"):
+            self.route(prefix + "/table/{table}", ["GET", "POST"])(self.collection)
+            self.route(prefix + "/table/{table}/{sys_id}", ["GET", "PATCH", "PUT", "DELETE"])(
+                self.item
+            )
+        self.route("/oauth_token.do", ["POST"])(self.oauth)
+        self.route("/_sim/ratelimit", ["POST", "GET"])(self.ratelimit)
+
+    def ratelimit(self, req: SimRequest) -> Response:
+        if req.method == "POST":
+            body = req.json() or {}
+            n = body.get("requests_per_hour") if isinstance(body, dict) else None
+            self.requests_per_hour = int(n) if n else None
+            self._window = []
+        return JSONResponse({"requests_per_hour": self.requests_per_hour})
+
+    def oauth(self, req: SimRequest) -> Response:
+        form = dict(req.form())
+        grant = form.get("grant_type")
+        user: str | None = None
+        if grant == "password":
+            if form.get("username") == self.username and form.get("password") == self.password:
+                user = self.username
+        elif grant == "refresh_token":
+            user = self.refresh_tokens.get(form.get("refresh_token", ""))
+        if user is None:
+            return JSONResponse(
+                {"error_description": "access_denied", "error": "server_error"}, status_code=401
+            )
+        access, refresh = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        self.tokens[access] = user
+        self.refresh_tokens[refresh] = user
+        return JSONResponse(
+            {
+                "access_token": access,
+                "refresh_token": refresh,
+                "scope": "useraccount",
+                "token_type": "Bearer",
+                "expires_in": 1799,
+            }
+        )
+
+    def _table(self, req: SimRequest) -> str:
+        table = req.path_params["table"]
+        version = req.path_params.get("version")
+        if version is not None and version not in ("v1", "v2"):
+            raise SimHTTPError(400, "Requested URI does not represent any resource", None)
+        if table not in TABLES:
+            raise SimHTTPError(400, f"Invalid table {table}", None)
+        return table
+
+    def collection(self, req: SimRequest) -> Response:
+        table = self._table(req)
+        if req.method == "POST":
+            if table == "sys_journal_field":
+                raise SimHTTPError(403, "Operation Failed", "ACL Exception Insert Failed")
+            body = self._body(req)
+            rec = self._insert(table, body, str(req.user))
+            return JSONResponse({"result": self._render(req, table, rec)}, status_code=201)
+        return self._list(req, table)
+
+    def item(self, req: SimRequest) -> Response:
+        table = self._table(req)
+        rec = self.tables[table].get(req.path_params["sys_id"])
+        if rec is None:
+            raise SimHTTPError(
+                404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval"
+            )
+        if req.method == "GET":
+            return JSONResponse({"result": self._render(req, table, rec)})
+        if table == "sys_journal_field":
+            raise SimHTTPError(403, "Operation Failed", "ACL Exception Update Failed")
+        if req.method == "DELETE":
+            del self.tables[table][rec["sys_id"]]
+            return Response(status_code=204)
+        rec = self._update(table, rec, self._body(req), str(req.user))
+        return JSONResponse({"result": self._render(req, table, rec)})
+
+    def _body(self, req: SimRequest) -> Record:
+        try:
+            body = req.json()
+        except SimHTTPError as exc:
+            raise SimHTTPError(400, "Exception while reading request", str(exc.detail)) from exc
+        if body is None:
+            return {}
+        if not isinstance(body, dict):
+            raise SimHTTPError(400, "Exception while reading request", "Invalid payload")
+        return body
+
+    # -- data ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _str(v: Any) -> str:
+        if isinstance(v, dict):
+            v = v.get("value", "")
+        if v is None:
+            return ""
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return str(v)
+
+    def _insert(self, table: str, body: Record, user: str, seeding: bool = False) -> Record:
+        fields = TABLES[table]
+        ts = now()
+        rec: Record = {f: "" for f in fields}
+        sys_id = self._str(body.get("sys_id")) if seeding else ""
+        rec.update(
+            sys_id=sys_id or uuid.uuid4().hex,
+            sys_created_on=ts,
+            sys_updated_on=ts,
+            sys_created_by=user,
+            sys_updated_by=user,
+            sys_mod_count="0",
+        )
+        if table in PREFIX:
+            p, _ = PREFIX[table]
+            rec["number"] = f"{p}{self.counters[table]:07d}"
+            self.counters[table] += 1
+            rec.update(active="true", opened_at=ts, state="1" if table == "incident" else "-5")
+            if table == "incident":
+                rec.update(impact="3", urgency="3", reopen_count="0")
+            elif table == "change_request":
+                rec.update(type="normal")
+        elif "active" in rec:
+            rec["active"] = "true"
+        journal: list[tuple[str, str]] = []
+        for k, v in body.items():
+            if k in JOURNAL:
+                if self._str(v):
+                    journal.append((k, self._str(v)))
+            elif k in rec and k != "sys_id" and (seeding or k not in COMMON):
+                rec[k] = self._str(v)
+        self._derive(table, rec, None)
+        self._policy(table, rec, None)
+        self.tables[table][rec["sys_id"]] = rec
+        for el, val in journal:
+            self._journal(table, rec["sys_id"], el, val, user)
+        if table in PREFIX and not seeding:
+            self._notify(table, "insert", rec)
+        return rec
+
+    def _update(self, table: str, rec: Record, body: Record, user: str) -> Record:
+        old = dict(rec)
+        new = dict(rec)
+        journal = []
+        for k, v in body.items():
+            if k in JOURNAL:
+                if self._str(v):
+                    journal.append((k, self._str(v)))
+            elif k in new and k not in COMMON and k != "number":
+                new[k] = self._str(v)
+        self._derive(table, new, old)
+        self._policy(table, new, old)
+        new.update(
+            sys_updated_on=now(),
+            sys_updated_by=user,
+            sys_mod_count=str(int(old["sys_mod_count"] or 0) + 1),
+        )
+        rec.clear()
+        rec.update(new)
+        for el, val in journal:
+            self._journal(table, rec["sys_id"], el, val, user)
+        if table in PREFIX:
+            self._notify(table, "update", rec)
+        return rec
+
+    def _derive(self, table: str, rec: Record, old: Record | None) -> None:
+        if table != "incident" and table != "change_request":
+            return
+        if table == "incident":
+            rec["priority"] = PRIORITY.get((rec["impact"], rec["urgency"]), rec["priority"])
+            prev = old["state"] if old else ""
+            state = rec["state"]
+            if state != prev:
+                user = rec["sys_updated_by"] or ""
+                if state == "6":
+                    rec.update(resolved_at=now(), resolved_by=self._user_id(user))
+                if state == "7":
+                    rec.update(closed_at=now(), closed_by=self._user_id(user), active="false")
+                if prev in ("6", "7") and state in ("1", "2", "3"):
+                    rec["reopen_count"] = str(int(rec["reopen_count"] or 0) + 1)
+                    rec.update(active="true", resolved_at="", closed_at="")
+        elif rec["state"] in ("3", "4") and (not old or old["state"] != rec["state"]):
+            rec.update(closed_at=now(), active="false")
+
+    def _user_id(self, user_name: str) -> str:
+        for u in self.tables["sys_user"].values():
+            if u["user_name"] == user_name:
+                return str(u["sys_id"])
+        return ""
+
+    def _policy(self, table: str, rec: Record, old: Record | None) -> None:
+        closing = (table == "incident" and rec["state"] in ("6", "7")) or (
+            table == "change_request" and rec["state"] == "3"
+        )
+        changed = not old or old["state"] != rec["state"]
+        if closing and changed and (not rec["close_code"] or not rec["close_notes"]):
+            raise SimHTTPError(403, "Operation Failed", DATA_POLICY)
+
+    def _journal(self, table: str, sys_id: str, element: str, value: str, user: str) -> None:
+        jid = uuid.uuid4().hex
+        ts = now()
+        self.tables["sys_journal_field"][jid] = {
+            "sys_id": jid, "sys_created_on": ts, "sys_updated_on": ts, "sys_created_by": user,
+            "sys_updated_by": user, "sys_mod_count": "0", "element": element,
+            "element_id": sys_id, "name": table, "value": value,
+        }  # fmt: skip
+
+    def _notify(self, table: str, op: str, rec: Record) -> None:
+        payload = {"table": table, "operation": op, "sys_id": rec["sys_id"], "record": dict(rec)}
+        self.emit(
+            f"{table}.{op}",
+            payload,
+            {"X-ServiceNow-Delivery": f"{rec['sys_id']}:{rec['sys_mod_count']}"},
+        )
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _render(self, req: SimRequest, table: str, rec: Record) -> Record:
+        dv = (req.arg("sysparm_display_value") or "false").lower()
+        no_link = truthy(req.arg("sysparm_exclude_reference_link"))
+        wanted = [f.strip() for f in (req.arg("sysparm_fields") or "").split(",") if f.strip()]
+        fields = [f for f in wanted if f in rec] or list(rec)
+        out: Record = {}
+        for f in fields:
+            value = str(rec.get(f, ""))
+            display = self._display(f, value)
+            ref = REFS.get(f)
+            link = f"{req.base_url}/api/now/table/{ref}/{value}" if ref and value else None
+            if dv == "all":
+                item: Record = {"display_value": display, "value": value}
+                if link and not no_link:
+                    item["link"] = link
+                out[f] = item
+            else:
+                shown = display if dv == "true" else value
+                out[f] = {"link": link, "value": shown} if link and not no_link else shown
+        return out
+
+    def _display(self, field: str, value: str) -> str:
+        ref = REFS.get(field)
+        if not ref or not value:
+            return value
+        for t in [ref] if ref in self.tables else ["incident", "change_request"]:
+            row = self.tables[t].get(value)
+            if row:
+                return str(row.get("name") or row.get("number") or value)
+        return value
+
+    def _list(self, req: SimRequest, table: str) -> Response:
+        fields = set(TABLES[table])
+        query = req.arg("sysparm_query") or ""
+        extra = [f"{k}={v}" for k, v in req.query if not k.startswith("sysparm_") and k in fields]
+        if extra:
+            query = "^".join([query, *extra]) if query else "^".join(extra)
+        pred, order = compile_query(query, fields)
+        rows = [r for r in self.tables[table].values() if pred(r)]
+        rows.sort(key=lambda r: r["sys_created_on"])
+        for f, desc in reversed(order):
+            rows.sort(key=_field_key(f), reverse=desc)
+        try:
+            limit = int(req.arg("sysparm_limit") or 10000)
+            offset = int(req.arg("sysparm_offset") or 0)
+        except ValueError as exc:
+            raise SimHTTPError(400, "Invalid limit or offset", str(exc)) from exc
+        limit, offset = max(limit, 1), max(offset, 0)
+        total = len(rows)
+        page = rows[offset : offset + limit]
+        if not page and req.path_params.get("version") == "v1" and query:
+            raise SimHTTPError(
+                404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval"
+            )
+        resp = JSONResponse({"result": [self._render(req, table, r) for r in page]})
+        resp.headers["X-Total-Count"] = str(total)
+        if not truthy(req.arg("sysparm_suppress_pagination_header")):
+            resp.headers["Link"] = self._links(req, offset, limit, total)
+        return resp
+
+    def _links(self, req: SimRequest, offset: int, limit: int, total: int) -> str:
+        base = [(k, v) for k, v in req.query if k not in ("sysparm_offset", "sysparm_limit")]
+
+        def url(off: int) -> str:
+            q = urlencode([*base, ("sysparm_limit", str(limit)), ("sysparm_offset", str(off))])
+            return f"{req.base_url}{req.path}?{q}"
+
+        last = max(0, ((total - 1) // limit) * limit) if total else 0
+        links = [f'<{url(0)}>;rel="first"']
+        if offset > 0:
+            links.append(f'<{url(max(0, offset - limit))}>;rel="prev"')
+        if offset + limit < total:
+            links.append(f'<{url(offset + limit)}>;rel="next"')
+        links.append(f'<{url(last)}>;rel="last"')
+        return ",".join(links)
+
+
+def _field_key(field: str) -> Callable[[Record], tuple[int, float, str]]:
+    def key(r: Record) -> tuple[int, float, str]:
+        return _sort_key(str(r.get(field, "")))
+
+    return key
+
+
+def _sort_key(v: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(v), "")
+    except ValueError:
+        return (1, 0.0, v)

@@ -1,0 +1,310 @@
+"""ServiceNow Table API simulator, over real HTTP with pysnow, PySNC and httpx."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pysnc
+import pysnow
+import pytest
+
+from simulators.runner import ClusterConfig, SimulatorCluster
+from simulators.servicenow import ServiceNowSimulator
+from tests.conftest import WebhookReceiver
+
+# Only the ServiceNow simulator is started here (overriding the session-wide cluster fixtures),
+# so this file runs on its own and does not depend on the other simulators.
+
+
+def _sn_cluster(tls: bool) -> SimulatorCluster:
+    cfg = ClusterConfig(servicenow_port=0, jira_port=0, statuspage_port=0, tls=tls, seed=True)
+    return SimulatorCluster(cfg, simulators={"servicenow": ServiceNowSimulator()})
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[SimulatorCluster]:
+    with _sn_cluster(False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tls_cluster() -> Iterator[SimulatorCluster]:
+    with _sn_cluster(True) as c:
+        yield c
+
+
+AUTH = ("admin", "admin")
+RECORDED = Path("/work/shared/api-contracts/servicenow/recorded")
+
+
+def client(sims: SimulatorCluster) -> httpx.Client:
+    return httpx.Client(base_url=sims.urls["servicenow"], auth=AUTH, timeout=10)
+
+
+def make_incident(c: httpx.Client, **fields: Any) -> dict[str, Any]:
+    r = c.post("/api/now/table/incident", json={"short_description": "x", **fields})
+    assert r.status_code == 201, r.text
+    return dict(r.json()["result"])
+
+
+def test_pysnow_crud(sims: SimulatorCluster) -> None:
+    host = sims.urls["servicenow"].split("://")[1]
+    snow = pysnow.Client(host=host, user="admin", password="admin", use_ssl=False)
+    inc = snow.resource(api_path="/table/incident")
+    created = inc.create(payload={"short_description": "disk full", "impact": "1", "urgency": "2"})
+    rec = created.one()
+    assert rec["number"].startswith("INC") and rec["priority"] == "2"
+    got = inc.get(query={"number": rec["number"]}).one()
+    assert got["sys_id"] == rec["sys_id"]
+    upd = inc.update(query={"sys_id": rec["sys_id"]}, payload={"urgency": "1"})
+    assert upd["priority"] == "1" and upd["sys_mod_count"] == "1"
+    assert inc.delete(query={"sys_id": rec["sys_id"]})["status"] == "record deleted"
+    assert list(inc.get(query={"sys_id": rec["sys_id"]}).all()) == []
+
+
+def test_pysnc_paging_and_writes(
+    tls_sims: SimulatorCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override a session's verify= setting.
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    url = tls_sims.urls["servicenow"]
+    with httpx.Client(base_url=url, auth=AUTH, verify=str(tls_sims.cert.cert)) as c:  # type: ignore[union-attr]
+        for i in range(120):
+            c.post("/api/now/table/incident", json={"short_description": f"bulk {i}"})
+    snc = pysnc.ServiceNowClient(url, AUTH, verify=str(tls_sims.cert.cert))  # type: ignore[union-attr]
+    gr = snc.GlideRecord("incident")
+    gr.add_query("short_description", "STARTSWITH", "bulk")
+    gr.query()
+    assert len(gr) == 120
+    seen = 0
+    while gr.next():
+        seen += 1
+    assert seen == 120
+    new = snc.GlideRecord("incident")
+    new.initialize()
+    new.short_description = "from pysnc"
+    sys_id = new.insert()
+    assert sys_id
+    one = snc.GlideRecord("incident")
+    assert one.get(sys_id)
+    one.short_description = "changed"
+    one.update()
+    again = snc.GlideRecord("incident")
+    assert again.get(sys_id) and again.short_description == "changed"
+    assert again.delete()
+    assert not snc.GlideRecord("incident").get(sys_id)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("short_description=alpha", {"alpha"}),
+        ("short_description!=alpha^short_descriptionSTARTSWITHq", {"query beta", "query gamma"}),
+        ("impact<2", {"alpha"}),
+        ("impact<=2^short_descriptionNOT LIKECheck", {"alpha", "query beta"}),
+        ("impact>2", {"query gamma"}),
+        ("impact>=2^short_descriptionLIKEquery", {"query beta", "query gamma"}),
+        ("short_descriptionINalpha,query gamma", {"alpha", "query gamma"}),
+        (
+            "short_descriptionNOT INalpha,query gamma^numberSTARTSWITHINC",
+            {"query beta", "Checkout latency elevated"},
+        ),
+        ("short_descriptionLIKEuery", {"query beta", "query gamma"}),
+        ("short_descriptionNOT LIKEuery^short_descriptionNOT LIKECheck", {"alpha"}),
+        ("short_descriptionENDSWITHgamma", {"query gamma"}),
+        ("correlation_idISNOTEMPTY", {"alpha"}),
+        ("correlation_idISEMPTY^impact=3", {"query gamma"}),
+        ("short_description=alpha^ORshort_description=query beta", {"alpha", "query beta"}),
+        ("short_description=alpha^NQshort_description=query gamma", {"alpha", "query gamma"}),
+        ("sys_created_on>javascript:gs.dateGenerate('2000-01-01','00:00:00')^impact=1", {"alpha"}),
+        (
+            "sys_created_onBETWEENjavascript:gs.dateGenerate('2000-01-01','00:00:00')"
+            "@javascript:gs.dateGenerate('2001-01-01','00:00:00')",
+            set(),
+        ),
+        ("bogus_field=1^short_description=alpha", {"alpha"}),
+    ],
+)
+def test_encoded_query_operators(sims: SimulatorCluster, query: str, expected: set[str]) -> None:
+    with client(sims) as c:
+        make_incident(c, short_description="alpha", impact="1", correlation_id="c1")
+        make_incident(c, short_description="query beta", impact="2")
+        make_incident(c, short_description="query gamma", impact="3")
+        r = c.get("/api/now/table/incident", params={"sysparm_query": query})
+        assert r.status_code == 200
+        assert {x["short_description"] for x in r.json()["result"]} == expected
+
+
+def test_orderby_and_pagination_headers(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        for i in (3, 1, 2):
+            make_incident(c, short_description=f"p{i}", impact=str(i))
+        q = {"sysparm_query": "short_descriptionSTARTSWITHp^ORDERBYDESCimpact", "sysparm_limit": 2}
+        r = c.get("/api/now/table/incident", params=q)
+        assert [x["impact"] for x in r.json()["result"]] == ["3", "2"]
+        assert r.headers["X-Total-Count"] == "3"
+        link = r.headers["Link"]
+        assert 'rel="next"' in link and 'rel="first"' in link and 'rel="last"' in link
+        nxt = c.get(link.split(",")[1].split(";")[0].strip("<>"))
+        assert [x["impact"] for x in nxt.json()["result"]] == ["1"]
+        assert 'rel="prev"' in nxt.headers["Link"] and 'rel="next"' not in nxt.headers["Link"]
+        s = c.get(
+            "/api/now/table/incident", params={**q, "sysparm_suppress_pagination_header": "true"}
+        )
+        assert "Link" not in s.headers and s.headers["X-Total-Count"] == "3"
+        f = c.get("/api/now/table/incident", params={"sysparm_fields": "number,nope", **q})
+        assert set(f.json()["result"][0]) == {"number"}
+        v1 = c.get("/api/now/v1/table/incident", params={"sysparm_query": "number=NONE"})
+        v2 = c.get("/api/now/v2/table/incident", params={"sysparm_query": "number=NONE"})
+        assert v1.status_code == 404 and v2.json() == {"result": []}
+        bare = c.get(
+            "/api/now/table/incident",
+            params={"impact": "2", "sysparm_query": "short_descriptionSTARTSWITHp"},
+        )
+        assert [x["short_description"] for x in bare.json()["result"]] == ["p2"]
+
+
+def test_display_value_modes(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        inc = c.get("/api/now/table/incident", params={"sysparm_query": "impact=2"}).json()
+        rec = inc["result"][0]
+        assert rec["business_service"]["value"] == "5e000000000000000000000000000001"
+        assert rec["business_service"]["link"].endswith(
+            "/api/now/table/cmdb_ci_service/5e000000000000000000000000000001"
+        )
+        assert rec["parent_incident"] == ""
+        path = f"/api/now/table/incident/{rec['sys_id']}"
+        t = c.get(path, params={"sysparm_display_value": "True"}).json()["result"]
+        assert t["business_service"]["value"] == "Checkout"
+        a = c.get(path, params={"sysparm_display_value": "all"}).json()["result"]
+        assert a["assignment_group"]["display_value"] == "SRE"
+        assert a["assignment_group"]["value"].startswith("9a")
+        x = c.get(path, params={"sysparm_exclude_reference_link": "true"}).json()["result"]
+        assert x["caller_id"] == "a11ce000000000000000000000000001"
+
+
+def test_journal_and_data_policy(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        inc = make_incident(c, comments="first comment")
+        assert inc["comments"] == ""
+        path = f"/api/now/table/incident/{inc['sys_id']}"
+        c.patch(path, json={"work_notes": "note one"})
+        c.patch(path, json={"work_notes": "note two"})
+        q = f"element_id={inc['sys_id']}^element=work_notes^ORDERBYDESCsys_created_on"
+        j = c.get("/api/now/table/sys_journal_field", params={"sysparm_query": q}).json()
+        assert len(j["result"]) == 2 and j["result"][0]["element"] == "work_notes"
+        assert {x["value"] for x in j["result"]} == {"note one", "note two"}
+        denied = c.patch(path, json={"state": "6"})
+        assert denied.status_code == 403
+        assert denied.json()["error"]["detail"].startswith("Data Policy Exception")
+        ok = c.patch(path, json={"state": "6", "close_code": "Solved", "close_notes": "done"})
+        assert ok.json()["result"]["resolved_at"] != ""
+        closed = c.patch(path, json={"state": "7"}).json()["result"]
+        assert closed["active"] == "false" and closed["closed_at"]
+        reopened = c.patch(path, json={"state": "2"}).json()["result"]
+        assert reopened["reopen_count"] == "1"
+        ro = c.post("/api/now/table/sys_journal_field", json={"value": "x"})
+        assert ro.status_code == 403
+
+
+def test_error_bodies(sims: SimulatorCluster) -> None:
+    url = sims.urls["servicenow"]
+    r = httpx.get(f"{url}/api/now/table/incident")
+    assert r.status_code == 401 and r.json() == {
+        "error": {"message": "User Not Authenticated",
+                  "detail": "Required to provide Auth information"},
+        "status": "failure",
+    }  # fmt: skip
+    with client(sims) as c:
+        nf = c.get("/api/now/table/incident/" + "0" * 32)
+        assert nf.status_code == 404 and nf.json()["error"]["message"] == "No Record found"
+        bad = c.get("/api/now/table/nope")
+        assert bad.status_code == 400
+        assert bad.json() == {"error": {"message": "Invalid table nope", "detail": None},
+                              "status": "failure"}  # fmt: skip
+        mal = c.post("/api/now/table/incident", content=b"{nope",
+                     headers={"content-type": "application/json"})  # fmt: skip
+        assert mal.status_code == 400 and mal.json()["status"] == "failure"
+        ign = make_incident(c, unknown_field="z")
+        assert "unknown_field" not in ign
+
+
+def test_oauth_flow(sims: SimulatorCluster) -> None:
+    url = sims.urls["servicenow"]
+    form = {"grant_type": "password", "client_id": "c", "client_secret": "s",
+            "username": "admin", "password": "admin"}  # fmt: skip
+    tok = httpx.post(f"{url}/oauth_token.do", data=form).json()
+    assert tok["token_type"] == "Bearer"
+    h = {"Authorization": f"Bearer {tok['access_token']}"}
+    assert httpx.get(f"{url}/api/now/table/sys_user", headers=h).status_code == 200
+    ref = httpx.post(
+        f"{url}/oauth_token.do",
+        data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+    )
+    assert ref.status_code == 200 and ref.json()["access_token"] != tok["access_token"]
+    bad = httpx.post(f"{url}/oauth_token.do", data={**form, "password": "x"})
+    assert bad.status_code == 401
+    bogus = httpx.get(f"{url}/api/now/table/sys_user", headers={"Authorization": "Bearer zz"})
+    assert bogus.status_code == 401
+
+
+def test_rate_limit(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        c.post("/_sim/ratelimit", json={"requests_per_hour": 3})
+        codes = [c.get("/api/now/table/sys_user").status_code for _ in range(4)]
+        assert codes[-1] == 429
+        r = c.get("/api/now/table/sys_user")
+        assert r.headers["X-RateLimit-Limit"] == "3" and int(r.headers["Retry-After"]) > 0
+        assert "X-RateLimit-Reset" in r.headers and "X-RateLimit-Rule" in r.headers
+        assert r.json()["error"]["message"] == "Rate limit exceeded"
+        sims.servicenow.requests_per_hour = None  # type: ignore[attr-defined]
+
+
+def test_faults_and_stats(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        c.delete("/_sim/stats")
+        c.post("/_sim/faults", json={"route": "GET /api/now/table/{table}", "error_rate": 1.0,
+                                     "error_status": 503, "count": 2})  # fmt: skip
+        codes = [c.get("/api/now/table/sys_user").status_code for _ in range(3)]
+        assert codes == [503, 503, 200]
+        c.delete("/_sim/faults")
+        inc = make_incident(c)
+        for i in range(3):
+            c.patch(f"/api/now/table/incident/{inc['sys_id']}", json={"description": str(i)})
+        stats = c.get("/_sim/stats").json()
+        assert json.dumps(stats).count("PATCH /api/now/table/{table}/{sys_id}") == 1
+        assert "3" in json.dumps(stats)
+
+
+def test_webhook(sims: SimulatorCluster, webhook_receiver: WebhookReceiver) -> None:
+    with client(sims) as c:
+        c.post("/_sim/webhooks", json={"url": webhook_receiver.url, "secret": "s3"})
+        inc = make_incident(c, short_description="hooked")
+        got = webhook_receiver.wait_for(1)
+        body = got[0].json()
+        payload = body.get("payload", body)
+        text = json.dumps(payload)
+        assert inc["sys_id"] in text and "insert" in text
+        headers = {k.lower(): v for k, v in got[0].headers.items()}
+        assert headers["x-servicenow-secret"] == "s3"
+        assert headers["x-servicenow-delivery"] == f"{inc['sys_id']}:0"
+
+
+def test_seed_recorded_change(sims: SimulatorCluster) -> None:
+    raw = json.loads(next(RECORDED.glob("*.json")).read_text())
+    rec = raw.get("result", raw)
+    values = {k: (v.get("value") if isinstance(v, dict) else v) for k, v in rec.items()}
+    values["state"] = values.get("state") or "-5"
+    with client(sims) as c:
+        r = c.post("/_sim/seed", json={"change_request": [values]})
+        assert r.status_code == 200
+        sys_id = values["sys_id"]
+        got = c.get(f"/api/now/table/change_request/{sys_id}",
+                    params={"sysparm_exclude_reference_link": "true"}).json()["result"]  # fmt: skip
+        assert got["short_description"] == str(values.get("short_description", ""))
+        assert all(isinstance(v, str) for v in got.values())
