@@ -133,7 +133,7 @@ class ServiceNowSimulator(Simulator):
         )
 
     def rate_limit_response(self, retry_after: int) -> Response:
-        limit = self.requests_per_hour or 0
+        limit = self.requests_per_hour or 100  # a fault-injected 429: the documented example
         resp = self.error_response(
             429,
             "Rate limit exceeded",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 from simulators.runner import ClusterConfig, SimulatorCluster
 from simulators.servicenow import ServiceNowSimulator
 from tests.conftest import WebhookReceiver
+from tests.contracts import CONTRACTS
 
 # Only the ServiceNow simulator is started here (overriding the session-wide cluster fixtures),
 # so this file runs on its own and does not depend on the other simulators.
@@ -38,7 +38,7 @@ def tls_cluster() -> Iterator[SimulatorCluster]:
 
 
 AUTH = ("admin", "admin")
-RECORDED = Path("/work/shared/api-contracts/servicenow/recorded")
+RECORDED = CONTRACTS / "servicenow" / "recorded"
 
 
 def client(sims: SimulatorCluster) -> httpx.Client:

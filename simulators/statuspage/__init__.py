@@ -1,0 +1,5 @@
+"""Atlassian Statuspage manage API v1 simulator."""
+
+from simulators.statuspage.app import StatuspageSimulator
+
+__all__ = ["StatuspageSimulator"]
