@@ -434,10 +434,13 @@ class Simulator:
             return await self._reset_connection(request)
 
         response: Response
+        fault: str | None = None
         if decision.error_status is not None:
             response = self.error_response(decision.error_status, "Simulated server error")
+            fault = "error"
         elif decision.rate_limited is not None:
             response = self.rate_limit_response(decision.rate_limited)
+            fault = "rate_limit"
         else:
             with self.lock:
                 denied = self.authenticate(req)
@@ -465,7 +468,7 @@ class Simulator:
             self._record(req, key, response.status_code, resp_body, "timeout-after")
             await asyncio.sleep(decision.timeout)
             return await self._reset_connection(request)
-        self._record(req, key, response.status_code, resp_body, None, response)
+        self._record(req, key, response.status_code, resp_body, fault, response)
         return response
 
     def _decide_faults(self, method: str, template: str) -> FaultDecision:
