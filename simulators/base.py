@@ -443,7 +443,8 @@ class Simulator:
             fault = "rate_limit"
         else:
             with self.lock:
-                denied = self.authenticate(req)
+                # /_sim/ controls are not part of the real API and need no credentials.
+                denied = None if req.path.startswith("/_sim/") else self.authenticate(req)
                 if denied is not None:
                     response = denied
                 else:
