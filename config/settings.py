@@ -37,6 +37,12 @@ class ServiceNowSettings(BaseModel):
     password: SecretStr = SecretStr("admin")
     webhook_secret: SecretStr = SecretStr("sim-servicenow-secret")
     timeout_seconds: float = Field(default=30.0, gt=0)
+    incident_query: str = Field(
+        default="", description="encoded query that selects the incidents to sync"
+    )
+    change_request_query: str = ""
+    requests_per_second: float | None = Field(default=None, gt=0)
+    ca_bundle: str | None = None  # a CA file for a private certificate (the --tls simulator)
 
 
 class JiraSettings(BaseModel):
@@ -48,8 +54,14 @@ class JiraSettings(BaseModel):
     email: str = "admin@example.com"
     api_token: SecretStr = SecretStr("sim-token")
     project: str = "OPS"
+    jql: str = Field(default="", description="extra JQL ANDed to 'project = <project>'")
     webhook_secret: SecretStr = SecretStr("sim-jira-secret")
     timeout_seconds: float = Field(default=30.0, gt=0)
+    requests_per_second: float | None = Field(default=None, gt=0)
+    # Jira refuses more than 20 writes to one issue in 2 s: burst 10 + 5/s * 2 s stays at 20.
+    issue_writes_per_second: float = Field(default=5.0, gt=0)
+    issue_write_burst: float = Field(default=10.0, ge=1)
+    ca_bundle: str | None = None
 
 
 class StatuspageSettings(BaseModel):
@@ -60,7 +72,26 @@ class StatuspageSettings(BaseModel):
     url: str = "http://127.0.0.1:8703/v1"
     api_key: SecretStr = SecretStr("sim-key")
     page_id: str = "simpage0001"
+    # Statuspage signs nothing: the webhook URL we register carries ?token=<this>.
+    webhook_secret: SecretStr = SecretStr("sim-statuspage-secret")
     timeout_seconds: float = Field(default=30.0, gt=0)
+    requests_per_second: float = Field(default=1.0, gt=0)  # the documented budget
+    burst: float = Field(default=1.0, ge=1)
+    ca_bundle: str | None = None
+
+
+class Instances(BaseModel):
+    """More instances of a system, by name (the top-level sections are the ``default`` ones).
+
+    ``ITSM_SYNC_INSTANCES__JIRA__EU__URL=https://eu.atlassian.net`` adds a Jira site named
+    ``eu``; in the config file, ``instances: {jira: {eu: {url: ...}}}``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    servicenow: dict[str, ServiceNowSettings] = Field(default_factory=dict)
+    jira: dict[str, JiraSettings] = Field(default_factory=dict)
+    statuspage: dict[str, StatuspageSettings] = Field(default_factory=dict)
 
 
 class Settings(BaseSettings):
@@ -74,6 +105,7 @@ class Settings(BaseSettings):
     servicenow: ServiceNowSettings = Field(default_factory=ServiceNowSettings)
     jira: JiraSettings = Field(default_factory=JiraSettings)
     statuspage: StatuspageSettings = Field(default_factory=StatuspageSettings)
+    instances: Instances = Field(default_factory=Instances)
     database_url: str = "sqlite:///./itsm-sync.db"
     log_level: str = "INFO"
 

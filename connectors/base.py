@@ -8,6 +8,7 @@ cross the boundary are frozen dataclasses.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -49,7 +50,7 @@ class RemoteRecord:
     """A record as the system holds it. ``version`` orders versions of one record."""
 
     ref: RemoteRef
-    version: tuple[int, ...] | str
+    version: tuple[int, ...]  # compares newer > older
     updated_at: dt.datetime
     fields: Mapping[str, Any]
     url: str = ""  # where a person can look at it
@@ -66,11 +67,20 @@ class RemoteComment:
 
 
 @dataclass(frozen=True)
+class Person:
+    """Someone on a remote system: its own id, and the email that identifies them everywhere."""
+
+    id: str  # ServiceNow sys_user sys_id, Jira accountId
+    email: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class Observation:
     """What a webhook or a poll told us about one record."""
 
     ref: RemoteRef
-    version: tuple[int, ...] | str
+    version: tuple[int, ...]  # compares newer > older
     fields: Mapping[str, Any]
     source: str  # "webhook" | "poll"
     delivery_id: str = ""
@@ -115,4 +125,32 @@ class Connector(Protocol):
         self, ref: RemoteRef, body: str, *, visibility: Visibility, origin: str = ""
     ) -> RemoteComment: ...
 
-    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> list[Observation]: ...
+    def transition(
+        self, ref: RemoteRef, target: str, fields: Mapping[str, Any] | None = None
+    ) -> RemoteRecord: ...
+
+    def person_by_email(self, email: str) -> Person: ...
+
+    def person_by_id(self, person_id: str) -> Person: ...
+
+    def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, query: Mapping[str, str] | None = None
+    ) -> list[Observation]: ...
+
+
+# Comments itsm-sync writes carry their origin as a prefix, so a comment synced from Jira to
+# ServiceNow is recognised on the way back and never synced again.
+_ORIGIN = re.compile(r"^\[itsm-sync from (?P<origin>[^\]]+)\] ?", re.ASCII)
+
+
+def mark_origin(body: str, origin: str) -> str:
+    """``body`` with an origin marker (``[itsm-sync from jira:OPS-12 alice@example.com] ...``)."""
+    return f"[itsm-sync from {origin}] {body}" if origin else body
+
+
+def split_origin(body: str) -> tuple[str, str]:
+    """(origin, text) of a comment body; origin is "" for comments a person wrote."""
+    match = _ORIGIN.match(body)
+    if match is None:
+        return "", body
+    return match["origin"], body[match.end() :]

@@ -142,6 +142,12 @@ def bucket_for(system: str, fingerprint: str, policy: RatePolicy) -> TokenBucket
         return bucket
 
 
+def reset_buckets() -> None:
+    """Forget every shared bucket and its pauses (tests; a process normally never needs it)."""
+    with _registry_lock:
+        _buckets.clear()
+
+
 class CallCounter:
     """Counts remote calls by (system, method, status); status is an int or an error name."""
 

@@ -1,0 +1,534 @@
+"""Jira Cloud connector on the ``jira`` library (pycontribs), REST v2 (plain-text bodies).
+
+- Changes are listed with ``/search/jql`` and ``nextPageToken``. JQL dates have minute precision
+  in the API user's time zone, so the watermark is converted to that zone and floored to the
+  minute; a listing pass that saw records change under it is repeated, so a record shifted
+  between pages by someone else's edit is never missed; (id, updated) pairs are yielded once.
+- Creates stamp the correlation key as a label (searchable) and an issue property.
+- State changes go by transition, found by target status name; with no direct transition the
+  workflow is walked (and remembered) until the target is reached; required transition fields
+  (such as resolution) are filled.
+- The library's own ``ResilientSession`` retries are switched off (``max_retries=0``): the one
+  retry layer is :func:`connectors.http.call_with_retries`. Writes to one issue also take a
+  token from a per-issue bucket, so Jira's 20 writes / 2 s per issue is never hit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from jira import JIRA
+from jira.exceptions import JIRAError
+
+from config.settings import JiraSettings
+from connectors.base import (
+    Capability,
+    Observation,
+    Person,
+    RemoteComment,
+    RemoteRecord,
+    RemoteRef,
+    Visibility,
+    mark_origin,
+    split_origin,
+)
+from connectors.errors import AuthFailed, ConnectorError, Fatal, NotFound
+from connectors.http import (
+    CALLS,
+    KeyedBuckets,
+    RatePolicy,
+    RetryPolicy,
+    TokenBucket,
+    bucket_for,
+    call_with_retries,
+    credential_fingerprint,
+)
+from connectors.requests_errors import translate
+
+SYSTEM = "jira"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
+PROPERTY = "itsm-sync"
+MAX_WALK = 8  # transitions tried on the way to a status before giving up
+T = TypeVar("T")
+
+
+def parse_time(value: str) -> dt.datetime:
+    """A Jira timestamp (``2024-01-01T10:00:00.000+0000``) as an aware datetime."""
+    return dt.datetime.strptime(value, TIME_FORMAT)
+
+
+def jql_quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def version_of(fields: Mapping[str, Any]) -> tuple[int, ...]:
+    updated = fields.get("updated")
+    if not updated:
+        return (0,)
+    return (int(parse_time(str(updated)).timestamp() * 1000),)
+
+
+class JiraConnector:
+    """One Jira Cloud site and project."""
+
+    system = SYSTEM
+    capabilities = frozenset(
+        {
+            Capability.CREATE,
+            Capability.UPDATE,
+            Capability.COMMENTS,
+            Capability.INTERNAL_COMMENTS,
+            Capability.TRANSITIONS,
+            Capability.PEOPLE,
+            Capability.WEBHOOKS,
+        }
+    )
+
+    def __init__(
+        self,
+        settings: JiraSettings,
+        *,
+        instance: str = "default",
+        retry: RetryPolicy | None = None,
+        poll_overlap: dt.timedelta = dt.timedelta(minutes=1),
+        internal_visibility: Mapping[str, str] | None = None,
+    ) -> None:
+        self.instance = instance
+        self.settings = settings
+        self.retry = retry or RetryPolicy()
+        self.poll_overlap = poll_overlap
+        self.base_url = settings.url.rstrip("/")
+        self.internal_visibility = dict(
+            internal_visibility or {"type": "role", "value": "Developers"}
+        )
+        self._jira: JIRA | None = None
+        self._lock = threading.Lock()
+        fingerprint = credential_fingerprint(f"{self.base_url}|{settings.email}")
+        self._bucket = bucket_for(
+            SYSTEM, fingerprint, RatePolicy(requests_per_second=settings.requests_per_second)
+        )
+        self._issue_writes = KeyedBuckets(
+            settings.issue_writes_per_second, settings.issue_write_burst
+        )
+        self._people_by_email: dict[str, Person] = {}
+        self._people_by_id: dict[str, Person] = {}
+        self._time_zone: ZoneInfo | None = None
+        # status name (lower) -> {transition id: (transition name, target status name)}
+        self._workflow: dict[str, dict[str, tuple[str, str]]] = {}
+        self._status_categories: dict[str, str] = {}
+
+    def __repr__(self) -> str:  # never the token
+        project = self.settings.project
+        return f"JiraConnector({self.instance!r}, {self.base_url!r}, project={project!r})"
+
+    def object_types(self) -> Sequence[str]:
+        return ("issue",)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @property
+    def jira(self) -> JIRA:
+        """The library client, built on first use (its constructor calls serverInfo)."""
+        with self._lock:
+            if self._jira is None:
+                self._jira = self._connect()
+            return self._jira
+
+    def _connect(self) -> JIRA:
+        options: dict[str, Any] = {"rest_api_version": "2"}
+        if self.settings.ca_bundle:
+            options["verify"] = self.settings.ca_bundle
+        client = JIRA(
+            server=self.base_url,
+            basic_auth=(self.settings.email, self.settings.api_token.get_secret_value()),
+            options=options,
+            max_retries=0,  # one retry layer: ours
+            timeout=self.settings.timeout_seconds,
+            get_server_info=False,  # no call at construction; we use REST v2 paths directly
+        )
+        client._session.hooks["response"].append(
+            lambda r, *a, **k: CALLS.add(SYSTEM, r.request.method or "", r.status_code)
+        )
+        return client
+
+    def _once(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except ConnectorError:
+            raise
+        except JIRAError as exc:
+            if exc.response is not None:
+                raise translate(SYSTEM, exc, what) from None
+            raise Fatal(
+                what + " failed",
+                system=SYSTEM,
+                status=exc.status_code,
+                remote_message=str(exc.text or ""),
+            ) from None
+        except Exception as exc:
+            raise translate(SYSTEM, exc, what) from exc
+
+    def _call(self, what: str, fn: Callable[[], T], *, issue: str = "") -> T:
+        key_bucket: TokenBucket | None = self._issue_writes.get(issue) if issue else None
+        return call_with_retries(
+            lambda: self._once(what, fn),
+            system=SYSTEM,
+            what=what,
+            policy=self.retry,
+            bucket=self._bucket,
+            key_bucket=key_bucket,
+        )
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}/rest/api/2/{path.lstrip('/')}"
+
+    def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        response = self.jira._session.get(self._url(path), params=dict(params or {}))
+        return response.json() if response.content else {}
+
+    def _send(self, method: str, path: str, body: Any) -> Any:
+        response = self.jira._session.request(method, self._url(path), data=json.dumps(body))
+        return response.json() if response.content else {}
+
+    def _record(self, raw: Mapping[str, Any]) -> RemoteRecord:
+        try:
+            fields = dict(raw["fields"])
+            ref = RemoteRef(SYSTEM, self.instance, "issue", str(raw["id"]), str(raw["key"]))
+            updated = parse_time(str(fields["updated"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Fatal(f"issue without id/key/fields.updated: {exc}", system=SYSTEM) from exc
+        return RemoteRecord(
+            ref=ref,
+            version=version_of(fields),
+            updated_at=updated,
+            fields=fields,
+            url=f"{self.base_url}/browse/{ref.key}",
+        )
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def time_zone(self) -> ZoneInfo:
+        """The API user's time zone: the zone JQL date literals are read in."""
+        if self._time_zone is None:
+            me = self._call("myself", lambda: self._get("myself"))
+            try:
+                self._time_zone = ZoneInfo(str(me.get("timeZone") or "UTC"))
+            except (ZoneInfoNotFoundError, ValueError):
+                self._time_zone = ZoneInfo("UTC")
+        return self._time_zone
+
+    def _scope(self) -> str:
+        scope = f"project = {jql_quote(self.settings.project)}"
+        return f"{scope} AND ({self.settings.jql})" if self.settings.jql else scope
+
+    def _search(self, jql: str, page_size: int) -> Iterator[dict[str, Any]]:
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"jql": jql, "maxResults": page_size, "fields": "*all"}
+            if token:
+                params["nextPageToken"] = token
+            page = self._call("search", lambda p=params: self._get("search/jql", p))  # type: ignore[misc]
+            yield from page.get("issues", [])
+            token = page.get("nextPageToken")
+            if page.get("isLast", not token) or not token:
+                return
+
+    def changes_since(
+        self, object_type: str, watermark: dt.datetime | None, *, page_size: int = 100
+    ) -> Iterator[RemoteRecord]:
+        if object_type != "issue":
+            raise ValueError(f"jira serves issues, not {object_type!r}")
+        terms = [self._scope()]
+        if watermark is not None:
+            since = (watermark - self.poll_overlap).astimezone(self.time_zone())
+            terms.append(f'updated >= "{since:%Y-%m-%d %H:%M}"')
+        jql = " AND ".join(terms) + " ORDER BY updated ASC, key ASC"
+        seen: set[tuple[str, tuple[int, ...]]] = set()
+        for _ in range(5):
+            pass_started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+            changed_under_us = False
+            for raw in self._search(jql, page_size):
+                record = self._record(raw)
+                pair = (record.ref.id, record.version)
+                if pair in seen:
+                    continue
+                seen.add(pair)
+                changed_under_us |= record.updated_at >= pass_started
+                yield record
+            if not changed_under_us:
+                return
+
+    def get(self, object_type: str, id_or_key: str) -> RemoteRecord:
+        return self._record(self._call(f"get {id_or_key}", lambda: self._get(f"issue/{id_or_key}")))
+
+    def find_by_correlation(self, object_type: str, correlation_key: str) -> RemoteRecord | None:
+        jql = f"{self._scope()} AND labels = {jql_quote(correlation_key)} ORDER BY created ASC"
+        for raw in self._search(jql, 1):
+            return self._record(raw)
+        return None
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def create(
+        self, object_type: str, fields: Mapping[str, Any], *, correlation_key: str
+    ) -> RemoteRecord:
+        if not correlation_key or " " in correlation_key:
+            raise ValueError(f"not a usable correlation key (a Jira label): {correlation_key!r}")
+        body = dict(fields)
+        body.setdefault("project", {"key": self.settings.project})
+        body["labels"] = sorted({*body.get("labels", []), correlation_key})
+        jql = f"{self._scope()} AND labels = {jql_quote(correlation_key)} ORDER BY created ASC"
+
+        def find_or_create() -> str:
+            page = self._once(
+                "find", lambda: self._get("search/jql", {"jql": jql, "maxResults": 1})
+            )
+            if page.get("issues"):
+                return str(page["issues"][0]["id"])
+            if self._bucket is not None:
+                self._bucket.acquire()
+            created = self._once(
+                "create issue", lambda: self._send("POST", "issue", {"fields": body})
+            )
+            return str(created["id"])
+
+        issue_id = call_with_retries(
+            find_or_create,
+            system=SYSTEM,
+            what="create issue",
+            policy=self.retry,
+            bucket=self._bucket,
+        )
+        self._call(
+            "set correlation property",
+            lambda: self._send(
+                "PUT",
+                f"issue/{issue_id}/properties/{PROPERTY}",
+                {"correlation_key": correlation_key},
+            ),
+            issue=issue_id,
+        )
+        return self.get("issue", issue_id)
+
+    def update(self, ref: RemoteRef, fields: Mapping[str, Any]) -> RemoteRecord:
+        if "status" in fields:
+            raise Fatal("Jira status changes go by transition(), not by edit", system=SYSTEM)
+        if fields:
+            self._call(
+                f"edit {ref.key}",
+                lambda: self._send("PUT", f"issue/{ref.id}", {"fields": dict(fields)}),
+                issue=ref.id,
+            )
+        return self.get("issue", ref.id)
+
+    def _transitions(self, issue_id: str) -> list[dict[str, Any]]:
+        data = self._call(
+            "transitions",
+            lambda: self._get(f"issue/{issue_id}/transitions", {"expand": "transitions.fields"}),
+        )
+        return list(data.get("transitions", []))
+
+    def _fill(self, transition: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for field_id, meta in (transition.get("fields") or {}).items():
+            if field_id in given:
+                out[field_id] = given[field_id]
+            elif meta.get("required"):
+                allowed = meta.get("allowedValues") or []
+                if not allowed:
+                    raise Fatal(
+                        f"transition {transition.get('name')!r} needs field {field_id!r}",
+                        system=SYSTEM,
+                    )
+                first = allowed[0]
+                out[field_id] = {"name": first["name"]} if "name" in first else {"id": first["id"]}
+        return out
+
+    def transition(
+        self, ref: RemoteRef, target: str, fields: Mapping[str, Any] | None = None
+    ) -> RemoteRecord:
+        """Move the issue to status ``target`` (by name), through the workflow if need be."""
+        given = dict(fields or {})
+        want = target.lower()
+        visited: list[str] = []
+        for _ in range(MAX_WALK):
+            current = self.get("issue", ref.id)
+            status = str(current.fields["status"]["name"])
+            if status.lower() == want:
+                return current
+            visited.append(status.lower())
+            options = self._transitions(ref.id)
+            self._workflow[status.lower()] = {
+                str(t["id"]): (str(t["name"]), str(t["to"]["name"])) for t in options
+            }
+            step = self._next_step(status.lower(), want, options, visited)
+            if step is None:
+                break
+            body = {"transition": {"id": str(step["id"])}, "fields": self._fill(step, given)}
+            self._call(
+                f"transition {ref.key} to {step['to']['name']}",
+                lambda b=body: self._send("POST", f"issue/{ref.id}/transitions", b),  # type: ignore[misc]
+                issue=ref.id,
+            )
+        path = " -> ".join(visited)
+        raise Fatal(f"{ref}: no workflow path to status {target!r} (walked {path})", system=SYSTEM)
+
+    def _categories(self) -> dict[str, str]:
+        """Status name (lower) -> status category key (new, indeterminate, done)."""
+        if not self._status_categories:
+            statuses = self._call("statuses", lambda: self._get("status"))
+            self._status_categories = {
+                str(st["name"]).lower(): str((st.get("statusCategory") or {}).get("key", ""))
+                for st in statuses
+            }
+        return self._status_categories
+
+    def _next_step(
+        self, status: str, want: str, options: list[dict[str, Any]], visited: list[str]
+    ) -> dict[str, Any] | None:
+        by_target = {str(t["to"]["name"]).lower(): t for t in options}
+        if want in by_target:
+            return by_target[want]
+        # A path through statuses we have seen before (breadth-first over the learned graph).
+        route = self._route(status, want)
+        if route and route[0] in by_target:
+            return by_target[route[0]]
+        # Explore: a status not visited yet, nearest to the target's category first.
+        order = {"new": 0, "indeterminate": 1, "done": 2}
+        categories = self._categories()
+        goal = order.get(categories.get(want, ""), 1)
+
+        def distance(t: dict[str, Any]) -> int:
+            name = str(t["to"]["name"]).lower()
+            category = (t["to"].get("statusCategory") or {}).get("key") or categories.get(name)
+            return abs(order.get(str(category), 1) - goal)
+
+        fresh = [t for t in options if str(t["to"]["name"]).lower() not in visited]
+        return min(fresh, key=distance) if fresh else None
+
+    def _route(self, start: str, goal: str) -> list[str]:
+        queue: deque[tuple[str, list[str]]] = deque([(start, [])])
+        seen = {start}
+        while queue:
+            node, path = queue.popleft()
+            for _, to in self._workflow.get(node, {}).values():
+                nxt = to.lower()
+                if nxt == goal:
+                    return [*path, nxt]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    queue.append((nxt, [*path, nxt]))
+        return []
+
+    # -- comments -----------------------------------------------------------------------------
+
+    def comments(self, ref: RemoteRef) -> list[RemoteComment]:
+        out: list[RemoteComment] = []
+        start = 0
+        while True:
+            page = self._call(
+                f"comments {ref.key}",
+                lambda s=start: self._get(  # type: ignore[misc]
+                    f"issue/{ref.id}/comment", {"startAt": s, "maxResults": 100}
+                ),
+            )
+            batch = page.get("comments", [])
+            out.extend(self._comment(c) for c in batch)
+            start += len(batch)
+            if not batch or start >= int(page.get("total", start)):
+                return out
+
+    def _comment(self, raw: Mapping[str, Any]) -> RemoteComment:
+        origin, body = split_origin(str(raw.get("body", "")))
+        author = raw.get("author") or {}
+        return RemoteComment(
+            id=str(raw["id"]),
+            body=body,
+            visibility=Visibility.INTERNAL if raw.get("visibility") else Visibility.PUBLIC,
+            author=str(author.get("emailAddress") or author.get("accountId") or ""),
+            created_at=parse_time(str(raw["created"])),
+            origin=origin,
+        )
+
+    def add_comment(
+        self, ref: RemoteRef, body: str, *, visibility: Visibility, origin: str = ""
+    ) -> RemoteComment:
+        payload: dict[str, Any] = {"body": mark_origin(body, origin)}
+        if visibility is Visibility.INTERNAL:
+            payload["visibility"] = self.internal_visibility
+        raw = self._call(
+            f"comment on {ref.key}",
+            lambda: self._send("POST", f"issue/{ref.id}/comment", payload),
+            issue=ref.id,
+        )
+        return self._comment(raw)
+
+    # -- people -------------------------------------------------------------------------------
+
+    def _person(self, raw: Mapping[str, Any]) -> Person:
+        person = Person(
+            id=str(raw["accountId"]),
+            email=str(raw.get("emailAddress") or "").lower(),
+            name=str(raw.get("displayName") or ""),
+        )
+        self._people_by_id[person.id] = person
+        if person.email:
+            self._people_by_email[person.email] = person
+        return person
+
+    def person_by_email(self, email: str) -> Person:
+        key = email.strip().lower()
+        if key in self._people_by_email:
+            return self._people_by_email[key]
+        users = self._call("user search", lambda: self._get("user/search", {"query": key}))
+        for raw in users:
+            if str(raw.get("emailAddress", "")).lower() == key:
+                return self._person(raw)
+        raise NotFound(
+            f"no Jira user has the email {email!r} (or its email is hidden from the API user)",
+            system=SYSTEM,
+        )
+
+    def person_by_id(self, person_id: str) -> Person:
+        if person_id in self._people_by_id:
+            return self._people_by_id[person_id]
+        return self._person(self._call("user", lambda: self._get("user", {"accountId": person_id})))
+
+    # -- webhooks -----------------------------------------------------------------------------
+
+    def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, query: Mapping[str, str] | None = None
+    ) -> list[Observation]:
+        """Verify ``X-Hub-Signature`` (HMAC-SHA256 of the raw body) and read the issue in it."""
+        lower = {k.lower(): v for k, v in headers.items()}
+        secret = self.settings.webhook_secret.get_secret_value().encode()
+        expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+        given = lower.get("x-hub-signature", "")
+        if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+            raise AuthFailed("webhook signature missing or wrong", system=SYSTEM, status=401)
+        try:
+            payload = json.loads(body)
+            issue = payload["issue"]
+            ref = RemoteRef(SYSTEM, self.instance, "issue", str(issue["id"]), str(issue["key"]))
+            fields = dict(issue.get("fields") or {})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Fatal(f"not a Jira issue delivery: {exc}", system=SYSTEM) from exc
+        version = version_of(fields) if "updated" in fields else (int(payload.get("timestamp", 0)),)
+        delivery = lower.get("x-atlassian-webhook-identifier", "")
+        return [
+            Observation(
+                ref=ref,
+                version=version,
+                fields=fields,
+                source="webhook",
+                delivery_id=delivery or hashlib.sha256(body).hexdigest(),
+            )
+        ]

@@ -1,0 +1,451 @@
+"""ServiceNow connector on pysnow: incidents and change requests through the Table API.
+
+- Reads ask for raw values (``sysparm_display_value=false``) without reference links, so every
+  field is the string ServiceNow stores (a reference is the referenced sys_id).
+- Writes are PATCHes of only the given fields (pysnow's own ``update`` re-reads and PUTs).
+- Comments are journal entries: ``comments`` is customer-visible, ``work_notes`` internal;
+  both are read back from ``sys_journal_field``.
+- Every call goes through :func:`connectors.http.call_with_retries` (the one retry layer) and
+  the (system, credential) token bucket; pysnow itself never retries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import pysnow
+import pysnow.exceptions
+
+from config.settings import ServiceNowSettings
+from connectors.base import (
+    Capability,
+    Observation,
+    Person,
+    RemoteComment,
+    RemoteRecord,
+    RemoteRef,
+    Visibility,
+    mark_origin,
+    split_origin,
+)
+from connectors.errors import AuthFailed, ConnectorError, Fatal, NotFound
+from connectors.http import (
+    RatePolicy,
+    RetryPolicy,
+    bucket_for,
+    call_with_retries,
+    credential_fingerprint,
+)
+from connectors.requests_errors import TimeoutSession, translate
+
+SYSTEM = "servicenow"
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+SYS_ID = re.compile(r"^[0-9a-f]{32}$")
+OBJECT_TYPES = ("incident", "change_request")
+RESOLVED, CLOSED, ON_HOLD = "6", "7", "3"
+# What ServiceNow requires to enter a state (base data policy and the hold rule).
+STATE_NEEDS: dict[str, tuple[str, ...]] = {
+    RESOLVED: ("close_code", "close_notes"),
+    CLOSED: ("close_code", "close_notes"),
+    ON_HOLD: ("hold_reason",),
+}
+CHANGE_CLOSED = "3"
+CHANGE_STATE_NEEDS: dict[str, tuple[str, ...]] = {CHANGE_CLOSED: ("close_code", "close_notes")}
+T = TypeVar("T")
+
+
+def parse_time(value: str) -> dt.datetime:
+    """A ServiceNow date-time (UTC, ``YYYY-MM-DD HH:MM:SS``) as an aware datetime."""
+    return dt.datetime.strptime(value, TIME_FORMAT).replace(tzinfo=dt.UTC)
+
+
+def format_time(value: dt.datetime) -> str:
+    """``value`` in UTC at ServiceNow's one-second precision (rounded down)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: ServiceNow times are UTC, pass an aware datetime")
+    return value.astimezone(dt.UTC).strftime(TIME_FORMAT)
+
+
+class ServiceNowConnector:
+    """One ServiceNow instance."""
+
+    system = SYSTEM
+    capabilities = frozenset(
+        {
+            Capability.CREATE,
+            Capability.UPDATE,
+            Capability.COMMENTS,
+            Capability.INTERNAL_COMMENTS,
+            Capability.TRANSITIONS,
+            Capability.PEOPLE,
+            Capability.WEBHOOKS,
+            Capability.CHANGE_REQUESTS,
+        }
+    )
+
+    def __init__(
+        self,
+        settings: ServiceNowSettings,
+        *,
+        instance: str = "default",
+        retry: RetryPolicy | None = None,
+        poll_overlap: dt.timedelta = dt.timedelta(seconds=2),
+    ) -> None:
+        self.instance = instance
+        self.settings = settings
+        self.retry = retry or RetryPolicy()
+        self.poll_overlap = poll_overlap
+        parts = urlsplit(settings.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"servicenow.url: not an http(s) URL: {settings.url!r}")
+        self.base_url = f"{parts.scheme}://{parts.netloc}"
+        session = TimeoutSession(SYSTEM, settings.timeout_seconds)
+        session.auth = (settings.username, settings.password.get_secret_value())
+        if settings.ca_bundle:
+            session.verify = settings.ca_bundle
+        self._client = pysnow.Client(
+            host=parts.netloc, use_ssl=parts.scheme == "https", session=session
+        )
+        self._bucket = bucket_for(
+            SYSTEM,
+            credential_fingerprint(f"{self.base_url}|{settings.username}"),
+            RatePolicy(requests_per_second=settings.requests_per_second, burst=1.0),
+        )
+        self._people_lock = threading.Lock()
+        self._people_by_email: dict[str, Person] = {}
+        self._people_by_id: dict[str, Person] = {}
+        self._queries = {
+            "incident": settings.incident_query,
+            "change_request": settings.change_request_query,
+        }
+
+    def __repr__(self) -> str:  # never the password
+        return f"ServiceNowConnector({self.instance!r}, {self.base_url!r})"
+
+    def object_types(self) -> Sequence[str]:
+        return OBJECT_TYPES
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _resource(self, table: str) -> Any:
+        return self._client.resource(api_path=f"/table/{table}")
+
+    def _once(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one remote call, turning whatever pysnow/requests raised into the taxonomy."""
+        try:
+            return fn()
+        except pysnow.exceptions.ResponseError as exc:
+            raise Fatal(what + " failed", system=SYSTEM, remote_message=str(exc)) from exc
+        except ConnectorError:
+            raise
+        except Exception as exc:
+            raise translate(SYSTEM, exc, what) from exc
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """One remote call with the retry layer and the rate budget."""
+        return call_with_retries(
+            lambda: self._once(what, fn),
+            system=SYSTEM,
+            what=what,
+            policy=self.retry,
+            bucket=self._bucket,
+        )
+
+    def _fetch(
+        self, table: str, query: str, *, limit: int, offset: int = 0, fields: Sequence[str] = ()
+    ) -> Callable[[], list[dict[str, Any]]]:
+        def fetch() -> list[dict[str, Any]]:
+            response = self._resource(table).get(
+                query=query,
+                limit=limit,
+                offset=offset,
+                fields=list(fields),
+                display_value=False,
+                exclude_reference_link=True,
+                suppress_pagination_header=True,
+            )
+            return list(response.all())
+
+        return fetch
+
+    def _list(
+        self, table: str, query: str, *, limit: int, offset: int = 0, fields: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        return self._call(
+            f"list {table}", self._fetch(table, query, limit=limit, offset=offset, fields=fields)
+        )
+
+    def _patch(self, table: str, sys_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        def patch() -> dict[str, Any]:
+            response = self._resource(table).request(
+                "PATCH",
+                path_append=f"/{sys_id}",
+                json=dict(payload),
+            )
+            return dict(response.one())
+
+        return self._call(f"update {table}/{sys_id}", patch)
+
+    def _record(self, table: str, row: Mapping[str, Any]) -> RemoteRecord:
+        row = {k: _raw(v) for k, v in row.items()}
+        try:
+            sys_id = str(row["sys_id"])
+            version = (int(row.get("sys_mod_count") or 0),)
+            updated = parse_time(str(row["sys_updated_on"]))
+        except (KeyError, ValueError) as exc:
+            raise Fatal(
+                f"{table} record without sys_id/sys_mod_count/sys_updated_on: {exc}",
+                system=SYSTEM,
+            ) from exc
+        ref = RemoteRef(SYSTEM, self.instance, table, sys_id, str(row.get("number", "")))
+        url = f"{self.base_url}/nav_to.do?uri={table}.do?sys_id={sys_id}"
+        return RemoteRecord(ref=ref, version=version, updated_at=updated, fields=row, url=url)
+
+    def _table(self, object_type: str) -> str:
+        if object_type not in OBJECT_TYPES:
+            raise ValueError(f"servicenow serves {', '.join(OBJECT_TYPES)}, not {object_type!r}")
+        return object_type
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def changes_since(
+        self, object_type: str, watermark: dt.datetime | None, *, page_size: int = 100
+    ) -> Iterator[RemoteRecord]:
+        """Every record updated at or after ``watermark`` (minus the overlap), oldest first.
+
+        Pages by time, not by offset alone: a record updated while we page moves to the end of
+        the order and is read again there, so nothing is missed; (sys_id, sys_mod_count) pairs
+        already yielded are not yielded twice.
+        """
+        table = self._table(object_type)
+        base = self._queries[table]
+        cursor = format_time(watermark - self.poll_overlap) if watermark else None
+        offset = 0
+        seen: set[tuple[str, str]] = set()
+        while True:
+            terms = [t for t in (base, f"sys_updated_on>={cursor}" if cursor else "") if t]
+            query = "^".join([*terms, "ORDERBYsys_updated_on", "ORDERBYsys_id"])
+            page = self._list(table, query, limit=page_size, offset=offset)
+            for row in page:
+                key = (str(row.get("sys_id")), str(row.get("sys_mod_count")))
+                if key not in seen:
+                    seen.add(key)
+                    yield self._record(table, row)
+            if len(page) < page_size:
+                return
+            last = str(page[-1]["sys_updated_on"])
+            if last != cursor:
+                cursor, offset = last, 0  # re-reads at most one page of ties; `seen` drops them
+            else:
+                offset += len(page)  # a whole page in one second: step through it
+
+    def get(self, object_type: str, id_or_key: str) -> RemoteRecord:
+        table = self._table(object_type)
+        field = "sys_id" if SYS_ID.match(id_or_key) else "number"
+        rows = self._list(table, f"{field}={id_or_key}", limit=1)
+        if not rows:
+            raise NotFound(f"{table} {id_or_key} not found", system=SYSTEM, status=404)
+        return self._record(table, rows[0])
+
+    def find_by_correlation(self, object_type: str, correlation_key: str) -> RemoteRecord | None:
+        table = self._table(object_type)
+        if not correlation_key or "^" in correlation_key:
+            raise ValueError(f"not a usable correlation key: {correlation_key!r}")
+        rows = self._list(table, f"correlation_id={correlation_key}^ORDERBYsys_created_on", limit=1)
+        return self._record(table, rows[0]) if rows else None
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def create(
+        self, object_type: str, fields: Mapping[str, Any], *, correlation_key: str
+    ) -> RemoteRecord:
+        """Create, unless a record with ``correlation_key`` exists already (then return it).
+
+        Every attempt looks first, so a create whose response was lost (timeout after the
+        remote stored it) is found instead of being repeated.
+        """
+        table = self._table(object_type)
+        payload = {
+            **fields,
+            "correlation_id": correlation_key,
+            "correlation_display": "itsm-sync",
+        }
+
+        def find_or_create() -> RemoteRecord:
+            # One attempt = look, then create; the retry layer wraps the pair, never each half.
+            rows = self._once(
+                f"find {table}",
+                self._fetch(
+                    table, f"correlation_id={correlation_key}^ORDERBYsys_created_on", limit=1
+                ),
+            )
+            if rows:
+                return self._record(table, rows[0])
+            if self._bucket is not None:
+                self._bucket.acquire()
+            row = self._once(
+                f"create {table}", lambda: self._resource(table).create(payload=payload).one()
+            )
+            return self._record(table, row)
+
+        if not correlation_key or "^" in correlation_key:
+            raise ValueError(f"not a usable correlation key: {correlation_key!r}")
+        return call_with_retries(
+            find_or_create,
+            system=SYSTEM,
+            what=f"create {table}",
+            policy=self.retry,
+            bucket=self._bucket,
+        )
+
+    def update(self, ref: RemoteRef, fields: Mapping[str, Any]) -> RemoteRecord:
+        if not fields:
+            return self.get(ref.object_type, ref.id)
+        return self._record(ref.object_type, self._patch(ref.object_type, ref.id, fields))
+
+    def transition(
+        self, ref: RemoteRef, target: str, fields: Mapping[str, Any] | None = None
+    ) -> RemoteRecord:
+        """Set ``state`` to ``target`` (a state value such as ``"6"``) with what it requires.
+
+        Resolving or closing an incident needs ``close_code`` and ``close_notes``; hold needs
+        ``hold_reason``. Missing ones are refused here, naming them, before any call.
+        """
+        fields = dict(fields or {})
+        needs = (CHANGE_STATE_NEEDS if ref.object_type == "change_request" else STATE_NEEDS).get(
+            target, ()
+        )
+        missing = [name for name in needs if not str(fields.get(name, "")).strip()]
+        if missing:
+            raise Fatal(
+                f"{ref}: moving to state {target} needs {', '.join(missing)}", system=SYSTEM
+            )
+        return self.update(ref, {**fields, "state": target})
+
+    # -- comments -----------------------------------------------------------------------------
+
+    def comments(self, ref: RemoteRef) -> list[RemoteComment]:
+        rows = self._list(
+            "sys_journal_field",
+            f"element_id={ref.id}^elementINcomments,work_notes^ORDERBYsys_created_on^ORDERBYsys_id",
+            limit=10000,
+        )
+        return [self._comment(row) for row in rows]
+
+    def _comment(self, row: Mapping[str, Any]) -> RemoteComment:
+        origin, body = split_origin(str(row.get("value", "")))
+        author = str(row.get("sys_created_by", ""))
+        return RemoteComment(
+            id=str(row["sys_id"]),
+            body=body,
+            visibility=Visibility.INTERNAL
+            if row.get("element") == "work_notes"
+            else Visibility.PUBLIC,
+            author=author,
+            created_at=parse_time(str(row["sys_created_on"])),
+            origin=origin,
+        )
+
+    def add_comment(
+        self, ref: RemoteRef, body: str, *, visibility: Visibility, origin: str = ""
+    ) -> RemoteComment:
+        element = "work_notes" if visibility is Visibility.INTERNAL else "comments"
+        text = mark_origin(body, origin)
+        self._patch(ref.object_type, ref.id, {element: text})
+        rows = self._list(
+            "sys_journal_field",
+            f"element_id={ref.id}^element={element}^ORDERBYDESCsys_created_on^ORDERBYDESCsys_id",
+            limit=20,
+        )
+        for row in rows:
+            if row.get("value") == text:
+                return self._comment(row)
+        raise Fatal(f"{ref}: the {element} entry just written is not in the journal", system=SYSTEM)
+
+    # -- people -------------------------------------------------------------------------------
+
+    def _remember(self, row: Mapping[str, Any]) -> Person:
+        person = Person(
+            id=str(row["sys_id"]),
+            email=str(row.get("email", "")).lower(),
+            name=str(row.get("name", "")),
+        )
+        with self._people_lock:
+            self._people_by_id[person.id] = person
+            if person.email:
+                self._people_by_email[person.email] = person
+        return person
+
+    def person_by_email(self, email: str) -> Person:
+        key = email.strip().lower()
+        with self._people_lock:
+            if key in self._people_by_email:
+                return self._people_by_email[key]
+        if not key or "^" in key:
+            raise NotFound(f"not an email address: {email!r}", system=SYSTEM)
+        rows = self._list(
+            "sys_user", f"email={key}^active=true", limit=1, fields=("sys_id", "email", "name")
+        )
+        if not rows:
+            raise NotFound(f"no active ServiceNow user has the email {email!r}", system=SYSTEM)
+        return self._remember(rows[0])
+
+    def person_by_id(self, person_id: str) -> Person:
+        with self._people_lock:
+            if person_id in self._people_by_id:
+                return self._people_by_id[person_id]
+        if not SYS_ID.match(person_id):
+            raise NotFound(f"not a sys_user sys_id: {person_id!r}", system=SYSTEM)
+        rows = self._list(
+            "sys_user", f"sys_id={person_id}", limit=1, fields=("sys_id", "email", "name")
+        )
+        if not rows:
+            raise NotFound(f"no ServiceNow user with sys_id {person_id}", system=SYSTEM)
+        return self._remember(rows[0])
+
+    # -- webhooks -----------------------------------------------------------------------------
+
+    def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, query: Mapping[str, str] | None = None
+    ) -> list[Observation]:
+        """Verify a business-rule delivery (shared secret header) and read the record in it."""
+        lower = {k.lower(): v for k, v in headers.items()}
+        expected = self.settings.webhook_secret.get_secret_value().encode()
+        given = lower.get("x-servicenow-secret", "").encode()
+        if not given or not hmac.compare_digest(given, expected):
+            raise AuthFailed("webhook secret missing or wrong", system=SYSTEM, status=401)
+        try:
+            payload = json.loads(body)
+            table = str(payload["table"])
+            record = payload["record"]
+            if not isinstance(record, dict):
+                raise TypeError("'record' is not an object")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Fatal(f"not a ServiceNow record delivery: {exc}", system=SYSTEM) from exc
+        if table not in OBJECT_TYPES:
+            return []
+        rec = self._record(table, record)
+        delivery = lower.get("x-servicenow-delivery", "") or f"{rec.ref.id}:{rec.version[0]}"
+        return [
+            Observation(
+                ref=rec.ref,
+                version=rec.version,
+                fields=rec.fields,
+                source="webhook",
+                delivery_id=delivery,
+            )
+        ]
+
+
+def _raw(value: Any) -> Any:
+    """A Table API value with reference links dropped: ``{"link", "value"}`` -> value."""
+    if isinstance(value, dict) and "value" in value:
+        return value["value"]
+    return value
