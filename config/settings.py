@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     statuspage: StatuspageSettings = Field(default_factory=StatuspageSettings)
     instances: Instances = Field(default_factory=Instances)
     database_url: str = "sqlite:///./itsm-sync.db"
+    # Admin-written mapping files (*.yaml); each replaces the shipped default for its
+    # (system, instance). None: the shipped defaults in mapping/defaults/.
+    mappings_dir: str | None = None
     log_level: str = "INFO"
 
     @classmethod

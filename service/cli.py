@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import ConfigFileError, load_settings
+from service.mapping_cli import app as mapping_app
 from simulators.runner import ClusterConfig, Credentials, SimulatorCluster
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+app.add_typer(mapping_app, name="mapping")
 
 
 def main() -> None:

@@ -194,7 +194,7 @@ class ServiceNowConnector:
         return self._call(f"update {table}/{sys_id}", patch)
 
     def _record(self, table: str, row: Mapping[str, Any]) -> RemoteRecord:
-        row = {k: _raw(v) for k, v in row.items()}
+        row = plain(row)
         try:
             sys_id = str(row["sys_id"])
             version = (int(row.get("sys_mod_count") or 0),)
@@ -442,6 +442,12 @@ class ServiceNowConnector:
                 delivery_id=delivery,
             )
         ]
+
+
+def plain(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A Table API record with reference links dropped (``{"link", "value"}`` -> value), as
+    every record this connector hands out looks."""
+    return {k: _raw(v) for k, v in row.items()}
 
 
 def _raw(value: Any) -> Any:
