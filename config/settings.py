@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -80,6 +80,31 @@ class StatuspageSettings(BaseModel):
     ca_bundle: str | None = None
 
 
+class SyncSettings(BaseModel):
+    """How the engine runs and which incidents get records where."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    poll_interval_seconds: float = Field(default=60.0, gt=0)
+    workers: int = Field(default=4, ge=1, le=64)
+    coalesce_seconds: float = Field(default=0.2, ge=0)  # edits within this window: one reconcile
+    lease_seconds: float = Field(default=120.0, gt=0)
+    # Lifecycle rules (conditions over canonical fields, as in mapping files):
+    create_jira_when: str = 'severity in ["SEV1", "SEV2"]'
+    create_servicenow_for_jira: bool = True  # incidents born in Jira get a ServiceNow incident
+    jira_issue_type: str = "Incident"
+
+
+class ApiToken(BaseModel):
+    """A bearer token for the HTTP API and the role it grants."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    token: SecretStr
+    role: Literal["viewer", "change-manager", "admin"]
+
+
 class Instances(BaseModel):
     """More instances of a system, by name (the top-level sections are the ``default`` ones).
 
@@ -106,6 +131,9 @@ class Settings(BaseSettings):
     jira: JiraSettings = Field(default_factory=JiraSettings)
     statuspage: StatuspageSettings = Field(default_factory=StatuspageSettings)
     instances: Instances = Field(default_factory=Instances)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    # ITSM_SYNC_API_TOKENS='[{"name": "desk", "token": "...", "role": "viewer"}]'
+    api_tokens: list[ApiToken] = Field(default_factory=list)
     database_url: str = "sqlite:///./itsm-sync.db"
     # Admin-written mapping files (*.yaml); each replaces the shipped default for its
     # (system, instance). None: the shipped defaults in mapping/defaults/.

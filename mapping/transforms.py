@@ -699,7 +699,8 @@ def _components_to_canonical(value: Any, ctx: TransformContext) -> tuple[str, ..
 
 
 def _components_to_remote(value: Any, ctx: TransformContext) -> dict[str, str]:
-    """{component id: status}: from ``customer_impact``, or ``resolved`` once it has ended."""
+    """{component id: status}: from ``customer_impact`` (or, while that is ``none``, from the
+    severity when args name it, e.g. ``SEV1: major_outage``), or ``resolved`` once it ended."""
     if value is None or value == "":
         return {}
     if isinstance(value, str) or not isinstance(value, list | tuple):
@@ -715,6 +716,11 @@ def _components_to_remote(value: Any, ctx: TransformContext) -> dict[str, str]:
     impact = ctx.values.get("customer_impact")
     impact = str(getattr(impact, "value", impact) or "none")
     key = "resolved" if state in _ENDED else impact
+    if key == "none":  # impact not assessed yet: the severity decides, if args say how
+        severity = ctx.values.get("severity")
+        severity = str(getattr(severity, "value", severity) or "")
+        if severity in statuses:
+            key = severity
     if key not in statuses:
         raise TransformError(
             f"component_statuses: no status for {key!r}; add it to args "

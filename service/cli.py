@@ -14,6 +14,7 @@ from rich.table import Table
 
 from config.settings import ConfigFileError, load_settings
 from service.mapping_cli import app as mapping_app
+from service.sync_cli import register as register_sync_commands
 from simulators.runner import ClusterConfig, Credentials, SimulatorCluster
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 console = Console()
 app.add_typer(mapping_app, name="mapping")
+register_sync_commands(app)
 
 
 def main() -> None:

@@ -11,37 +11,16 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import ConfigFileError, Settings, load_settings
-from connectors.base import Connector
 from connectors.errors import ConnectorError
 from connectors.registry import build_connectors
 from mapping.engine import applies, build_incident, from_canonical, to_canonical
 from mapping.registry import MappingSet, diff_mappings, load_mappings
 from mapping.spec import MappingError, MappingFileError, load_mapping
-from mapping.transforms import TransformContext
+from sync.people import context_for
 
 app = typer.Typer(help="Check, show, preview and compare field mappings.", no_args_is_help=True)
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-
-
-class ConnectorPeople:
-    """People lookups for transforms, backed by a connector's cached lookups."""
-
-    def __init__(self, connector: Connector) -> None:
-        self.connector = connector
-
-    def email_for(self, person_id: str) -> str:
-        return self.connector.person_by_id(person_id).email
-
-    def id_for(self, email: str) -> str:
-        return self.connector.person_by_email(email).id
-
-
-def context_for(connector: Connector) -> TransformContext:
-    from connectors.base import Capability
-
-    people = ConnectorPeople(connector) if Capability.PEOPLE in connector.capabilities else None
-    return TransformContext(system=connector.system, people=people)
 
 
 def _settings(config_file: Path | None) -> Settings:

@@ -1,0 +1,271 @@
+"""The HTTP service: webhooks, health, metrics, and the JSON API (bearer tokens with roles).
+
+Webhooks, ``/healthz`` and ``/metrics`` are open (webhooks prove themselves with their
+signature or secret); every other route needs ``Authorization: Bearer <token>`` for a token
+configured with a role that the route allows.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, Field
+from sqlmodel import func, select
+
+from connectors.http import CALLS
+from mapping.model import Incident
+from service.runtime import Runtime
+from sync import store
+from sync.ingest import ingest_webhook
+from sync.queue import incident_key, mark_dirty, queue_depth
+
+log = logging.getLogger("itsm_sync.http")
+Role = Literal["viewer", "change-manager", "admin"]
+RANK: dict[str, int] = {"viewer": 0, "change-manager": 1, "admin": 2}
+
+
+class _Collector(Collector):
+    """Gauges read from the store at scrape time, and the connectors' call counts."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Any:
+        with store.session_scope(self.runtime.db, readonly=True) as s:
+            depth = queue_depth(s)
+            parked = len(store.open_parked(s))
+            watermarks = s.exec(select(store.Watermark)).all()
+        yield GaugeMetricFamily(
+            "itsm_sync_queue_depth", "incidents waiting to be reconciled", value=depth
+        )
+        yield GaugeMetricFamily("itsm_sync_parked", "(incident, target) pairs parked", value=parked)
+        lag = GaugeMetricFamily(
+            "itsm_sync_poll_lag_seconds",  # since the last poll stored something
+            "age of the poll watermark",
+            labels=["system", "object_type"],
+        )
+        now = time.time()
+        for w in watermarks:
+            if w.value is not None:
+                lag.add_metric(
+                    [f"{w.system}/{w.instance}", w.object_type], now - w.updated_at.timestamp()
+                )
+        yield lag
+        calls = CounterMetricFamily(
+            "itsm_sync_api_calls", "remote API calls", labels=["system", "method", "status"]
+        )
+        for (system, method, status), n in CALLS.snapshot().items():
+            calls.add_metric([system, method, status], n)
+        yield calls
+
+
+class PublicBody(BaseModel):
+    message: str = Field(min_length=1, max_length=25000)
+    public: bool = True
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(title="itsm-sync", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    registry = CollectorRegistry()
+    registry.register(_Collector(runtime))
+    webhooks_total = Counter(
+        "itsm_sync_webhooks",
+        "webhook deliveries by answer",
+        ["system", "status"],
+        registry=registry,
+    )
+    conflicts = Gauge("itsm_sync_conflicts", "conflicts resolved by policy", registry=registry)
+    conflicts.set_function(
+        lambda: sum(w.totals.conflicts for w in (runtime.pool.workers if runtime.pool else []))
+    )
+    tokens = [
+        (t.token.get_secret_value().encode(), t.role, t.name) for t in runtime.settings.api_tokens
+    ]
+
+    def role_at_least(minimum: Role) -> Callable[[Request], str]:
+        def check(request: Request) -> str:
+            header = request.headers.get("authorization", "")
+            scheme, _, given = header.partition(" ")
+            if scheme.lower() != "bearer" or not given:
+                raise HTTPException(
+                    401, "send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
+                )
+            for secret, role, name in tokens:
+                if hmac.compare_digest(secret, given.encode()):
+                    if RANK[role] < RANK[minimum]:
+                        raise HTTPException(
+                            403, f"this route needs the {minimum} role; the token has {role}"
+                        )
+                    request.state.actor = f"token:{name}"
+                    return name
+            raise HTTPException(401, "unknown token", {"WWW-Authenticate": "Bearer"})
+
+        return check
+
+    viewer = Depends(role_at_least("viewer"))
+    admin = Depends(role_at_least("admin"))
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:12]
+        request.state.request_id = rid
+        response: Response = await call_next(request)
+        response.headers["X-Request-Id"] = rid
+        return response
+
+    # -- open routes ----------------------------------------------------------------------
+
+    async def _webhook(system: str, instance: str, request: Request) -> Response:
+        connector = runtime.connectors.get((system, instance))
+        if connector is None:
+            return JSONResponse({"error": f"no {system}/{instance} configured"}, status_code=404)
+        body = await request.body()
+        ack = ingest_webhook(
+            runtime.db, connector, dict(request.headers), body, dict(request.query_params),
+            coalesce=runtime.settings.sync.coalesce_seconds,
+        )  # fmt: skip
+        webhooks_total.labels(system, str(ack.status)).inc()
+        log.info(
+            "webhook %s/%s: %s %s", system, instance, ack.status, ack.message,
+            extra={"request_id": request.state.request_id, "delivery_id": ack.delivery_id},
+        )  # fmt: skip
+        return JSONResponse(
+            {"status": ack.message, "delivery": ack.delivery_id}, status_code=ack.status
+        )
+
+    @app.post("/webhooks/{system}")
+    async def webhook(system: str, request: Request) -> Response:
+        return await _webhook(system, "default", request)
+
+    @app.post("/webhooks/{system}/{instance}")
+    async def webhook_instance(system: str, instance: str, request: Request) -> Response:
+        return await _webhook(system, instance, request)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        with store.session_scope(runtime.db, readonly=True) as s:
+            s.exec(select(func.count()).select_from(store.Link)).one()
+        return {"status": "ok", "mappings": runtime.mapping_problems or "ok"}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return PlainTextResponse(
+            generate_latest(registry).decode(), media_type="text/plain; version=0.0.4"
+        )
+
+    # -- the API --------------------------------------------------------------------------
+
+    @app.get("/api/status", dependencies=[viewer])
+    def status() -> dict[str, Any]:
+        with store.session_scope(runtime.db, readonly=True) as s:
+            links = s.exec(
+                select(store.Link.system, func.count()).group_by(store.Link.system)
+            ).all()
+            watermarks = s.exec(select(store.Watermark)).all()
+            return {
+                "queue_depth": queue_depth(s),
+                "parked": len(store.open_parked(s)),
+                "links": {system: n for system, n in links},
+                "watermarks": {
+                    f"{w.system}/{w.instance}/{w.object_type}": w.value.isoformat()
+                    if w.value
+                    else None
+                    for w in watermarks
+                },
+                "mappings": runtime.mapping_problems or "ok",
+            }
+
+    @app.get("/api/incidents/{incident_id}", dependencies=[viewer])
+    def incident(incident_id: str) -> dict[str, Any]:
+        with store.session_scope(runtime.db, readonly=True) as s:
+            row = _find_incident(s, incident_id)
+            links = store.links_of(s, row.id)
+            return {
+                "incident": row.data,
+                "links": [
+                    {"system": link.system, "instance": link.instance, "key": link.remote_key,
+                     "id": link.remote_id, "url": link.url}
+                    for link in links
+                ],
+            }  # fmt: skip
+
+    @app.get("/api/incidents/{incident_id}/history", dependencies=[viewer])
+    def incident_history(incident_id: str) -> list[dict[str, Any]]:
+        with store.session_scope(runtime.db, readonly=True) as s:
+            row = _find_incident(s, incident_id)
+            return [entry.model_dump(mode="json") for entry in store.history(s, row.id)]
+
+    @app.post("/api/incidents/{incident_id}/public", dependencies=[admin])
+    def publish(incident_id: str, body: PublicBody, request: Request) -> dict[str, Any]:
+        """Comms approves what customers read: the public flag and the public message."""
+        with store.session_scope(runtime.db) as s:
+            row = _find_incident(s, incident_id)
+            current = Incident.model_validate(row.data)
+            updated = current.model_copy(
+                update={"public": body.public, "public_message": body.message}
+            )
+            store.save_incident(s, row, updated.model_dump(mode="json"))
+            store.audit(
+                s, action="update", incident_id=row.id, field="public_message",
+                before=current.public_message, after=body.message, actor=request.state.actor,
+                reason="public status approved" if body.public else "made private",
+            )  # fmt: skip
+            mark_dirty(s, incident_key(row.id), reason="public message")
+            return {"incident": row.id, "public": body.public}
+
+    @app.get("/api/parked", dependencies=[viewer])
+    def parked() -> list[dict[str, Any]]:
+        with store.session_scope(runtime.db, readonly=True) as s:
+            return [p.model_dump(mode="json") for p in store.open_parked(s)]
+
+    @app.post("/api/parked/{parked_id}/replay", dependencies=[admin])
+    def replay(parked_id: int, request: Request) -> dict[str, Any]:
+        with store.session_scope(runtime.db) as s:
+            item = store.get_parked(s, parked_id)
+            if item is None or item.resolved_at is not None:
+                raise HTTPException(404, f"no open parked item {parked_id}")
+            _replay(s, item, request.state.actor)
+            return {"replayed": [parked_id]}
+
+    @app.post("/api/parked/replay-all", dependencies=[admin])
+    def replay_all(request: Request) -> dict[str, Any]:
+        with store.session_scope(runtime.db) as s:
+            items = store.open_parked(s)
+            for item in items:
+                _replay(s, item, request.state.actor)
+            return {"replayed": [item.id for item in items]}
+
+    app.state.runtime = runtime
+    app.state.role_at_least = role_at_least
+    return app
+
+
+def _replay(s: Any, item: store.Parked, actor: str) -> None:
+    store.resolve_parked(s, item.id or 0)
+    store.audit(
+        s, action="replay", incident_id=item.incident_id, system=item.target.split(":")[0],
+        actor=actor, reason=f"replayed from the newest state: {item.error}",
+    )  # fmt: skip
+    mark_dirty(s, incident_key(item.incident_id), reason="replay")
+
+
+def _find_incident(s: Any, ident: str) -> store.IncidentRow:
+    """By canonical id, or by any linked record's key (INC0010001, OPS-12)."""
+    row = store.get_incident(s, ident)
+    if row is None:
+        link = s.exec(select(store.Link).where(store.Link.remote_key == ident)).first()
+        if link is not None:
+            row = store.get_incident(s, link.incident_id)
+    if row is None:
+        raise HTTPException(404, f"no incident {ident}")
+    return row

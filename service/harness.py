@@ -1,0 +1,123 @@
+"""The service in-process on a free port, wired to a set of simulators: for the demo, the
+end-to-end tests and the benchmarks. Everything between the parts is real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from config.settings import Settings
+from service.app import create_app
+from service.runtime import Runtime
+from simulators.runner import SimulatorCluster
+
+WEBHOOK_SECRETS = {
+    "servicenow": "demo-servicenow-secret",
+    "jira": "demo-jira-secret",
+    "statuspage": "demo-statuspage-secret",
+}
+
+
+def settings_for(cluster: SimulatorCluster, database_url: str, **overrides: Any) -> Settings:
+    """Settings pointing at ``cluster`` (credentials as the cluster was started with)."""
+    creds = cluster.config.credentials
+    data: dict[str, Any] = {
+        "servicenow": {
+            "url": cluster.urls["servicenow"],
+            "username": creds.servicenow_username,
+            "password": creds.servicenow_password,
+            "webhook_secret": WEBHOOK_SECRETS["servicenow"],
+        },
+        "jira": {
+            "url": cluster.urls["jira"],
+            "email": creds.jira_email,
+            "api_token": creds.jira_api_token,
+            "webhook_secret": WEBHOOK_SECRETS["jira"],
+        },
+        "statuspage": {
+            "url": cluster.urls["statuspage"] + "/v1",
+            "api_key": creds.statuspage_api_key,
+            "page_id": creds.statuspage_page_id,
+            "webhook_secret": WEBHOOK_SECRETS["statuspage"],
+        },
+        "database_url": database_url,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return Settings.model_validate(data)
+
+
+class Service:
+    """``itsm-sync run`` in this process: a Runtime plus uvicorn on a free port."""
+
+    def __init__(self, settings: Settings, *, poll: bool = True, workers: bool = True) -> None:
+        self.settings = settings
+        self.runtime = Runtime(settings)
+        self.app = create_app(self.runtime)
+        self._poll = poll
+        self._workers = workers
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit it: without, small answers wait ~40 ms for delayed ACKs.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        self._sock = sock
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self._server = uvicorn.Server(
+            uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        )
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Service:
+        self.runtime.start(poll=self._poll, workers=self._workers)
+
+        def serve() -> None:
+            asyncio.run(self._server.serve(sockets=[self._sock]))
+
+        self._thread = threading.Thread(target=serve, name="itsm-sync-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.runtime.stop()
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def register_webhooks(self, cluster: SimulatorCluster) -> None:
+        """Point each simulator's outbound webhooks at this service."""
+        with httpx.Client(timeout=10, verify=False) as client:
+            for system, url in cluster.urls.items():
+                target = f"{self.url}/webhooks/{system}"
+                secret = WEBHOOK_SECRETS[system]
+                if system == "statuspage":
+                    target += f"?token={secret}"
+                client.post(
+                    f"{url}/_sim/webhooks", json={"url": target, "secret": secret}
+                ).raise_for_status()
+
+
+def sqlite_url(folder: Path) -> str:
+    return f"sqlite:///{folder / 'itsm-sync.db'}"

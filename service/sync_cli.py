@@ -1,0 +1,362 @@
+"""``itsm-sync run | sync --once | backfill | status | parked | history | public``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlmodel import func, select
+
+from config.logging import setup_logging
+from config.settings import ConfigFileError, Settings, load_settings
+from mapping.model import Incident
+from service.runtime import Runtime
+from sync import store
+from sync.poller import POLLED, poll_all, poll_once, results_table
+from sync.queue import incident_key, mark_dirty, queue_depth
+from sync.worker import drain
+
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="YAML config file (env still wins).")
+]
+
+
+def settings_or_exit(config_file: Path | None) -> Settings:
+    try:
+        return load_settings(config_file)
+    except (ConfigFileError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def runtime_or_exit(settings: Settings) -> Runtime:
+    from mapping.spec import MappingFileError
+
+    try:
+        return Runtime(settings)
+    except MappingFileError as exc:
+        err.print(f"[red]the mappings are invalid:[/red]\n{exc}")
+        raise typer.Exit(2) from exc
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def run(
+        host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="Port for webhooks, API and metrics.")] = 8000,
+        config_file: ConfigOption = None,
+    ) -> None:
+        """Run the service: webhooks, API, /healthz, /metrics, the poller and the workers."""
+        import uvicorn
+
+        from service.app import create_app
+
+        settings = settings_or_exit(config_file)
+        setup_logging(settings.log_level)
+        runtime = runtime_or_exit(settings)
+        import socket
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms delayed-ACK stalls
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            err.print(f"[red]error:[/red] cannot listen on {host}:{port}: {exc.strerror}")
+            raise typer.Exit(2) from exc
+        runtime.start()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(runtime), log_level="warning", access_log=False, lifespan="off"
+            )
+        )
+        console.print(
+            f"itsm-sync listening on http://{host}:{sock.getsockname()[1]}", highlight=False
+        )
+        try:
+            server.run(sockets=[sock])
+        finally:
+            runtime.stop()
+
+    @app.command("sync")
+    def sync_once(
+        once: Annotated[
+            bool, typer.Option("--once", help="Poll, reconcile until quiet, exit.")
+        ] = False,
+        timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
+        config_file: ConfigOption = None,
+    ) -> None:
+        """Poll everything and reconcile until nothing is left; exit 3 if anything is parked."""
+        if not once:
+            err.print("use --once (or `itsm-sync run` for the service)")
+            raise typer.Exit(2)
+        settings = settings_or_exit(config_file)
+        setup_logging(settings.log_level, json_lines=False)
+        runtime = runtime_or_exit(settings)
+        try:
+            results = poll_all(runtime.db, runtime.connectors)
+            for line in results_table(results):
+                console.print(line, highlight=False)
+            totals = drain(runtime.reconciler, threads=settings.sync.workers, timeout=timeout)
+            with store.session_scope(runtime.db, readonly=True) as s:
+                parked = store.open_parked(s)
+                left = queue_depth(s)
+            console.print(
+                f"reconciled {totals.reconciled}, wrote {totals.writes}, "
+                f"conflicts {totals.conflicts}, parked {len(parked)}, still queued {left}",
+                highlight=False,
+            )
+            for item in parked:
+                console.print(f"  parked #{item.id} {item.target}: {item.error}", highlight=False)
+        finally:
+            runtime.stop()
+        if parked:
+            raise typer.Exit(3)
+        if any(r.error for r in results):
+            raise typer.Exit(1)
+
+    @app.command()
+    def backfill(
+        since: Annotated[
+            str, typer.Option(help="Link and sync records updated since (YYYY-MM-DD).")
+        ],
+        config_file: ConfigOption = None,
+    ) -> None:
+        """Link and sync existing records; a killed backfill resumes where it stopped."""
+        settings = settings_or_exit(config_file)
+        setup_logging(settings.log_level, json_lines=False)
+        try:
+            start = dt.datetime.fromisoformat(since)
+        except ValueError as exc:
+            err.print(f"[red]error:[/red] --since {since!r}: use YYYY-MM-DD or an ISO date-time")
+            raise typer.Exit(2) from exc
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=dt.UTC)
+        runtime = runtime_or_exit(settings)
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}"),
+            TimeElapsedColumn(),
+        )
+        try:
+            with Progress(*columns, console=console) as progress:
+                for (system, instance), connector in sorted(runtime.connectors.items()):
+                    for object_type in POLLED.get(system, ()):
+                        task = progress.add_task(
+                            f"read {system}/{instance} {object_type}", total=None
+                        )
+
+                        def advance(n: int, task: Any = task) -> None:
+                            progress.advance(task, n)
+
+                        result = poll_once(
+                            runtime.db,
+                            connector,
+                            object_type,
+                            since=start,
+                            watermark_key=f"{object_type}@backfill",
+                            progress=advance,
+                        )
+                        if result.error:
+                            err.print(f"[red]{system} {object_type}:[/red] {result.error}")
+                with store.session_scope(runtime.db, readonly=True) as s:
+                    total = queue_depth(s)
+                task = progress.add_task("reconcile", total=total or 1)
+                totals = drain(runtime.reconciler, threads=settings.sync.workers, timeout=3600)
+                progress.update(task, completed=total or 1)
+            console.print(
+                f"backfill: reconciled {totals.reconciled}, wrote {totals.writes}, "
+                f"parked {len(totals.parked)}"
+            )
+        finally:
+            runtime.stop()
+
+    @app.command()
+    def status(config_file: ConfigOption = None) -> None:
+        """The queue, parked items, links per system and the poll watermarks."""
+        settings = settings_or_exit(config_file)
+        db = store.make_engine(settings.database_url)
+        store.migrate(db)
+        with store.session_scope(db, readonly=True) as s:
+            links = s.exec(
+                select(store.Link.system, func.count()).group_by(store.Link.system)
+            ).all()
+            table = Table(title="itsm-sync status")
+            table.add_column("what")
+            table.add_column("value")
+            table.add_row("queued", str(queue_depth(s)))
+            table.add_row("parked", str(len(store.open_parked(s))))
+            for system, n in links:
+                table.add_row(f"linked {system} records", str(n))
+            for w in s.exec(select(store.Watermark)).all():
+                table.add_row(f"watermark {w.system}/{w.instance} {w.object_type}", str(w.value))
+        console.print(table)
+
+    parked_app = typer.Typer(
+        help="Failures that need an admin: list them, replay them.", no_args_is_help=True
+    )
+    app.add_typer(parked_app, name="parked")
+
+    @parked_app.command("list")
+    def parked_list(config_file: ConfigOption = None) -> None:
+        settings = settings_or_exit(config_file)
+        db = store.make_engine(settings.database_url)
+        store.migrate(db)
+        with store.session_scope(db, readonly=True) as s:
+            items = store.open_parked(s)
+            if not items:
+                console.print("nothing is parked")
+                return
+            table = Table(title=f"{len(items)} parked")
+            for column in ("id", "incident", "target", "since", "attempts", "error", "remote says"):
+                table.add_column(column, overflow="fold")
+            for p in items:
+                table.add_row(
+                    str(p.id),
+                    _incident_name(s, p.incident_id),
+                    p.target,
+                    f"{p.parked_at:%Y-%m-%d %H:%M}",
+                    str(p.attempts),
+                    p.error,
+                    p.remote_message,
+                )
+        console.print(table)
+
+    @parked_app.command("replay")
+    def parked_replay(
+        parked_id: Annotated[int | None, typer.Argument(help="The parked item.")] = None,
+        all_: Annotated[bool, typer.Option("--all", help="Every parked item.")] = False,
+        config_file: ConfigOption = None,
+    ) -> None:
+        """Retry from the newest state (after fixing the mapping or the remote)."""
+        if (parked_id is None) == (not all_):
+            err.print("give a parked id or --all")
+            raise typer.Exit(2)
+        settings = settings_or_exit(config_file)
+        db = store.make_engine(settings.database_url)
+        store.migrate(db)
+        with store.session_scope(db) as s:
+            items = (
+                store.open_parked(s)
+                if all_
+                else [p for p in [store.get_parked(s, parked_id or 0)] if p]
+            )
+            items = [p for p in items if p.resolved_at is None]
+            if not items:
+                err.print(f"no open parked item {parked_id}")
+                raise typer.Exit(1)
+            for item in items:
+                store.resolve_parked(s, item.id or 0)
+                store.audit(
+                    s,
+                    action="replay",
+                    incident_id=item.incident_id,
+                    system=item.target.split(":")[0],
+                    actor="cli",
+                    reason=f"replayed: {item.error}",
+                )
+                mark_dirty(s, incident_key(item.incident_id), reason="replay")
+        console.print(
+            f"replaying {len(items)}: queued for `itsm-sync sync --once` or the running service"
+        )
+
+    @app.command()
+    def history(
+        incident: Annotated[
+            str, typer.Argument(help="Canonical id or a linked key (INC0010001, OPS-12).")
+        ],
+        config_file: ConfigOption = None,
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+    ) -> None:
+        """The audit log of one incident: every remote write, conflict, park and replay."""
+        settings = settings_or_exit(config_file)
+        db = store.make_engine(settings.database_url)
+        store.migrate(db)
+        with store.session_scope(db, readonly=True) as s:
+            row = find_incident(s, incident)
+            entries = store.history(s, row.id)
+            links = store.links_of(s, row.id)
+            if as_json:
+                typer.echo(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
+                return
+            names = ", ".join(
+                f"{link.system} {link.remote_key or link.remote_id}" for link in links
+            )
+            table = Table(title=f"{row.data.get('title', '')} ({names})")
+            for column in ("when", "action", "where", "field", "before", "after", "why", "by"):
+                table.add_column(column, overflow="fold")
+            for e in entries:
+                table.add_row(
+                    f"{e.at:%Y-%m-%d %H:%M:%S}",
+                    e.action,
+                    e.system,
+                    e.field or "",
+                    _short(e.before),
+                    _short(e.after),
+                    e.reason,
+                    e.actor,
+                )
+        console.print(table)
+
+    @app.command()
+    def public(
+        incident: Annotated[str, typer.Argument(help="Canonical id or a linked key.")],
+        message: Annotated[str, typer.Option(help="What customers will read.")],
+        off: Annotated[bool, typer.Option("--off", help="Make it private again.")] = False,
+        config_file: ConfigOption = None,
+    ) -> None:
+        """Approve the public status of an incident (comms): the status page follows."""
+        settings = settings_or_exit(config_file)
+        db = store.make_engine(settings.database_url)
+        store.migrate(db)
+        with store.session_scope(db) as s:
+            row = find_incident(s, incident)
+            current = Incident.model_validate(row.data)
+            updated = current.model_copy(update={"public": not off, "public_message": message})
+            store.save_incident(s, row, updated.model_dump(mode="json"))
+            store.audit(
+                s,
+                action="update",
+                incident_id=row.id,
+                field="public_message",
+                before=current.public_message,
+                after=message,
+                actor="cli",
+                reason="made private" if off else "public status approved",
+            )
+            mark_dirty(s, incident_key(row.id), reason="public message")
+        console.print(f"{incident}: {'private' if off else 'public'}; queued for the status page")
+
+
+def find_incident(s: Any, ident: str) -> store.IncidentRow:
+    row = store.get_incident(s, ident)
+    if row is None:
+        link = s.exec(select(store.Link).where(store.Link.remote_key == ident)).first()
+        if link is not None:
+            row = store.get_incident(s, link.incident_id)
+    if row is None:
+        err.print(f"[red]error:[/red] no incident {ident} (give a canonical id or a linked key)")
+        raise typer.Exit(1)
+    return row
+
+
+def _incident_name(s: Any, incident_id: str) -> str:
+    keys = [link.remote_key for link in store.links_of(s, incident_id) if link.remote_key]
+    return ", ".join(keys) or incident_id
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,159 @@
+"""Webhooks and polls in: observations stored, the dirty queue marked, nothing else.
+
+A webhook is a trigger: verify it, store the delivery and what it says durably, and only then
+answer 2xx; the work happens later, from the newest state. A delivery id seen before changes
+nothing (Jira redelivers, sometimes 30 minutes late); a bad signature stores nothing but the
+rejected delivery for inspection; a malformed body is kept for inspection too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from connectors.base import Connector, Observation, RemoteRecord
+from connectors.errors import AuthFailed, ConnectorError
+from sync import store
+from sync.queue import incident_key, mark_dirty, remote_key
+from sync.reconcile import REF_KEY
+
+log = logging.getLogger("itsm_sync.ingest")
+MAX_BODY = 1024 * 1024
+SECRET_HEADERS = {"authorization", "x-servicenow-secret", "x-hub-signature", "cookie"}
+
+
+@dataclass(frozen=True)
+class Ack:
+    status: int  # the HTTP status to answer
+    message: str
+    delivery_id: str = ""
+
+
+def _safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: ("***" if k.lower() in SECRET_HEADERS else v) for k, v in headers.items()}
+
+
+def _complete(obs: Observation) -> bool:
+    """Whether a delivery carries the whole record (Jira comment events carry a trimmed issue:
+    only a trigger to read it)."""
+    return not (obs.ref.system == "jira" and "updated" not in obs.fields)
+
+
+def mark_for(
+    session: Session, system: str, instance: str, object_type: str, remote_id: str,
+    *, delay: float, reason: str, refresh: bool = False,
+) -> None:  # fmt: skip
+    """Queue the incident a record belongs to (or the record itself, if not linked yet, or if
+    it must be read afresh)."""
+    link = store.find_link(
+        session, system=system, instance=instance, object_type=object_type, remote_id=remote_id
+    )
+    key = (
+        incident_key(link.incident_id)
+        if link is not None and not refresh
+        else remote_key(system, instance, object_type, remote_id)
+    )
+    mark_dirty(session, key, debounce=delay or None, reason=reason)
+
+
+def ingest_webhook(
+    db: Engine,
+    connector: Connector,
+    headers: Mapping[str, str],
+    body: bytes,
+    query: Mapping[str, str] | None = None,
+    *,
+    coalesce: float = 0.2,
+) -> Ack:
+    system = connector.system
+    if len(body) > MAX_BODY:
+        with store.session_scope(db) as s:
+            store.record_delivery(
+                s, system=system, delivery_id=f"oversized:{dt.datetime.now(dt.UTC).isoformat()}",
+                status="malformed", reason=f"body of {len(body)} bytes is over {MAX_BODY}",
+                body=body[:MAX_BODY].decode("utf-8", "replace"), headers=_safe_headers(headers),
+            )  # fmt: skip
+        return Ack(413, f"body over {MAX_BODY} bytes")
+    try:
+        observations = connector.parse_webhook(headers, body, query)
+    except AuthFailed as exc:
+        with store.session_scope(db) as s:
+            store.record_delivery(
+                s, system=system, delivery_id=f"rejected:{dt.datetime.now(dt.UTC).isoformat()}",
+                status="rejected", reason=str(exc), body=body.decode("utf-8", "replace"),
+                headers=_safe_headers(headers),
+            )  # fmt: skip
+        return Ack(401, "signature or secret missing or wrong")
+    except ConnectorError as exc:
+        with store.session_scope(db) as s:
+            store.record_delivery(
+                s, system=system, delivery_id=f"malformed:{dt.datetime.now(dt.UTC).isoformat()}",
+                status="malformed", reason=str(exc), body=body.decode("utf-8", "replace"),
+                headers=_safe_headers(headers),
+            )  # fmt: skip
+        return Ack(400, f"malformed delivery: {exc}")
+    if not observations:
+        return Ack(202, "nothing to do for this delivery")
+    delivery = observations[0].delivery_id
+    with store.session_scope(db) as s:
+        if not store.record_delivery(s, system=system, delivery_id=delivery, status="accepted"):
+            return Ack(200, "duplicate delivery: already stored", delivery)
+        for obs in observations:
+            complete = _complete(obs)
+            if complete:
+                store.record_observation(
+                    s, system=obs.ref.system, instance=obs.ref.instance,
+                    object_type=obs.ref.object_type, remote_id=obs.ref.id,
+                    version=list(obs.version), fields={**obs.fields, REF_KEY: obs.ref.key},
+                    source="webhook", remote_updated_at=_updated(obs),
+                )  # fmt: skip
+            mark_for(
+                s, obs.ref.system, obs.ref.instance, obs.ref.object_type, obs.ref.id,
+                delay=coalesce, reason=f"webhook {delivery}", refresh=not complete,
+            )  # fmt: skip
+    return Ack(202, "stored", delivery)
+
+
+def _updated(obs: Observation) -> dt.datetime | None:
+    for name in ("sys_updated_on", "updated", "updated_at"):
+        value = obs.fields.get(name)
+        if value:
+            try:
+                if "T" in str(value):
+                    text = str(value).replace("Z", "+00:00")
+                    if len(text) > 5 and text[-5] in "+-" and text[-3] != ":":
+                        text = text[:-2] + ":" + text[-2:]
+                    return dt.datetime.fromisoformat(text)
+                return dt.datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC)
+            except ValueError:
+                return None
+    return None
+
+
+def store_records(
+    db: Engine, records: Iterable[RemoteRecord], *, source: str = "poll", coalesce: float = 0.0
+) -> tuple[int, dt.datetime | None]:
+    """Store what a poll read and queue it; returns (how many were newer, newest update time)."""
+    newer = 0
+    newest: dt.datetime | None = None
+    with store.session_scope(db) as s:
+        for record in records:
+            ref = record.ref
+            if store.record_observation(
+                s, system=ref.system, instance=ref.instance, object_type=ref.object_type,
+                remote_id=ref.id, version=list(record.version),
+                fields={**record.fields, REF_KEY: ref.key}, source=source,  # type: ignore[arg-type]
+                remote_updated_at=record.updated_at,
+            ):  # fmt: skip
+                newer += 1
+                mark_for(
+                    s, ref.system, ref.instance, ref.object_type, ref.id,
+                    delay=coalesce, reason=source,
+                )  # fmt: skip
+            newest = record.updated_at if newest is None else max(newest, record.updated_at)
+    return newer, newest

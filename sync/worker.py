@@ -1,0 +1,198 @@
+"""Workers: claim dirty keys and reconcile them, one worker per incident at a time.
+
+Claims come from :mod:`sync.queue` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so several
+threads and several ``itsm-sync run`` processes share the work with nothing else between them.
+A failure backs off that key; a fatal one has already parked its (incident, target) pair, and
+the incident's other targets went on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+
+from connectors.errors import ConnectorError
+from sync import store
+from sync.queue import (
+    Claim,
+    claim,
+    finish,
+    has_due,
+    incident_key,
+    mark_dirty,
+    parse_key,
+    queue_depth,
+    release,
+    retry_later,
+)
+from sync.reconcile import Reconciler
+
+log = logging.getLogger("itsm_sync.worker")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Totals:
+    reconciled: int = 0
+    writes: int = 0
+    conflicts: int = 0
+    failures: int = 0
+    parked: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Worker:
+    def __init__(self, reconciler: Reconciler, *, lease_seconds: float = 120.0) -> None:
+        self.reconciler = reconciler
+        self.db: Engine = reconciler.db
+        self.name = worker_name()
+        self.lease = lease_seconds
+        self.totals = Totals()
+
+    def step(self) -> bool:
+        """Claim and handle one key; False when nothing was due."""
+        with store.session_scope(self.db, readonly=True) as s:
+            if not has_due(s):
+                return False
+        with store.session_scope(self.db) as s:
+            claims = claim(s, self.name, limit=1, lease_seconds=self.lease)
+        if not claims:
+            return False
+        self.handle(claims[0])
+        return True
+
+    def handle(self, held: Claim) -> None:
+        try:
+            retry_in = self._work(held.key)
+        except store.StaleIncident:
+            with store.session_scope(self.db) as s:
+                release(s, held)  # someone saved the incident meanwhile: again, from the newest
+            return
+        except Exception as exc:  # one bad key must not stop the worker; it backs off
+            delay = min(300.0, 2.0 * 2 ** min(held.attempts, 7))
+            log.exception("reconciling %s failed; again in %.0fs", held.key, delay)
+            with self.totals.lock:
+                self.totals.failures += 1
+            with store.session_scope(self.db) as s:
+                retry_later(s, held, delay=delay, error=f"{type(exc).__name__}: {exc}")
+            return
+        with store.session_scope(self.db) as s:
+            if retry_in is not None:
+                retry_later(s, held, delay=retry_in, error="a target failed retriably")
+            else:
+                finish(s, held)
+
+    def _work(self, key: str) -> float | None:
+        kind, *rest = parse_key(key)
+        if kind == "incident":
+            outcome = self.reconciler.reconcile(rest[0])
+            with self.totals.lock:
+                self.totals.reconciled += 1
+                self.totals.writes += outcome.writes
+                self.totals.conflicts += outcome.conflicts
+                self.totals.parked.update(f"{rest[0]}:{t}" for t in outcome.parked)
+            return outcome.retry_in
+        system, instance, object_type, remote_id = rest
+        connector = self.reconciler.connectors.get((system, instance))
+        if connector is None:
+            log.warning("no connector for %s/%s; dropping %s", system, instance, key)
+            return None
+        with store.session_scope(self.db) as s:
+            link = store.find_link(
+                s, system=system, instance=instance, object_type=object_type, remote_id=remote_id
+            )
+            known = store.latest_observation(
+                s, system=system, instance=instance, object_type=object_type, remote_id=remote_id
+            )
+        if link is not None or known is None:
+            # A trigger without the record (a Jira comment event), or a record we never saw:
+            # read it now.
+            try:
+                record = connector.get(object_type, remote_id)
+            except ConnectorError as exc:
+                if exc.retriable:
+                    return 5.0
+                log.warning("cannot read %s: %s", key, exc)
+                return None
+            self.reconciler.observe(record, source="poll")
+        incident_id = self.reconciler.adopt(system, instance, object_type, remote_id)
+        if incident_id is not None:
+            with store.session_scope(self.db) as s:
+                mark_dirty(s, incident_key(incident_id), reason=f"from {key}")
+        return None
+
+
+def drain(
+    reconciler: Reconciler, *, threads: int = 4, timeout: float = 300.0, lease: float = 120.0
+) -> Totals:
+    """Work until nothing is due (``sync --once``); keys backing off for longer are left."""
+    workers = [Worker(reconciler, lease_seconds=lease) for _ in range(threads)]
+    deadline = time.monotonic() + timeout
+
+    def run(worker: Worker) -> None:
+        quiet = 0
+        while time.monotonic() < deadline:
+            if worker.step():
+                quiet = 0
+                continue
+            quiet += 1
+            if quiet >= 3:
+                return
+            time.sleep(0.05)
+
+    pool = [threading.Thread(target=run, args=(w,), daemon=True) for w in workers]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(max(0.0, deadline - time.monotonic()) + 1)
+    totals = Totals()
+    for w in workers:
+        totals.reconciled += w.totals.reconciled
+        totals.writes += w.totals.writes
+        totals.conflicts += w.totals.conflicts
+        totals.failures += w.totals.failures
+        totals.parked |= w.totals.parked
+    return totals
+
+
+class WorkerPool:
+    """N workers in threads until stopped (``itsm-sync run``)."""
+
+    def __init__(self, reconciler: Reconciler, *, threads: int, lease: float) -> None:
+        self.workers = [Worker(reconciler, lease_seconds=lease) for _ in range(threads)]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for worker in self.workers:
+            thread = threading.Thread(target=self._loop, args=(worker,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _loop(self, worker: Worker) -> None:
+        while not self._stop.is_set():
+            try:
+                if not worker.step():
+                    self._stop.wait(0.05)
+            except Exception:  # the database went away for a moment: keep trying
+                log.exception("worker step failed")
+                self._stop.wait(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def depth(self) -> int:
+        with store.session_scope(self.workers[0].db) as s:
+            return queue_depth(s)

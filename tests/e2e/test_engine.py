@@ -1,0 +1,402 @@
+"""The sync engine end to end: the service over real HTTP, webhooks from the simulators,
+edits made the way people make them (straight on each system's API)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from sqlmodel import select
+
+from connectors.http import reset_buckets
+from service.harness import WEBHOOK_SECRETS, Service, settings_for, sqlite_url
+from simulators.runner import SimulatorCluster
+from sync import store
+
+T = TypeVar("T")
+ALICE_SN = "a11ce000000000000000000000000001"
+CHECKOUT_SN = "5e000000000000000000000000000001"
+TOKENS = {"viewer": "tok-viewer", "change-manager": "tok-cm", "admin": "tok-admin"}
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 15.0) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class World:
+    """The simulators and the service, with a client for each, as people use them."""
+
+    def __init__(self, sims: SimulatorCluster, service: Service) -> None:
+        self.sims = sims
+        self.service = service
+        self.sn = httpx.Client(
+            base_url=sims.urls["servicenow"], auth=("admin", "admin"), timeout=10
+        )
+        self.jira = httpx.Client(
+            base_url=sims.urls["jira"], auth=("admin@example.com", "sim-token"), timeout=10
+        )
+        self.sp = httpx.Client(
+            base_url=f"{sims.urls['statuspage']}/v1/pages/simpage0001",
+            headers={"Authorization": "OAuth sim-key"},
+            timeout=10,
+        )
+        self.api = httpx.Client(
+            base_url=service.url, headers={"Authorization": f"Bearer {TOKENS['admin']}"}, timeout=10
+        )
+
+    def open_p1(
+        self, title: str = "Checkout fails for all customers", **fields: Any
+    ) -> dict[str, Any]:
+        body = {
+            "short_description": title, "impact": "1", "urgency": "1",
+            "assigned_to": ALICE_SN, "business_service": CHECKOUT_SN, **fields,
+        }  # fmt: skip
+        r = self.sn.post("/api/now/table/incident", json=body)
+        assert r.status_code == 201, r.text
+        return dict(r.json()["result"])
+
+    def sn_record(self, sys_id: str) -> dict[str, Any]:
+        return dict(self.sn.get(f"/api/now/table/incident/{sys_id}").json()["result"])
+
+    def jira_issue_for(self, title: str) -> dict[str, Any] | None:
+        issues = self.jira.get(
+            "/rest/api/2/search/jql",
+            params={"jql": f'project = OPS AND summary ~ "{title}"', "fields": "*all"},
+        ).json()["issues"]
+        return issues[0] if issues else None
+
+    def jira_issues(self) -> list[dict[str, Any]]:
+        return list(
+            self.jira.get(
+                "/rest/api/2/search/jql",
+                params={"jql": "project = OPS", "fields": "*all", "maxResults": 100},
+            ).json()["issues"]
+        )
+
+    def transition(self, key: str, status: str, **fields: Any) -> None:
+        options = self.jira.get(f"/rest/api/2/issue/{key}/transitions").json()["transitions"]
+        [move] = [t for t in options if t["to"]["name"] == status]
+        r = self.jira.post(
+            f"/rest/api/2/issue/{key}/transitions",
+            json={"transition": {"id": move["id"]}, "fields": fields},
+        )
+        assert r.status_code == 204, r.text
+
+    def jira_comments(self, key: str) -> list[dict[str, Any]]:
+        return list(self.jira.get(f"/rest/api/2/issue/{key}/comment").json()["comments"])
+
+    def sp_incidents(self) -> list[dict[str, Any]]:
+        return [
+            i for i in self.sp.get("/incidents").json() if i["name"] != "Search results delayed"
+        ]
+
+    def writes(self) -> dict[str, int]:
+        out = {}
+        for name, url in self.sims.urls.items():
+            stats = httpx.get(f"{url}/_sim/stats").json()
+            out[name] = sum(
+                n for k, n in stats.items() if k.split(" ")[0] in ("POST", "PUT", "PATCH", "DELETE")
+            )
+        return out
+
+    def reset_stats(self) -> None:
+        for url in self.sims.urls.values():
+            httpx.delete(f"{url}/_sim/stats").raise_for_status()
+
+    def quiet(self, timeout: float = 15.0) -> None:
+        """Wait until the queue is empty and the simulators sent every webhook."""
+
+        def idle() -> bool:
+            hooks = all(
+                httpx.get(f"{u}/_sim/webhooks/log").json()["idle"] for u in self.sims.urls.values()
+            )
+            with store.session_scope(self.service.runtime.db) as s:
+                return hooks and s.exec(select(store.Dirty)).first() is None
+
+        wait_for(lambda: idle() and (time.sleep(0.3) or idle()), "the service to go quiet", timeout)
+
+
+@pytest.fixture
+def world(sims: SimulatorCluster, tmp_path: Path) -> Iterator[World]:
+    reset_buckets()
+    for url in sims.urls.values():  # start from empty systems: only the fixtures' people
+        httpx.post(f"{url}/_sim/reset").raise_for_status()
+    for name, url in sims.urls.items():
+        httpx.post(f"{url}/_sim/seed", json=_people_only(name)).raise_for_status()
+    settings = settings_for(
+        sims,
+        sqlite_url(tmp_path),
+        statuspage={"requests_per_second": 50, "burst": 10},
+        sync={"poll_interval_seconds": 30, "workers": 2, "coalesce_seconds": 0.3},
+        api_tokens=[{"name": role, "token": token, "role": role} for role, token in TOKENS.items()],
+    )
+    httpx.post(f"{sims.urls['statuspage']}/_sim/ratelimit", json={"requests_per_minute": 6000})
+    with Service(settings) as service:
+        service.register_webhooks(sims)
+        yield World(sims, service)
+
+
+def _people_only(system: str) -> Any:
+    """The default fixtures without their sample incidents (each test makes its own)."""
+    path = Path(__file__).resolve().parents[2] / "simulators" / "fixtures" / f"{system}.json"
+    data = json.loads(path.read_text())
+    for key in ("incident", "issues", "incidents"):
+        if isinstance(data, dict) and key in data:
+            data[key] = []
+    return data
+
+
+def test_a_p1_becomes_a_jira_issue_and_nothing_is_written_twice(world: World) -> None:
+    inc = world.open_p1()
+    issue = wait_for(lambda: world.jira_issue_for("Checkout fails"), "the Jira issue")
+    assert issue["fields"]["priority"]["name"] == "Highest"
+    assert issue["fields"]["components"][0]["name"] == "Checkout"
+    assert issue["fields"]["assignee"]["emailAddress"] == "alice@example.com"
+    assert "itsm-" in " ".join(issue["fields"]["labels"])
+    world.quiet()
+    assert len(world.jira_issues()) == 1
+    # A second pass right after convergence writes nothing anywhere.
+    world.reset_stats()
+    from sync.poller import poll_all
+    from sync.worker import drain
+
+    runtime = world.service.runtime
+    poll_all(runtime.db, runtime.connectors, since=None)
+    drain(runtime.reconciler, threads=2, timeout=30)
+    assert world.writes() == {"servicenow": 0, "jira": 0, "statuspage": 0}
+    assert world.sn_record(inc["sys_id"])["state"] == "1"
+
+
+def test_the_engineers_jira_moves_reach_servicenow_and_comments_keep_visibility(
+    world: World,
+) -> None:
+    inc = world.open_p1()
+    issue = wait_for(lambda: world.jira_issue_for("Checkout fails"), "the Jira issue")
+    world.transition(issue["key"], "In Progress")
+    wait_for(lambda: world.sn_record(inc["sys_id"])["state"] == "2", "ServiceNow In Progress")
+    world.sn.patch(
+        f"/api/now/table/incident/{inc['sys_id']}", json={"work_notes": "db01 ran out of disk"}
+    )
+    world.sn.patch(f"/api/now/table/incident/{inc['sys_id']}", json={"comments": "We are on it."})
+    world.jira.post(
+        f"/rest/api/2/issue/{issue['key']}/comment",
+        json={
+            "body": "Rolled back build 431",
+            "visibility": {"type": "role", "value": "Developers"},
+        },
+    )
+    comments = wait_for(
+        lambda: (c := world.jira_comments(issue["key"])) and len(c) >= 3 and c, "comments in Jira"
+    )
+    by_text = {c["body"].split("] ", 1)[-1]: c for c in comments}
+    assert by_text["db01 ran out of disk"].get("visibility", {}).get("value") == "Developers"
+    assert "visibility" not in by_text["We are on it."]
+    journal = wait_for(
+        lambda: (
+            (
+                rows := world.sn.get(
+                    "/api/now/table/sys_journal_field",
+                    params={"sysparm_query": f"element_id={inc['sys_id']}^value LIKErolled back"},
+                ).json()["result"]
+            )
+            and rows
+        ),
+        "the Jira comment in ServiceNow",
+    )
+    assert journal[0]["element"] == "work_notes"  # internal in Jira -> internal in ServiceNow
+    world.quiet()
+    # Each comment exists once on each side.
+    assert len(world.jira_comments(issue["key"])) == 3
+    notes = world.sn.get(
+        "/api/now/table/sys_journal_field", params={"sysparm_query": f"element_id={inc['sys_id']}"}
+    ).json()["result"]
+    assert sorted(n["value"].split("] ", 1)[-1] for n in notes) == [
+        "Rolled back build 431",
+        "We are on it.",
+        "db01 ran out of disk",
+    ]
+
+
+def test_public_status_page_gets_only_the_public_message(world: World) -> None:
+    inc = world.open_p1()
+    world.sn.patch(
+        f"/api/now/table/incident/{inc['sys_id']}",
+        json={"work_notes": "root cause: db01 password expired"},
+    )
+    issue = wait_for(lambda: world.jira_issue_for("Checkout fails"), "the Jira issue")
+    assert world.sp_incidents() == []  # not public yet
+    r = world.api.post(
+        f"/api/incidents/{inc['number']}/public",
+        json={"message": "Some customers cannot check out."},
+    )
+    assert r.status_code == 200, r.text
+    [page] = wait_for(world.sp_incidents, "the status page incident")
+    assert page["name"] == "Checkout: service disruption"
+    assert {c["name"]: c["status"] for c in page["components"]} == {"Checkout": "major_outage"}
+    text = json.dumps(page)
+    assert "db01" not in text and "password" not in text and "Checkout fails for all" not in text
+    world.transition(issue["key"], "In Progress")
+    world.transition(issue["key"], "Resolved", resolution={"name": "Done"})
+    resolved = wait_for(
+        lambda: [i for i in world.sp_incidents() if i["status"] == "resolved"],
+        "resolved on the page",
+    )
+    assert {c["name"]: c["status"] for c in resolved[0]["components"]} == {
+        "Checkout": "operational"
+    }
+    record = wait_for(
+        lambda: (r := world.sn_record(inc["sys_id"]))["state"] == "6" and r,
+        "resolved in ServiceNow",
+    )
+    assert record["close_code"] and record["close_notes"]
+    world.quiet()
+    assert len(world.sp_incidents()) == 1
+
+
+def test_duplicate_tickets_attach_to_the_parent(world: World) -> None:
+    parent = world.open_p1()
+    issue = wait_for(lambda: world.jira_issue_for("Checkout fails"), "the Jira issue")
+    for n in range(3):
+        world.open_p1(f"cannot pay {n}", parent_incident=parent["sys_id"])
+    notes = wait_for(
+        lambda: (
+            (c := [x for x in world.jira_comments(issue["key"]) if "Duplicate ticket" in x["body"]])
+            and len(c) == 3
+            and c
+        ),
+        "three duplicates on the parent's issue",
+    )
+    assert "3 duplicate ticket(s) so far" in " ".join(n["body"] for n in notes)
+    world.quiet()
+    assert len(world.jira_issues()) == 1  # no issue of their own
+
+
+def test_fifty_quick_edits_make_one_write_per_target(world: World) -> None:
+    inc = world.open_p1()
+    issue = wait_for(lambda: world.jira_issue_for("Checkout fails"), "the Jira issue")
+    world.quiet()
+    world.reset_stats()
+    for n in range(50):
+        world.sn.patch(
+            f"/api/now/table/incident/{inc['sys_id']}",
+            json={"short_description": f"Checkout fails v{n}"},
+        )
+    world.quiet()
+    assert (
+        world.jira.get(f"/rest/api/2/issue/{issue['key']}").json()["fields"]["summary"]
+        == "Checkout fails v49"
+    )
+    jira_writes = world.writes()["jira"]
+    assert 1 <= jira_writes <= 2, f"{jira_writes} writes to Jira for 50 edits"
+
+
+def test_webhooks_are_verified_deduplicated_and_kept(world: World) -> None:
+    url = f"{world.service.url}/webhooks/servicenow"
+    body = json.dumps({"table": "incident", "operation": "insert", "sys_id": "f" * 32,
+                       "record": {"sys_id": "f" * 32, "sys_mod_count": "0", "sys_updated_on": "2026-11-25 10:00:00", "number": "INC9"}})  # fmt: skip
+    bad = httpx.post(
+        url, content=body, headers={"X-ServiceNow-Secret": "nope", "X-ServiceNow-Delivery": "d1"}
+    )
+    assert bad.status_code == 401
+    good_headers = {
+        "X-ServiceNow-Secret": WEBHOOK_SECRETS["servicenow"],
+        "X-ServiceNow-Delivery": "d1",
+    }
+    first = httpx.post(url, content=body, headers=good_headers)
+    again = httpx.post(url, content=body, headers=good_headers)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert "duplicate" in again.json()["status"]
+    malformed = httpx.post(url, content=b"{not json", headers=good_headers)
+    assert malformed.status_code == 400
+    with store.session_scope(world.service.runtime.db) as s:
+        rows = s.exec(select(store.WebhookDelivery)).all()
+        statuses = sorted(r.status for r in rows)
+        assert statuses == ["accepted", "malformed", "rejected"]
+        kept = next(r for r in rows if r.status == "malformed")
+        assert kept.body == "{not json"
+
+
+def test_a_fatal_write_parks_one_target_and_replay_retries_it(world: World, tmp_path: Path) -> None:
+    # Break Jira only: every issue create is refused as if a field were not on the screen.
+    httpx.post(
+        f"{world.sims.urls['jira']}/_sim/faults",
+        json={
+            "rules": [
+                {"route": "POST /rest/api/{version}/issue", "error_rate": 1.0, "error_status": 400}
+            ]
+        },
+    )
+    inc = world.open_p1()
+    wait_for(
+        lambda: world.api.get(f"/api/incidents/{inc['number']}").status_code == 200, "the incident"
+    )
+    published = world.api.post(
+        f"/api/incidents/{inc['number']}/public", json={"message": "Checkout is down."}
+    )
+    assert published.status_code == 200, published.text
+    parked = wait_for(lambda: world.api.get("/api/parked").json(), "a parked item")
+    assert parked[0]["target"] == "jira:default" and "HTTP 400" in parked[0]["error"]
+    wait_for(world.sp_incidents, "the status page still gets its incident")
+    httpx.delete(f"{world.sims.urls['jira']}/_sim/faults")
+    r = world.api.post(f"/api/parked/{parked[0]['id']}/replay")
+    assert r.status_code == 200, r.text
+    wait_for(lambda: world.jira_issue_for("Checkout fails"), "the Jira issue after the replay")
+    assert world.api.get("/api/parked").json() == []
+    history = world.api.get(f"/api/incidents/{inc['number']}/history").json()
+    assert [h["action"] for h in history].count("park") == 1 and "replay" in [
+        h["action"] for h in history
+    ]
+
+
+ROUTES = [
+    ("GET", "/api/status", "viewer"),
+    ("GET", "/api/incidents/{id}", "viewer"),
+    ("GET", "/api/incidents/{id}/history", "viewer"),
+    ("GET", "/api/parked", "viewer"),
+    ("POST", "/api/incidents/{id}/public", "admin"),
+    ("POST", "/api/parked/999/replay", "admin"),
+    ("POST", "/api/parked/replay-all", "admin"),
+]
+
+
+def test_every_api_route_checks_the_role(world: World) -> None:
+    inc = world.open_p1()
+    wait_for(lambda: world.jira_issue_for("Checkout fails"), "the Jira issue")
+    rank = {"viewer": 0, "change-manager": 1, "admin": 2}
+    for method, template, needed in ROUTES:
+        path = template.format(id=inc["number"])
+        body = {"message": "x"} if "public" in path else None
+        anonymous = httpx.request(method, world.service.url + path, json=body)
+        assert anonymous.status_code == 401, (path, anonymous.status_code)
+        wrong = httpx.request(
+            method, world.service.url + path, json=body, headers={"Authorization": "Bearer nope"}
+        )
+        assert wrong.status_code == 401
+        for role, token in TOKENS.items():
+            r = httpx.request(
+                method,
+                world.service.url + path,
+                json=body,
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            if rank[role] < rank[needed]:
+                assert r.status_code == 403, (path, role, r.status_code)
+            else:
+                assert r.status_code in (200, 404), (path, role, r.status_code, r.text)
+    assert httpx.get(world.service.url + "/healthz").status_code == 200
+    metrics = httpx.get(world.service.url + "/metrics").text
+    assert (
+        "itsm_sync_queue_depth" in metrics
+        and 'itsm_sync_api_calls_total{method="POST",status="201",system="jira"}' in metrics
+    )
