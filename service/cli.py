@@ -85,30 +85,28 @@ def simulate(
 @app.command()
 def demo(
     hold: Annotated[
-        bool, typer.Option(help="Keep the simulators running until Ctrl-C after the script.")
+        bool, typer.Option(help="Keep everything running until Ctrl-C after the story.")
     ] = True,
     base_port: Annotated[
         int,
         typer.Option(help="ServiceNow on this port, Jira +1, Statuspage +2; 0 picks free ports."),
     ] = 8701,
+    database: Annotated[
+        Path, typer.Option(help="The demo's SQLite database (recreated each run).")
+    ] = Path("itsm-sync-demo.db"),
 ) -> None:
-    """Start the seeded simulators, play a short scripted P1 on them and show where to look.
-
-    The sync engine is not built yet (issue 5 makes this the full demo): for now the demo
-    shows the three systems a real deployment syncs, with seeded data and a P1 opened in
-    ServiceNow, and keeps them running so a client can be pointed at them.
-    """
-    from service.demo import run_demo
+    """Simulators + the service on SQLite + a scripted P1, told step by step with URLs."""
+    from service.demo import DemoFailed, run_demo
 
     ports = (0, 0, 0) if base_port == 0 else (base_port, base_port + 1, base_port + 2)
     config = ClusterConfig(servicenow_port=ports[0], jira_port=ports[1], statuspage_port=ports[2])
     cluster = _start_cluster(config)
     try:
-        run_demo(cluster, console)
         _print_cluster(cluster)
-        if hold:
-            console.print("Simulators keep running; press Ctrl-C to stop.")
-            cluster.wait()
+        run_demo(cluster, console, database=database.resolve(), hold=hold)
+    except DemoFailed as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
     finally:
         cluster.stop()
 

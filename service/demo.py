@@ -1,61 +1,263 @@
-"""The scripted demo. Until the sync engine lands (issue 5) it shows the seeded simulators:
-a P1 opened in ServiceNow, the Jira project engineers work in and the public components."""
+"""`itsm-sync demo`: the simulators, the service on SQLite, and a scripted P1 told step by step.
+
+Everything is real: the simulators serve the three APIs over HTTP, the service receives their
+webhooks, and every step below is a person's edit on one system followed by what the others
+show once the service has synced it.
+"""
 
 from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 from rich.console import Console
 
+from service.harness import Service, settings_for
 from simulators.runner import SimulatorCluster
 
+T = TypeVar("T")
+ALICE = "a11ce000000000000000000000000001"  # alice@example.com in the ServiceNow fixtures
+CHECKOUT = "5e000000000000000000000000000001"  # the Checkout business service
 
-def run_demo(cluster: SimulatorCluster, console: Console) -> dict[str, str]:
-    """Play the script against ``cluster``; returns the URLs of what it created."""
-    c = cluster.config.credentials
-    sn, jira, sp = cluster.urls["servicenow"], cluster.urls["jira"], cluster.urls["statuspage"]
-    created: dict[str, str] = {}
-    with httpx.Client(timeout=10) as client:
-        console.rule("[bold]1. The service desk opens a P1 in ServiceNow")
-        resp = client.post(
-            f"{sn}/api/now/table/incident",
-            auth=(c.servicenow_username, c.servicenow_password),
-            headers={"Accept": "application/json"},
+
+class DemoFailed(RuntimeError):
+    """A step did not converge: the message says which."""
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise DemoFailed(f"timed out waiting for {what}")
+
+
+class Demo:
+    def __init__(self, cluster: SimulatorCluster, service: Service, token: str, console: Console):
+        self.cluster = cluster
+        self.service = service
+        self.console = console
+        creds = cluster.config.credentials
+        self.sn = httpx.Client(
+            base_url=cluster.urls["servicenow"],
+            auth=(creds.servicenow_username, creds.servicenow_password),
+            timeout=10,
+        )
+        self.jira = httpx.Client(
+            base_url=cluster.urls["jira"], auth=(creds.jira_email, creds.jira_api_token), timeout=10
+        )
+        self.sp = httpx.Client(
+            base_url=f"{cluster.urls['statuspage']}/v1/pages/{creds.statuspage_page_id}",
+            headers={"Authorization": f"OAuth {creds.statuspage_api_key}"},
+            timeout=10,
+        )
+        self.api = httpx.Client(
+            base_url=service.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+
+    def step(self, title: str) -> None:
+        self.console.rule(f"[bold]{title}")
+
+    def say(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    # -- reading the systems ------------------------------------------------------------------
+
+    def sn_incident(self, sys_id: str) -> dict[str, Any]:
+        return dict(self.sn.get(f"/api/now/table/incident/{sys_id}").json()["result"])
+
+    def jira_issue(self, key: str) -> dict[str, Any]:
+        return dict(self.jira.get(f"/rest/api/2/issue/{key}").json())
+
+    def jira_issue_titled(self, title: str) -> dict[str, Any] | None:
+        found = self.jira.get(
+            "/rest/api/2/search/jql",
+            params={"jql": f'project = OPS AND summary ~ "{title}"', "fields": "*all"},
+        ).json()["issues"]
+        return found[0] if found else None
+
+    def page_incident(self, name: str) -> dict[str, Any] | None:
+        return next((i for i in self.sp.get("/incidents").json() if i["name"] == name), None)
+
+    def transition(self, key: str, status: str, **fields: Any) -> None:
+        options = self.jira.get(f"/rest/api/2/issue/{key}/transitions").json()["transitions"]
+        move = next(t for t in options if t["to"]["name"] == status)
+        self.jira.post(
+            f"/rest/api/2/issue/{key}/transitions",
+            json={"transition": {"id": move["id"]}, "fields": fields},
+        ).raise_for_status()
+
+    # -- the story ------------------------------------------------------------------------
+
+    def play(self) -> dict[str, Any]:
+        sn_url, jira_url = self.cluster.urls["servicenow"], self.cluster.urls["jira"]
+        self.step("1. The service desk opens a P1 in ServiceNow")
+        incident = self.sn.post(
+            "/api/now/table/incident",
             json={
                 "short_description": "Checkout fails for all customers",
-                "description": "Payments API returns 502 on every order since 10:02 UTC.",
+                "description": "Customers get an error page when they pay.",
                 "impact": "1",
                 "urgency": "1",
-                "comments": "We are aware and investigating.",
-                "work_notes": "Paged the SRE on-call.",
+                "assigned_to": ALICE,
+                "business_service": CHECKOUT,
             },
+        ).json()["result"]
+        number, sys_id = incident["number"], incident["sys_id"]
+        self.say(
+            f"{number} priority {incident['priority']}: "
+            f"{sn_url}/nav_to.do?uri=incident.do?sys_id={sys_id}"
         )
-        resp.raise_for_status()
-        incident = resp.json()["result"]
-        created["servicenow"] = f"{sn}/api/now/table/incident/{incident['sys_id']}"
-        console.print(
-            f"{incident['number']} priority {incident['priority']} state {incident['state']}: "
-            f"{created['servicenow']}"
+        issue = wait_for(lambda: self.jira_issue_titled("Checkout fails"), "the Jira issue")
+        key = issue["key"]
+        fields = issue["fields"]
+        self.say(
+            f"-> Jira {key} ({fields['priority']['name']}, {fields['status']['name']}, assigned to "
+            f"{fields['assignee']['emailAddress']}, component {fields['components'][0]['name']}): "
+            f"{jira_url}/browse/{key}"
         )
 
-        console.rule("[bold]2. Engineers work in Jira")
-        resp = client.get(f"{jira}/rest/api/2/project", auth=(c.jira_email, c.jira_api_token))
-        resp.raise_for_status()
-        for project in resp.json():
-            console.print(
-                f"project {project['key']} ({project['name']}): {jira}/browse/{project['key']}"
-            )
-
-        console.rule("[bold]3. Customers read the status page")
-        page = c.statuspage_page_id
-        resp = client.get(
-            f"{sp}/v1/pages/{page}/components",
-            headers={"Authorization": f"OAuth {c.statuspage_api_key}"},
+        self.step("2. Comms approves a public message: the status page follows")
+        self.api.post(
+            f"/api/incidents/{number}/public",
+            json={"message": "Some customers cannot complete checkout. We are investigating."},
+        ).raise_for_status()
+        page = wait_for(
+            lambda: self.page_incident("Checkout: service disruption"), "the page incident"
         )
-        resp.raise_for_status()
-        for component in resp.json():
-            console.print(f"component {component['name']}: {component['status']}")
-        created["statuspage"] = f"{sp}/v1/pages/{page}/incidents"
-    console.print(
-        "The sync engine (issue 5) will turn this P1 into a Jira issue and a public incident."
+        components = {c["name"]: c["status"] for c in page["components"]}
+        self.say(
+            f"-> status page: {page['name']!r} {page['status']}, "
+            f"components {components}: {page['shortlink']}"
+        )
+
+        self.step("3. The engineer takes it in Jira: ServiceNow follows")
+        self.transition(key, "In Progress")
+        wait_for(lambda: self.sn_incident(sys_id)["state"] == "2", "ServiceNow In Progress")
+        self.say(f"-> {number} state 2 (In Progress)")
+
+        self.step("4. A work note stays internal")
+        self.sn.patch(
+            f"/api/now/table/incident/{sys_id}",
+            json={"work_notes": "db01 ran out of disk; failing over"},
+        )
+        note = wait_for(
+            lambda: next(
+                (c for c in self.jira.get(f"/rest/api/2/issue/{key}/comment").json()["comments"]
+                 if "db01" in c["body"]), None,
+            ),
+            "the work note in Jira",
+        )  # fmt: skip
+        page_text = json.dumps(self.sp.get("/incidents").json())
+        self.say(
+            f"-> Jira {key}: internal comment (visible to role "
+            f"{note['visibility']['value']}); on the status page: "
+            f"{'LEAKED' if 'db01' in page_text else 'nothing'}"
+        )
+
+        self.step("5. A customer-visible update")
+        self.sn.patch(
+            f"/api/now/table/incident/{sys_id}", json={"comments": "A fix is being deployed."}
+        )
+        self.api.post(
+            f"/api/incidents/{number}/public",
+            json={"message": "A fix is being deployed; checkout is recovering."},
+        ).raise_for_status()
+        wait_for(
+            lambda: any(
+                u["body"].startswith("A fix is being deployed")
+                for u in (self.page_incident("Checkout: service disruption") or {}).get(
+                    "incident_updates", []
+                )
+            ),
+            "the public update on the page",
+        )
+        self.say(
+            "-> the customer comment is a public comment in Jira; the page shows the new message"
+        )
+
+        self.step("6. Three duplicate tickets attach to the parent")
+        for n in range(3):
+            self.sn.post(
+                "/api/now/table/incident",
+                json={"short_description": f"Customer {n + 1} cannot pay",
+                      "impact": "1", "urgency": "1",
+                      "parent_incident": sys_id},
+            )  # fmt: skip
+        wait_for(
+            lambda: sum(
+                "Duplicate ticket" in c["body"]
+                for c in self.jira.get(f"/rest/api/2/issue/{key}/comment").json()["comments"]
+            ) == 3,
+            "three duplicates on the Jira issue",
+        )  # fmt: skip
+        for child in ("Customer 1 cannot pay", "Customer 2 cannot pay", "Customer 3 cannot pay"):
+            if self.jira_issue_titled(child):
+                raise DemoFailed(f"the duplicate {child!r} got a Jira issue of its own")
+        self.say(f"-> {key} lists 3 duplicate tickets; none of them got a Jira issue of its own")
+
+        self.step(
+            "7. Resolved in Jira: ServiceNow resolved, the page resolved, components operational"
+        )
+        self.transition(key, "Resolved", resolution={"name": "Done"})
+        record = wait_for(
+            lambda: (r := self.sn_incident(sys_id))["state"] == "6" and r, "ServiceNow Resolved"
+        )
+        page = wait_for(
+            lambda: (
+                (p := self.page_incident("Checkout: service disruption"))
+                and p["status"] == "resolved"
+                and p
+            ),
+            "the page resolved",
+        )
+        components = {c["name"]: c["status"] for c in page["components"]}
+        self.say(
+            f"-> {number} state 6, close code {record['close_code']!r}; "
+            f"page {page['status']}, {components}"
+        )
+        return {"number": number, "sys_id": sys_id, "key": key}
+
+
+def run_demo(
+    cluster: SimulatorCluster, console: Console, *, database: Path, hold: bool
+) -> dict[str, Any]:
+    """Start the service on ``cluster``, play the story, then (with ``hold``) keep running."""
+    if database.exists():
+        database.unlink()  # every demo starts from an empty store
+    token = secrets.token_urlsafe(16)
+    settings = settings_for(
+        cluster,
+        f"sqlite:///{database}",
+        sync={"poll_interval_seconds": 10, "workers": 2},
+        api_tokens=[{"name": "demo", "token": token, "role": "admin"}],
     )
-    return created
+    with Service(settings) as service:
+        service.register_webhooks(cluster)
+        console.print(f"itsm-sync is running at {service.url} (SQLite {database})", highlight=False)
+        demo = Demo(cluster, service, token, console)
+        result = demo.play()
+        console.rule("[bold]Your turn")
+        console.print(
+            "Edit anything on the simulators and watch it sync. "
+            f"Service API: {service.url}/api/docs "
+            f"(Authorization: Bearer {token}), metrics {service.url}/metrics.\n"
+            f"The audit trail: itsm-sync history {result['number']} "
+            f"(ITSM_SYNC_DATABASE_URL=sqlite:///{database})",
+            highlight=False,
+        )
+        if hold:
+            console.print("Running until Ctrl-C.")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        return result

@@ -1,4 +1,4 @@
-"""`itsm-sync demo` as `make demo` runs it (without holding the simulators open)."""
+"""`itsm-sync demo` as `make demo` runs it (without holding it open): the whole story."""
 
 from __future__ import annotations
 
@@ -8,19 +8,23 @@ import sys
 from pathlib import Path
 
 
-def test_demo_opens_a_p1_and_shows_where_to_look(tmp_path: Path) -> None:
+def test_demo_tells_the_p1_story(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "service", "demo", "--no-hold", "--base-port", "0"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         cwd=tmp_path,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "250"},
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "INC" in out and "priority 1" in out
-    assert "project OPS" in out
-    assert "component Checkout: operational" in out
-    assert "export ITSM_SYNC_SERVICENOW__URL=http://127.0.0.1:" in out
-    assert "/api/now/table/incident/" in out  # the record's URL
+    assert result.returncode == 0, out + result.stderr
+    assert "priority 1" in out and "/nav_to.do?uri=incident.do?sys_id=" in out
+    assert "-> Jira OPS-" in out and "(Highest, Open, assigned to alice@example.com, component Checkout)" in out
+    assert "'Checkout': 'major_outage'" in out  # the public incident with its component
+    assert "state 2 (In Progress)" in out
+    assert "internal comment (visible to role Developers); on the status page: nothing" in out
+    assert "none of them got a Jira issue of its own" in out
+    assert "state 6" in out and "page resolved, {'Checkout': 'operational'}" in out
+    assert "LEAKED" not in out
+    assert (tmp_path / "itsm-sync-demo.db").exists()
