@@ -95,6 +95,21 @@ class SyncSettings(BaseModel):
     jira_issue_type: str = "Incident"
 
 
+class PostmortemSettings(BaseModel):
+    """The postmortem tracker: which incidents need one, where action items come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    required_when: str = 'severity in ["SEV1", "SEV2"]'
+    # A Jira issue of this type is the postmortem (linked to the incident's issue); it is
+    # complete when it reaches a done status. "" : no Jira issue, complete it with the CLI.
+    review_issue_type: str = "Post-incident review"
+    action_link_type: str = "Relates"  # issues linked so to the incident's or review's issue
+    action_label: str = "postmortem-action"  # ... or linked and carrying this label
+    change_type: str = "normal"
+    reminder_hours: float = Field(default=24.0, ge=0)  # overdue reminder period; 0: none
+
+
 class ApiToken(BaseModel):
     """A bearer token for the HTTP API and the role it grants."""
 
@@ -132,6 +147,7 @@ class Settings(BaseSettings):
     statuspage: StatuspageSettings = Field(default_factory=StatuspageSettings)
     instances: Instances = Field(default_factory=Instances)
     sync: SyncSettings = Field(default_factory=SyncSettings)
+    postmortem: PostmortemSettings = Field(default_factory=PostmortemSettings)
     # ITSM_SYNC_API_TOKENS='[{"name": "desk", "token": "...", "role": "viewer"}]'
     api_tokens: list[ApiToken] = Field(default_factory=list)
     database_url: str = "sqlite:///./itsm-sync.db"

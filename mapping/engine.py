@@ -123,6 +123,11 @@ def from_canonical(mapping: Mapping, incident: Incident, ctx: TransformContext) 
                 raise MappingError(f"{where}: {exc}") from exc
         if isinstance(value, tuple):
             value = list(value)
+        if value in ("", None) and "." in f.path:
+            # An empty reference clears the object (Jira: "assignee": null), rather than
+            # sending {"accountId": ""}, which the remote refuses.
+            set_path(patch, f.path.rsplit(".", 1)[0], None)
+            continue
         set_path(patch, f.path, value)
     return patch
 

@@ -7,6 +7,7 @@ configured with a role that the route allows.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import logging
 import time
@@ -24,6 +25,7 @@ from sqlmodel import func, select
 
 from connectors.http import CALLS
 from mapping.model import Incident
+from postmortem_tracker.report import audit_rows, to_csv, to_dicts
 from service.runtime import Runtime
 from sync import store
 from sync.ingest import ingest_webhook
@@ -67,6 +69,17 @@ class _Collector(Collector):
         for (system, method, status), n in CALLS.snapshot().items():
             calls.add_metric([system, method, status], n)
         yield calls
+
+
+class OverrideBody(BaseModel):
+    reason: str = Field(min_length=3, max_length=2000)
+
+
+class ActionBody(BaseModel):
+    title: str = Field(min_length=1, max_length=160)
+    owner: str = ""
+    due: dt.date | None = None
+    description: str = ""
 
 
 class PublicBody(BaseModel):
@@ -244,6 +257,59 @@ def create_app(runtime: Runtime) -> FastAPI:
             for item in items:
                 _replay(s, item, request.state.actor)
             return {"replayed": [item.id for item in items]}
+
+    change_manager = Depends(role_at_least("change-manager"))
+
+    @app.get("/api/audit", dependencies=[change_manager])
+    def audit_report(
+        request: Request,
+        since: str | None = None,
+        until: str | None = None,
+        team: str | None = None,
+        overdue: bool = False,
+        format: str = "json",
+    ) -> Response:
+        """Every action item with its change request; ``?format=csv`` for a spreadsheet."""
+        try:
+            start = dt.date.fromisoformat(since) if since else None
+            end = dt.date.fromisoformat(until) if until else None
+        except ValueError as exc:
+            raise HTTPException(422, f"dates are YYYY-MM-DD: {exc}") from exc
+        rows = audit_rows(runtime.db, since=start, until=end, team=team, overdue_only=overdue)
+        if format == "csv":
+            return Response(
+                to_csv(rows), media_type="text/csv",
+                headers={"Content-Disposition": 'attachment; filename="itsm-sync-audit.csv"'},
+            )  # fmt: skip
+        return JSONResponse(to_dicts(rows))
+
+    @app.get("/api/incidents/{incident_id}/gate", dependencies=[viewer])
+    def gate_state(incident_id: str) -> dict[str, Any]:
+        with store.session_scope(runtime.db, readonly=True) as s:
+            row = _find_incident(s, incident_id)
+        state = runtime.tracker.gate(Incident.model_validate({**row.data, "id": row.id}))
+        return {"can_close": state.open, "missing": state.missing, "why": state.explain()}
+
+    @app.post("/api/incidents/{incident_id}/gate/override", dependencies=[change_manager])
+    def gate_override(incident_id: str, body: OverrideBody, request: Request) -> dict[str, Any]:
+        with store.session_scope(runtime.db, readonly=True) as s:
+            row = _find_incident(s, incident_id)
+        runtime.tracker.override(row.id, reason=body.reason, actor=request.state.actor)
+        with store.session_scope(runtime.db) as s:
+            mark_dirty(s, incident_key(row.id), reason="gate override")
+        return {"incident": row.id, "overridden": True}
+
+    @app.post("/api/incidents/{incident_id}/actions", dependencies=[change_manager])
+    def add_action(incident_id: str, body: ActionBody, request: Request) -> dict[str, Any]:
+        with store.session_scope(runtime.db, readonly=True) as s:
+            row = _find_incident(s, incident_id)
+        item = runtime.tracker.add_action(
+            row.id, title=body.title, owner=body.owner, due=body.due,
+            description=body.description, source=f"api:{request.state.actor}",
+        )  # fmt: skip
+        with store.session_scope(runtime.db) as s:
+            mark_dirty(s, incident_key(row.id), reason="action item added")
+        return {"key": item.key, "title": item.title}
 
     app.state.runtime = runtime
     app.state.role_at_least = role_at_least

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from config.settings import ConfigFileError, load_settings
 from service.mapping_cli import app as mapping_app
+from service.postmortem_cli import register as register_postmortem_commands
 from service.sync_cli import register as register_sync_commands
 from simulators.runner import ClusterConfig, Credentials, SimulatorCluster
 
@@ -26,6 +27,7 @@ app = typer.Typer(
 console = Console()
 app.add_typer(mapping_app, name="mapping")
 register_sync_commands(app)
+register_postmortem_commands(app)
 
 
 def main() -> None:

@@ -14,10 +14,11 @@ from connectors.base import Connector
 from connectors.registry import build_connectors
 from mapping.registry import MappingSet, Reloader
 from mapping.spec import Mapping, MappingFileError
+from postmortem_tracker.tracker import Tracker
 from sync import store
 from sync.poller import Poller
 from sync.reconcile import Reconciler
-from sync.worker import WorkerPool
+from sync.worker import WorkerPool, reclaim_orphans
 
 log = logging.getLogger("itsm_sync.service")
 
@@ -41,6 +42,10 @@ class Runtime:
         )
         self._record_current()
         self.reconciler = Reconciler(self.db, self.connectors, lambda: self.mappings, settings.sync)
+        self.tracker = Tracker(self.db, self.connectors, settings.postmortem)
+        self.reconciler.tracker = self.tracker
+        self.reconciler.resolvers.append(self.tracker.owner_of)
+        reclaim_orphans(self.db)
         self.poller: Poller | None = None
         self.pool: WorkerPool | None = None
 

@@ -21,7 +21,8 @@ from sync import store
 from sync.ingest import store_records
 
 log = logging.getLogger("itsm_sync.poller")
-POLLED = {"servicenow": ("incident",), "jira": ("issue",)}  # Statuspage is output only
+# Statuspage is output only; change requests are polled for the postmortem tracker.
+POLLED = {"servicenow": ("incident", "change_request"), "jira": ("issue",)}
 BATCH = 200
 
 

@@ -63,9 +63,13 @@ def correlation_key(incident_id: str) -> str:
 
 
 def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{"a.b": 1} -> {"a": {"b": 1}}; an empty nested value clears its object ({"a": None})."""
     out: dict[str, Any] = {}
     for path, value in flat.items():
-        set_path(out, path, value)
+        if value is None and "." in path:
+            set_path(out, path.rsplit(".", 1)[0], None)
+        else:
+            set_path(out, path, value)
     return out
 
 
@@ -117,6 +121,11 @@ class Reconciler:
             settings.create_jira_when, fields=CANONICAL_FIELDS
         )
         self._contexts: dict[tuple[str, str], TransformContext] = {}
+        # The postmortem tracker plugs in here (set by the composition root): its work on
+        # resolved incidents, the closure gate, and which incident owns a change request.
+        self.tracker: Any = None
+        # (system, object_type, remote_id) -> the incident a non-incident record belongs to.
+        self.resolvers: list[Callable[[str, str, str], str | None]] = []
 
     def context(self, system: str, instance: str) -> TransformContext:
         key = (system, instance)
@@ -148,6 +157,11 @@ class Reconciler:
         data: dict[str, Any] | None = None
         if owner is None:
             mapping = self.mappings().get(system, instance)
+            if mapping.object_type != object_type:
+                return None  # e.g. a change request: not an incident of its own
+            issue_type = (fields.get("issuetype") or {}).get("name")
+            if system == "jira" and issue_type != self.settings.jira_issue_type:
+                return None  # a task, a review, an action item: not an incident
             values = to_canonical(mapping, fields, self.context(system, instance))
             values["parent"] = self._parent_id(system, instance, object_type, values.get("parent"))
             incident = Incident.model_validate(_nested_values(values))
@@ -346,6 +360,12 @@ class Reconciler:
                 "comments": [*incident.comments, *(c for c, _, _ in new_comments)],
             }
         )
+        if (
+            self.tracker is not None
+            and merged.state is State.CLOSED
+            and incident.state is not State.CLOSED
+        ):
+            merged = self._closure_gate(merged, changes.get("state", []), links, outcome)
         if merged != incident or consumed or new_comments:
             with store.session_scope(self.db) as s:
                 fresh = store.get_incident(s, incident_id)
@@ -395,7 +415,38 @@ class Reconciler:
             except ConnectorError as exc:
                 self._fail(incident_id, target, exc, outcome)
         self._attach_child(incident, links, comment_targets, outcome)
+        if self.tracker is not None and incident.state in (State.RESOLVED, State.CLOSED):
+            try:
+                self.tracker.work(incident, links)
+            except ConnectorError as exc:
+                self._fail(incident_id, "postmortem", exc, outcome)
         return outcome
+
+    def _closure_gate(
+        self, merged: Incident, changes: list[Change], links: list[store.Link], outcome: Outcome
+    ) -> Incident:
+        """A close attempt: allowed only if the postmortem gate is open; otherwise the incident
+        stays resolved (the push writes Resolved back where it was closed) and every system
+        gets an internal note that says exactly what is missing."""
+        try:
+            self.tracker.work(merged, links)  # items and change requests as of now
+        except ConnectorError as exc:
+            log.warning("postmortem work before the gate failed: %s", exc)
+        gate = self.tracker.gate(merged)
+        if gate.open:
+            return merged
+        by = ", ".join(sorted({f"{c.link.system} {c.link.remote_key}" for c in changes})) or "?"
+        note = self.tracker.record_blocked(merged, gate, by)
+        comment = Comment(
+            id=f"gate:{merged.id}:{len(merged.comments)}",
+            body=note,
+            visibility=Visibility.INTERNAL,
+            origin="itsm-sync:closure-gate",
+            created_at=dt.datetime.now(dt.UTC),
+        )
+        return merged.model_copy(
+            update={"state": State.RESOLVED, "comments": (*merged.comments, comment)}
+        )
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -442,7 +493,8 @@ class Reconciler:
         for f in mapping.fields:
             if f.writes:
                 value = get_path(nested, f.path)
-                if value is not None or f.path in _paths(nested):
+                present = _paths(nested)
+                if value is not None or f.path in present or f.path.rsplit(".", 1)[0] in present:
                     flat[f.path] = value
         if mapping.system == "jira" and "labels" in flat:  # keep the correlation stamp
             flat["labels"] = sorted({*(flat["labels"] or []), correlation_key(incident.id)})
@@ -553,15 +605,19 @@ class Reconciler:
                     or f"Resolved; synced by itsm-sync from {incident.title!r}",
                 )
             record = connector.transition(ref, str(state), nest(extra))
-            written: dict[str, Any] = {
-                **patch,
-                str(state_path): state,
-                **{k: extra[k] for k in ("close_code", "close_notes") if k in extra},
+            written: dict[str, Any] = {**patch, str(state_path): state}
+            # Close code and notes filled in only because ServiceNow wants them on a resolve
+            # are not the incident's: left out of the shadow, they are read in next time
+            # instead of being "brought in line" (blanked) by the next pass.
+            defaults = {
+                k: extra[k] for k in ("close_code", "close_notes") if k in extra and k not in patch
             }
         elif state is not None and mapping.system == "statuspage":
+            defaults = {}
             record = connector.transition(ref, str(state), nest(patch))
             written = {**patch, str(state_path): state}
         else:
+            defaults = {}
             if patch:
                 record = connector.update(ref, nest(patch))
             if state is not None:
@@ -569,15 +625,49 @@ class Reconciler:
             written = {**patch, **({state_path: state} if state is not None and state_path else {})}
         outcome.writes += 1
         assert record is not None  # the patch was not empty
+        version = list(record.version)
+        meanwhile = self._changed_meanwhile(mapping, link, record, held, written)
+        if meanwhile:
+            # The record we got back also holds an edit made since we last looked, and its
+            # version covers that edit: as the shadow's version it would pass for the echo of
+            # our own write and be lost. Keep the record as the newest observation and leave
+            # the shadow's version empty, so the next pass compares it field by field.
+            version = []
         with store.session_scope(self.db) as s:
-            store.set_shadow(s, link.id or 0, {**held, **written}, list(record.version))
-            for path, value in written.items():
+            if meanwhile:
+                store.record_observation(
+                    s, system=link.system, instance=link.instance, object_type=link.object_type,
+                    remote_id=link.remote_id, version=list(record.version),
+                    fields={**record.fields, REF_KEY: record.ref.key}, source="poll",
+                    remote_updated_at=record.updated_at,
+                )  # fmt: skip
+                mark_dirty(s, incident_key(incident.id), reason="changed while we wrote")
+            store.set_shadow(s, link.id or 0, {**held, **written}, version)
+            for path, value in {**written, **defaults}.items():
                 store.audit(
                     s, action="transition" if path == state_path else "update",
                     incident_id=incident.id, system=mapping.system, instance=mapping.instance,
                     remote_id=link.remote_id, field=path, before=_jsonable(held.get(path)),
                     after=_jsonable(value), reason="brought in line with the incident",
                 )  # fmt: skip
+
+    def _changed_meanwhile(
+        self,
+        mapping: FieldMap,
+        link: store.Link,
+        record: RemoteRecord,
+        held: Mapping[str, Any],
+        written: Mapping[str, Any],
+    ) -> bool:
+        """Whether a record returned by our write differs, on a path we read but did not
+        write, from what we held: someone (or the system itself) changed it meanwhile."""
+        if link.system not in SOURCES:
+            return False
+        return any(
+            not self._same(mapping, f.path, get_path(record.fields, f.path), held[f.path], link)
+            for f in mapping.fields
+            if f.reads and f.path not in written and f.path in held
+        )
 
     def _push_comments(
         self,

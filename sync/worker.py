@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
+from sqlmodel import col, select
 
 from connectors.errors import ConnectorError
 from sync import store
@@ -103,6 +104,14 @@ class Worker:
                 self.totals.parked.update(f"{rest[0]}:{t}" for t in outcome.parked)
             return outcome.retry_in
         system, instance, object_type, remote_id = rest
+        for resolver in self.reconciler.resolvers:
+            # A record that belongs to an incident without being one (a change request, a
+            # postmortem review, an action item): wake the incident.
+            owner = resolver(system, object_type, remote_id)
+            if owner is not None:
+                with store.session_scope(self.db) as s:
+                    mark_dirty(s, incident_key(owner), reason=f"from {key}")
+                return None
         connector = self.reconciler.connectors.get((system, instance))
         if connector is None:
             log.warning("no connector for %s/%s; dropping %s", system, instance, key)
@@ -130,6 +139,36 @@ class Worker:
             with store.session_scope(self.db) as s:
                 mark_dirty(s, incident_key(incident_id), reason=f"from {key}")
         return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reclaim_orphans(db: Engine) -> int:
+    """Give back claims held by workers of this host whose process is gone (killed -9), so a
+    restart picks their keys up now instead of when the lease runs out. Claims of other
+    hosts are left to their leases."""
+    host = socket.gethostname()
+    freed = 0
+    with store.session_scope(db) as s:
+        for row in s.exec(
+            select(store.Dirty).where(col(store.Dirty.claimed_by).is_not(None))
+        ).all():
+            owner_host, _, rest = (row.claimed_by or "").partition(":")
+            pid = rest.partition(":")[0]
+            if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+                row.claimed_by, row.claimed_until, row.due_at = None, None, store.utcnow()
+                freed += 1
+    if freed:
+        log.info("took back %d claim(s) of workers that died", freed)
+    return freed
 
 
 def drain(

@@ -471,6 +471,44 @@ class JiraConnector:
         )
         return self._comment(raw)
 
+    # -- links (the postmortem tracker) ------------------------------------------------------
+
+    def linked_issues(self, ref: RemoteRef, link_type: str) -> list[str]:
+        """Keys of issues linked to ``ref`` with ``link_type`` (either direction)."""
+        fields = self.get("issue", ref.id).fields
+        keys = []
+        for link in fields.get("issuelinks") or []:
+            if str((link.get("type") or {}).get("name", "")).lower() != link_type.lower():
+                continue
+            other = link.get("inwardIssue") or link.get("outwardIssue") or {}
+            if other.get("key"):
+                keys.append(str(other["key"]))
+        return keys
+
+    def link_issues(self, link_type: str, inward_key: str, outward_key: str) -> None:
+        body = {
+            "type": {"name": link_type},
+            "inwardIssue": {"key": inward_key},
+            "outwardIssue": {"key": outward_key},
+        }
+        self._call("link issues", lambda: self._send("POST", "issueLink", body), issue=inward_key)
+
+    def add_remote_link(self, ref: RemoteRef, *, global_id: str, url: str, title: str) -> None:
+        """Create or update (by ``global_id``) a link from the issue to a page elsewhere."""
+        body = {
+            "globalId": global_id,
+            "application": {"type": "com.servicenow", "name": "ServiceNow"},
+            "object": {"url": url, "title": title},
+        }
+        self._call(
+            f"remote link on {ref.key}",
+            lambda: self._send("POST", f"issue/{ref.id}/remotelink", body),
+            issue=ref.id,
+        )
+
+    def remote_links(self, ref: RemoteRef) -> list[dict[str, Any]]:
+        return list(self._call("remote links", lambda: self._get(f"issue/{ref.id}/remotelink")))
+
     # -- people -------------------------------------------------------------------------------
 
     def _person(self, raw: Mapping[str, Any]) -> Person:

@@ -20,7 +20,10 @@ def test_demo_tells_the_p1_story(tmp_path: Path) -> None:
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "priority 1" in out and "/nav_to.do?uri=incident.do?sys_id=" in out
-    assert "-> Jira OPS-" in out and "(Highest, Open, assigned to alice@example.com, component Checkout)" in out
+    assert (
+        "-> Jira OPS-" in out
+        and "(Highest, Open, assigned to alice@example.com, component Checkout)" in out
+    )
     assert "'Checkout': 'major_outage'" in out  # the public incident with its component
     assert "state 2 (In Progress)" in out
     assert "internal comment (visible to role Developers); on the status page: nothing" in out

@@ -143,6 +143,9 @@ def test_diff_says_what_changes_for_users(tmp_path: Path) -> None:
     assert "- description <-> description: no longer mapped" in lines
     assert "- parent <-> parent_incident: no longer mapped" in lines
     assert "+ parent <- parent_incident: now mapped" in lines
-    assert "~ severity <- priority: values 'SEV1=1, SEV2=2, SEV3=3, SEV4=4|5' -> 'SEV1=1, SEV2=2, SEV3=3, SEV4=4'" in lines
+    assert (
+        "~ severity <- priority: values 'SEV1=1, SEV2=2, SEV3=3, SEV4=4|5' -> 'SEV1=1, SEV2=2, SEV3=3, SEV4=4'"
+        in lines
+    )
     same = run(["diff", str(old), str(old)])
     assert same.stdout.strip() == "no change for users"

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
+import postmortem_tracker.models  # noqa: F401 - its tables join the store metadata
 from sync.store import make_engine, metadata, migrate
 
 PG_MAINTENANCE_URL = os.environ.get(

@@ -1,0 +1,74 @@
+"""Postmortems, their action items and gate overrides, in the engine's database.
+
+The tables join ``sync.store.metadata`` (one database, one migration chain:
+``sync/migrations/versions/0002_postmortem.py``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Date, Text, UniqueConstraint
+from sqlmodel import Field
+
+from sync.store import StoreModel, UTCDateTime, utcnow
+
+
+def _now() -> dt.datetime:
+    return utcnow()
+
+
+class Postmortem(StoreModel, table=True):
+    """The postmortem of one incident (required by the configured rule once it is resolved)."""
+
+    __tablename__ = "postmortem"
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: str = Field(unique=True, index=True)
+    jira_key: str = ""  # the "Post-incident review" issue, when configured
+    jira_id: str = ""
+    created_at: dt.datetime = Field(default_factory=_now, sa_type=UTCDateTime)
+    # Done: its review issue reached a done status, or someone completed it (CLI/API).
+    completed_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
+    completed_by: str = ""
+
+
+class ActionItem(StoreModel, table=True):
+    """A fix the postmortem decided on; it must become a change request with owner and date."""
+
+    __tablename__ = "action_item"
+    __table_args__ = (UniqueConstraint("key", name="uq_action_item_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str  # the change request's correlation key: stable, unique
+    incident_id: str = Field(index=True)
+    title: str
+    description: str = Field(default="", sa_type=Text)
+    owner: str = ""  # email
+    due_date: dt.date | None = Field(default=None, sa_type=Date)
+    source: str = ""  # "jira:OPS-31", "cli", "api"
+    source_id: str = ""  # the Jira issue id, for a source on Jira
+    source_url: str = ""
+    change_request_id: str = ""  # sys_id
+    change_request_number: str = ""
+    change_request_state: str = ""
+    change_request_close_code: str = ""
+    blocked: str = Field(default="", sa_type=Text)  # why it has no complete change request
+    synced_owner: str = ""  # owner and due date as last agreed by both sides
+    synced_due: dt.date | None = Field(default=None, sa_type=Date)
+    reminded_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: dt.datetime = Field(default_factory=_now, sa_type=UTCDateTime)
+    updated_at: dt.datetime = Field(default_factory=_now, sa_type=UTCDateTime)
+
+
+class GateEvent(StoreModel, table=True):
+    """A close the gate refused, or an override that let one through."""
+
+    __tablename__ = "gate_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: str = Field(index=True)
+    kind: str  # "blocked" | "override"
+    reason: str = Field(default="", sa_type=Text)
+    actor: str = ""
+    at: dt.datetime = Field(default_factory=_now, sa_type=UTCDateTime)

@@ -1,0 +1,437 @@
+"""Postmortems, action items -> change requests, and the closure gate.
+
+When an incident that needs a postmortem is resolved, the tracker makes sure the postmortem
+exists (a "Post-incident review" Jira issue linked to the incident's issue, if configured),
+collects its action items (Jira issues linked to the incident's or the review's issue, or
+added with the CLI/API), and turns each into a ServiceNow change request with the owner as
+``assigned_to``, the due date, the incident as ``parent`` and the item's key as
+``correlation_id`` (so a crash between creating the change and recording it creates no second
+one). The change request's number goes back onto the source as a Jira remote link. Owner and
+due date changes on either side follow. An item whose owner is not a ServiceNow user, or that
+has no due date, gets no change request and says why.
+
+The gate: an incident may not close while a required postmortem is not complete or an action
+item lacks its change request. A close attempt is reverted (the engine writes Resolved back)
+with an internal note listing exactly what is missing; a change manager may override, with a
+reason, and the override is audited.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from config.settings import PostmortemSettings
+from connectors.base import Connector, RemoteRef
+from connectors.errors import ConnectorError, NotFound
+from connectors.jira import JiraConnector
+from mapping.conditions import parse_condition
+from mapping.engine import canonical_values
+from mapping.model import CANONICAL_FIELDS, Incident, State
+from postmortem_tracker.models import ActionItem, GateEvent, Postmortem
+from sync import store
+
+log = logging.getLogger("itsm_sync.postmortem")
+CR_CLOSED = "3"
+CR_DONE_CODES = ("successful", "successful_issues")
+
+
+@dataclass
+class GateState:
+    required: bool
+    missing: list[str] = field(default_factory=list)
+    overridden: str = ""  # the override's reason, if any
+
+    @property
+    def open(self) -> bool:
+        return not self.required or not self.missing or bool(self.overridden)
+
+    def explain(self) -> str:
+        if not self.required:
+            return "no postmortem is required for this incident"
+        if self.overridden:
+            return f"overridden: {self.overridden}"
+        if not self.missing:
+            return "the postmortem is complete and every action item has its change request"
+        return "; ".join(self.missing)
+
+
+def _ref(link: store.Link) -> RemoteRef:
+    return RemoteRef(link.system, link.instance, link.object_type, link.remote_id, link.remote_key)
+
+
+def _date(value: Any) -> dt.date | None:
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError:
+        return None
+
+
+class Tracker:
+    def __init__(
+        self,
+        db: Engine,
+        connectors: Mapping[tuple[str, str], Connector],
+        settings: PostmortemSettings,
+    ) -> None:
+        self.db = db
+        self.connectors = connectors
+        self.settings = settings
+        self._required = parse_condition(settings.required_when, fields=CANONICAL_FIELDS)
+
+    def required(self, incident: Incident) -> bool:
+        return self._required.evaluate(canonical_values(incident))
+
+    def owner_of(self, system: str, object_type: str, remote_id: str) -> str | None:
+        """The incident a change request, review issue or action item issue belongs to."""
+        with store.session_scope(self.db, readonly=True) as s:
+            if system == "servicenow" and object_type == "change_request":
+                item = s.exec(
+                    select(ActionItem).where(col(ActionItem.change_request_id) == remote_id)
+                ).first()
+                return item.incident_id if item else None
+            if system == "jira":
+                review = s.exec(
+                    select(Postmortem).where(col(Postmortem.jira_id) == remote_id)
+                ).first()
+                if review is not None:
+                    return review.incident_id
+                item = s.exec(
+                    select(ActionItem).where(col(ActionItem.source_id) == remote_id)
+                ).first()
+                return item.incident_id if item else None
+        return None
+
+    # -- the gate -----------------------------------------------------------------------------
+
+    def gate(self, incident: Incident) -> GateState:
+        state = GateState(required=self.required(incident))
+        if not state.required:
+            return state
+        with store.session_scope(self.db, readonly=True) as s:
+            override = s.exec(
+                select(GateEvent)
+                .where(col(GateEvent.incident_id) == incident.id, col(GateEvent.kind) == "override")
+                .order_by(col(GateEvent.id).desc())
+            ).first()
+            postmortem = s.exec(
+                select(Postmortem).where(col(Postmortem.incident_id) == incident.id)
+            ).first()
+            items = list(
+                s.exec(select(ActionItem).where(col(ActionItem.incident_id) == incident.id)).all()
+            )
+        if override is not None:
+            state.overridden = f"{override.reason} (by {override.actor})"
+        if postmortem is None:
+            state.missing.append("the postmortem has not been started")
+        elif postmortem.completed_at is None:
+            where = f" (Jira {postmortem.jira_key})" if postmortem.jira_key else ""
+            state.missing.append(f"the postmortem{where} is not complete")
+        for item in items:
+            if not item.change_request_number:
+                why = item.blocked or "no change request yet"
+                state.missing.append(f"action item {item.title!r} ({item.source}): {why}")
+        return state
+
+    def record_blocked(self, incident: Incident, gate: GateState, by: str) -> str:
+        """Audit a refused close; returns the note to leave on the records."""
+        lines = "\n".join(f"- {m}" for m in gate.missing)
+        note = (
+            f"This incident cannot be closed yet (close attempted in {by}): the postmortem's "
+            f"fixes must be in change management first. Missing:\n{lines}"
+        )
+        with store.session_scope(self.db) as s:
+            s.add(
+                GateEvent(incident_id=incident.id, kind="blocked", reason=gate.explain(), actor=by)
+            )
+            store.audit(
+                s, action="skip", incident_id=incident.id, field="state", before="resolved",
+                after="closed", actor=by,
+                reason=f"close refused by the postmortem gate: {gate.explain()}",
+            )  # fmt: skip
+        return note
+
+    def override(self, incident_id: str, *, reason: str, actor: str) -> None:
+        if not reason.strip():
+            raise ValueError("an override needs a reason")
+        with store.session_scope(self.db) as s:
+            s.add(GateEvent(incident_id=incident_id, kind="override", reason=reason, actor=actor))
+            store.audit(
+                s, action="override", incident_id=incident_id, actor=actor,
+                reason=f"closure gate overridden: {reason}",
+            )  # fmt: skip
+
+    # -- the work, on every reconcile of a resolved incident -------------------------------
+
+    def work(self, incident: Incident, links: list[store.Link]) -> None:
+        """Bring the postmortem, its items and their change requests up to date."""
+        if incident.state not in (State.RESOLVED, State.CLOSED) or not self.required(incident):
+            return
+        jira_link = next((x for x in links if x.system == "jira"), None)
+        sn_link = next((x for x in links if x.system == "servicenow"), None)
+        postmortem = self._ensure_postmortem(incident, jira_link)
+        if jira_link is not None:
+            self._collect_from_jira(incident, jira_link, postmortem)
+        if sn_link is not None:
+            self._change_requests(incident, sn_link)
+
+    def _jira(self, link: store.Link) -> JiraConnector | None:
+        connector = self.connectors.get(("jira", link.instance))
+        return connector if isinstance(connector, JiraConnector) else None
+
+    def _ensure_postmortem(self, incident: Incident, jira_link: store.Link | None) -> Postmortem:
+        with store.session_scope(self.db) as s:
+            pm = s.exec(
+                select(Postmortem).where(col(Postmortem.incident_id) == incident.id)
+            ).first()
+            if pm is None:
+                pm = Postmortem(incident_id=incident.id)
+                s.add(pm)
+                s.flush()
+                store.audit(
+                    s, action="create", incident_id=incident.id, reason="postmortem required"
+                )
+        jira = self._jira(jira_link) if jira_link else None
+        if jira is None or not self.settings.review_issue_type or jira_link is None:
+            return pm
+        if not pm.jira_id:
+            review = jira.create(
+                "issue",
+                {
+                    "summary": f"Post-incident review: {incident.title}",
+                    "issuetype": {"name": self.settings.review_issue_type},
+                    "description": f"Postmortem of {jira_link.remote_key}. Link the fixes to "
+                    f"this issue ({self.settings.action_link_type}).",
+                },
+                correlation_key=f"itsm-pm-{incident.id}",
+            )
+            jira.link_issues(self.settings.action_link_type, jira_link.remote_key, review.ref.key)
+            with store.session_scope(self.db) as s:
+                row = s.get(Postmortem, pm.id)
+                assert row is not None
+                row.jira_id, row.jira_key = review.ref.id, review.ref.key
+                pm = row
+                store.audit(
+                    s, action="create", incident_id=incident.id, system="jira",
+                    remote_id=review.ref.id, reason=f"postmortem review {review.ref.key}",
+                )  # fmt: skip
+        elif pm.completed_at is None:
+            review_ref = RemoteRef("jira", jira_link.instance, "issue", pm.jira_id, pm.jira_key)
+            status = jira.get("issue", review_ref.id).fields.get("status") or {}
+            if (status.get("statusCategory") or {}).get("key") == "done":
+                with store.session_scope(self.db) as s:
+                    row = s.get(Postmortem, pm.id)
+                    assert row is not None
+                    row.completed_at, row.completed_by = store.utcnow(), f"jira:{pm.jira_key}"
+                    pm = row
+                    store.audit(
+                        s, action="update", incident_id=incident.id, system="jira",
+                        field="postmortem", after="complete", reason=f"{pm.jira_key} is done",
+                    )  # fmt: skip
+        return pm
+
+    def _collect_from_jira(self, incident: Incident, link: store.Link, pm: Postmortem) -> None:
+        """Action items: issues linked to the review issue, and issues linked to the incident's
+        issue that carry the action label (the link type is configured)."""
+        jira = self._jira(link)
+        if jira is None:
+            return
+        link_type = self.settings.action_link_type
+        from_review: set[str] = set()
+        if pm.jira_id:
+            review = RemoteRef("jira", link.instance, "issue", pm.jira_id, pm.jira_key)
+            from_review = set(jira.linked_issues(review, link_type))
+        from_incident = set(jira.linked_issues(_ref(link), link_type))
+        for key in sorted((from_review | from_incident) - {pm.jira_key, link.remote_key}):
+            issue = jira.get("issue", key)
+            fields = issue.fields
+            labels = {str(x) for x in fields.get("labels") or []}
+            if key not in from_review and self.settings.action_label not in labels:
+                continue  # linked to the incident for another reason
+            owner = str((fields.get("assignee") or {}).get("emailAddress") or "").lower()
+            self._upsert_item(
+                incident, key=f"itsm-ai-jira-{issue.ref.id}",
+                title=str(fields.get("summary") or key),
+                description=str(fields.get("description") or ""), owner=owner,
+                due=_date(fields.get("duedate")), source=f"jira:{key}", source_id=issue.ref.id,
+                source_url=issue.url, from_source=True,
+            )  # fmt: skip
+
+    def _upsert_item(
+        self, incident: Incident, *, key: str, title: str, description: str, owner: str,
+        due: dt.date | None, source: str, source_id: str = "", source_url: str = "",
+        from_source: bool = False,
+    ) -> ActionItem:  # fmt: skip
+        with store.session_scope(self.db) as s:
+            item = s.exec(select(ActionItem).where(col(ActionItem.key) == key)).first()
+            if item is None:
+                item = ActionItem(
+                    key=key, incident_id=incident.id, title=title, description=description,
+                    owner=owner, due_date=due, source=source, source_id=source_id,
+                    source_url=source_url,
+                )  # fmt: skip
+                s.add(item)
+                s.flush()
+                store.audit(
+                    s, action="create", incident_id=incident.id, field="action_item",
+                    after={"title": title, "owner": owner, "due": str(due or "")},
+                    reason=f"from {source}",
+                )  # fmt: skip
+            elif from_source and (item.owner, item.due_date, item.title) != (owner, due, title):
+                store.audit(
+                    s, action="update", incident_id=incident.id, field="action_item",
+                    before={"owner": item.owner, "due": str(item.due_date or "")},
+                    after={"owner": owner, "due": str(due or "")}, reason=f"changed in {source}",
+                )  # fmt: skip
+                item.owner, item.due_date, item.title = owner, due, title
+                item.updated_at = store.utcnow()
+            return item
+
+    def add_action(
+        self, incident_id: str, *, title: str, owner: str, due: dt.date | None,
+        description: str = "", source: str = "cli",
+    ) -> ActionItem:  # fmt: skip
+        with store.session_scope(self.db, readonly=True) as s:
+            row = store.get_incident(s, incident_id)
+            if row is None:
+                raise KeyError(incident_id)
+            count = len(
+                s.exec(select(ActionItem).where(col(ActionItem.incident_id) == incident_id)).all()
+            )
+        incident = Incident.model_validate({**row.data, "id": incident_id})
+        return self._upsert_item(
+            incident, key=f"itsm-ai-{incident_id[:12]}-{count + 1}", title=title,
+            description=description, owner=owner.strip().lower(), due=due, source=source,
+        )  # fmt: skip
+
+    def _change_requests(self, incident: Incident, sn_link: store.Link) -> None:
+        sn = self.connectors.get(("servicenow", sn_link.instance))
+        if sn is None:
+            return
+        with store.session_scope(self.db, readonly=True) as s:
+            items = list(
+                s.exec(select(ActionItem).where(col(ActionItem.incident_id) == incident.id)).all()
+            )
+        for item in items:
+            try:
+                self._one_change_request(incident, sn_link, sn, item)
+            except ConnectorError as exc:
+                log.warning("action item %s: %s", item.key, exc)
+                with store.session_scope(self.db) as s:
+                    row = s.get(ActionItem, item.id)
+                    if row is not None and not row.change_request_number:
+                        row.blocked = f"ServiceNow refused the change request: {exc}"
+
+    def _one_change_request(
+        self, incident: Incident, sn_link: store.Link, sn: Connector, item: ActionItem
+    ) -> None:
+        # Changes made on the change request follow back to the item (and its Jira source).
+        if item.change_request_id:
+            cr = sn.get("change_request", item.change_request_id)
+            cr_owner = (
+                sn.person_by_id(str(cr.fields["assigned_to"])).email
+                if cr.fields.get("assigned_to")
+                else ""
+            )
+            cr_due = _date(cr.fields.get("due_date"))
+            state, code = str(cr.fields.get("state", "")), str(cr.fields.get("close_code", ""))
+            owner, due = item.owner, item.due_date
+            cr_changed = (cr_owner, cr_due) != (item.synced_owner, item.synced_due)
+            item_changed = (item.owner, item.due_date) != (item.synced_owner, item.synced_due)
+            if cr_changed and not item_changed:
+                owner, due = cr_owner, cr_due
+                self._to_source(item, owner, due)
+            elif item_changed:
+                patch: dict[str, Any] = {}
+                if item.owner != cr_owner:
+                    patch["assigned_to"] = sn.person_by_email(item.owner).id if item.owner else ""
+                if item.due_date != cr_due:
+                    patch["due_date"] = f"{item.due_date} 00:00:00" if item.due_date else ""
+                if patch:
+                    sn.update(cr.ref, patch)
+            with store.session_scope(self.db) as s:
+                row = s.get(ActionItem, item.id)
+                assert row is not None
+                row.owner, row.due_date = owner, due
+                row.synced_owner, row.synced_due = owner, due
+                row.change_request_state, row.change_request_close_code = state, code
+                row.blocked = self._blockers(sn, owner, due)
+            return
+        blocked = self._blockers(sn, item.owner, item.due_date)
+        if blocked:
+            with store.session_scope(self.db) as s:
+                row = s.get(ActionItem, item.id)
+                assert row is not None
+                row.blocked = blocked
+            return
+        owner_id = sn.person_by_email(item.owner).id
+        source = f"\nSource: {item.source_url or item.source}"
+        cr = sn.create(
+            "change_request",
+            {
+                "type": self.settings.change_type,
+                "short_description": item.title,
+                "description": (
+                    f"Action item from the postmortem of {sn_link.remote_key} "
+                    f"({incident.title}).{source}\n\n{item.description}"
+                ).strip(),
+                "assigned_to": owner_id,
+                "due_date": f"{item.due_date} 00:00:00",
+                "parent": sn_link.remote_id,
+            },
+            correlation_key=item.key,
+        )
+        with store.session_scope(self.db) as s:
+            row = s.get(ActionItem, item.id)
+            assert row is not None
+            row.change_request_id, row.change_request_number = cr.ref.id, cr.ref.key
+            row.change_request_state = str(cr.fields.get("state", ""))
+            row.synced_owner, row.synced_due, row.blocked = item.owner, item.due_date, ""
+            store.audit(
+                s, action="create", incident_id=incident.id, system="servicenow",
+                instance=sn_link.instance, remote_id=cr.ref.id, field="change_request",
+                after={"number": cr.ref.key, "owner": item.owner, "due": str(item.due_date)},
+                reason=f"action item {item.title!r} from {item.source}",
+            )  # fmt: skip
+        if item.source.startswith("jira:") and item.source_id:
+            jira = next((c for c in self.connectors.values() if isinstance(c, JiraConnector)), None)
+            if jira is not None:
+                ref = RemoteRef("jira", jira.instance, "issue", item.source_id, item.source[5:])
+                base = getattr(sn, "base_url", "")
+                jira.add_remote_link(
+                    ref, global_id=f"itsm-sync:change_request:{cr.ref.id}",
+                    url=f"{base}/nav_to.do?uri=change_request.do?sys_id={cr.ref.id}",
+                    title=f"{cr.ref.key}: {item.title}",
+                )  # fmt: skip
+
+    def _blockers(self, sn: Connector, owner: str, due: dt.date | None) -> str:
+        problems = []
+        if not owner:
+            problems.append("no owner")
+        else:
+            try:
+                sn.person_by_email(owner)
+            except NotFound:
+                problems.append(f"the owner {owner} is not a ServiceNow user")
+        if due is None:
+            problems.append("no due date")
+        return "; ".join(problems)
+
+    def _to_source(self, item: ActionItem, owner: str, due: dt.date | None) -> None:
+        if not (item.source.startswith("jira:") and item.source_id):
+            return
+        jira = next((c for c in self.connectors.values() if isinstance(c, JiraConnector)), None)
+        if jira is None:
+            return
+        ref = RemoteRef("jira", jira.instance, "issue", item.source_id, item.source[5:])
+        fields: dict[str, Any] = {"duedate": str(due) if due else None}
+        fields["assignee"] = {"accountId": jira.person_by_email(owner).id} if owner else None
+        jira.update(ref, fields)
