@@ -357,6 +357,7 @@ class Tracker:
                     patch["due_date"] = f"{item.due_date} 00:00:00" if item.due_date else ""
                 if patch:
                     sn.update(cr.ref, patch)
+            reminded = self._remind(sn, cr.ref, item, due, state)
             with store.session_scope(self.db) as s:
                 row = s.get(ActionItem, item.id)
                 assert row is not None
@@ -364,6 +365,12 @@ class Tracker:
                 row.synced_owner, row.synced_due = owner, due
                 row.change_request_state, row.change_request_close_code = state, code
                 row.blocked = self._blockers(sn, owner, due)
+                if reminded:
+                    row.reminded_at = store.utcnow()
+                    store.audit(
+                        s, action="comment", incident_id=incident.id, system="servicenow",
+                        remote_id=cr.ref.id, reason=f"overdue reminder on {cr.ref.key}",
+                    )  # fmt: skip
             return
         blocked = self._blockers(sn, item.owner, item.due_date)
         if blocked:
@@ -411,6 +418,26 @@ class Tracker:
                     url=f"{base}/nav_to.do?uri=change_request.do?sys_id={cr.ref.id}",
                     title=f"{cr.ref.key}: {item.title}",
                 )  # fmt: skip
+
+    def _remind(
+        self, sn: Connector, ref: RemoteRef, item: ActionItem, due: dt.date | None, state: str
+    ) -> bool:
+        """A work note on an overdue change request, once per reminder period."""
+        period = self.settings.reminder_hours
+        today = dt.datetime.now(dt.UTC).date()
+        if not period or due is None or due >= today or state in (CR_CLOSED, "4"):
+            return False
+        now = store.utcnow()
+        if item.reminded_at is not None and now - item.reminded_at < dt.timedelta(hours=period):
+            return False
+        sn.update(
+            ref,
+            {
+                "work_notes": f"Reminder: this change implements the postmortem action item "
+                f"{item.title!r} and was due on {due} ({(today - due).days} days ago)."
+            },
+        )
+        return True
 
     def _blockers(self, sn: Connector, owner: str, due: dt.date | None) -> str:
         problems = []

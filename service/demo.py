@@ -223,7 +223,103 @@ class Demo:
             f"-> {number} state 6, close code {record['close_code']!r}; "
             f"page {page['status']}, {components}"
         )
+        self.postmortem(number, sys_id, key)
         return {"number": number, "sys_id": sys_id, "key": key}
+
+    # -- the postmortem ---------------------------------------------------------------------
+
+    def account(self, email: str) -> str:
+        return str(
+            self.jira.get("/rest/api/2/user/search", params={"query": email}).json()[0]["accountId"]
+        )
+
+    def task(self, summary: str, review: str, **fields: Any) -> str:
+        created = self.jira.post(
+            "/rest/api/2/issue",
+            json={"fields": {"project": {"key": "OPS"}, "issuetype": {"name": "Task"},
+                             "summary": summary, **fields}},
+        ).json()  # fmt: skip
+        self.jira.post(
+            "/rest/api/2/issueLink",
+            json={"type": {"name": "Relates"}, "inwardIssue": {"key": review},
+                  "outwardIssue": {"key": created["key"]}},
+        ).raise_for_status()  # fmt: skip
+        return str(created["key"])
+
+    def changes(self) -> list[dict[str, Any]]:
+        params = {"sysparm_exclude_reference_link": "true"}
+        return list(self.sn.get("/api/now/table/change_request", params=params).json()["result"])
+
+    def postmortem(self, number: str, sys_id: str, key: str) -> None:
+        jira_url = self.cluster.urls["jira"]
+        self.step("8. A SEV1 needs a postmortem: a review issue opens in Jira")
+        review = wait_for(
+            lambda: self.jira_issue_titled("Post-incident review"), "the review issue"
+        )
+        self.say(
+            f"-> {review['key']} {review['fields']['summary']!r}: {jira_url}/browse/{review['key']}"
+        )
+
+        self.step("9. The postmortem decides two fixes (Jira tasks linked to the review)")
+        alert = self.task(
+            "Alert on db01 disk usage", review["key"],
+            assignee={"accountId": self.account("bob@example.com")}, duedate="2026-12-01",
+        )  # fmt: skip
+        failover = self.task("Automate the database failover", review["key"])
+        wait_for(lambda: len(self.changes()) == 1, "the first change request")
+        self.say(f"-> {alert} (bob, due 2026-12-01) and {failover} (no owner, no date yet)")
+
+        self.step("10. The service desk tries to close the incident: refused")
+        self.sn.patch(f"/api/now/table/incident/{sys_id}", json={"state": "7"}).raise_for_status()
+        note = wait_for(
+            lambda: next(
+                (n["value"] for n in self.sn.get(
+                    "/api/now/table/sys_journal_field",
+                    params={"sysparm_query": f"element_id={sys_id}^element=work_notes"},
+                ).json()["result"] if "cannot be closed yet" in n["value"]), None,
+            ),
+            "the gate's work note",
+        )  # fmt: skip
+        wait_for(lambda: self.sn_incident(sys_id)["state"] == "6", "Resolved again")
+        self.say(f"-> {number} is back to Resolved, with this work note:")
+        self.say("   " + note.split("] ", 1)[-1].replace("\n", "\n   "))
+
+        self.step("11. The fixes get owners and dates; the review is done: change requests")
+        self.jira.put(
+            f"/rest/api/2/issue/{failover}",
+            json={"fields": {"assignee": {"accountId": self.account("carol@example.com")},
+                             "duedate": "2026-12-15"}},
+        ).raise_for_status()  # fmt: skip
+        self.transition(review["key"], "In Progress")
+        self.transition(review["key"], "Resolved", resolution={"name": "Done"})
+        wait_for(lambda: len(self.changes()) == 2, "two change requests")
+        changes = self.changes()
+        for change in sorted(changes, key=lambda c: c["number"]):
+            owner = self.sn.get(f"/api/now/table/sys_user/{change['assigned_to']}").json()[
+                "result"
+            ]["email"]
+            self.say(
+                f"-> {change['number']} {change['short_description']!r}: owner {owner}, "
+                f"due {change['due_date'][:10]}, parent {number}"
+            )
+
+        self.step("12. The close goes through now")
+        wait_for(
+            lambda: self.api.get(f"/api/incidents/{number}/gate").json()["can_close"], "the gate"
+        )
+        self.sn.patch(f"/api/now/table/incident/{sys_id}", json={"state": "7"}).raise_for_status()
+        wait_for(
+            lambda: self.jira_issue(key)["fields"]["status"]["name"] == "Closed", "Jira closed"
+        )
+        self.say(f"-> {number} Closed; {key} Closed")
+
+        self.step("13. What the change manager audits (itsm-sync audit)")
+        for row in self.api.get("/api/audit").json():
+            self.say(
+                f"{row['incident']} {row['severity']} | {row['action_item']} | {row['owner']} | "
+                f"due {row['due_date']} | {row['change_request']} ({row['cr_state']}) | "
+                f"gate: {row['gate'][:60]}"
+            )
 
 
 def run_demo(

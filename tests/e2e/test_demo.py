@@ -30,4 +30,12 @@ def test_demo_tells_the_p1_story(tmp_path: Path) -> None:
     assert "none of them got a Jira issue of its own" in out
     assert "state 6" in out and "page resolved, {'Checkout': 'operational'}" in out
     assert "LEAKED" not in out
+    # ... and on through the postmortem.
+    assert "'Post-incident review: Checkout fails for all customers'" in out
+    assert "is back to Resolved, with this work note:" in out
+    assert "(jira:OPS-5): no owner; no due" in out
+    assert "CHG0030001 'Alert on db01 disk usage': owner bob@example.com, due 2026-12-01" in out
+    assert "owner carol@example.com, due 2026-12-15" in out
+    assert "Closed; OPS-2 Closed" in out
+    assert out.count("| CHG00300") == 2  # the audit: one row per action item
     assert (tmp_path / "itsm-sync-demo.db").exists()

@@ -229,7 +229,9 @@ def test_a_crash_between_creating_the_change_and_recording_it_leaves_one(
         "/api/now/table/incident",
         json={"short_description": "db down", "impact": "1", "urgency": "1"},
     ).json()["result"]
-    first = subprocess.run([*cli, "sync", "--once"], env=env, capture_output=True, text=True, timeout=120)
+    first = subprocess.run(
+        [*cli, "sync", "--once"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     sn.patch(
         f"/api/now/table/incident/{inc['sys_id']}",
@@ -288,3 +290,45 @@ def test_a_crash_between_creating_the_change_and_recording_it_leaves_one(
         timeout=60,
     )
     assert f'"change_request": "{crs[0]["number"]}"' in shown.stdout
+
+
+def test_overdue_changes_are_flagged_and_reminded_once(world: World) -> None:
+    inc = world.open_p1()
+    wait_for(lambda: world.jira_issue_for("Checkout fails"), "the incident's Jira issue")
+    resolve_in_servicenow(world, inc["sys_id"])
+    wait_for(lambda: review_issue(world), "the review issue")
+    manager = {"Authorization": f"Bearer {TOKENS['change-manager']}"}
+    r = world.api.post(
+        f"/api/incidents/{inc['number']}/actions",
+        json={
+            "title": "Rotate the db01 certificates",
+            "owner": "bob@example.com",
+            "due": "2026-11-01",
+        },
+        headers=manager,
+    )
+    assert r.status_code == 200, r.text
+    [cr] = wait_for(lambda: change_requests(world), "the change request")
+    reminders = wait_for(
+        lambda: [n for n in journal(world, cr["sys_id"]) if n["value"].startswith("Reminder:")],
+        "the overdue reminder",
+    )
+    assert "was due on 2026-11-01" in reminders[0]["value"]
+    # Another reconcile inside the reminder period sends no second reminder.
+    world.api.post(
+        f"/api/incidents/{inc['number']}/actions",
+        json={"title": "Document the failover", "owner": "carol@example.com", "due": "2027-01-15"},
+        headers=manager,
+    ).raise_for_status()
+    wait_for(lambda: len(change_requests(world)) == 2, "the second change request")
+    world.quiet()
+    assert len([n for n in journal(world, cr["sys_id"]) if n["value"].startswith("Reminder:")]) == 1
+    overdue = world.api.get("/api/audit", params={"overdue": "true"}, headers=manager).json()
+    assert [row["action_item"] for row in overdue] == ["Rotate the db01 certificates"]
+    assert overdue[0]["days_overdue"] > 0 and overdue[0]["change_request"] == cr["number"]
+    assert (
+        world.api.get(
+            "/api/audit", headers={"Authorization": f"Bearer {TOKENS['viewer']}"}
+        ).status_code
+        == 403
+    )
