@@ -595,6 +595,7 @@ class Reconciler:
         state_path = self._state_path(mapping)
         state = patch.pop(state_path) if state_path and state_path in patch else None
         record: RemoteRecord | None = None
+        defaults: dict[str, Any] = {}
         if state is not None and mapping.system == "servicenow":
             extra = dict(patch)
             if state in ("6", "7"):

@@ -224,7 +224,16 @@ ROUTES = [
     ("POST", "/api/incidents/{id}/public", "admin"),
     ("POST", "/api/parked/999/replay", "admin"),
     ("POST", "/api/parked/replay-all", "admin"),
+    ("GET", "/api/incidents/{id}/gate", "viewer"),
+    ("GET", "/api/audit", "change-manager"),
+    ("POST", "/api/incidents/{id}/gate/override", "change-manager"),
+    ("POST", "/api/incidents/{id}/actions", "change-manager"),
 ]
+BODIES = {
+    "public": {"message": "x"},
+    "override": {"reason": "tested by the role check"},
+    "actions": {"title": "a fix", "owner": "bob@example.com", "due": "2027-01-01"},
+}
 
 
 def test_every_api_route_checks_the_role(world: World) -> None:
@@ -233,7 +242,7 @@ def test_every_api_route_checks_the_role(world: World) -> None:
     rank = {"viewer": 0, "change-manager": 1, "admin": 2}
     for method, template, needed in ROUTES:
         path = template.format(id=inc["number"])
-        body = {"message": "x"} if "public" in path else None
+        body = next((b for k, b in BODIES.items() if path.endswith(k)), None)
         anonymous = httpx.request(method, world.service.url + path, json=body)
         assert anonymous.status_code == 401, (path, anonymous.status_code)
         wrong = httpx.request(
@@ -256,4 +265,65 @@ def test_every_api_route_checks_the_role(world: World) -> None:
     assert (
         "itsm_sync_queue_depth" in metrics
         and 'itsm_sync_api_calls_total{method="POST",status="201",system="jira"}' in metrics
+    )
+
+
+def test_a_conflict_follows_the_mapping_policy_and_is_audited(world: World) -> None:
+    """Severity is owned by ServiceNow: changed on both sides at once, ServiceNow wins."""
+    inc = world.open_p1()
+    issue = wait_for(lambda: world.jira_issue_for("Checkout fails"), "the Jira issue")
+    world.quiet()
+    # Stop the webhooks so both edits land before the engine looks, then poll.
+    for url in world.sims.urls.values():
+        httpx.delete(f"{url}/_sim/webhooks").raise_for_status()
+    world.jira.put(
+        f"/rest/api/2/issue/{issue['key']}", json={"fields": {"priority": {"name": "Low"}}}
+    ).raise_for_status()
+    world.sn.patch(
+        f"/api/now/table/incident/{inc['sys_id']}", json={"urgency": "2"}
+    ).raise_for_status()
+    from sync.poller import poll_all
+
+    runtime = world.service.runtime
+    poll_all(runtime.db, runtime.connectors)
+    wait_for(
+        lambda: (
+            world.jira.get(f"/rest/api/2/issue/{issue['key']}").json()["fields"]["priority"]["name"]
+            == "High"
+        ),
+        "ServiceNow's severity (SEV2) on Jira",
+    )
+    history = world.api.get(f"/api/incidents/{inc['number']}/history").json()
+    [conflict] = [h for h in history if h["action"] == "conflict"]
+    assert conflict["field"] == "severity" and conflict["after"] == "SEV2"
+    assert sorted(conflict["before"].values()) == ["SEV2", "SEV4"]
+    assert world.sn_record(inc["sys_id"])["priority"] == "2"
+
+
+def test_a_reopen_propagates(world: World) -> None:
+    inc = world.open_p1()
+    issue = wait_for(lambda: world.jira_issue_for("Checkout fails"), "the Jira issue")
+    world.sn.patch(
+        f"/api/now/table/incident/{inc['sys_id']}",
+        json={"state": "6", "close_code": "Solution provided", "close_notes": "restarted"},
+    ).raise_for_status()
+    wait_for(
+        lambda: (
+            world.jira.get(f"/rest/api/2/issue/{issue['key']}").json()["fields"]["status"]["name"]
+            == "Resolved"
+        ),
+        "Jira resolved",
+    )
+    world.sn.patch(
+        f"/api/now/table/incident/{inc['sys_id']}", json={"state": "2"}
+    ).raise_for_status()
+    wait_for(
+        lambda: (
+            world.jira.get(f"/rest/api/2/issue/{issue['key']}").json()["fields"]["status"]["name"]
+            == "In Progress"
+        ),
+        "Jira reopened and in progress",
+    )
+    assert (
+        world.jira.get(f"/rest/api/2/issue/{issue['key']}").json()["fields"]["resolution"] is None
     )

@@ -42,3 +42,30 @@ def test_reload_accepts_good_and_keeps_working_mapping_on_bad(tmp_path: Path) ->
     assert reloader.check() is True
     assert reloader.current.get("jira").for_field("title")[0].path == "customfield_10011"
     assert len(accepted) == 2
+
+
+def test_the_service_stores_every_accepted_version_with_who_and_the_diff(tmp_path: Path) -> None:
+    from config.settings import Settings
+    from service.runtime import Runtime
+    from sync import store
+
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    settings = Settings.model_validate(
+        {"database_url": f"sqlite:///{tmp_path / 'db.sqlite'}", "mappings_dir": str(folder)}
+    )
+    runtime = Runtime(settings)
+    try:
+        touch(folder / "jira.yaml", JIRA)
+        assert runtime.reloader.check() is True
+        touch(folder / "jira.yaml", "system: jira\nobject_type: issue\nfields: {nope: {path: x}}\n")
+        assert runtime.reloader.check() is False
+        assert "jira.yaml:3 fields.nope: not a canonical field" in runtime.mapping_problems
+        with store.session_scope(runtime.db) as s:
+            versions = store.mapping_versions(s, system="jira", instance="default")
+        assert len(versions) == 2  # the shipped default at start, then the admin's file
+        assert "- severity <-> priority.name: no longer mapped" in versions[-1].diff
+        assert versions[-1].source == JIRA and "@" in versions[-1].accepted_by
+        assert runtime.mappings.get("jira").for_field("title")[0].path == "summary"
+    finally:
+        runtime.stop()
