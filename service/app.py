@@ -326,12 +326,7 @@ def _replay(s: Any, item: store.Parked, actor: str) -> None:
 
 
 def _find_incident(s: Any, ident: str) -> store.IncidentRow:
-    """By canonical id, or by any linked record's key (INC0010001, OPS-12)."""
-    row = store.get_incident(s, ident)
-    if row is None:
-        link = s.exec(select(store.Link).where(store.Link.remote_key == ident)).first()
-        if link is not None:
-            row = store.get_incident(s, link.incident_id)
+    row = store.find_incident(s, ident)
     if row is None:
         raise HTTPException(404, f"no incident {ident}")
     return row

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import httpx
 from rich.console import Console
 
-from service.harness import Service, settings_for
+from service.harness import Service, TimedOut, settings_for
+from service.harness import wait_for as harness_wait_for
 from simulators.runner import SimulatorCluster
 
 T = TypeVar("T")
@@ -30,13 +31,10 @@ class DemoFailed(RuntimeError):
 
 
 def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise DemoFailed(f"timed out waiting for {what}")
+    try:
+        return harness_wait_for(probe, what, timeout)
+    except TimedOut as exc:
+        raise DemoFailed(str(exc)) from exc
 
 
 class Demo:

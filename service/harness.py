@@ -7,8 +7,9 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
@@ -17,6 +18,25 @@ from config.settings import Settings
 from service.app import create_app
 from service.runtime import Runtime
 from simulators.runner import SimulatorCluster
+
+T = TypeVar("T")
+
+
+class TimedOut(AssertionError):
+    """A wait_for ran out of time; the message says what it waited for."""
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 15.0) -> T:
+    """Poll ``probe`` until it returns something truthy (and return that), or fail naming
+    ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimedOut(f"timed out waiting for {what}")
+
 
 WEBHOOK_SECRETS = {
     "servicenow": "demo-servicenow-secret",

@@ -10,25 +10,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from config.settings import ConfigFileError, Settings, load_settings
+from config.settings import Settings
 from connectors.errors import ConnectorError
 from connectors.registry import build_connectors
 from mapping.engine import applies, build_incident, from_canonical, to_canonical
 from mapping.registry import MappingSet, diff_mappings, load_mappings
 from mapping.spec import MappingError, MappingFileError, load_mapping
+from service.sync_cli import settings_or_exit
 from sync.people import context_for
 
 app = typer.Typer(help="Check, show, preview and compare field mappings.", no_args_is_help=True)
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-
-
-def _settings(config_file: Path | None) -> Settings:
-    try:
-        return load_settings(config_file)
-    except (ConfigFileError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
 
 
 def _mappings(settings: Settings) -> MappingSet:
@@ -71,7 +64,7 @@ def validate(
             console.print(f"{problems} problem(s)")
             raise typer.Exit(1)
         return
-    mappings = _mappings(_settings(config_file))
+    mappings = _mappings(settings_or_exit(config_file))
     for mapping in mappings:
         console.print(
             f"[green]✓[/green] {mapping.path}: {mapping.system}/{mapping.instance}, "
@@ -87,7 +80,7 @@ def show(
     config_file: ConfigOption = None,
 ) -> None:
     """The effective mapping, as a table."""
-    mappings = _mappings(_settings(config_file))
+    mappings = _mappings(settings_or_exit(config_file))
     shown = 0
     for mapping in mappings:
         if system and (mapping.system, mapping.instance) != (system, instance):
@@ -124,7 +117,7 @@ def preview(
 ) -> None:
     """Fetch a live record and show the canonical incident and what every other system would
     get. A dry run: nothing is written anywhere."""
-    settings = _settings(config_file)
+    settings = settings_or_exit(config_file)
     mappings = _mappings(settings)
     connectors = build_connectors(settings)
     source = connectors.get((system, instance))

@@ -339,11 +339,7 @@ def register(app: typer.Typer) -> None:
 
 
 def find_incident(s: Any, ident: str) -> store.IncidentRow:
-    row = store.get_incident(s, ident)
-    if row is None:
-        link = s.exec(select(store.Link).where(store.Link.remote_key == ident)).first()
-        if link is not None:
-            row = store.get_incident(s, link.incident_id)
+    row = store.find_incident(s, ident)
     if row is None:
         err.print(f"[red]error:[/red] no incident {ident} (give a canonical id or a linked key)")
         raise typer.Exit(1)

@@ -555,6 +555,16 @@ def get_incident(session: Session, incident_id: str) -> IncidentRow | None:
     return _fresh(session, IncidentRow, incident_id)
 
 
+def find_incident(session: Session, ident: str) -> IncidentRow | None:
+    """An incident by canonical id, or by the key of any linked record (INC0010001, OPS-12)."""
+    row = get_incident(session, ident)
+    if row is None:
+        link = session.exec(select(Link).where(col(Link.remote_key) == ident)).first()
+        if link is not None:
+            row = get_incident(session, link.incident_id)
+    return row
+
+
 def save_incident(session: Session, row: IncidentRow, data: Mapping[str, Any]) -> IncidentRow:
     """Replace the incident's data and bump its version.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,7 +14,7 @@ import pytest
 from sqlmodel import select
 
 from connectors.http import reset_buckets
-from service.harness import Service, settings_for, sqlite_url
+from service.harness import Service, settings_for, sqlite_url, wait_for
 from simulators.runner import SimulatorCluster
 from sync import store
 
@@ -22,16 +22,6 @@ T = TypeVar("T")
 ALICE_SN = "a11ce000000000000000000000000001"
 CHECKOUT_SN = "5e000000000000000000000000000001"
 TOKENS = {"viewer": "tok-viewer", "change-manager": "tok-cm", "admin": "tok-admin"}
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 15.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class World:
