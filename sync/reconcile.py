@@ -6,7 +6,8 @@ events change nothing. Shadows are kept in each system's own terms, per mapped p
 is a read path whose value, read through the mapping, differs from the shadow's; a write is a
 write path whose wanted value, read back through the mapping, differs from the shadow's. After
 every successful remote write the shadow holds what we wrote, so the webhook echoing our own
-write costs no call.
+write shows no change and writes nothing. (On ServiceNow and Jira the echo costs one comment
+read: the record a write returns may also hold someone else's edit, so it is compared once.)
 
 Remote writes cannot be inside a database transaction, so the order is: (A) commit the merged
 incident and the consumed shadows; (B) per target: write remotely, then commit its shadow and
@@ -614,11 +615,9 @@ class Reconciler:
                 k: extra[k] for k in ("close_code", "close_notes") if k in extra and k not in patch
             }
         elif state is not None and mapping.system == "statuspage":
-            defaults = {}
             record = connector.transition(ref, str(state), nest(patch))
             written = {**patch, str(state_path): state}
         else:
-            defaults = {}
             if patch:
                 record = connector.update(ref, nest(patch))
             if state is not None:
@@ -626,23 +625,24 @@ class Reconciler:
             written = {**patch, **({state_path: state} if state is not None and state_path else {})}
         outcome.writes += 1
         assert record is not None  # the patch was not empty
-        version = list(record.version)
-        meanwhile = self._changed_meanwhile(mapping, link, record, held, written)
-        if meanwhile:
-            # The record we got back also holds an edit made since we last looked, and its
-            # version covers that edit: as the shadow's version it would pass for the echo of
-            # our own write and be lost. Keep the record as the newest observation and leave
-            # the shadow's version empty, so the next pass compares it field by field.
-            version = []
+        # The record we got back may also hold edits others made since we last looked (a
+        # title, a comment), and its version covers them: as the shadow's version it would
+        # make them pass for the echo of our own write, lost. So a source's record becomes
+        # its newest observation, and the shadow's version stays empty: the next pass (one
+        # comment read) compares it field by field and picks up anything that isn't ours.
+        source = link.system in SOURCES
+        version = [] if source else list(record.version)
+        if source:  # marked on its own, before: one row lock per transaction, no lock cycles
+            with store.session_scope(self.db) as s:
+                mark_dirty(s, incident_key(incident.id), reason=f"wrote {link.system}")
         with store.session_scope(self.db) as s:
-            if meanwhile:
+            if source:
                 store.record_observation(
                     s, system=link.system, instance=link.instance, object_type=link.object_type,
                     remote_id=link.remote_id, version=list(record.version),
                     fields={**record.fields, REF_KEY: record.ref.key}, source="poll",
                     remote_updated_at=record.updated_at,
                 )  # fmt: skip
-                mark_dirty(s, incident_key(incident.id), reason="changed while we wrote")
             store.set_shadow(s, link.id or 0, {**held, **written}, version)
             for path, value in {**written, **defaults}.items():
                 store.audit(
@@ -651,24 +651,6 @@ class Reconciler:
                     remote_id=link.remote_id, field=path, before=_jsonable(held.get(path)),
                     after=_jsonable(value), reason="brought in line with the incident",
                 )  # fmt: skip
-
-    def _changed_meanwhile(
-        self,
-        mapping: FieldMap,
-        link: store.Link,
-        record: RemoteRecord,
-        held: Mapping[str, Any],
-        written: Mapping[str, Any],
-    ) -> bool:
-        """Whether a record returned by our write differs, on a path we read but did not
-        write, from what we held: someone (or the system itself) changed it meanwhile."""
-        if link.system not in SOURCES:
-            return False
-        return any(
-            not self._same(mapping, f.path, get_path(record.fields, f.path), held[f.path], link)
-            for f in mapping.fields
-            if f.reads and f.path not in written and f.path in held
-        )
 
     def _push_comments(
         self,
@@ -808,7 +790,10 @@ class Reconciler:
         status = exc.status if isinstance(exc, ConnectorError) else None
         what = "reading from" if reading else "writing to"
         message = f"{what} {target}: {exc}"
-        log.warning("incident %s parked for %s: %s", incident_id, target, message)
+        log.warning(
+            "incident %s parked for %s: %s", incident_id, target, message,
+            extra={"incident_id": incident_id, "target": target},
+        )  # fmt: skip
         with store.session_scope(self.db) as s:
             store.park(
                 s, incident_id=incident_id, target=target, error=message,
@@ -830,12 +815,9 @@ class Reconciler:
             if isinstance(exc, RateLimited):
                 delay = max(delay, exc.retry_after)
             log.info(
-                "incident %s: %s failed retriably (%s); again in %.1fs",
-                incident_id,
-                target,
-                exc,
-                delay,
-            )
+                "incident %s: %s failed retriably (%s); again in %.1fs", incident_id, target,
+                exc, delay, extra={"incident_id": incident_id, "target": target},
+            )  # fmt: skip
             outcome.later(delay)
             return
         self._park(incident_id, target, exc, outcome)

@@ -81,7 +81,9 @@ class Worker:
             return
         except Exception as exc:  # one bad key must not stop the worker; it backs off
             delay = min(300.0, 2.0 * 2 ** min(held.attempts, 7))
-            log.exception("reconciling %s failed; again in %.0fs", held.key, delay)
+            log.exception(
+                "reconciling %s failed; again in %.0fs", held.key, delay, extra={"key": held.key}
+            )
             with self.totals.lock:
                 self.totals.failures += 1
             with store.session_scope(self.db) as s:
@@ -96,7 +98,13 @@ class Worker:
     def _work(self, key: str) -> float | None:
         kind, *rest = parse_key(key)
         if kind == "incident":
+            started = time.monotonic()
             outcome = self.reconciler.reconcile(rest[0])
+            log.info(
+                "reconciled incident %s: %d write(s)", rest[0], outcome.writes,
+                extra={"incident_id": rest[0], "writes": outcome.writes, "parked": outcome.parked,
+                       "ms": round((time.monotonic() - started) * 1000, 1)},
+            )  # fmt: skip
             with self.totals.lock:
                 self.totals.reconciled += 1
                 self.totals.writes += outcome.writes
