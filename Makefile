@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt simulate clean
+.PHONY: demo test lint fmt simulate bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,14 @@ simulate: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
+
+# Benchmarks with printed figures (docs/performance.md); BENCH_ARGS=--small for a quick run.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
+
+# The large crash-safety runs (kill -9 mid-sync, two processes on PostgreSQL).
+chaos: $(STAMP)
+	$(BIN)/python -m pytest -m slow tests/chaos -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

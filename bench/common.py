@@ -1,0 +1,477 @@
+"""What the benchmarks share: the simulators and the service wired together over real HTTP
+(as ``tests/e2e`` does), request counting from the simulators, percentiles, tables and the
+summary rows that ``bench.run_all`` collects.
+
+Nothing here changes how the service works: the service is ``service.harness.Service`` with
+settings from ``service.harness.settings_for``; only the numbers a benchmark may tune for the
+run (Statuspage's proactive budget, the poll interval, the number of workers) are overridden,
+and every script prints the settings it used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shlex
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+from sqlalchemy import create_engine, make_url
+from sqlmodel import select
+
+from connectors.http import reset_buckets
+from service.harness import Service, settings_for, sqlite_url
+from simulators.runner import ClusterConfig, SimulatorCluster
+from sync import store
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = ".venv/bin/python"
+ADMIN_TOKEN = "bench-admin-token"
+ALICE_SN = "a11ce000000000000000000000000001"
+BOB_SN = "b0b00000000000000000000000000002"
+CAROL_SN = "ca401000000000000000000000000003"
+PEOPLE_SN = (ALICE_SN, BOB_SN, CAROL_SN)
+PEOPLE_JIRA = ("5b10a2844c20165700ede201", "5b10a2844c20165700ede202", "5b10a2844c20165700ede203")
+CHECKOUT_SN = "5e000000000000000000000000000001"
+WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+# The benchmark's own requests (people's edits) carry this User-Agent, so that the service's
+# calls can be told apart in the simulators' request logs.
+BENCH_UA = "itsm-sync-bench"
+PG_MAINTENANCE_URL = os.environ.get(
+    "ITSM_SYNC_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line, results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the run_all summary: a goal and what this run measured against it."""
+
+    benchmark: str
+    metric: str
+    goal: str
+    result: str
+    passed: bool | None  # None: reported, no goal to pass or fail
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--small", action="store_true", help="a quick run (smaller sizes)")
+    p.add_argument("--json", metavar="FILE", help="also write the summary rows to FILE (run_all)")
+    return p
+
+
+def command(module: str, small: bool, *extra: str) -> str:
+    """The command line that reproduces a run, from the repository root."""
+    parts = [PYTHON, "-m", module, *(["--small"] if small else []), *extra]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def header(title: str, module: str, small: bool, settings: dict[str, Any]) -> None:
+    print(f"== {title} ({'--small' if small else 'full size'}) ==")
+    print(f"reproduce: {command(module, small)}")
+    print(
+        f"machine: {platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+    )
+    for key, value in settings.items():
+        print(f"  {key}: {value}")
+    print()
+
+
+def finish(rows: Sequence[Row], json_path: str | None) -> None:
+    if json_path:
+        Path(json_path).write_text(json.dumps([asdict(r) for r in rows], indent=1))
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: str = "") -> str:
+    """A plain text table, numbers right-aligned."""
+    body = [[_cell(v) for v in row] for row in rows]
+    widths = [
+        max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)
+    ]
+    numeric = [all(_is_number(r[i]) for r in body) and bool(body) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(cells, widths, numeric, strict=True)
+        ).rstrip()
+
+    out = [title] if title else []
+    out += [line(list(headers)), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in body]
+    return "\n".join(out)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.2f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", ""))
+    except ValueError:
+        return text == "-"
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (0..100), linear between closest ranks; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary_ms(values: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99/max/mean of values given in seconds, in milliseconds."""
+    ms = [v * 1000 for v in values]
+    return {
+        "n": float(len(ms)),
+        "p50": percentile(ms, 50),
+        "p95": percentile(ms, 95),
+        "p99": percentile(ms, 99),
+        "max": max(ms) if ms else math.nan,
+        "mean": sum(ms) / len(ms) if ms else math.nan,
+    }
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+# --------------------------------------------------------------------------------------------
+# Databases
+# --------------------------------------------------------------------------------------------
+
+
+class PostgresDatabase:
+    """A uniquely named PostgreSQL database for one run, dropped at the end."""
+
+    def __init__(self, maintenance_url: str = PG_MAINTENANCE_URL) -> None:
+        self.maintenance = make_url(maintenance_url)
+        self.name = f"itsm_bench_{uuid.uuid4().hex[:8]}"
+        self.url = self.maintenance.set(database=self.name).render_as_string(hide_password=False)
+        self._admin = create_engine(
+            self.maintenance, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+        )
+
+    def __enter__(self) -> PostgresDatabase:
+        with self._admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{self.name}"')
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self._admin.dispose()
+
+
+def postgres_available(maintenance_url: str = PG_MAINTENANCE_URL) -> str:
+    """'' when a database can be made there, else why not."""
+    try:
+        with PostgresDatabase(maintenance_url):
+            pass
+    except Exception as exc:  # any failure means: report SQLite only, and say why
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# The simulators and the service
+# --------------------------------------------------------------------------------------------
+
+
+def people_only(system: str) -> Any:
+    """The default fixtures without their sample incidents (every benchmark makes its own)."""
+    data = json.loads((ROOT / "simulators" / "fixtures" / f"{system}.json").read_text())
+    for key in ("incident", "issues", "incidents"):
+        if isinstance(data, dict) and key in data:
+            data[key] = []
+    return data
+
+
+DEFAULT_SYNC: dict[str, Any] = {
+    # The safety-net poll would add its list reads to whatever window is measured; it runs
+    # once at start and then not again during a benchmark.
+    "poll_interval_seconds": 3600,
+    "workers": 2,
+}
+# Statuspage's real budget is 1 request/s; the benchmarks raise it (client and simulator)
+# so that they measure the engine, not the wait for tokens.
+FAST_STATUSPAGE: dict[str, Any] = {"requests_per_second": 200, "burst": 20}
+
+
+def _serve_simulators(conn: Connection) -> None:
+    """In a child process: run the simulators on free ports until told to stop."""
+    cluster = SimulatorCluster(
+        ClusterConfig(servicenow_port=0, jira_port=0, statuspage_port=0, seed=False)
+    )
+    cluster.start()
+    conn.send(dict(cluster.urls))
+    with contextlib.suppress(EOFError):
+        conn.recv()  # anything (or the parent going away) means stop
+    cluster.stop()
+
+
+class SimulatorProcess:
+    """The simulators in a process of their own, so that their CPU time is not the service's
+    (what ``settings_for`` and ``register_webhooks`` need of a cluster: urls and config)."""
+
+    def __init__(self) -> None:
+        self.config = ClusterConfig(servicenow_port=0, jira_port=0, statuspage_port=0, seed=False)
+        self.urls: dict[str, str] = {}
+        self._ctx = multiprocessing.get_context("spawn")
+        self._conn: Connection | None = None
+        self._process: Any = None
+
+    def start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._process = self._ctx.Process(target=_serve_simulators, args=(child,), daemon=True)
+        self._process.start()
+        child.close()
+        if not parent.poll(60):
+            raise RuntimeError("the simulator process did not start")
+        self.urls = parent.recv()
+        self._conn = parent
+
+    def stop(self) -> None:
+        if self._conn is not None:
+            self._conn.send("stop")
+            self._conn.close()
+        if self._process is not None:
+            self._process.join(timeout=15)
+
+
+class Rig:
+    """The three simulators (empty but for the fixtures' people) and the service, over real
+    HTTP with webhooks registered, plus a client for each system as people use it."""
+
+    def __init__(
+        self,
+        *,
+        database_url: str | None = None,
+        sync: dict[str, Any] | None = None,
+        poll: bool = True,
+        workers: bool = True,
+        webhooks: bool = True,
+        configure_app: Callable[[Any], None] | None = None,
+        separate_simulators: bool = False,
+    ) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="itsm-bench-")
+        self.folder = Path(self._tmp.name)
+        self.database_url = database_url or sqlite_url(self.folder)
+        self.sync = {**DEFAULT_SYNC, **(sync or {})}
+        self.sims: Any = (
+            SimulatorProcess()
+            if separate_simulators
+            else SimulatorCluster(
+                ClusterConfig(servicenow_port=0, jira_port=0, statuspage_port=0, seed=False)
+            )
+        )
+        self._poll, self._workers, self._webhooks = poll, workers, webhooks
+        self._configure_app = configure_app  # e.g. add a timing middleware before start
+        self.service: Service | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Rig:
+        reset_buckets()
+        self.sims.start()
+        for name, url in self.sims.urls.items():
+            httpx.post(f"{url}/_sim/seed", json=people_only(name)).raise_for_status()
+        httpx.post(
+            f"{self.sims.urls['statuspage']}/_sim/ratelimit", json={"requests_per_minute": None}
+        ).raise_for_status()
+        settings = settings_for(
+            self.sims,
+            self.database_url,
+            statuspage=FAST_STATUSPAGE,
+            sync=self.sync,
+            api_tokens=[{"name": "bench", "token": ADMIN_TOKEN, "role": "admin"}],
+        )
+        self.service = Service(settings, poll=self._poll, workers=self._workers)
+        if self._configure_app is not None:
+            self._configure_app(self.service.app)
+        self.service.start()
+        if self._webhooks:
+            self.service.register_webhooks(self.sims)
+        ua = {"User-Agent": BENCH_UA}
+        self.sn = httpx.Client(
+            base_url=self.sims.urls["servicenow"], auth=("admin", "admin"), headers=ua, timeout=30
+        )
+        self.jira = httpx.Client(
+            base_url=self.sims.urls["jira"],
+            auth=("admin@example.com", "sim-token"),
+            headers=ua,
+            timeout=30,
+        )
+        self.sp = httpx.Client(
+            base_url=f"{self.sims.urls['statuspage']}/v1/pages/simpage0001",
+            headers={"Authorization": "OAuth sim-key", **ua},
+            timeout=30,
+        )
+        self.api = httpx.Client(
+            base_url=self.service.url,
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", **ua},
+            timeout=30,
+        )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for client in (self.sn, self.jira, self.sp, self.api):
+            client.close()
+        if self.service is not None:
+            self.service.stop()
+        self.sims.stop()
+        self._tmp.cleanup()
+
+    @property
+    def runtime(self) -> Any:
+        assert self.service is not None
+        return self.service.runtime
+
+    # -- people's edits -----------------------------------------------------------------------
+
+    def open_p1(self, title: str, **fields: Any) -> dict[str, Any]:
+        body = {
+            "short_description": title, "impact": "1", "urgency": "1",
+            "assigned_to": ALICE_SN, "business_service": CHECKOUT_SN, **fields,
+        }  # fmt: skip
+        r = self.sn.post("/api/now/table/incident", json=body)
+        r.raise_for_status()
+        return dict(r.json()["result"])
+
+    def sn_patch(self, sys_id: str, **fields: Any) -> dict[str, Any]:
+        r = self.sn.patch(f"/api/now/table/incident/{sys_id}", json=fields)
+        r.raise_for_status()
+        return dict(r.json()["result"])
+
+    def sn_record(self, sys_id: str) -> dict[str, Any]:
+        return dict(self.sn.get(f"/api/now/table/incident/{sys_id}").json()["result"])
+
+    def jira_issue(self, key: str) -> dict[str, Any]:
+        return dict(self.jira.get(f"/rest/api/2/issue/{key}").json())
+
+    def jira_edit(self, key: str, **fields: Any) -> None:
+        self.jira.put(f"/rest/api/2/issue/{key}", json={"fields": fields}).raise_for_status()
+
+    def jira_comment(self, key: str, body: str, internal: bool = False) -> None:
+        payload: dict[str, Any] = {"body": body}
+        if internal:
+            payload["visibility"] = {"type": "role", "value": "Developers"}
+        self.jira.post(f"/rest/api/2/issue/{key}/comment", json=payload).raise_for_status()
+
+    def transition(self, key: str, status: str, **fields: Any) -> None:
+        options = self.jira.get(f"/rest/api/2/issue/{key}/transitions").json()["transitions"]
+        [move] = [t for t in options if t["to"]["name"] == status]
+        self.jira.post(
+            f"/rest/api/2/issue/{key}/transitions",
+            json={"transition": {"id": move["id"]}, "fields": fields},
+        ).raise_for_status()
+
+    def publish(self, number: str, message: str) -> None:
+        r = self.api.post(f"/api/incidents/{number}/public", json={"message": message})
+        r.raise_for_status()
+
+    def links(self) -> dict[str, dict[str, store.Link]]:
+        """incident id -> system -> link."""
+        out: dict[str, dict[str, store.Link]] = {}
+        with store.session_scope(self.runtime.db, readonly=True) as s:
+            for link in s.exec(select(store.Link)).all():
+                out.setdefault(link.incident_id, {})[link.system] = link
+        return out
+
+    # -- counting -----------------------------------------------------------------------------
+
+    def requests(self, system: str, *, clear: bool = False) -> list[dict[str, Any]]:
+        """The simulator's request log; ``clear`` empties it after reading (call it while
+        the service is quiet: a request logged between the two would be lost)."""
+        url = f"{self.sims.urls[system]}/_sim/requests"
+        log = list(httpx.get(url, timeout=30).json()["requests"])
+        if clear:
+            httpx.delete(url, timeout=30).raise_for_status()
+        return log
+
+    def service_calls(self, *, clear: bool = True) -> dict[str, list[dict[str, Any]]]:
+        """system -> the requests the service (not the benchmark's people) made since the
+        last clear. The logs keep 5000 entries each: clear them at least that often."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for system in self.sims.urls:
+            out[system] = [
+                r
+                for r in self.requests(system, clear=clear)
+                if r["headers"].get("user-agent") != BENCH_UA
+            ]
+        return out
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def idle(self) -> bool:
+        """Every simulator has sent its webhooks and the queue is empty (read in-process, so
+        that waiting costs the service under test as little as possible)."""
+        if isinstance(self.sims, SimulatorCluster):
+            if not all(sim.webhooks.idle() for sim in self.sims.simulators.values()):
+                return False
+        elif not all(
+            httpx.get(f"{u}/_sim/webhooks/log").json()["idle"] for u in self.sims.urls.values()
+        ):
+            return False
+        with store.session_scope(self.runtime.db, readonly=True) as s:
+            return s.exec(select(store.Dirty)).first() is None
+
+    def quiet(self, timeout: float = 60.0, settle: float = 0.3) -> None:
+        """Wait until every webhook is delivered and the queue is empty (twice, ``settle``
+        apart: a reconcile's own writes send webhooks that queue more work)."""
+
+        def twice() -> bool:
+            if not self.idle():
+                return False
+            time.sleep(settle)
+            return self.idle()
+
+        wait_for(twice, "the service to go quiet", timeout)
