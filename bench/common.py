@@ -34,6 +34,7 @@ from sqlmodel import select
 
 from connectors.http import reset_buckets
 from service.harness import Service, settings_for, sqlite_url
+from service.harness import wait_for as harness_wait_for
 from simulators.runner import ClusterConfig, SimulatorCluster
 from sync import store
 
@@ -94,7 +95,25 @@ def header(title: str, module: str, small: bool, settings: dict[str, Any]) -> No
     )
     for key, value in settings.items():
         print(f"  {key}: {value}")
+    print(load_note())
     print()
+
+
+def load_average() -> float:
+    """The 1-minute load average (0 where the system does not tell)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def load_note() -> str:
+    """The machine's load, with a warning when something else keeps its CPUs busy."""
+    load = load_average()
+    note = f"load average (1 min) at start: {load:.2f} on {os.cpu_count()} CPUs"
+    if load > 0.5 * (os.cpu_count() or 1):
+        note += " -- the machine is busy: timings will be worse than on an idle one"
+    return note
 
 
 def finish(rows: Sequence[Row], json_path: str | None) -> None:
@@ -170,13 +189,8 @@ def summary_ms(values: Sequence[float]) -> dict[str, float]:
 
 
 def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out waiting for {what}")
+    """service.harness.wait_for with the benchmarks' longer default timeout."""
+    return harness_wait_for(probe, what, timeout)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ show once the service has synced it.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -32,7 +31,8 @@ class DemoFailed(RuntimeError):
 
 def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
     try:
-        return harness_wait_for(probe, what, timeout)
+        # Slowly: the demo's own reads share Statuspage's 60 requests a minute with the engine.
+        return harness_wait_for(probe, what, timeout, interval=0.25)
     except TimedOut as exc:
         raise DemoFailed(str(exc)) from exc
 
@@ -82,7 +82,10 @@ class Demo:
         return found[0] if found else None
 
     def page_incident(self, name: str) -> dict[str, Any] | None:
-        return next((i for i in self.sp.get("/incidents").json() if i["name"] == name), None)
+        listed = self.sp.get("/incidents")
+        if listed.status_code != 200:  # e.g. 420: over the page's rate limit; look again later
+            return None
+        return next((i for i in listed.json() if i["name"] == name), None)
 
     def transition(self, key: str, status: str, **fields: Any) -> None:
         options = self.jira.get(f"/rest/api/2/issue/{key}/transitions").json()["transitions"]
@@ -153,7 +156,12 @@ class Demo:
             ),
             "the work note in Jira",
         )  # fmt: skip
-        page_text = json.dumps(self.sp.get("/incidents").json())
+        page_text = str(
+            wait_for(
+                lambda: (r := self.sp.get("/incidents")).status_code == 200 and r.text,
+                "the status page's incidents",
+            )
+        )
         self.say(
             f"-> Jira {key}: internal comment (visible to role "
             f"{note['visibility']['value']}); on the status page: "

@@ -26,15 +26,17 @@ class TimedOut(AssertionError):
     """A wait_for ran out of time; the message says what it waited for."""
 
 
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 15.0) -> T:
-    """Poll ``probe`` until it returns something truthy (and return that), or fail naming
-    ``what`` after ``timeout`` seconds."""
+def wait_for(
+    probe: Callable[[], T | None], what: str, timeout: float = 15.0, interval: float = 0.05
+) -> T:
+    """Poll ``probe`` every ``interval`` seconds until it returns something truthy (and return
+    that), or fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = probe()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(interval)
     raise TimedOut(f"timed out waiting for {what}")
 
 

@@ -106,7 +106,12 @@ def register(app: typer.Typer) -> None:
             results = poll_all(runtime.db, runtime.connectors)
             for line in results_table(results):
                 console.print(line, highlight=False)
-            totals = drain(runtime.reconciler, threads=settings.sync.workers, timeout=timeout)
+            totals = drain(
+                runtime.reconciler,
+                threads=settings.sync.workers,
+                timeout=timeout,
+                lease=settings.sync.lease_seconds,
+            )
             with store.session_scope(runtime.db, readonly=True) as s:
                 parked = store.open_parked(s)
                 left = queue_depth(s)
@@ -172,7 +177,12 @@ def register(app: typer.Typer) -> None:
                 with store.session_scope(runtime.db, readonly=True) as s:
                     total = queue_depth(s)
                 task = progress.add_task("reconcile", total=total or 1)
-                totals = drain(runtime.reconciler, threads=settings.sync.workers, timeout=3600)
+                totals = drain(
+                    runtime.reconciler,
+                    threads=settings.sync.workers,
+                    timeout=3600,
+                    lease=settings.sync.lease_seconds,
+                )
                 progress.update(task, completed=total or 1)
             console.print(
                 f"backfill: reconciled {totals.reconciled}, wrote {totals.writes}, "

@@ -141,8 +141,12 @@ def store_records(
     """Store what a poll read and queue it; returns (how many were newer, newest update time)."""
     newer = 0
     newest: dt.datetime | None = None
+    # In key order: two pollers marking the same rows in different orders would deadlock.
+    ordered = sorted(
+        records, key=lambda r: (r.ref.system, r.ref.instance, r.ref.object_type, r.ref.id)
+    )
     with store.session_scope(db) as s:
-        for record in records:
+        for record in ordered:
             ref = record.ref
             if store.record_observation(
                 s, system=ref.system, instance=ref.instance, object_type=ref.object_type,

@@ -37,12 +37,11 @@ from sync.poller import poll_all
 from sync.worker import drain
 from tests.chaos.conftest import (
     ADMIN_TOKEN,
-    ALICE_SN,
-    CHECKOUT_SN,
     ServiceProcess,
     run_cli,
     service_env,
 )
+from tests.systems import Systems as SharedSystems
 
 # ServiceNow state for the last Jira status we set (the default mappings' round trip).
 SN_STATE = {"Open": "1", "In Progress": "2", "Resolved": "6"}
@@ -66,37 +65,13 @@ class P1:
     jira_comments: list[tuple[str, bool]] = field(default_factory=list)  # (text, internal)
 
 
-class Systems:
+class Systems(SharedSystems):
     """The three simulators as people use them (straight on each API)."""
 
-    def __init__(self, sims: SimulatorCluster) -> None:
-        self.sims = sims
-        self.sn = httpx.Client(
-            base_url=sims.urls["servicenow"], auth=("admin", "admin"), timeout=30
-        )
-        self.jira = httpx.Client(
-            base_url=sims.urls["jira"], auth=("admin@example.com", "sim-token"), timeout=30
-        )
-        self.sp = httpx.Client(
-            base_url=f"{sims.urls['statuspage']}/v1/pages/simpage0001",
-            headers={"Authorization": "OAuth sim-key"},
-            timeout=30,
-        )
-
-    def close(self) -> None:
-        for client in (self.sn, self.jira, self.sp):
-            client.close()
-
-    # -- ServiceNow ---------------------------------------------------------------------------
-
-    def open_p1(self, title: str) -> dict[str, Any]:
-        body = {
-            "short_description": title, "impact": "1", "urgency": "1",
-            "assigned_to": ALICE_SN, "business_service": CHECKOUT_SN,
-        }  # fmt: skip
-        r = self.sn.post("/api/now/table/incident", json=body)
-        assert r.status_code == 201, r.text
-        return dict(r.json()["result"])
+    def transition(self, key: str, status: str, **fields: Any) -> None:
+        if status == "Resolved":
+            fields.setdefault("resolution", {"name": "Done"})
+        super().transition(key, status, **fields)
 
     def sn_patch(self, sys_id: str, **fields: str) -> None:
         r = self.sn.patch(f"/api/now/table/incident/{sys_id}", json=fields)
@@ -119,31 +94,6 @@ class Systems:
         return out
 
     # -- Jira ---------------------------------------------------------------------------------
-
-    def jira_issues(self) -> list[dict[str, Any]]:
-        issues: list[dict[str, Any]] = []
-        params: dict[str, Any] = {
-            "jql": "project = OPS ORDER BY created ASC",
-            "fields": "summary,labels,status",
-            "maxResults": 100,
-        }
-        while True:
-            page = self.jira.get("/rest/api/2/search/jql", params=params).json()
-            issues.extend(page["issues"])
-            if page.get("isLast", True) or not page.get("nextPageToken"):
-                return issues
-            params["nextPageToken"] = page["nextPageToken"]
-
-    def transition(self, key: str, status: str) -> None:
-        options = self.jira.get(f"/rest/api/2/issue/{key}/transitions").json()["transitions"]
-        moves = [t for t in options if t["to"]["name"] == status]
-        assert moves, f"{key}: no transition to {status} from here: {options}"
-        fields = {"resolution": {"name": "Done"}} if status == "Resolved" else {}
-        r = self.jira.post(
-            f"/rest/api/2/issue/{key}/transitions",
-            json={"transition": {"id": moves[0]["id"]}, "fields": fields},
-        )
-        assert r.status_code == 204, r.text
 
     def jira_comment(self, key: str, text: str, internal: bool) -> None:
         body: dict[str, Any] = {"body": text}

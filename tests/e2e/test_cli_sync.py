@@ -19,24 +19,16 @@ import pytest
 
 from service.harness import WEBHOOK_SECRETS
 from simulators.runner import SimulatorCluster
+from tests.systems import Systems, people_only
 
 CLI = [sys.executable, "-m", "service"]
-ALICE_SN = "a11ce000000000000000000000000001"
-CHECKOUT_SN = "5e000000000000000000000000000001"
-FIXTURES = Path(__file__).resolve().parents[2] / "simulators" / "fixtures"
 JIRA_CREATE = "POST /rest/api/{version}/issue"
 
 
-def _people_only(system: str) -> Any:
-    """The default fixtures without their sample incidents (each test makes its own)."""
-    data = json.loads((FIXTURES / f"{system}.json").read_text())
-    for key in ("incident", "issues", "incidents"):
-        if isinstance(data, dict) and key in data:
-            data[key] = []
-    return data
+_people_only = people_only
 
 
-class Admin:
+class Admin(Systems):
     """The CLI with settings for the simulators, plus clients for what people see."""
 
     def __init__(self, sims: SimulatorCluster, folder: Path) -> None:
@@ -64,16 +56,7 @@ class Admin:
                 "COLUMNS": "250",  # rich tables on whole lines, so they can be searched
             }
         )
-        self.sn = httpx.Client(
-            base_url=sims.urls["servicenow"], auth=("admin", "admin"), timeout=30
-        )
-        self.jira = httpx.Client(
-            base_url=sims.urls["jira"], auth=("admin@example.com", "sim-token"), timeout=30
-        )
-
-    def close(self) -> None:
-        self.sn.close()
-        self.jira.close()
+        super().__init__(sims)
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -95,51 +78,11 @@ class Admin:
             text=True,
         )
 
-    def open_p1(self, title: str) -> dict[str, Any]:
-        body = {
-            "short_description": title, "impact": "1", "urgency": "1",
-            "assigned_to": ALICE_SN, "business_service": CHECKOUT_SN,
-        }  # fmt: skip
-        r = self.sn.post("/api/now/table/incident", json=body)
-        assert r.status_code == 201, r.text
-        return dict(r.json()["result"])
-
     def issues(self) -> list[dict[str, Any]]:
         """Every incident issue in OPS (not the postmortem tracker's reviews)."""
-        found: list[dict[str, Any]] = []
-        params: dict[str, Any] = {
-            "jql": "project = OPS AND issuetype = Incident ORDER BY created ASC",
-            "fields": "summary,labels,status",
-            "maxResults": 100,
-        }
-        while True:
-            page = self.jira.get("/rest/api/2/search/jql", params=params).json()
-            found.extend(page["issues"])
-            if page.get("isLast", True) or not page.get("nextPageToken"):
-                return found
-            params["nextPageToken"] = page["nextPageToken"]
-
-    def transition(self, key: str, status: str, **fields: Any) -> None:
-        options = self.jira.get(f"/rest/api/2/issue/{key}/transitions").json()["transitions"]
-        [move] = [t for t in options if t["to"]["name"] == status]
-        r = self.jira.post(
-            f"/rest/api/2/issue/{key}/transitions",
-            json={"transition": {"id": move["id"]}, "fields": fields},
+        return self.jira_issues(
+            "project = OPS AND issuetype = Incident ORDER BY created ASC", "summary,labels,status"
         )
-        assert r.status_code == 204, r.text
-
-    def writes(self) -> dict[str, int]:
-        out = {}
-        for name, url in self.sims.urls.items():
-            stats = httpx.get(f"{url}/_sim/stats").json()
-            out[name] = sum(
-                n for k, n in stats.items() if k.split(" ")[0] in ("POST", "PUT", "PATCH", "DELETE")
-            )
-        return out
-
-    def reset_stats(self) -> None:
-        for url in self.sims.urls.values():
-            httpx.delete(f"{url}/_sim/stats").raise_for_status()
 
     def fault(self, system: str, **rule: Any) -> None:
         httpx.post(

@@ -273,9 +273,13 @@ def test_a_conflict_follows_the_mapping_policy_and_is_audited(world: World) -> N
     inc = world.open_p1()
     issue = wait_for(lambda: world.jira_issue_for("Checkout fails"), "the Jira issue")
     world.quiet()
-    # Stop the webhooks so both edits land before the engine looks, then poll.
+    # Stop the webhooks and the workers so both edits land before the engine looks at
+    # either; then one poll and one reconcile see both.
     for url in world.sims.urls.values():
         httpx.delete(f"{url}/_sim/webhooks").raise_for_status()
+    runtime = world.service.runtime
+    assert runtime.pool is not None
+    runtime.pool.stop()
     world.jira.put(
         f"/rest/api/2/issue/{issue['key']}", json={"fields": {"priority": {"name": "Low"}}}
     ).raise_for_status()
@@ -283,16 +287,12 @@ def test_a_conflict_follows_the_mapping_policy_and_is_audited(world: World) -> N
         f"/api/now/table/incident/{inc['sys_id']}", json={"urgency": "2"}
     ).raise_for_status()
     from sync.poller import poll_all
+    from sync.worker import drain
 
-    runtime = world.service.runtime
     poll_all(runtime.db, runtime.connectors)
-    wait_for(
-        lambda: (
-            world.jira.get(f"/rest/api/2/issue/{issue['key']}").json()["fields"]["priority"]["name"]
-            == "High"
-        ),
-        "ServiceNow's severity (SEV2) on Jira",
-    )
+    drain(runtime.reconciler, threads=1, timeout=30)
+    jira = world.jira.get(f"/rest/api/2/issue/{issue['key']}").json()
+    assert jira["fields"]["priority"]["name"] == "High"  # ServiceNow's SEV2
     history = world.api.get(f"/api/incidents/{inc['number']}/history").json()
     [conflict] = [h for h in history if h["action"] == "conflict"]
     assert conflict["field"] == "severity" and conflict["after"] == "SEV2"
