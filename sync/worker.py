@@ -31,6 +31,7 @@ from sync.queue import (
     parse_key,
     queue_depth,
     release,
+    renew,
     retry_later,
 )
 from sync.reconcile import Reconciler
@@ -72,7 +73,26 @@ class Worker:
         self.handle(claims[0])
         return True
 
+    def _keep_lease(self, held: Claim, stop: threading.Event) -> None:
+        """Renew the claim's lease every third of it while the work goes on, so a long
+        reconcile is never taken over (and done twice) by another worker."""
+        while not stop.wait(self.lease / 3):
+            with store.session_scope(self.db) as s:
+                if not renew(s, held, lease_seconds=self.lease):
+                    log.warning("lost the lease on %s", held.key, extra={"key": held.key})
+                    return
+
     def handle(self, held: Claim) -> None:
+        stop = threading.Event()
+        keeper = threading.Thread(target=self._keep_lease, args=(held, stop), daemon=True)
+        keeper.start()
+        try:
+            self._handle(held)
+        finally:
+            stop.set()
+            keeper.join()
+
+    def _handle(self, held: Claim) -> None:
         try:
             retry_in = self._work(held.key)
         except store.StaleIncident:
