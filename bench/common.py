@@ -17,6 +17,7 @@ import math
 import multiprocessing
 import os
 import platform
+import resource
 import shlex
 import tempfile
 import time
@@ -97,6 +98,51 @@ def header(title: str, module: str, small: bool, settings: dict[str, Any]) -> No
         print(f"  {key}: {value}")
     print(load_note())
     print()
+    _WATCH.start()
+
+
+class MachineWatch:
+    """How much CPU *other* processes used while a benchmark ran: the machine's busy time
+    (``/proc/stat``) less this process's and its finished children's."""
+
+    def __init__(self) -> None:
+        self._busy = 0.0
+        self._ours = 0.0
+        self._at = 0.0
+
+    @staticmethod
+    def _machine_busy() -> float:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return math.nan
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _our_cpu() -> float:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+    def start(self) -> None:
+        self._busy, self._ours, self._at = self._machine_busy(), self._our_cpu(), time.time()
+
+    def report(self) -> str:
+        seconds = time.time() - self._at
+        others = (self._machine_busy() - self._busy) - (self._our_cpu() - self._ours)
+        share = others / (seconds * (os.cpu_count() or 1)) if seconds > 0 else math.nan
+        note = (
+            f"other processes used {max(others, 0.0):.1f} CPU-seconds during this benchmark's "
+            f"{seconds:.0f} s ({max(share, 0.0):.0%} of the machine; a database server counts here)"
+        )
+        if share > 0.1:
+            note += " -- timings were disturbed"
+        return note
+
+
+_WATCH = MachineWatch()
 
 
 def load_average() -> float:
@@ -108,15 +154,13 @@ def load_average() -> float:
 
 
 def load_note() -> str:
-    """The machine's load, with a warning when something else keeps its CPUs busy."""
-    load = load_average()
-    note = f"load average (1 min) at start: {load:.2f} on {os.cpu_count()} CPUs"
-    if load > 0.5 * (os.cpu_count() or 1):
-        note += " -- the machine is busy: timings will be worse than on an idle one"
-    return note
+    """The machine's load average (which includes a previous benchmark's own processes for
+    about a minute; the report at the end tells what *other* processes used)."""
+    return f"load average (1 min) at start: {load_average():.2f} on {os.cpu_count()} CPUs"
 
 
 def finish(rows: Sequence[Row], json_path: str | None) -> None:
+    print(_WATCH.report())
     if json_path:
         Path(json_path).write_text(json.dumps([asdict(r) for r in rows], indent=1))
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, Row, command, load_note, parser, table
+from bench.common import ROOT, Row, command, parser, table
 
 BENCHMARKS = ("bench.api_calls", "bench.latency", "bench.ack", "bench.memory")
 
@@ -52,7 +52,6 @@ def main() -> None:
         )
     )
     print(f"\nreproduce: {command('bench.run_all', args.small)}")
-    print(f"{load_note().replace('at start', 'at the end')}")
     if failed:
         print(f"benchmarks that did not finish: {', '.join(failed)}")
         sys.exit(1)
