@@ -105,13 +105,13 @@ def ingest_webhook(
             return Ack(200, "duplicate delivery: already stored", delivery)
         for obs in observations:
             complete = _complete(obs)
-            if complete:
-                store.record_observation(
+            if complete and not store.record_observation(
                     s, system=obs.ref.system, instance=obs.ref.instance,
                     object_type=obs.ref.object_type, remote_id=obs.ref.id,
                     version=list(obs.version), fields={**obs.fields, REF_KEY: obs.ref.key},
                     source="webhook", remote_updated_at=_updated(obs),
-                )  # fmt: skip
+                ):  # fmt: skip
+                continue  # not newer than what we have (a poll got there first): nothing to do
             mark_for(
                 s, obs.ref.system, obs.ref.instance, obs.ref.object_type, obs.ref.id,
                 delay=coalesce, reason=f"webhook {delivery}", refresh=not complete,

@@ -166,6 +166,12 @@ def mark_dirty(
                 ),
                 "generation": col(Dirty.generation) + 1,
                 "reason": statement.excluded.reason,
+                # Marked while a worker holds it: a new burst begins now (else, once released,
+                # its max_wait would already be over and every later mark due at once).
+                "first_marked_at": case(
+                    (col(Dirty.claimed_by).is_not(None), statement.excluded.first_marked_at),
+                    else_=col(Dirty.first_marked_at),
+                ),
             },
         )
     )

@@ -257,7 +257,7 @@ class Reconciler:
     def reconcile(self, incident_id: str) -> Outcome:
         outcome = Outcome()
         mappings = self.mappings()
-        with store.session_scope(self.db) as s:
+        with store.session_scope(self.db, readonly=True) as s:
             row = store.get_incident(s, incident_id)
             if row is None:
                 return outcome

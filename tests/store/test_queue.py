@@ -247,3 +247,28 @@ def test_target_backoff_grows_caps_and_clears(engine: Engine) -> None:
         assert queue.blocked_targets(session, "i1", now) == {"statuspage:default"}
         # After clearing, the count starts again from the bottom.
         assert queue.next_backoff(session, "i1", "jira:default", "503", base=2, now=now) <= 2
+
+
+def test_debounce_keeps_working_under_a_steady_stream(engine: Engine) -> None:
+    """A mark that lands while a worker holds the key starts the next burst: once released,
+    later marks are debounced again instead of all being due at once."""
+    t0 = utcnow()
+
+    def at(seconds: float) -> dt.datetime:
+        return t0 + dt.timedelta(seconds=seconds)
+
+    def mark(seconds: float) -> None:
+        with session_scope(engine) as s:
+            mark_dirty(s, "incident:s", debounce=0.2, max_wait=2.0, now=at(seconds))
+
+    mark(0.0)
+    with session_scope(engine) as s:
+        [held] = claim(s, "w1", limit=1, lease_seconds=60, now=at(2.5))
+    mark(2.6)  # an edit while the reconcile runs
+    with session_scope(engine) as s:
+        assert finish(s, held) is False  # marked meanwhile: released, not deleted
+    mark(2.8)
+    with session_scope(engine) as s:
+        row = s.get(Dirty, "incident:s")
+        assert row is not None
+        assert row.due_at == at(3.0), "a burst after the release must be debounced again"
