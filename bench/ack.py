@@ -321,7 +321,7 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("--no-postgres", action="store_true", help="SQLite only")
     args = p.parse_args()
-    seconds = 3.0 if args.small else 10.0
+    seconds = 2.0 if args.small else 10.0
     incidents = 5 if args.small else 20
     pg_problem = "skipped (--no-postgres)" if args.no_postgres else postgres_available()
     settings = {
