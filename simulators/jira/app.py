@@ -60,6 +60,21 @@ class JiraJSON(JSONResponse):
     media_type = JSON_TYPE
 
 
+def _page_bean(base: str, start: int, limit: int, total: int, values: list[Obj]) -> Obj:
+    """Jira's paged envelope (``PageBean``): startAt/maxResults/total/isLast, and nextPage."""
+    out: Obj = {
+        "self": f"{base}?startAt={start}&maxResults={limit}",
+        "maxResults": limit,
+        "startAt": start,
+        "total": total,
+        "isLast": start + len(values) >= total,
+        "values": values,
+    }
+    if not out["isLast"]:
+        out["nextPage"] = f"{base}?startAt={start + limit}&maxResults={limit}"
+    return out
+
+
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return JiraJSON(data, status_code=status, headers=dict(headers or {}))
 
@@ -950,17 +965,8 @@ class JiraSimulator(Simulator):
         start = max(0, _int_arg(req, "startAt", 0))
         limit = max(1, min(_int_arg(req, "maxResults", 50), 100))
         page = rows[start : start + limit]
-        out: Obj = {
-            "self": f"{ctx.api}/project/search?startAt={start}&maxResults={limit}",
-            "maxResults": limit,
-            "startAt": start,
-            "total": len(rows),
-            "isLast": start + len(page) >= len(rows),
-            "values": [self._render_project_full(p, ctx) for p in page],
-        }
-        if not out["isLast"]:
-            out["nextPage"] = f"{ctx.api}/project/search?startAt={start + limit}&maxResults={limit}"
-        return _json(out)
+        values = [self._render_project_full(p, ctx) for p in page]
+        return _json(_page_bean(f"{ctx.api}/project/search", start, limit, len(rows), values))
 
     def project(self, req: SimRequest) -> Response:
         ctx = self._ctx(req)
@@ -2069,17 +2075,8 @@ class JiraSimulator(Simulator):
         rows = issue["histories"]
         page = rows[start : start + limit]
         base = f"{ctx.api}/issue/{issue['key']}/changelog"
-        out: Obj = {
-            "self": f"{base}?maxResults={limit}&startAt={start}",
-            "maxResults": limit,
-            "startAt": start,
-            "total": len(rows),
-            "isLast": start + len(page) >= len(rows),
-            "values": [self._render_history(h, ctx) for h in page],
-        }
-        if not out["isLast"]:
-            out["nextPage"] = f"{base}?maxResults={limit}&startAt={start + limit}"
-        return _json(out)
+        values = [self._render_history(h, ctx) for h in page]
+        return _json(_page_bean(base, start, limit, len(rows), values))
 
     # -- transitions --------------------------------------------------------------------------
 
