@@ -43,6 +43,7 @@ from sync.store import Dirty, TargetBackoff, dialect_insert, utcnow
 
 __all__ = [
     "Claim",
+    "backoffs",
     "blocked_targets",
     "claim",
     "clear_backoff",
@@ -375,14 +376,17 @@ def clear_backoff(session: Session, incident_id: str, target: str) -> None:
     )
 
 
+def backoffs(session: Session, incident_id: str) -> dict[str, dt.datetime]:
+    """Every target of the incident with a backoff row, and when it may be tried again."""
+    rows = session.exec(
+        select(col(TargetBackoff.target), col(TargetBackoff.next_attempt_at)).where(
+            col(TargetBackoff.incident_id) == incident_id
+        )
+    )
+    return {target: at for target, at in rows}
+
+
 def blocked_targets(session: Session, incident_id: str, now: dt.datetime | None = None) -> set[str]:
     """Targets of the incident still waiting out a backoff."""
     now = now or utcnow()
-    return set(
-        session.exec(
-            select(col(TargetBackoff.target)).where(
-                col(TargetBackoff.incident_id) == incident_id,
-                col(TargetBackoff.next_attempt_at) > now,
-            )
-        )
-    )
+    return {target for target, at in backoffs(session, incident_id).items() if at > now}

@@ -48,7 +48,7 @@ from mapping.templates import TemplateError
 from mapping.transforms import TransformContext, TransformError
 from sync import store
 from sync.people import context_for
-from sync.queue import clear_backoff, incident_key, mark_dirty, next_backoff
+from sync.queue import backoffs, clear_backoff, incident_key, mark_dirty, next_backoff
 
 log = logging.getLogger("itsm_sync.reconcile")
 
@@ -273,6 +273,7 @@ class Reconciler:
                 for link in links
             }  # fmt: skip
             parked = {p.target for p in store.open_parked(s, incident_id=incident_id)}
+            waits = backoffs(s, incident_id)
             synced_comments = {
                 (c.system, c.instance, c.remote_id) for c in store.comment_links(s, incident_id)
             }
@@ -391,6 +392,11 @@ class Reconciler:
             target = f"{mapping.system}:{mapping.instance}"
             if target in parked or (mapping.system, mapping.instance) not in self.connectors:
                 continue
+            if target in waits and waits[target] > store.utcnow():
+                # Still backing off after a retriable failure: this target waits, the
+                # incident's other targets go on, and the incident comes back when it may.
+                outcome.later((waits[target] - store.utcnow()).total_seconds())
+                continue
             existing = links_by_target.get((mapping.system, mapping.instance))
             try:
                 if existing is None:
@@ -409,8 +415,9 @@ class Reconciler:
                     fresh_flat = consumed.get(existing.id or 0, fallback)[0]
                     self._push(incident, mapping, existing, fresh_flat, outcome)
                 self._push_comments(incident, mapping, existing, comment_targets, outcome)
-                with store.session_scope(self.db) as s:
-                    clear_backoff(s, incident_id, target)
+                if target in waits:  # it worked again: forget its failures
+                    with store.session_scope(self.db) as s:
+                        clear_backoff(s, incident_id, target)
             except (*MAPPING_FAILURES,) as exc:
                 self._park(incident_id, target, exc, outcome)
             except ConnectorError as exc:

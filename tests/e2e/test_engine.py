@@ -327,3 +327,37 @@ def test_a_reopen_propagates(world: World) -> None:
     assert (
         world.jira.get(f"/rest/api/2/issue/{issue['key']}").json()["fields"]["resolution"] is None
     )
+
+
+def test_a_retriable_failure_backs_off_one_target_while_the_others_go_on(world: World) -> None:
+    # Jira's creates fail with 503 for as long as one call's retries last.
+    httpx.post(
+        f"{world.sims.urls['jira']}/_sim/faults",
+        json={
+            "rules": [
+                {
+                    "route": "POST /rest/api/{version}/issue",
+                    "error_rate": 1.0,
+                    "error_status": 503,
+                    "count": 5,
+                }
+            ]
+        },
+    ).raise_for_status()
+    inc = world.open_p1()
+    wait_for(
+        lambda: world.api.get(f"/api/incidents/{inc['number']}").status_code == 200, "the incident"
+    )
+    world.api.post(
+        f"/api/incidents/{inc['number']}/public", json={"message": "Checkout is down."}
+    ).raise_for_status()
+    wait_for(world.sp_incidents, "the status page incident, while Jira backs off", timeout=20)
+    issue = wait_for(
+        lambda: world.jira_issue_for("Checkout fails"),
+        "the Jira issue after the backoff",
+        timeout=30,
+    )
+    assert issue["fields"]["priority"]["name"] == "Highest"
+    assert world.api.get("/api/parked").json() == []  # retriable: never parked
+    world.quiet()
+    assert len(world.jira_issues("project = OPS AND issuetype = Incident")) == 1
