@@ -66,6 +66,11 @@ class RemoteComment:
     origin: str = ""  # set when itsm-sync wrote it: the system the comment came from
 
 
+# Reserved keys of an observation's fields, set by the connectors' webhook parsers.
+JOURNAL_KEY = "_journal"  # comments a delivery says its update added: {"after": version, "entries"}
+COMMENT_EVENT_KEY = "_comment_event"  # a comment-only delivery: the comment, not the record
+
+
 @dataclass(frozen=True)
 class Person:
     """Someone on a remote system: its own id, and the email that identifies them everywhere."""
@@ -120,6 +125,17 @@ class Connector(Protocol):
     def update(self, ref: RemoteRef, fields: Mapping[str, Any]) -> RemoteRecord: ...
 
     def comments(self, ref: RemoteRef) -> list[RemoteComment]: ...
+
+    def known_comments(
+        self, fields: Mapping[str, Any], through: tuple[int, ...] | None
+    ) -> list[RemoteComment] | None:
+        """The comments an observation's ``fields`` already tell about, without a call.
+
+        ``through`` is the record version up to which the caller has seen every comment.
+        Returns the comments that could be new since then (the caller skips those it knows),
+        or None when only :meth:`comments` can tell (then it reads them).
+        """
+        ...
 
     def add_comment(
         self, ref: RemoteRef, body: str, *, visibility: Visibility, origin: str = ""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from connectors.base import Connector, Observation, RemoteRecord
+from connectors.base import COMMENT_EVENT_KEY, Connector, Observation, RemoteRecord
 from connectors.errors import AuthFailed, ConnectorError
 from sync import store
 from sync.queue import incident_key, mark_dirty, remote_key
@@ -104,6 +104,17 @@ def ingest_webhook(
         if not store.record_delivery(s, system=system, delivery_id=delivery, status="accepted"):
             return Ack(200, "duplicate delivery: already stored", delivery)
         for obs in observations:
+            events = obs.fields.get(COMMENT_EVENT_KEY)
+            if isinstance(events, list) and store.add_comment_events(
+                s, system=obs.ref.system, instance=obs.ref.instance,
+                object_type=obs.ref.object_type, remote_id=obs.ref.id, events=events,
+            ):  # fmt: skip
+                # A comment on a record we hold: it rides on the stored observation, no read.
+                mark_for(
+                    s, obs.ref.system, obs.ref.instance, obs.ref.object_type, obs.ref.id,
+                    delay=coalesce, reason=f"webhook {delivery}",
+                )  # fmt: skip
+                continue
             complete = _complete(obs)
             if complete and not store.record_observation(
                     s, system=obs.ref.system, instance=obs.ref.instance,

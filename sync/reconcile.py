@@ -55,6 +55,15 @@ log = logging.getLogger("itsm_sync.reconcile")
 SOURCES = ("servicenow", "jira")  # systems whose changes flow in; Statuspage is output only
 CORRELATION_PREFIX = "itsm-"
 REF_KEY = "_ref_key"  # stored with each observation: the record's human key (OPS-12, INC...)
+# Kept in each shadow: the record version up to which every comment on it has been seen.
+THROUGH_KEY = "_comments_through"
+
+
+def _through(shadow: store.Shadow | None) -> tuple[int, ...] | None:
+    value = shadow.fields.get(THROUGH_KEY) if shadow is not None else None
+    return tuple(value) if isinstance(value, list) and value else None
+
+
 CLOSED_STATES = {State.CLOSED, State.CANCELED}
 MAPPING_FAILURES = (MappingError, TransformError, TemplateError)
 
@@ -274,11 +283,19 @@ class Reconciler:
             }  # fmt: skip
             parked = {p.target for p in store.open_parked(s, incident_id=incident_id)}
             waits = backoffs(s, incident_id)
-            synced_comments = {
-                (c.system, c.instance, c.remote_id) for c in store.comment_links(s, incident_id)
-            }
+            comment_rows = store.comment_links(s, incident_id)
+            synced_comments = {(c.system, c.instance, c.remote_id) for c in comment_rows}
+            # Posted and confirmed; an intent row (still pending) means a post may have
+            # happened: look on the target before posting again.
             comment_targets = {
-                (c.canonical_id, c.system, c.instance) for c in store.comment_links(s, incident_id)
+                (c.canonical_id, c.system, c.instance)
+                for c in comment_rows
+                if not c.remote_id.startswith(store.PENDING_COMMENT)
+            }
+            unsure_comments = {
+                (c.canonical_id, c.system, c.instance)
+                for c in comment_rows
+                if c.remote_id.startswith(store.PENDING_COMMENT)
             }
             row_version, data = row.version, dict(row.data)
         incident = Incident.model_validate({**data, "id": incident_id})
@@ -292,38 +309,47 @@ class Reconciler:
             target = f"{link.system}:{link.instance}"
             if link.system not in SOURCES or obs is None or target in parked:
                 continue
-            if shadow is not None and list(obs.version) <= list(shadow.version):
-                continue  # our own echo, or nothing new
-            try:
-                mapping = mappings.get(link.system, link.instance)
-                ctx = self.context(link.system, link.instance)
-                now_values = self._read(mapping, obs.fields, ctx, link)
-                before = self._read(mapping, nest(shadow.fields), ctx, link) if shadow else {}
-            except (*MAPPING_FAILURES, ConnectorError, KeyError) as exc:
-                self._park(incident_id, target, exc, outcome, reading=True)
-                continue
-            at = obs.remote_updated_at or obs.observed_at
-            for name, value in now_values.items():
-                if shadow is None or _normal(before.get(name)) != _normal(value):
-                    changes.setdefault(name, []).append(Change(link, value, at))
-            # Every mapped path, as the system holds it now: what we read is consumed, and what
-            # we only write is compared against what is really there.
-            read_paths = {f.path for f in mapping.fields}
-            consumed[link.id or 0] = (
-                {
-                    **(shadow.fields if shadow else {}),
-                    **{p: get_path(obs.fields, p) for p in read_paths},
-                },
-                list(obs.version),
-            )
             connector = self.connectors[(link.system, link.instance)]
-            if Capability.COMMENTS in connector.capabilities:
+            newer = shadow is None or list(obs.version) > list(shadow.version)
+            with_comments = Capability.COMMENTS in connector.capabilities
+            # What the observation itself tells of the comments (a Jira issue carries them; a
+            # ServiceNow delivery says what its update wrote): no call for those.
+            known = connector.known_comments(obs.fields, _through(shadow)) if with_comments else []
+            if not newer and not known:
+                continue  # our own echo, or nothing new
+            if newer:
                 try:
-                    remote_comments = connector.comments(_ref(link))
-                except ConnectorError as exc:
-                    self._fail(incident_id, target, exc, outcome)
-                    consumed.pop(link.id or 0)
+                    mapping = mappings.get(link.system, link.instance)
+                    ctx = self.context(link.system, link.instance)
+                    now_values = self._read(mapping, obs.fields, ctx, link)
+                    before = self._read(mapping, nest(shadow.fields), ctx, link) if shadow else {}
+                except (*MAPPING_FAILURES, ConnectorError, KeyError) as exc:
+                    self._park(incident_id, target, exc, outcome, reading=True)
                     continue
+                at = obs.remote_updated_at or obs.observed_at
+                for name, value in now_values.items():
+                    if shadow is None or _normal(before.get(name)) != _normal(value):
+                        changes.setdefault(name, []).append(Change(link, value, at))
+                # Every mapped path, as the system holds it now: what we read is consumed, and
+                # what we only write is compared against what is really there.
+                read_paths = {f.path for f in mapping.fields}
+                consumed[link.id or 0] = (
+                    {
+                        **(shadow.fields if shadow else {}),
+                        **{p: get_path(obs.fields, p) for p in read_paths},
+                        THROUGH_KEY: list(obs.version),
+                    },
+                    list(obs.version),
+                )
+            if with_comments:
+                remote_comments = known
+                if remote_comments is None:
+                    try:  # nothing told us which comments are new: read them
+                        remote_comments = connector.comments(_ref(link))
+                    except ConnectorError as exc:
+                        self._fail(incident_id, target, exc, outcome)
+                        consumed.pop(link.id or 0, None)
+                        continue
                 for rc in remote_comments:
                     if rc.origin or (link.system, link.instance, rc.id) in synced_comments:
                         continue
@@ -414,7 +440,9 @@ class Reconciler:
                     )
                     fresh_flat = consumed.get(existing.id or 0, fallback)[0]
                     self._push(incident, mapping, existing, fresh_flat, outcome)
-                self._push_comments(incident, mapping, existing, comment_targets, outcome)
+                self._push_comments(
+                    incident, mapping, existing, comment_targets, unsure_comments, outcome
+                )
                 if target in waits:  # it worked again: forget its failures
                     with store.session_scope(self.db) as s:
                         clear_backoff(s, incident_id, target)
@@ -639,6 +667,16 @@ class Reconciler:
         # comment read) compares it field by field and picks up anything that isn't ours.
         source = link.system in SOURCES
         version = [] if source else list(record.version)
+        seen_through = held.get(THROUGH_KEY)
+        if (
+            mapping.system == "servicenow"
+            and isinstance(seen_through, list)
+            and len(seen_through) == 1
+            and tuple(record.version) == (seen_through[0] + 1,)
+        ):
+            # sys_mod_count moved by one: the only update since every comment was seen is our
+            # PATCH (one call), so the echo pass needs no journal read.
+            held = {**held, THROUGH_KEY: list(record.version)}
         if source:  # marked on its own, before: one row lock per transaction, no lock cycles
             with store.session_scope(self.db) as s:
                 mark_dirty(s, incident_key(incident.id), reason=f"wrote {link.system}")
@@ -665,8 +703,12 @@ class Reconciler:
         mapping: FieldMap,
         link: store.Link,
         done: set[tuple[str, str, str]],
+        unsure: set[tuple[str, str, str]],
         outcome: Outcome,
     ) -> None:
+        """Post each comment the target lacks. An intent row is committed before each post
+        and confirmed after it, so only a post that may have happened (a crash or an error
+        in between) costs a look at the target's comments first; a normal post costs none."""
         connector = self.connectors[(mapping.system, mapping.instance)]
         if mapping.system not in SOURCES or Capability.COMMENTS not in connector.capabilities:
             return  # nothing but the public message ever reaches the status page
@@ -683,12 +725,21 @@ class Reconciler:
                 Capability.INTERNAL_COMMENTS not in connector.capabilities
             ):
                 continue
-            if existing is None:  # a crash after posting must not post twice: look first
-                existing = connector.comments(_ref(link))
-            match = next(
-                (r for r in existing if r.origin == comment.origin and r.body == comment.body), None
-            )
+            match: RemoteComment | None = None
+            if (comment.id, mapping.system, mapping.instance) in unsure:
+                if existing is None:  # it may be there already: never post twice
+                    existing = connector.comments(_ref(link))
+                match = next(
+                    (r for r in existing if r.origin == comment.origin and r.body == comment.body),
+                    None,
+                )
             if match is None:
+                with store.session_scope(self.db) as s:
+                    store.link_comment(
+                        s, incident_id=incident.id, canonical_id=comment.id,
+                        system=mapping.system, instance=mapping.instance,
+                        remote_id=store.pending_comment_id(comment.id), direction="out",
+                    )  # fmt: skip
                 match = connector.add_comment(
                     _ref(link),
                     comment.body,
@@ -697,9 +748,9 @@ class Reconciler:
                 )
                 outcome.writes += 1
             with store.session_scope(self.db) as s:
-                store.link_comment(
-                    s, incident_id=incident.id, canonical_id=comment.id, system=mapping.system,
-                    instance=mapping.instance, remote_id=match.id, direction="out",
+                store.confirm_comment(
+                    s, system=mapping.system, instance=mapping.instance,
+                    canonical_id=comment.id, remote_id=match.id,
                 )  # fmt: skip
                 store.audit(
                     s, action="comment", incident_id=incident.id, system=mapping.system,

@@ -54,6 +54,8 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeEngine
 from sqlmodel import Field, Session, SQLModel, col, select, update
 
+from connectors.base import COMMENT_EVENT_KEY, JOURNAL_KEY
+
 __all__ = [
     "AuditAction",
     "AuditEntry",
@@ -755,17 +757,86 @@ def record_observation(
         .returning(col(Observation.system))
     ).scalar_one_or_none()
     if inserted is None:
-        stored = session.exec(
-            select(col(Observation.version)).where(*where).with_for_update()
+        stored, stored_fields = session.exec(
+            select(col(Observation.version), col(Observation.fields))
+            .where(*where)
+            .with_for_update()
         ).one()
         if tuple(version) <= tuple(stored):
             return False
+        values["fields"] = _carry_comment_events(
+            stored_fields, _join_journal(stored, stored_fields, values["fields"])
+        )
         session.exec(
             update(Observation)
             .where(*where)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
+    return True
+
+
+def _join_journal(
+    stored_version: Sequence[int], stored: Mapping[str, Any], new: dict[str, Any]
+) -> dict[str, Any]:
+    """A delivery that says which comments its update added (``JOURNAL_KEY``, ServiceNow) and
+    follows right on the stored one, which said so too, says it for both: otherwise the
+    entries of the first would be lost when the second replaces it before a reconcile."""
+    later, earlier = new.get(JOURNAL_KEY), stored.get(JOURNAL_KEY)
+    if not isinstance(later, Mapping) or not isinstance(earlier, Mapping):
+        return new
+    if list(later.get("after") or []) != list(stored_version):
+        return new  # not consecutive: the reader sees the gap and reads the comments
+    entries = [*(earlier.get("entries") or []), *(later.get("entries") or [])]
+    return {**new, JOURNAL_KEY: {"after": list(earlier.get("after") or []), "entries": entries}}
+
+
+MAX_COMMENT_EVENTS = 50
+
+
+def _comment_events(fields: Mapping[str, Any]) -> list[dict[str, Any]]:
+    events = fields.get(COMMENT_EVENT_KEY)
+    return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+
+
+def _carry_comment_events(stored: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Comments delivered on their own (``COMMENT_EVENT_KEY``, Jira) stay with the record's
+    newest observation until a reconcile has seen them: a newer delivery of the record may have
+    been sent before the comment was made."""
+    events = _comment_events(stored) + _comment_events(new)
+    if not events:
+        return new
+    unique = list({str(e.get("id")): e for e in events}.values())[-MAX_COMMENT_EVENTS:]
+    return {**new, COMMENT_EVENT_KEY: unique}
+
+
+def add_comment_events(
+    session: Session,
+    *,
+    system: str,
+    instance: str,
+    object_type: str,
+    remote_id: str,
+    events: Sequence[Mapping[str, Any]],
+) -> bool:
+    """Add comments delivered on their own to the record's newest observation (its version
+    unchanged); False if there is none (then the record has to be read)."""
+    row = session.exec(
+        select(Observation)
+        .where(
+            col(Observation.system) == system,
+            col(Observation.instance) == instance,
+            col(Observation.object_type) == object_type,
+            col(Observation.remote_id) == remote_id,
+        )
+        .with_for_update()
+    ).first()
+    if row is None:
+        return False
+    fields = _carry_comment_events(row.fields, {COMMENT_EVENT_KEY: [dict(e) for e in events]})
+    row.fields = {**row.fields, COMMENT_EVENT_KEY: fields[COMMENT_EVENT_KEY]}
+    session.add(row)
+    session.flush()
     return True
 
 
@@ -1026,6 +1097,30 @@ def find_comment_link(
         )
         .execution_options(populate_existing=True)
     ).one_or_none()
+
+
+PENDING_COMMENT = "pending:"
+
+
+def pending_comment_id(canonical_id: str) -> str:
+    """The remote id a comment link holds while its comment is being posted (the intent)."""
+    return f"{PENDING_COMMENT}{canonical_id}"
+
+
+def confirm_comment(
+    session: Session, *, system: str, instance: str, canonical_id: str, remote_id: str
+) -> None:
+    """The comment an intent row stood for is posted: the row gets its real remote id."""
+    session.exec(
+        update(CommentLink)
+        .where(
+            col(CommentLink.system) == system,
+            col(CommentLink.instance) == instance,
+            col(CommentLink.remote_id) == pending_comment_id(canonical_id),
+        )
+        .values(remote_id=remote_id)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def comment_links(session: Session, incident_id: str) -> list[CommentLink]:

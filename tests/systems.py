@@ -15,6 +15,7 @@ ALICE_SN = "a11ce000000000000000000000000001"  # alice@example.com in the Servic
 CHECKOUT_SN = "5e000000000000000000000000000001"  # the Checkout business service
 FIXTURES = Path(__file__).resolve().parents[1] / "simulators" / "fixtures"
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
+TEST_AGENT = "itsm-sync-tests"  # the tests' own requests, told apart from the service's
 
 
 def people_only(system: str) -> Any:
@@ -29,15 +30,18 @@ def people_only(system: str) -> Any:
 class Systems:
     def __init__(self, sims: SimulatorCluster, timeout: float = 30) -> None:
         self.sims = sims
+        agent = {"User-Agent": TEST_AGENT}
         self.sn = httpx.Client(
-            base_url=sims.urls["servicenow"], auth=("admin", "admin"), timeout=timeout
-        )
+            base_url=sims.urls["servicenow"], auth=("admin", "admin"), timeout=timeout,
+            headers=agent,
+        )  # fmt: skip
         self.jira = httpx.Client(
-            base_url=sims.urls["jira"], auth=("admin@example.com", "sim-token"), timeout=timeout
-        )
+            base_url=sims.urls["jira"], auth=("admin@example.com", "sim-token"), timeout=timeout,
+            headers=agent,
+        )  # fmt: skip
         self.sp = httpx.Client(
             base_url=f"{sims.urls['statuspage']}/v1/pages/simpage0001",
-            headers={"Authorization": "OAuth sim-key"},
+            headers={"Authorization": "OAuth sim-key", **agent},
             timeout=timeout,
         )
 
@@ -89,6 +93,24 @@ class Systems:
             stats = httpx.get(f"{url}/_sim/stats").json()
             out[name] = sum(n for k, n in stats.items() if k.split(" ")[0] in WRITES)
         return out
+
+    def service_calls(self) -> dict[str, list[str]]:
+        """``METHOD path`` of every API call the service made per simulator, in order, since
+        the last ``clear_requests`` (the tests' own calls and /_sim controls left out)."""
+        out: dict[str, list[str]] = {}
+        for name, url in self.sims.urls.items():
+            log = httpx.get(f"{url}/_sim/requests").json()["requests"]
+            out[name] = [
+                f"{r['method']} {r['path']}"
+                for r in log
+                if r["headers"].get("user-agent") != TEST_AGENT
+                and not r["path"].startswith("/_sim")
+            ]
+        return out
+
+    def clear_requests(self) -> None:
+        for url in self.sims.urls.values():
+            httpx.delete(f"{url}/_sim/requests").raise_for_status()
 
     def reset_stats(self) -> None:
         for url in self.sims.urls.values():

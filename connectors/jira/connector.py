@@ -30,6 +30,7 @@ from jira.exceptions import JIRAError
 
 from config.settings import JiraSettings
 from connectors.base import (
+    COMMENT_EVENT_KEY,
     Capability,
     Observation,
     Person,
@@ -194,8 +195,12 @@ class JiraConnector:
         response = self.jira._session.get(self._url(path), params=dict(params or {}))
         return response.json() if response.content else {}
 
-    def _send(self, method: str, path: str, body: Any) -> Any:
-        response = self.jira._session.request(method, self._url(path), data=json.dumps(body))
+    def _send(
+        self, method: str, path: str, body: Any, params: Mapping[str, Any] | None = None
+    ) -> Any:
+        response = self.jira._session.request(
+            method, self._url(path), data=json.dumps(body), params=dict(params or {})
+        )
         return response.json() if response.content else {}
 
     def _record(self, raw: Mapping[str, Any]) -> RemoteRecord:
@@ -321,13 +326,17 @@ class JiraConnector:
     def update(self, ref: RemoteRef, fields: Mapping[str, Any]) -> RemoteRecord:
         if "status" in fields:
             raise Fatal("Jira status changes go by transition(), not by edit", system=SYSTEM)
-        if fields:
-            self._call(
-                f"edit {ref.key}",
-                lambda: self._send("PUT", f"issue/{ref.id}", {"fields": dict(fields)}),
-                issue=ref.id,
-            )
-        return self.get("issue", ref.id)
+        if not fields:
+            return self.get("issue", ref.id)
+        # returnIssue: the edited issue comes back in the answer (200), no second call for it.
+        raw = self._call(
+            f"edit {ref.key}",
+            lambda: self._send(
+                "PUT", f"issue/{ref.id}", {"fields": dict(fields)}, {"returnIssue": "true"}
+            ),
+            issue=ref.id,
+        )
+        return self._record(raw) if raw.get("fields") else self.get("issue", ref.id)
 
     def _transitions(self, issue_id: str) -> list[dict[str, Any]]:
         data = self._call(
@@ -446,6 +455,25 @@ class JiraConnector:
             if not batch or start >= int(page.get("total", start)):
                 return out
 
+    def known_comments(
+        self, fields: Mapping[str, Any], through: tuple[int, ...] | None
+    ) -> list[RemoteComment] | None:
+        """An issue carries its comments (``fields.comment``, also in webhook deliveries) when
+        they all fit in it; comments delivered on their own ride along (see the store)."""
+        events = fields.get(COMMENT_EVENT_KEY)
+        delivered = [e for e in events or [] if isinstance(e, Mapping)]
+        page = fields.get("comment")
+        if not isinstance(page, Mapping) or not isinstance(page.get("comments"), list):
+            return None
+        listed: list[Mapping[str, Any]] = page["comments"]
+        if int(page.get("startAt") or 0) != 0 or int(page.get("total", 0)) > len(listed):
+            return None  # only a page of them: read them all
+        try:
+            unique = {str(c["id"]): c for c in [*listed, *delivered]}
+            return [self._comment(c) for c in unique.values()]
+        except (KeyError, TypeError, ValueError):
+            return None
+
     def _comment(self, raw: Mapping[str, Any]) -> RemoteComment:
         origin, body = split_origin(str(raw.get("body", "")))
         author = raw.get("author") or {}
@@ -464,12 +492,29 @@ class JiraConnector:
         payload: dict[str, Any] = {"body": mark_origin(body, origin)}
         if visibility is Visibility.INTERNAL:
             payload["visibility"] = self.internal_visibility
-        raw = self._call(
-            f"comment on {ref.key}",
-            lambda: self._send("POST", f"issue/{ref.id}/comment", payload),
-            issue=ref.id,
+        what = f"comment on {ref.key}"
+        tries = 0
+
+        def post() -> RemoteComment:
+            # A POST is not idempotent: if an earlier try may have been applied (its answer was
+            # lost), look for the comment before posting it again.
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                for c in self.comments(ref):
+                    if (c.body, c.origin, c.visibility) == (body, origin, visibility):
+                        return c
+            raw = self._once(what, lambda: self._send("POST", f"issue/{ref.id}/comment", payload))
+            return self._comment(raw)
+
+        return call_with_retries(
+            post,
+            system=SYSTEM,
+            what=what,
+            policy=self.retry,
+            bucket=self._bucket,
+            key_bucket=self._issue_writes.get(ref.id),
         )
-        return self._comment(raw)
 
     # -- links (the postmortem tracker) ------------------------------------------------------
 
@@ -557,6 +602,13 @@ class JiraConnector:
             issue = payload["issue"]
             ref = RemoteRef(SYSTEM, self.instance, "issue", str(issue["id"]), str(issue["key"]))
             fields = dict(issue.get("fields") or {})
+            comment = payload.get("comment")
+            if payload.get("webhookEvent") == "comment_created":
+                # A new comment: a trimmed issue (no `updated`) and the comment itself. (Edited
+                # and deleted comments only trigger a fresh read of the issue.)
+                if not isinstance(comment, dict) or "id" not in comment or "created" not in comment:
+                    raise TypeError("a comment delivery without the comment's id and created")
+                fields = {**fields, COMMENT_EVENT_KEY: [comment]}
         except (ValueError, KeyError, TypeError) as exc:
             raise Fatal(f"not a Jira issue delivery: {exc}", system=SYSTEM) from exc
         version = version_of(fields) if "updated" in fields else (int(payload.get("timestamp", 0)),)

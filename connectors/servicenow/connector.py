@@ -4,7 +4,9 @@
   field is the string ServiceNow stores (a reference is the referenced sys_id).
 - Writes are PATCHes of only the given fields (pysnow's own ``update`` re-reads and PUTs).
 - Comments are journal entries: ``comments`` is customer-visible, ``work_notes`` internal;
-  both are read back from ``sys_journal_field``.
+  both are read back from ``sys_journal_field``. A business-rule delivery may carry the
+  entries its update wrote (``"journal": [...]``, see docs/operations.md); then nothing needs
+  reading, as long as no update in between went unseen (``sys_mod_count`` counts every one).
 - Every call goes through :func:`connectors.http.call_with_retries` (the one retry layer) and
   the (system, credential) token bucket; pysnow itself never retries.
 """
@@ -25,6 +27,7 @@ import pysnow.exceptions
 
 from config.settings import ServiceNowSettings
 from connectors.base import (
+    JOURNAL_KEY,
     Capability,
     Observation,
     Person,
@@ -358,16 +361,63 @@ class ServiceNowConnector:
     ) -> RemoteComment:
         element = "work_notes" if visibility is Visibility.INTERNAL else "comments"
         text = mark_origin(body, origin)
-        self._patch(ref.object_type, ref.id, {element: text})
-        rows = self._list(
-            "sys_journal_field",
-            f"element_id={ref.id}^element={element}^ORDERBYDESCsys_created_on^ORDERBYDESCsys_id",
-            limit=20,
+        what = f"{element} on {ref.object_type}/{ref.id}"
+        tries = 0
+
+        def append() -> dict[str, Any]:
+            # Appending to the journal is not idempotent: if an earlier try may have been
+            # applied (its answer was lost), look for the entry before writing it again.
+            nonlocal tries
+            tries += 1
+            if tries > 1 and any(
+                (c.body, c.origin, c.visibility) == (body, origin, visibility)
+                for c in self.comments(ref)
+            ):
+                return dict(self.get(ref.object_type, ref.id).fields)
+            response = self._resource(ref.object_type).request(
+                "PATCH", path_append=f"/{ref.id}", json={element: text}
+            )
+            return dict(response.one())
+
+        row = plain(
+            call_with_retries(
+                lambda: self._once(what, append),
+                system=SYSTEM,
+                what=what,
+                policy=self.retry,
+                bucket=self._bucket,
+            )
         )
-        for row in rows:
-            if row.get("value") == text:
-                return self._comment(row)
-        raise Fatal(f"{ref}: the {element} entry just written is not in the journal", system=SYSTEM)
+        # The answer is the record, not the journal entry; reading the entry back only to learn
+        # its id would cost a call per comment. Its id here is the update that wrote it.
+        return RemoteComment(
+            id=f"{ref.id}@{row.get('sys_mod_count', '')}:{element}",
+            body=body,
+            visibility=visibility,
+            author=str(row.get("sys_updated_by", "")),
+            created_at=parse_time(str(row["sys_updated_on"])),
+            origin=origin,
+        )
+
+    def known_comments(
+        self, fields: Mapping[str, Any], through: tuple[int, ...] | None
+    ) -> list[RemoteComment] | None:
+        """The journal entries the deliveries said their updates wrote, if they cover every
+        update since ``through`` (the store joins consecutive deliveries; ``after`` is the
+        version before the first; entries seen before come again and are skipped by id);
+        nothing if the record is at ``through``; else None (read them)."""
+        version = (int(fields.get("sys_mod_count") or 0),)
+        if through is not None and version == tuple(through):
+            return []
+        journal = fields.get(JOURNAL_KEY)
+        if through is None or not isinstance(journal, Mapping):
+            return None
+        if tuple(journal.get("after") or ()) > tuple(through):
+            return None  # an update in between was not delivered: what it wrote is unknown
+        try:
+            return [self._comment(row) for row in journal.get("entries") or []]
+        except (KeyError, TypeError, ValueError):
+            return None
 
     # -- people -------------------------------------------------------------------------------
 
@@ -433,11 +483,20 @@ class ServiceNowConnector:
             return []
         rec = self._record(table, record)
         delivery = lower.get("x-servicenow-delivery", "") or f"{rec.ref.id}:{rec.version[0]}"
+        fields = dict(rec.fields)
+        journal = payload.get("journal")
+        if isinstance(journal, list) and all(
+            isinstance(j, dict) and {"sys_id", "element", "value", "sys_created_on"} <= set(j)
+            for j in journal
+        ):
+            # The entries this update wrote: one update after the previous version.
+            entries = [plain(j) for j in journal if j.get("element") in ("comments", "work_notes")]
+            fields[JOURNAL_KEY] = {"after": [rec.version[0] - 1], "entries": entries}
         return [
             Observation(
                 ref=rec.ref,
                 version=rec.version,
-                fields=rec.fields,
+                fields=fields,
                 source="webhook",
                 delivery_id=delivery,
             )

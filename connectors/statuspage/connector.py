@@ -298,6 +298,12 @@ class StatuspageConnector:
 
     # -- comments (incident updates: public only) ---------------------------------------------
 
+    def known_comments(
+        self, fields: Mapping[str, Any], through: tuple[int, ...] | None
+    ) -> list[RemoteComment] | None:
+        """Never known without a read (the updates are read with the incident)."""
+        return None
+
     def comments(self, ref: RemoteRef) -> list[RemoteComment]:
         raw = self.get("incident", ref.id).fields
         origins = ((raw.get("metadata") or {}).get(META) or {}).get("origins") or {}

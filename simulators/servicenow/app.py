@@ -322,10 +322,9 @@ class ServiceNowSimulator(Simulator):
         self._derive(table, rec, None)
         self._policy(table, rec, None)
         self.tables[table][rec["sys_id"]] = rec
-        for el, val in journal:
-            self._journal(table, rec["sys_id"], el, val, user)
+        written = [self._journal(table, rec["sys_id"], el, val, user) for el, val in journal]
         if table in PREFIX and not seeding:
-            self._notify(table, "insert", rec)
+            self._notify(table, "insert", rec, written)
         return rec
 
     def _update(self, table: str, rec: Record, body: Record, user: str) -> Record:
@@ -347,10 +346,9 @@ class ServiceNowSimulator(Simulator):
         )
         rec.clear()
         rec.update(new)
-        for el, val in journal:
-            self._journal(table, rec["sys_id"], el, val, user)
+        written = [self._journal(table, rec["sys_id"], el, val, user) for el, val in journal]
         if table in PREFIX:
-            self._notify(table, "update", rec)
+            self._notify(table, "update", rec, written)
         return rec
 
     def _derive(self, table: str, rec: Record, old: Record | None) -> None:
@@ -386,17 +384,27 @@ class ServiceNowSimulator(Simulator):
         if closing and changed and (not rec["close_code"] or not rec["close_notes"]):
             raise SimHTTPError(403, "Operation Failed", DATA_POLICY)
 
-    def _journal(self, table: str, sys_id: str, element: str, value: str, user: str) -> None:
+    def _journal(self, table: str, sys_id: str, element: str, value: str, user: str) -> Record:
         jid = uuid.uuid4().hex
         ts = now()
-        self.tables["sys_journal_field"][jid] = {
+        row: Record = {
             "sys_id": jid, "sys_created_on": ts, "sys_updated_on": ts, "sys_created_by": user,
             "sys_updated_by": user, "sys_mod_count": "0", "element": element,
             "element_id": sys_id, "name": table, "value": value,
         }  # fmt: skip
+        self.tables["sys_journal_field"][jid] = row
+        return row
 
-    def _notify(self, table: str, op: str, rec: Record) -> None:
-        payload = {"table": table, "operation": op, "sys_id": rec["sys_id"], "record": dict(rec)}
+    def _notify(self, table: str, op: str, rec: Record, journal: list[Record]) -> None:
+        # What the business rule in docs/operations.md sends: the record, and the journal
+        # entries (sys_journal_field rows) this insert or update wrote.
+        payload = {
+            "table": table,
+            "operation": op,
+            "sys_id": rec["sys_id"],
+            "record": dict(rec),
+            "journal": [dict(j) for j in journal],
+        }
         self.emit(
             f"{table}.{op}",
             payload,

@@ -7,7 +7,10 @@ import uuid
 
 import pytest
 
+from connectors.base import Visibility
 from connectors.errors import Fatal, RateLimited, Retriable
+from simulators.runner import SimulatorCluster
+from tests.contract.conftest import BUILDERS
 from tests.contract.harness import FAST_RETRY, Harness
 
 
@@ -90,3 +93,27 @@ def test_create_that_timed_out_after_storing_is_not_repeated(harness: Harness) -
     assert harness.hits(harness.create_route) == 1, "the create was sent twice"
     found = harness.connector.find_by_correlation(harness.object_type, k)
     assert found is not None and found.ref == rec.ref
+
+
+COMMENT_ROUTES = {
+    "servicenow": "PATCH /api/now/table/{table}/{sys_id}",
+    "jira": "POST /rest/api/{version}/issue/{issueIdOrKey}/comment",
+}
+
+
+@pytest.mark.parametrize("system", sorted(COMMENT_ROUTES))
+def test_comment_whose_answer_was_lost_is_not_posted_again(
+    system: str, sims: SimulatorCluster
+) -> None:
+    """A comment POST/PATCH is not idempotent: a retry after a lost answer looks first."""
+    harness = BUILDERS[system](sims)
+    connector = harness.with_timeout(1.0)
+    rec = connector.create(harness.object_type, harness.new_fields("c1"), correlation_key=key())
+    route = COMMENT_ROUTES[system]
+    harness.faults(route=route, timeout_rate=1.0, timeout_seconds=3, timeout_when="after", count=1)
+    posted = connector.add_comment(
+        rec.ref, "said once", visibility=Visibility.PUBLIC, origin="jira:OPS-9"
+    )
+    assert posted.body == "said once" and posted.origin == "jira:OPS-9"
+    listed = [c for c in harness.connector.comments(rec.ref) if c.body == "said once"]
+    assert len(listed) == 1, "the comment was posted twice"

@@ -493,3 +493,53 @@ def test_mapping_versions_oldest_first(engine: Engine) -> None:
         versions = store.mapping_versions(session, system="jira", instance="default")
         assert [v.digest for v in versions] == ["a", "b"]
         assert versions[1].diff == "-a\n+b" and versions[1].accepted_by == "admin"
+
+
+def test_consecutive_journal_deliveries_are_joined(engine: Engine) -> None:
+    """ServiceNow deliveries say which journal entries their update wrote; when a second one
+    lands before a reconcile read the first, the stored observation says it for both, and a
+    delivery after a gap says only its own (the reader then sees the gap)."""
+    ref: dict[str, Any] = {
+        "system": "servicenow", "instance": "default", "object_type": "incident",
+        "remote_id": "a" * 32,
+    }  # fmt: skip
+
+    def journal(after: int, *ids: str) -> dict[str, Any]:
+        return {"_journal": {"after": [after], "entries": [{"sys_id": i} for i in ids]}}
+
+    with session_scope(engine) as s:
+        store.record_observation(s, **ref, version=[3], fields=journal(2, "j1"), source="webhook")
+        store.record_observation(s, **ref, version=[4], fields=journal(3, "j2"), source="webhook")
+        store.record_observation(s, **ref, version=[5], fields=journal(4), source="webhook")
+    with session_scope(engine) as s:
+        seen = store.latest_observation(s, **ref)
+        assert seen is not None and seen.fields["_journal"] == {
+            "after": [2],
+            "entries": [{"sys_id": "j1"}, {"sys_id": "j2"}],
+        }
+        store.record_observation(s, **ref, version=[7], fields=journal(6, "j4"), source="webhook")
+    with session_scope(engine) as s:
+        seen = store.latest_observation(s, **ref)
+        assert seen is not None and seen.fields["_journal"] == {
+            "after": [6],
+            "entries": [{"sys_id": "j4"}],
+        }
+
+
+def test_a_comment_delivered_alone_rides_on_the_observation(engine: Engine) -> None:
+    ref: dict[str, Any] = {**JIRA, "remote_id": "10001"}
+    with session_scope(engine) as s:
+        assert not store.add_comment_events(s, **ref, events=[{"id": "1"}])  # nothing stored
+        store.record_observation(s, **ref, version=[5], fields={"summary": "v5"}, source="webhook")
+        assert store.add_comment_events(s, **ref, events=[{"id": "1", "body": "hi"}])
+        assert store.add_comment_events(s, **ref, events=[{"id": "1", "body": "hi"}])  # again
+    with session_scope(engine) as s:
+        seen = store.latest_observation(s, **ref)
+        assert seen is not None and seen.version == [5]
+        assert seen.fields["_comment_event"] == [{"id": "1", "body": "hi"}]
+        # A newer delivery of the issue keeps the comment until a reconcile has seen it.
+        store.record_observation(s, **ref, version=[6], fields={"summary": "v6"}, source="poll")
+    with session_scope(engine) as s:
+        seen = store.latest_observation(s, **ref)
+        assert seen is not None and seen.fields["summary"] == "v6"
+        assert seen.fields["_comment_event"] == [{"id": "1", "body": "hi"}]
