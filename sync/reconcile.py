@@ -59,6 +59,22 @@ REF_KEY = "_ref_key"  # stored with each observation: the record's human key (OP
 THROUGH_KEY = "_comments_through"
 
 
+# Statuspage component statuses, best to worst; a component shared by open incidents shows the
+# worst. The open public incidents looked at: the newest this many linked to the page.
+COMPONENT_RANK = {
+    "operational": 0,
+    "under_maintenance": 1,
+    "degraded_performance": 2,
+    "partial_outage": 3,
+    "major_outage": 4,
+}
+MAX_SHARED_INCIDENTS = 500
+
+
+def _rank(status: Any) -> int:
+    return COMPONENT_RANK.get(str(status), 0)
+
+
 def _through(shadow: store.Shadow | None) -> tuple[int, ...] | None:
     value = shadow.fields.get(THROUGH_KEY) if shadow is not None else None
     return tuple(value) if isinstance(value, list) and value else None
@@ -534,7 +550,42 @@ class Reconciler:
                     flat[f.path] = value
         if mapping.system == "jira" and "labels" in flat:  # keep the correlation stamp
             flat["labels"] = sorted({*(flat["labels"] or []), correlation_key(incident.id)})
+        if mapping.system == "statuspage" and isinstance(flat.get("components"), dict):
+            flat["components"] = self._shared_components(incident, mapping, flat["components"])
         return flat
+
+    def _shared_components(
+        self, incident: Incident, mapping: FieldMap, mine: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A component's status is page-wide: while another open public incident affects it,
+        it shows the worse of the two (else resolving one outage would show the component
+        operational in the middle of the other)."""
+        out = dict(mine)
+        with store.session_scope(self.db, readonly=True) as s:
+            rows = s.exec(
+                select(store.IncidentRow)
+                .join(store.Link, col(store.Link.incident_id) == col(store.IncidentRow.id))
+                .where(
+                    col(store.Link.system) == mapping.system,
+                    col(store.Link.instance) == mapping.instance,
+                    col(store.Link.incident_id) != incident.id,
+                )
+                .order_by(col(store.Link.id).desc())
+                .limit(MAX_SHARED_INCIDENTS)
+            ).all()
+        ctx = self.context(mapping.system, mapping.instance)
+        for row in rows:
+            try:
+                other = Incident.model_validate({**row.data, "id": row.id})
+                if other.state in (*CLOSED_STATES, State.RESOLVED) or not applies(mapping, other):
+                    continue
+                theirs = get_path(from_canonical(mapping, other, ctx), "components") or {}
+            except (*MAPPING_FAILURES, ConnectorError, ValueError):
+                continue  # that incident's own reconcile reports what is wrong with it
+            for component, status in dict(theirs).items():
+                if component in out and _rank(status) > _rank(out[component]):
+                    out[component] = status
+        return out
 
     def _same(self, mapping: FieldMap, path: str, wanted: Any, held: Any, link: store.Link) -> bool:
         if _normal(wanted) == _normal(held):
