@@ -79,6 +79,13 @@ class TokenBucket:
             self._sleep(delay)
             waited += delay
 
+    def idle(self) -> bool:
+        """Full and not paused: in the same state as a new bucket (so it may be forgotten)."""
+        with self._lock:
+            now = self._clock()
+            self._refill(now)
+            return self._tokens >= self.capacity and self._paused_until <= now
+
     def pause_for(self, seconds: float) -> None:
         """Hold every request on this bucket for ``seconds`` (a remote's ``Retry-After``)."""
         with self._lock:
@@ -87,20 +94,48 @@ class TokenBucket:
 
 
 class KeyedBuckets:
-    """One :class:`TokenBucket` per key, created on first use."""
+    """One :class:`TokenBucket` per key, created on first use, forgotten once it is full again.
 
-    def __init__(self, rate: float, capacity: float) -> None:
+    Kept least recently used first; each ``get`` drops the oldest buckets that are idle (full,
+    not paused: the same as a new one), so a long-running service holds buckets only for the
+    keys written to in the last few seconds, not for every issue it ever wrote to.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        capacity: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.rate = rate
         self.capacity = capacity
-        self._buckets: dict[str, TokenBucket] = {}
+        self._clock = clock
+        self._sleep = sleep
+        self._buckets: dict[str, TokenBucket] = {}  # insertion order = least recently used first
+        self._peak = 0
         self._lock = threading.Lock()
 
     def get(self, key: str) -> TokenBucket:
         with self._lock:
-            bucket = self._buckets.get(key)
+            bucket = self._buckets.pop(key, None)
             if bucket is None:
-                bucket = self._buckets[key] = TokenBucket(self.rate, self.capacity)
+                bucket = TokenBucket(self.rate, self.capacity, clock=self._clock, sleep=self._sleep)
+            self._buckets[key] = bucket  # now the most recently used
+            while len(self._buckets) > 1:
+                oldest = next(iter(self._buckets))
+                if not self._buckets[oldest].idle():
+                    break  # the rest were used later still
+                del self._buckets[oldest]
+            self._peak = max(self._peak, len(self._buckets))
+            if self._peak > 64 and len(self._buckets) < self._peak // 4:
+                self._buckets = dict(self._buckets)  # a dict never shrinks its table by itself
+                self._peak = len(self._buckets)
             return bucket
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from connectors.errors import (
     redact,
     remote_message,
 )
-from connectors.http import RetryPolicy, TokenBucket, call_with_retries
+from connectors.http import KeyedBuckets, RetryPolicy, TokenBucket, call_with_retries
 
 
 class FakeClock:
@@ -90,6 +90,26 @@ def test_token_bucket_keeps_the_rate() -> None:
     for _ in range(5):
         bucket.acquire()
     assert clock.now == pytest.approx(4.0)  # 5 requests at 1/s: the first is free
+
+
+def test_per_key_buckets_are_kept_while_busy_and_forgotten_when_full() -> None:
+    clock = FakeClock()
+    buckets = KeyedBuckets(10.0, 20.0, clock=clock, sleep=clock.sleep)
+    for i in range(1000):  # 1000 issues written once each, all within one refill time
+        buckets.get(f"issue-{i}").acquire()
+    assert len(buckets) == 1000  # none is full again: each still limits its issue
+    busy = buckets.get("issue-0")
+    for _ in range(19):
+        busy.acquire()
+    assert busy.acquire() == pytest.approx(0.1)  # 21st write in the window waits for a token
+    clock.now += 2.0  # every bucket is full again
+    buckets.get("issue-1000")
+    assert len(buckets) == 1  # forgotten: a new bucket for them is the same as the old
+    # A bucket still limiting its issue is never dropped, however old it is.
+    buckets.get("issue-x").acquire()
+    for i in range(5):
+        buckets.get(f"later-{i}")
+    assert len(buckets) >= 6
 
 
 def test_retry_after_pauses_the_bucket_for_every_caller() -> None:
