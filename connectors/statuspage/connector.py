@@ -48,6 +48,7 @@ from connectors.http import (
 )
 
 SYSTEM = "statuspage"
+MAX_FIND_PAGES = 20  # unresolved incidents looked through for a correlation key: 2,000
 META = "itsm_sync"
 INCIDENT_STATUSES = ("investigating", "identified", "monitoring", "resolved")
 COMPONENT_STATUSES = (
@@ -214,16 +215,26 @@ class StatuspageConnector:
         )
 
     def _find(self, correlation_key: str, call: Callable[..., Any]) -> dict[str, Any] | None:
-        for path, params in (
-            ("incidents/unresolved", {"per_page": 100}),
-            ("incidents", {"limit": 100}),
-        ):
-            for raw in call("find incident", "GET", path, None, params) or []:
-                if ((raw.get("metadata") or {}).get(META) or {}).get(
-                    "correlation_key"
-                ) == correlation_key:
-                    return dict(raw)
-        return None
+        """Every unresolved incident (page by page: one we made a moment ago is among them),
+        then the newest 100 of all (one resolved since). Metadata is not searchable."""
+
+        def ours(raw: Mapping[str, Any]) -> bool:
+            meta = (raw.get("metadata") or {}).get(META) or {}
+            return bool(meta.get("correlation_key") == correlation_key)
+
+        for page in range(1, MAX_FIND_PAGES + 1):
+            batch = call(
+                "find incident", "GET", "incidents/unresolved", None,
+                {"page": page, "per_page": 100},
+            ) or []  # fmt: skip
+            found = next((raw for raw in batch if ours(raw)), None)
+            if found is not None:
+                return dict(found)
+            if len(batch) < 100:
+                break
+        recent = call("find incident", "GET", "incidents", None, {"limit": 100}) or []
+        found = next((raw for raw in recent if ours(raw)), None)
+        return dict(found) if found is not None else None
 
     def find_by_correlation(self, object_type: str, correlation_key: str) -> RemoteRecord | None:
         if self._check(object_type) != "incident":
