@@ -124,6 +124,7 @@ class JiraConnector:
         self._time_zone: ZoneInfo | None = None
         # status name (lower) -> {transition id: (transition name, target status name)}
         self._workflow: dict[str, dict[str, tuple[str, str]]] = {}
+        self._options: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._status_categories: dict[str, str] = {}
 
     def __repr__(self) -> str:  # never the token
@@ -368,27 +369,56 @@ class JiraConnector:
         given = dict(fields or {})
         want = target.lower()
         visited: list[str] = []
+        current = self.get("issue", ref.id)
         for _ in range(MAX_WALK):
-            current = self.get("issue", ref.id)
             status = str(current.fields["status"]["name"])
             if status.lower() == want:
                 return current
             visited.append(status.lower())
-            options = self._transitions(ref.id)
-            self._workflow[status.lower()] = {
-                str(t["id"]): (str(t["name"]), str(t["to"]["name"])) for t in options
-            }
+            kind = str((current.fields.get("issuetype") or {}).get("name", ""))
+            cached = (kind, status.lower()) in self._options
+            options = self._options_for(ref.id, kind, status)
             step = self._next_step(status.lower(), want, options, visited)
             if step is None:
                 break
-            body = {"transition": {"id": str(step["id"])}, "fields": self._fill(step, given)}
-            self._call(
-                f"transition {ref.key} to {step['to']['name']}",
-                lambda b=body: self._send("POST", f"issue/{ref.id}/transitions", b),  # type: ignore[misc]
-                issue=ref.id,
-            )
+            try:
+                self._post_transition(ref, step, given)
+            except Fatal:
+                if not cached:
+                    raise
+                # The workflow changed since we learned it: learn it again, once.
+                self._options.pop((kind, status.lower()), None)
+                options = self._options_for(ref.id, kind, status)
+                step = self._next_step(status.lower(), want, options, visited)
+                if step is None:
+                    break
+                self._post_transition(ref, step, given)
+            current = self.get("issue", ref.id)  # where it really is now, and what we return
         path = " -> ".join(visited)
         raise Fatal(f"{ref}: no workflow path to status {target!r} (walked {path})", system=SYSTEM)
+
+    def _options_for(self, issue_id: str, kind: str, status: str) -> list[dict[str, Any]]:
+        """The transitions out of ``status`` for issues of type ``kind``, as Jira listed them
+        (with their fields) the first time; a workflow rarely changes, so one read serves all
+        issues of the type (and a refused transition makes us read it again)."""
+        key = (kind, status.lower())
+        if key not in self._options:
+            options = self._transitions(issue_id)
+            self._options[key] = options
+            self._workflow[status.lower()] = {
+                str(t["id"]): (str(t["name"]), str(t["to"]["name"])) for t in options
+            }
+        return self._options[key]
+
+    def _post_transition(
+        self, ref: RemoteRef, step: Mapping[str, Any], given: Mapping[str, Any]
+    ) -> None:
+        body = {"transition": {"id": str(step["id"])}, "fields": self._fill(step, given)}
+        self._call(
+            f"transition {ref.key} to {step['to']['name']}",
+            lambda: self._send("POST", f"issue/{ref.id}/transitions", body),
+            issue=ref.id,
+        )
 
     def _categories(self) -> dict[str, str]:
         """Status name (lower) -> status category key (new, indeterminate, done)."""
