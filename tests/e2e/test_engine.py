@@ -4,6 +4,7 @@ edits made the way people make them (straight on each system's API)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -144,18 +145,26 @@ def test_fifty_quick_edits_make_one_write_per_target(world: World) -> None:
     issue = wait_for(lambda: world.jira_issue_for("Checkout fails"), "the Jira issue")
     world.quiet()
     world.reset_stats()
+    started = time.monotonic()
     for n in range(50):
         world.sn.patch(
             f"/api/now/table/incident/{inc['sys_id']}",
             json={"short_description": f"Checkout fails v{n}"},
         )
+    elapsed = time.monotonic() - started
     world.quiet()
     assert (
         world.jira.get(f"/rest/api/2/issue/{issue['key']}").json()["fields"]["summary"]
         == "Checkout fails v49"
     )
     jira_writes = world.writes()["jira"]
-    assert 1 <= jira_writes <= 2, f"{jira_writes} writes to Jira for 50 edits"
+    # A burst makes one write (two if a reconcile was already under way); the debounce lets a
+    # stream through at least every max_wait (2 s), so edits that a loaded machine stretched
+    # over more time may make one more write per further 2 s. Without coalescing: 50.
+    allowed = 2 + int(elapsed // 2.0)
+    assert 1 <= jira_writes <= allowed, (
+        f"{jira_writes} writes to Jira for 50 edits made in {elapsed:.1f}s (allowed {allowed})"
+    )
 
 
 def test_webhooks_are_verified_deduplicated_and_kept(world: World) -> None:
