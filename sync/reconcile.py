@@ -31,6 +31,7 @@ from config.settings import SyncSettings
 from connectors.base import Capability, Connector, RemoteComment, RemoteRecord, RemoteRef
 from connectors.base import Visibility as RemoteVisibility
 from connectors.errors import Conflict, ConnectorError, RateLimited, Retriable
+from connectors.jira import JiraConnector
 from mapping.conditions import Condition, parse_condition
 from mapping.engine import (
     applies,
@@ -636,6 +637,24 @@ class Reconciler:
         record = connector.create(
             mapping.object_type, nest(fields), correlation_key=correlation_key(incident.id)
         )
+        held = dict(fields)
+        version = list(record.version)
+        # The record comes back from a read after the create. If someone changed it meanwhile
+        # (an engineer moved the new issue at once), that read holds their change: as the
+        # shadow it would pass for ours, and our push would revert it. Then the shadow holds
+        # what we created (in its first status) with no version, and the next pass reads
+        # their change in.
+        touched = isinstance(connector, JiraConnector) and record.fields.get(
+            "updated"
+        ) != record.fields.get("created")
+        if state_path and system != "statuspage":
+            held[state_path] = get_path(record.fields, state_path)
+            if touched and isinstance(connector, JiraConnector):
+                held[state_path] = connector.created_status(record)
+        if touched:
+            version = []
+            with store.session_scope(self.db) as s:
+                mark_dirty(s, incident_key(incident.id), reason=f"{system} changed at creation")
         with store.session_scope(self.db) as s:
             try:
                 link = store.add_link(
@@ -645,17 +664,21 @@ class Reconciler:
                 )  # fmt: skip
             except store.LinkConflict as conflict:
                 return conflict.existing
-            held = dict(fields)
-            if state_path and system != "statuspage":
-                held[state_path] = get_path(record.fields, state_path)
-            store.set_shadow(s, link.id or 0, held, list(record.version))
+            if touched:
+                store.record_observation(
+                    s, system=system, instance=mapping.instance, object_type=mapping.object_type,
+                    remote_id=record.ref.id, version=list(record.version),
+                    fields={**record.fields, REF_KEY: record.ref.key}, source="poll",
+                    remote_updated_at=record.updated_at,
+                )  # fmt: skip
+            store.set_shadow(s, link.id or 0, held, version)
             store.audit(
                 s, action="create", incident_id=incident.id, system=system,
                 instance=mapping.instance, remote_id=record.ref.id, after=_jsonable(fields),
                 reason=f"created {record.ref.key or record.ref.id} for the incident",
             )  # fmt: skip
         outcome.writes += 1
-        if state is not None:
+        if state is not None and not touched:
             self._push(incident, mapping, link, held, outcome)
         return link
 

@@ -397,6 +397,26 @@ class JiraConnector:
         path = " -> ".join(visited)
         raise Fatal(f"{ref}: no workflow path to status {target!r} (walked {path})", system=SYSTEM)
 
+    def created_status(self, record: RemoteRecord) -> str:
+        """The status ``record`` was created in: the ``from`` of its first status change in the
+        changelog, or its status now if it never moved."""
+        start = 0
+        while True:
+            page = self._call(
+                f"changelog {record.ref.key}",
+                lambda s=start: self._get(  # type: ignore[misc]
+                    f"issue/{record.ref.id}/changelog", {"startAt": s, "maxResults": 100}
+                ),
+            )
+            histories = page.get("values") or []
+            for history in histories:
+                for item in history.get("items") or []:
+                    if item.get("field") == "status":
+                        return str(item.get("fromString") or "")
+            start += len(histories)
+            if not histories or page.get("isLast", True):
+                return str(record.fields["status"]["name"])
+
     def _options_for(self, issue_id: str, kind: str, status: str) -> list[dict[str, Any]]:
         """The transitions out of ``status`` for issues of type ``kind``, as Jira listed them
         (with their fields) the first time; a workflow rarely changes, so one read serves all
