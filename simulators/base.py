@@ -211,6 +211,9 @@ class WebhookDispatcher:
         self._stop = threading.Event()
         self.log: deque[dict[str, Any]] = deque(maxlen=2000)
         self._lock = threading.Lock()
+        # Deliveries sent but not yet done (delivered, or out of attempts): wherever they are
+        # (the queue, pending, or being posted right now), so idle() has no blind moment.
+        self._outstanding = 0
 
     def start(self) -> None:
         if self._thread is None:
@@ -230,6 +233,7 @@ class WebhookDispatcher:
     def clear(self) -> None:
         with self._lock:
             self._pending.clear()
+            self._outstanding = 0
         while True:
             try:
                 self._queue.get_nowait()
@@ -251,11 +255,13 @@ class WebhookDispatcher:
             not_before = time.monotonic() + target.delay_seconds
             copies = 2 if target.duplicate else 1
             for _ in range(copies):
+                with self._lock:
+                    self._outstanding += 1
                 self._queue.put(Delivery(target, event, body, dict(all_headers), 0, not_before))
 
     def idle(self) -> bool:
         with self._lock:
-            return self._queue.empty() and not self._pending
+            return self._outstanding == 0
 
     def _run(self) -> None:
         with httpx.Client(timeout=10.0, verify=False) as client:
@@ -295,6 +301,9 @@ class WebhookDispatcher:
             d.not_before = time.monotonic() + min(0.2 * 2 ** (d.attempt - 1), 5.0)
             with self._lock:
                 self._pending.append(d)
+            return
+        with self._lock:
+            self._outstanding = max(0, self._outstanding - 1)
 
 
 def hmac_sha256_hex(secret: str, body: bytes) -> str:
