@@ -89,6 +89,13 @@ class SyncSettings(BaseModel):
     workers: int = Field(default=4, ge=1, le=64)
     coalesce_seconds: float = Field(default=0.2, ge=0)  # edits within this window: one reconcile
     lease_seconds: float = Field(default=120.0, gt=0)
+    # PostgreSQL: each commit that queues work sends NOTIFY and idle workers LISTEN, so the
+    # workers of every instance (any machine) wake at once rather than within 0.5 s.
+    pg_notify: bool = True
+    # `itsm-sync run`'s worker process runs at this niceness (added to the service's): under
+    # CPU contention the HTTP process, which must answer webhooks within milliseconds, comes
+    # first; an idle machine gives the workers all they want either way. 0: the same.
+    worker_process_nice: int = Field(default=10, ge=0, le=19)
     # Lifecycle rules (conditions over canonical fields, as in mapping files):
     create_jira_when: str = 'severity in ["SEV1", "SEV2"]'
     create_servicenow_for_jira: bool = True  # incidents born in Jira get a ServiceNow incident

@@ -16,7 +16,7 @@ import uvicorn
 
 from config.settings import Settings
 from service.app import create_app
-from service.runtime import Runtime
+from service.runtime import Runtime, settle_gc
 from simulators.runner import SimulatorCluster
 
 T = TypeVar("T")
@@ -80,14 +80,31 @@ def settings_for(cluster: SimulatorCluster, database_url: str, **overrides: Any)
 
 
 class Service:
-    """``itsm-sync run`` in this process: a Runtime plus uvicorn on a free port."""
+    """``itsm-sync run`` in this process: a Runtime plus uvicorn on a free port.
 
-    def __init__(self, settings: Settings, *, poll: bool = True, workers: bool = True) -> None:
+    By default the poller and the workers run in this process too (``run
+    --workers-in-process``), so that tests can reach into them; ``worker_process=True`` runs
+    them in a worker process as ``itsm-sync run`` does by default. ``freeze_gc`` (default: as
+    ``worker_process``) moves the start-up objects out of the garbage collector's way once
+    started, as ``run`` does (:func:`service.runtime.settle_gc`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        poll: bool = True,
+        workers: bool = True,
+        worker_process: bool = False,
+        freeze_gc: bool | None = None,
+    ) -> None:
         self.settings = settings
         self.runtime = Runtime(settings)
         self.app = create_app(self.runtime)
         self._poll = poll
         self._workers = workers
+        self._worker_process = worker_process
+        self._freeze_gc = worker_process if freeze_gc is None else freeze_gc
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Accepted sockets inherit it: without, small answers wait ~40 ms for delayed ACKs.
@@ -102,7 +119,14 @@ class Service:
         self._thread: threading.Thread | None = None
 
     def start(self) -> Service:
-        self.runtime.start(poll=self._poll, workers=self._workers)
+        if self._worker_process:
+            self.runtime.start(worker_process=True)
+            assert self.runtime.worker_process is not None
+            if not self.runtime.worker_process.wait_ready(60):
+                self.runtime.stop()
+                raise RuntimeError("the worker process did not start")
+        else:
+            self.runtime.start(poll=self._poll, workers=self._workers)
 
         def serve() -> None:
             asyncio.run(self._server.serve(sockets=[self._sock]))
@@ -114,6 +138,8 @@ class Service:
             if time.monotonic() > deadline:
                 raise RuntimeError("the service did not start")
             time.sleep(0.01)
+        if self._freeze_gc:
+            settle_gc()
         return self
 
     def stop(self) -> None:

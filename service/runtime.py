@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import getpass
 import logging
+import os
 import signal
 import socket
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings
 from connectors.base import Connector
@@ -18,9 +20,20 @@ from postmortem_tracker.tracker import Tracker
 from sync import store
 from sync.poller import Poller
 from sync.reconcile import Reconciler
-from sync.worker import WorkerPool, reclaim_orphans
+from sync.worker import QueueListener, Totals, Wakeup, WorkerPool, reclaim_orphans
+
+if TYPE_CHECKING:
+    from service.supervisor import WorkerProcess
 
 log = logging.getLogger("itsm_sync.service")
+
+
+def settle_gc() -> None:
+    """Once start-up is done: collect, then move everything alive into the permanent
+    generation (``gc.freeze``), so that later full collections don't walk the tens of
+    thousands of long-lived objects (modules, mappings, the ORM's metadata) every time."""
+    gc.collect()
+    gc.freeze()
 
 
 class Runtime:
@@ -48,6 +61,15 @@ class Runtime:
         reclaim_orphans(self.db)
         self.poller: Poller | None = None
         self.pool: WorkerPool | None = None
+        self.listener: QueueListener | None = None
+        self.worker_process: WorkerProcess | None = None
+        # Every commit that queued work (a webhook, a poll, an API call) wakes idle workers:
+        # this process's, the worker process's (through the supervisor) and, on PostgreSQL,
+        # every listening process's (NOTIFY).
+        self.wakeup = Wakeup()
+        hooks = store.engine_hooks(self.db)
+        hooks.on_queued.append(self.wakeup.notify)
+        hooks.notify = self.db.dialect.name == "postgresql" and settings.sync.pg_notify
 
     @property
     def mappings(self) -> MappingSet:
@@ -87,31 +109,106 @@ class Runtime:
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    def start(self, *, poll: bool = True, workers: bool = True) -> None:
+    def start(
+        self,
+        *,
+        poll: bool = True,
+        workers: bool = True,
+        worker_process: bool | WorkerProcess = False,
+    ) -> None:
+        """Start the mapping reloader and, as asked, the poller and the workers: in this
+        process, or (``worker_process``) in a child process that runs both
+        (:mod:`service.supervisor`; ``itsm-sync run``'s default). Pass a
+        :class:`~service.supervisor.WorkerProcess` already started (``run`` starts it before
+        this process builds its own Runtime, so the two start-ups overlap) or True."""
         self.reloader.start()
-        if poll:
-            self.poller = Poller(self.db, self.connectors, self.settings.sync.poll_interval_seconds)
-            self.poller.start()
-        if workers:
-            self.pool = WorkerPool(
-                self.reconciler,
-                threads=self.settings.sync.workers,
-                lease=self.settings.sync.lease_seconds,
-            )
-            self.pool.start()
+        if worker_process:
+            from service.supervisor import WorkerProcess
+
+            if isinstance(worker_process, WorkerProcess):
+                self.worker_process = worker_process
+            else:
+                self.worker_process = WorkerProcess(self.settings)
+                self.worker_process.start()
+            self.wakeup.also.append(self.worker_process.poke)
+        else:
+            if poll:
+                interval = self.settings.sync.poll_interval_seconds
+                self.poller = Poller(self.db, self.connectors, interval)
+                self.poller.start()
+            if workers:
+                self.pool = WorkerPool(
+                    self.reconciler,
+                    threads=self.settings.sync.workers,
+                    lease=self.settings.sync.lease_seconds,
+                    wakeup=self.wakeup,
+                )
+                self.pool.start()
+                if store.engine_hooks(self.db).notify:
+                    self.listener = QueueListener(self.db, self.wakeup)
+                    self.listener.start()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._sighup)
 
     def _sighup(self, *_: Any) -> None:
         log.info("SIGHUP: reloading mappings")
         self.reloader.check(force=True)
+        if self.worker_process is not None:
+            self.worker_process.reload()
+
+    # -- what the HTTP side reports -----------------------------------------------------------
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, what to say) about the workers: the worker process must be running."""
+        if self.worker_process is not None:
+            return self.worker_process.health()
+        if self.pool is not None:
+            return True, "ok (in this process)"
+        return True, "none in this process"
+
+    def local_stats(self) -> dict[str, Any]:
+        """This process's worker totals and remote calls (what the worker process reports)."""
+        from connectors.http import CALLS
+
+        totals = self.pool.totals() if self.pool is not None else Totals()
+        return {
+            "pid": os.getpid(),
+            "reconciled": totals.reconciled,
+            "writes": totals.writes,
+            "conflicts": totals.conflicts,
+            "failures": totals.failures,
+            "calls": CALLS.snapshot(),
+            "wakeups": self.wakeup.notified,  # marks this process heard of
+            "woken": self.wakeup.woken,  # idle workers woken by one (not by their timer)
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Worker totals and remote calls of this process and its worker process together
+        (for ``/metrics``); ``worker_process`` says whether the latter answered."""
+        out = self.local_stats()
+        out["worker_process"] = None
+        if self.worker_process is not None:
+            child = self.worker_process.stats()
+            out["worker_process"] = child is not None
+            if child is not None:
+                for key in ("reconciled", "writes", "conflicts", "failures"):
+                    out[key] += child[key]
+                calls = dict(out["calls"])
+                for label, n in child["calls"].items():
+                    calls[label] = calls.get(label, 0) + n
+                out["calls"] = calls
+        return out
 
     def stop(self) -> None:
         self.reloader.stop()
+        if self.worker_process is not None:
+            self.worker_process.stop()
         if self.poller is not None:
             self.poller.stop()
         if self.pool is not None:
             self.pool.stop()
+        if self.listener is not None:
+            self.listener.stop()
         for connector in self.connectors.values():
             close = getattr(connector, "close", None)
             if close is not None:

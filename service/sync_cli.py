@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,17 +54,54 @@ def register(app: typer.Typer) -> None:
     def run(
         host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="Port for webhooks, API and metrics.")] = 8000,
+        role: Annotated[
+            str,
+            typer.Option(
+                help="all: HTTP here, the poller and the workers in a worker process; "
+                "http: HTTP only (webhooks are stored and queued for other instances' "
+                "workers); workers: the poller and the workers only, no HTTP.",
+                case_sensitive=False,
+            ),
+        ] = "all",
+        workers_in_process: Annotated[
+            bool,
+            typer.Option(
+                "--workers-in-process",
+                help="With --role all: run the poller and the workers in this process "
+                "(one process, as before; webhook answers then wait for the workers).",
+            ),
+        ] = False,
         config_file: ConfigOption = None,
     ) -> None:
         """Run the service: webhooks, API, /healthz, /metrics, the poller and the workers."""
+        role = role.lower()
+        if role not in ("all", "http", "workers"):
+            err.print(f"[red]error:[/red] --role {role}: use all, http or workers")
+            raise typer.Exit(2)
+        settings = settings_or_exit(config_file)
+        setup_logging(settings.log_level)
+        worker_process = None
+        if role == "all" and not workers_in_process:
+            from service.supervisor import WorkerProcess
+
+            # Started first, so that its start-up and this process's overlap.
+            worker_process = WorkerProcess(settings)
+            worker_process.start()
+        try:
+            runtime = runtime_or_exit(settings)
+        except BaseException:
+            if worker_process is not None:
+                worker_process.stop()
+            raise
+        if role == "workers":
+            _run_workers(runtime)
+            return
+        import socket
+
         import uvicorn
 
         from service.app import create_app
-
-        settings = settings_or_exit(config_file)
-        setup_logging(settings.log_level)
-        runtime = runtime_or_exit(settings)
-        import socket
+        from service.runtime import settle_gc
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -71,17 +110,29 @@ def register(app: typer.Typer) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
+            if worker_process is not None:
+                worker_process.stop()
+            runtime.stop()
             err.print(f"[red]error:[/red] cannot listen on {host}:{port}: {exc.strerror}")
             raise typer.Exit(2) from exc
-        runtime.start()
+        if role == "http":
+            runtime.start(poll=False, workers=False)
+        else:
+            runtime.start(worker_process=worker_process or False)
         server = uvicorn.Server(
             uvicorn.Config(
                 create_app(runtime), log_level="warning", access_log=False, lifespan="off"
             )
         )
+        settle_gc()
         console.print(
             f"itsm-sync listening on http://{host}:{sock.getsockname()[1]}", highlight=False
         )
+        # uvicorn handles SIGINT/SIGTERM while it serves, then raises the signal again with
+        # the handler it found: make that one a no-op so that the cleanup below runs (stopping
+        # the worker process) and the exit is clean.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _stopping)
         try:
             server.run(sockets=[sock])
         finally:
@@ -346,6 +397,43 @@ def register(app: typer.Typer) -> None:
             )
             mark_dirty(s, incident_key(row.id), reason="public message")
         console.print(f"{incident}: {'private' if off else 'public'}; queued for the status page")
+
+
+_signals_seen = 0
+
+
+def _stopping(signum: int, frame: Any) -> None:
+    """After the server stopped: the first SIGINT/SIGTERM is the one uvicorn raises again
+    (stop cleanly); one more while stopping means "now": exit at once."""
+    global _signals_seen
+    _signals_seen += 1
+    if _signals_seen > 1:
+        os._exit(128 + signum)
+
+
+def _run_workers(runtime: Runtime) -> None:
+    """``run --role workers``: the poller and the workers until SIGINT or SIGTERM."""
+    import threading
+
+    from service.runtime import settle_gc
+
+    stop = threading.Event()
+
+    def handle(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handle)
+    runtime.start(poll=True, workers=True)
+    settle_gc()
+    console.print("itsm-sync workers running (no HTTP)", highlight=False)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        runtime.stop()
 
 
 def find_incident(s: Any, ident: str) -> store.IncidentRow:

@@ -35,11 +35,11 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, func, or_
+from sqlalchemy import bindparam, case, delete, func, or_
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select, update
 
-from sync.store import Dirty, TargetBackoff, dialect_insert, utcnow
+from sync.store import QUEUED, Dirty, TargetBackoff, dialect_insert, utcnow
 
 __all__ = [
     "Claim",
@@ -51,6 +51,7 @@ __all__ = [
     "incident_key",
     "mark_dirty",
     "next_backoff",
+    "next_due",
     "parse_key",
     "queue_depth",
     "release",
@@ -121,61 +122,91 @@ def mark_dirty(
     mark bumps the generation, which is how a busy worker learns it must look again.
     """
     now = now or utcnow()
+    session.info[QUEUED] = True  # session_scope wakes idle workers once this is committed
+    # Core statements built once (see _MarkStatements): this runs for every webhook, in the
+    # HTTP process, and the ORM's per-call statement building was most of its cost.
+    statements = _mark_statements(session)
+    connection = session.connection()
     due = _later(now, delay)
     if debounce is not None:
-        waiting = session.exec(
-            select(Dirty).where(col(Dirty.key) == key, col(Dirty.claimed_by).is_(None))
-        ).first()
+        waiting = connection.execute(statements.waiting, {"b_key": key}).first()
         if waiting is not None:
             # Trailing debounce: each mark of a waiting key moves it to `debounce` after this
             # mark, but never later than `max_wait` after the burst began, so 50 edits in a
             # second make one reconcile and a steady stream still gets through.
-            first = waiting.first_marked_at or now
-            due = min(max(waiting.due_at, _later(now, debounce)), _later(first, max_wait))
-            session.exec(
-                update(Dirty)
-                .where(col(Dirty.key) == key, col(Dirty.claimed_by).is_(None))
-                .values(
-                    due_at=due,
-                    first_marked_at=first,
-                    generation=col(Dirty.generation) + 1,
-                    reason=reason,
-                )
-                .execution_options(synchronize_session=False)
+            due_at, first_marked_at = waiting
+            first = first_marked_at or now
+            due = min(max(due_at, _later(now, debounce)), _later(first, max_wait))
+            connection.execute(
+                statements.debounce,
+                {"b_key": key, "b_due": due, "b_first": first, "b_reason": reason},
             )
             return
         due = _later(now, debounce)
-    statement = dialect_insert(session, Dirty).values(
-        key=key,
-        due_at=due,
-        generation=1,
-        first_marked_at=now,
-        claimed_by=None,
-        claimed_until=None,
-        attempts=0,
-        last_error="",
-        reason=reason,
+    connection.execute(
+        statements.upsert,
+        {
+            "key": key,
+            "due_at": due,
+            "generation": 1,
+            "first_marked_at": now,
+            "claimed_by": None,
+            "claimed_until": None,
+            "attempts": 0,
+            "last_error": "",
+            "reason": reason,
+        },
     )
-    current = col(Dirty.due_at)
-    session.exec(
-        statement.on_conflict_do_update(
-            index_elements=[col(Dirty.key)],
-            set_={
-                "due_at": case(
-                    (statement.excluded.due_at < current, statement.excluded.due_at),
-                    else_=current,
-                ),
-                "generation": col(Dirty.generation) + 1,
-                "reason": statement.excluded.reason,
-                # Marked while a worker holds it: a new burst begins now (else, once released,
-                # its max_wait would already be over and every later mark due at once).
-                "first_marked_at": case(
-                    (col(Dirty.claimed_by).is_not(None), statement.excluded.first_marked_at),
-                    else_=col(Dirty.first_marked_at),
-                ),
-            },
+
+
+@dataclass(frozen=True)
+class _MarkStatements:
+    waiting: Any  # SELECT due_at, first_marked_at of the key if nobody holds it
+    debounce: Any  # UPDATE a waiting key: due_at, first_marked_at, generation + 1, reason
+    upsert: Any  # INSERT .. ON CONFLICT: keep the earlier due_at, generation + 1
+
+
+_MARK_STATEMENTS: dict[str, _MarkStatements] = {}
+
+
+def _mark_statements(session: Session) -> _MarkStatements:
+    dialect = session.get_bind().dialect.name
+    found = _MARK_STATEMENTS.get(dialect)
+    if found is not None:
+        return found
+    table = Dirty.__table__  # type: ignore[attr-defined]
+    c = table.c
+    waiting = select(c.due_at, c.first_marked_at).where(
+        c.key == bindparam("b_key"), c.claimed_by.is_(None)
+    )
+    debounce = (
+        update(table)
+        .where(c.key == bindparam("b_key"), c.claimed_by.is_(None))
+        .values(
+            due_at=bindparam("b_due", type_=c.due_at.type),
+            first_marked_at=bindparam("b_first", type_=c.first_marked_at.type),
+            generation=c.generation + 1,
+            reason=bindparam("b_reason", type_=c.reason.type),
         )
     )
+    insert = dialect_insert(session, table)
+    upsert = insert.on_conflict_do_update(
+        index_elements=[c.key],
+        set_={
+            "due_at": case((insert.excluded.due_at < c.due_at, insert.excluded.due_at),
+                           else_=c.due_at),
+            "generation": c.generation + 1,
+            "reason": insert.excluded.reason,
+            # Marked while a worker holds it: a new burst begins now (else, once released,
+            # its max_wait would already be over and every later mark due at once).
+            "first_marked_at": case(
+                (c.claimed_by.is_not(None), insert.excluded.first_marked_at),
+                else_=c.first_marked_at,
+            ),
+        },
+    )  # fmt: skip
+    found = _MARK_STATEMENTS.setdefault(dialect, _MarkStatements(waiting, debounce, upsert))
+    return found
 
 
 def has_due(session: Session, *, now: dt.datetime | None = None) -> bool:
@@ -190,6 +221,22 @@ def has_due(session: Session, *, now: dt.datetime | None = None) -> bool:
         .limit(1)
     ).first()
     return row is not None
+
+
+def next_due(session: Session, *, now: dt.datetime | None = None) -> dt.datetime | None:
+    """When the earliest row nobody holds is (or was) due; None when there is none.
+
+    One cheap read (the ``due_at`` index, first row): an idle worker sleeps until then instead
+    of polling. Rows claimed by someone are left out: their holder finishes or releases them
+    (and a dead holder's lease runs out; idle workers look again now and then anyway).
+    """
+    now = now or utcnow()
+    return session.exec(
+        select(col(Dirty.due_at))
+        .where(or_(col(Dirty.claimed_until).is_(None), col(Dirty.claimed_until) <= now))
+        .order_by(col(Dirty.due_at))
+        .limit(1)
+    ).first()
 
 
 def claim(

@@ -19,8 +19,13 @@ out, on both dialects.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import sqlite3
+import threading
+import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
@@ -48,6 +53,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import registry
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.pool import StaticPool
@@ -62,6 +68,7 @@ __all__ = [
     "CommentLink",
     "DeliveryStatus",
     "Dirty",
+    "EngineHooks",
     "IncidentRow",
     "JSONValue",
     "Link",
@@ -82,6 +89,7 @@ __all__ = [
     "audit",
     "comment_links",
     "create_incident",
+    "engine_hooks",
     "find_comment_link",
     "find_link",
     "get_incident",
@@ -422,7 +430,49 @@ def _sqlite_begin(connection: Connection) -> None:
     mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
     if mode not in ("IMMEDIATE", "DEFERRED"):
         raise ValueError(f"sqlite_begin must be IMMEDIATE or DEFERRED, not {mode!r}")
-    connection.exec_driver_sql(f"BEGIN {mode}")
+    if mode == "DEFERRED":
+        connection.exec_driver_sql("BEGIN DEFERRED")
+        return
+    _sqlite_begin_immediate(connection.connection.dbapi_connection)
+
+
+# Waiting for the write lock held by another process: tries this far apart (seconds), then
+# SQLITE_BUSY_POLL_LATER_SECONDS apart after the first SQLITE_BUSY_POLL_FAST_FOR seconds.
+SQLITE_BUSY_POLL_SECONDS = 0.0002
+SQLITE_BUSY_POLL_FAST_FOR = 0.25
+SQLITE_BUSY_POLL_LATER_SECONDS = 0.002
+
+
+def _sqlite_begin_immediate(raw: Any) -> None:
+    """``BEGIN IMMEDIATE``, waiting for another process's writer by trying again every 0.2 ms
+    (every 2 ms after the first 0.25 s; up to the 30 s busy timeout).
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms between
+    tries, so a webhook whose BEGIN met a worker's short write transaction in the worker
+    process waited up to 180 ms for a lock that was free again within a few: measured, that
+    was most of the HTTP process's ack tail. (Writers of the same process queue on
+    :class:`EngineHooks`' Python lock first and never get here while another holds it.)
+    """
+    raw.execute("PRAGMA busy_timeout = 0")
+    try:
+        started = time.monotonic()
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                waited = time.monotonic() - started
+                if waited > SQLITE_BUSY_TIMEOUT_MS / 1000:
+                    raise
+                time.sleep(
+                    SQLITE_BUSY_POLL_SECONDS
+                    if waited < SQLITE_BUSY_POLL_FAST_FOR
+                    else SQLITE_BUSY_POLL_LATER_SECONDS
+                )
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -431,7 +481,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     SQLite: WAL, foreign keys, 30 s busy timeout, connections usable from any thread, and every
     transaction begins ``IMMEDIATE`` (see :func:`session_scope`); ``sqlite://`` (in-memory) is
     one shared connection, for single-threaded tests only. PostgreSQL: ``postgresql://`` means
-    psycopg 3; connections are pinged before use so a restarted server costs no failed call.
+    psycopg 3; a connection idle for a few seconds is pinged before use, so a restarted server
+    costs no failed call.
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
@@ -445,12 +496,78 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
+        engine_hooks(engine).write_lock = threading.RLock()
         return engine
     if backend in ("postgresql", "postgres"):
         if "+" not in parsed.drivername:  # the default driver would be psycopg2
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, echo=echo, pool_pre_ping=True)
+        engine = create_engine(parsed, echo=echo)
+        dialect = engine.dialect
+
+        def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+            _pg_checkout(dialect, dbapi_connection, record)
+
+        event.listen(engine, "checkout", checkout)
+        event.listen(engine, "checkin", _pg_checkin)
+        return engine
     raise ValueError(f"unsupported database {backend!r}: use sqlite:// or postgresql://")
+
+
+# A pooled PostgreSQL connection idle for longer than this is pinged before use (a restarted
+# server then costs no failed call). Not every checkout, as pool_pre_ping would: that is one
+# more round trip for every transaction (~0.3 ms; a webhook is one transaction).
+PG_PING_AFTER_IDLE_SECONDS = 5.0
+_IDLE_SINCE = "itsm_sync.idle_since"
+
+
+def _pg_checkin(dbapi_connection: Any, connection_record: Any) -> None:
+    connection_record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _pg_checkout(dialect: Dialect, dbapi_connection: Any, connection_record: Any) -> None:
+    since = connection_record.info.get(_IDLE_SINCE)
+    if since is None or time.monotonic() - since < PG_PING_AFTER_IDLE_SECONDS:
+        return  # fresh from connect, or used a moment ago
+    try:
+        dialect.do_ping(dbapi_connection)
+    except Exception as exc:  # the pool drops this one and checks out (or makes) another
+        raise DisconnectionError(f"stale connection: {exc}") from exc
+
+
+QUEUE_CHANNEL = "itsm_sync_queue"  # PostgreSQL LISTEN/NOTIFY channel: "work was queued"
+QUEUED = "itsm_sync.queued"  # session.info flag set by sync.queue.mark_dirty
+
+
+class EngineHooks:
+    """What :func:`session_scope` does around one engine's transactions besides BEGIN/COMMIT.
+
+    - ``write_lock`` (SQLite, made by :func:`make_engine`): this process's writers take turns
+      on a Python lock before ``BEGIN IMMEDIATE``, so a writer waiting for another thread is
+      woken the moment it commits, instead of sleeping in SQLite's busy handler (1, 2, 5, 10,
+      15, 20, 25... ms between tries). Other processes still meet the busy handler.
+    - ``on_queued``: called after the commit of every scope that marked the queue
+      (:func:`sync.queue.mark_dirty`), e.g. to wake idle workers.
+    - ``notify`` (PostgreSQL): such a scope also sends ``NOTIFY itsm_sync_queue`` (delivered at
+      commit) so that workers of other processes and machines, listening, wake too.
+    """
+
+    def __init__(self) -> None:
+        self.write_lock: threading.RLock | None = None
+        self.on_queued: list[Callable[[], None]] = []
+        self.notify = False
+
+
+_HOOKS: weakref.WeakKeyDictionary[Engine, EngineHooks] = weakref.WeakKeyDictionary()
+_HOOKS_LOCK = threading.Lock()
+
+
+def engine_hooks(engine: Engine) -> EngineHooks:
+    """The :class:`EngineHooks` of ``engine`` (made on first use)."""
+    hooks = _HOOKS.get(engine)
+    if hooks is None:
+        with _HOOKS_LOCK:
+            hooks = _HOOKS.setdefault(engine, EngineHooks())
+    return hooks
 
 
 @contextmanager
@@ -458,19 +575,39 @@ def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session
     """One transaction: commit on success, roll back on any exception.
 
     Objects stay usable after the scope (``expire_on_commit=False``). On SQLite a scope takes
-    the write lock when it begins (others wait up to 30 s); pass ``readonly=True`` for pure
-    reads (the web page, the CLI) so they never wait for, or delay, a writer.
+    the write lock when it begins (others wait up to 30 s; this process's other writers wait
+    on a Python lock first, see :class:`EngineHooks`); pass ``readonly=True`` for pure reads
+    (the web page, the CLI) so they never wait for, or delay, a writer. A scope that marked
+    the queue runs the engine's ``on_queued`` hooks after its commit.
     """
+    hooks = _HOOKS.get(engine)
+    lock = hooks.write_lock if hooks is not None and not readonly else None
+    # Bounded like the busy timeout: a writer stuck behind a thread that waits for *it* fails
+    # as before (SQLITE_BUSY after 30 s) instead of hanging for good.
+    locked = lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) if lock is not None else False
     bind = engine.execution_options(sqlite_begin="DEFERRED") if readonly else engine
     session = Session(bind=bind, expire_on_commit=False)
+    queued = False
     try:
         yield session
+        queued = bool(session.info.pop(QUEUED, False))
+        if queued and hooks is not None and hooks.notify:
+            session.connection().exec_driver_sql(f"NOTIFY {QUEUE_CHANNEL}")
         session.commit()
     except BaseException:
         session.rollback()
         raise
     finally:
         session.close()
+        if locked:
+            assert lock is not None
+            lock.release()
+    if queued and hooks is not None:
+        for callback in hooks.on_queued:
+            try:
+                callback()
+            except Exception:  # a wake-up is a hint: never fail the caller's committed work
+                logging.getLogger("itsm_sync.store").exception("on_queued hook failed")
 
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")

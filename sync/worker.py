@@ -9,11 +9,13 @@ the incident's other targets went on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
@@ -25,9 +27,9 @@ from sync.queue import (
     Claim,
     claim,
     finish,
-    has_due,
     incident_key,
     mark_dirty,
+    next_due,
     parse_key,
     queue_depth,
     release,
@@ -37,6 +39,61 @@ from sync.queue import (
 from sync.reconcile import Reconciler
 
 log = logging.getLogger("itsm_sync.worker")
+# An idle worker looks at the queue at least this often, whatever it was told: rows queued by
+# processes that cannot wake it (the CLI's `parked replay` and `public`, `run --role http` on
+# SQLite, a lost NOTIFY) are still found.
+IDLE_RECHECK_SECONDS = 0.5
+
+
+class Wakeup:
+    """Tells idle workers that work was queued, instead of having them poll.
+
+    :meth:`notify` is called after a mark is committed (``sync.store.session_scope`` does it
+    through the engine's ``on_queued`` hooks; the worker process does it for marks made in the
+    HTTP process). It wakes one waiting worker per call and calls the ``also`` callbacks (e.g.
+    "poke the worker process"). A worker reads :attr:`seq` *before* it looks at the queue and
+    passes it to :meth:`wait`, which returns at once if anything was notified meanwhile: no
+    wake-up is lost between looking and sleeping.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._closed = False
+        self.also: list[Callable[[], None]] = []
+        self.notified = 0  # how many times notify() was called (for tests and diagnostics)
+        self.woken = 0  # how many waits ended because of a notify rather than the timeout
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    def notify(self, n: int = 1) -> None:
+        with self._cond:
+            self._seq += 1
+            self.notified += 1
+            self._cond.notify(n)
+        for callback in self.also:
+            callback()
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        """Sleep until notified after ``seen`` was read, closed, or ``timeout`` s; True when
+        woken by a notify (or closed)."""
+        with self._cond:
+            woken = self._cond.wait_for(lambda: self._seq != seen or self._closed, timeout)
+            if woken:
+                self.woken += 1
+            return woken
+
+    def close(self) -> None:
+        """Wake every waiter for good (the pool is stopping)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def reopen(self) -> None:
+        with self._cond:
+            self._closed = False
 
 
 def worker_name() -> str:
@@ -63,15 +120,24 @@ class Worker:
 
     def step(self) -> bool:
         """Claim and handle one key; False when nothing was due."""
+        return self.step_or_idle() == 0.0
+
+    def step_or_idle(self) -> float:
+        """Claim and handle one key and return 0; or, when nothing is due, return how many
+        seconds until the earliest waiting key is (``inf``: the queue holds none)."""
+        now = store.utcnow()
         with store.session_scope(self.db, readonly=True) as s:
-            if not has_due(s):
-                return False
+            due = next_due(s, now=now)  # a cheap read: idle workers take no write lock
+        if due is None:
+            return math.inf
+        if due > now:
+            return (due - now).total_seconds()
         with store.session_scope(self.db) as s:
             claims = claim(s, self.name, limit=1, lease_seconds=self.lease)
         if not claims:
-            return False
+            return 0.0001  # another worker took it first: look again (almost) at once
         self.handle(claims[0])
-        return True
+        return 0.0
 
     def _keep_lease(self, held: Claim, stop: threading.Event) -> None:
         """Renew the claim's lease every third of it while the work goes on, so a long
@@ -176,7 +242,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (dead, not reaped yet: e.g. a worker process whose parent was killed)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def reclaim_orphans(db: Engine) -> int:
@@ -222,43 +292,113 @@ def drain(
         t.start()
     for t in pool:
         t.join(max(0.0, deadline - time.monotonic()) + 1)
+    return _sum_totals(workers)
+
+
+def _sum_totals(workers: list[Worker]) -> Totals:
     totals = Totals()
     for w in workers:
-        totals.reconciled += w.totals.reconciled
-        totals.writes += w.totals.writes
-        totals.conflicts += w.totals.conflicts
-        totals.failures += w.totals.failures
-        totals.parked |= w.totals.parked
+        with w.totals.lock:
+            totals.reconciled += w.totals.reconciled
+            totals.writes += w.totals.writes
+            totals.conflicts += w.totals.conflicts
+            totals.failures += w.totals.failures
+            totals.parked |= w.totals.parked
     return totals
 
 
-class WorkerPool:
-    """N workers in threads until stopped (``itsm-sync run``)."""
+class QueueListener:
+    """PostgreSQL: ``LISTEN itsm_sync_queue`` on a connection of its own and notify
+    :class:`Wakeup` for every ``NOTIFY`` (sent by ``sync.store.session_scope`` with each commit
+    that queued work, in any process on any machine). Reconnects after a failure; while it is
+    down, the workers' periodic look at the queue still finds everything."""
 
-    def __init__(self, reconciler: Reconciler, *, threads: int, lease: float) -> None:
+    def __init__(self, db: Engine, wakeup: Wakeup) -> None:
+        self.db = db
+        self.wakeup = wakeup
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="queue-listener", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psycopg
+
+        args, kwargs = self.db.dialect.create_connect_args(self.db.url)
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(*args, **{**kwargs, "autocommit": True}) as conn:
+                    conn.execute(f"LISTEN {store.QUEUE_CHANNEL}")
+                    self.wakeup.notify()  # anything queued while we were not listening
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.5):
+                            self.wakeup.notify()
+            except psycopg.Error as exc:
+                log.warning("LISTEN %s failed (%s); again in 5 s", store.QUEUE_CHANNEL, exc)
+                self._stop.wait(5.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class WorkerPool:
+    """N workers in threads until stopped (``itsm-sync run``).
+
+    An idle worker sleeps until the earliest waiting key is due (a debounced mark), until
+    :attr:`wakeup` is notified (a mark was committed), or for :data:`IDLE_RECHECK_SECONDS`,
+    whichever comes first; it never polls blindly.
+    """
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        *,
+        threads: int,
+        lease: float,
+        wakeup: Wakeup | None = None,
+        recheck: float = IDLE_RECHECK_SECONDS,
+    ) -> None:
         self.workers = [Worker(reconciler, lease_seconds=lease) for _ in range(threads)]
+        self.wakeup = wakeup or Wakeup()
+        self.recheck = recheck
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        for worker in self.workers:
-            thread = threading.Thread(target=self._loop, args=(worker,), daemon=True)
+        self.wakeup.reopen()
+        for i, worker in enumerate(self.workers):
+            thread = threading.Thread(
+                target=self._loop, args=(worker,), name=f"worker-{i}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
     def _loop(self, worker: Worker) -> None:
         while not self._stop.is_set():
+            seen = self.wakeup.seq  # before looking: a mark committed after this wakes us
             try:
-                if not worker.step():
-                    self._stop.wait(0.05)
+                idle = worker.step_or_idle()
             except Exception:  # the database went away for a moment: keep trying
                 log.exception("worker step failed")
                 self._stop.wait(1.0)
+                continue
+            if idle > 0:
+                # +1 ms: due_at <= now must hold when we look again
+                self.wakeup.wait(seen, min(idle + 0.001, self.recheck))
 
     def stop(self) -> None:
         self._stop.set()
+        self.wakeup.close()
         for thread in self._threads:
             thread.join(timeout=30)
+
+    def totals(self) -> Totals:
+        """The workers' totals, added up."""
+        return _sum_totals(self.workers)
 
     def depth(self) -> int:
         with store.session_scope(self.workers[0].db) as s:

@@ -1,0 +1,198 @@
+"""``itsm-sync run`` as real processes: HTTP in the process started, the poller and the workers
+in its worker process. A killed ``run`` leaves no worker process behind; a dead worker process
+makes ``/healthz`` unhealthy and is replaced; SIGTERM and SIGINT stop both cleanly; a webhook
+wakes the worker process; ``--role http`` and ``--role workers`` share the work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.harness import wait_for
+from simulators.runner import SimulatorCluster
+from tests.chaos.conftest import CLI, ServiceProcess, free_port, service_env
+from tests.systems import Systems, people_only
+
+# Only webhooks bring work; INFO: the worker process's life is in the log.
+QUIET = {"ITSM_SYNC_SYNC__POLL_INTERVAL_SECONDS": "3600", "ITSM_SYNC_LOG_LEVEL": "INFO"}
+
+
+def _gone(pid: int) -> bool:
+    """The process does not exist any more, or is a zombie (dead, not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += children
+            todo += children
+    return out
+
+
+def _health(svc: ServiceProcess) -> tuple[int, dict[str, Any]]:
+    try:
+        r = httpx.get(f"{svc.url}/healthz", timeout=5)
+    except httpx.HTTPError:
+        return 0, {}
+    return r.status_code, r.json()
+
+
+@pytest.fixture
+def empty(sims: SimulatorCluster) -> Iterator[SimulatorCluster]:
+    with httpx.Client(timeout=10) as client:
+        for name, url in sims.urls.items():
+            client.post(f"{url}/_sim/reset").raise_for_status()
+            client.post(f"{url}/_sim/seed", json=people_only(name)).raise_for_status()
+    try:
+        yield sims
+    finally:
+        with httpx.Client(timeout=10) as client:
+            for url in sims.urls.values():
+                client.delete(f"{url}/_sim/webhooks")
+
+
+@pytest.fixture
+def started(empty: SimulatorCluster, tmp_path: Path) -> Iterator[ServiceProcess]:
+    """``itsm-sync run`` (defaults: a worker process) on SQLite, ready (worker process too)."""
+    env = service_env(empty, f"sqlite:///{tmp_path / 'itsm-sync.db'}", **QUIET)
+    svc = ServiceProcess("run", env, tmp_path)
+    try:
+        svc.start(wait=True)
+        yield svc
+    finally:
+        svc.kill()
+
+
+def test_run_answers_here_and_reconciles_in_its_worker_process(
+    started: ServiceProcess, empty: SimulatorCluster
+) -> None:
+    status, body = _health(started)
+    assert status == 200, body
+    child = body["worker_pid"]
+    assert started.proc is not None and child != started.proc.pid
+    assert _parent_of(child) == started.proc.pid
+    started.register_webhooks(empty)
+    systems = Systems(empty)
+    try:
+        systems.open_p1("chaosless checkout fails")
+        # The poller sleeps for an hour: the webhook (stored by the HTTP process) must wake
+        # the worker process, which makes the Jira issue.
+        wait_for(lambda: systems.jira_issues(), "the Jira issue", timeout=30)
+    finally:
+        systems.close()
+    metrics = httpx.get(f"{started.url}/metrics", timeout=5).text
+    assert "itsm_sync_worker_process_up 1.0" in metrics
+    # The worker process's remote calls are in the HTTP process's /metrics.
+    assert 'itsm_sync_api_calls_total{method="POST",status="201",system="jira"}' in metrics
+
+
+def test_a_killed_run_leaves_no_worker_process_behind(started: ServiceProcess) -> None:
+    assert started.proc is not None
+    children = _descendants(started.proc.pid)
+    _, body = _health(started)
+    assert body["worker_pid"] in children
+    started.kill()  # SIGKILL: no shutdown code runs in the parent
+    wait_for(
+        lambda: all(_gone(pid) for pid in children),
+        f"the children {children} of the killed itsm-sync run to exit",
+        timeout=30,
+    )
+
+
+def test_healthz_is_unhealthy_while_the_worker_process_is_dead_then_it_is_replaced(
+    started: ServiceProcess,
+) -> None:
+    _, body = _health(started)
+    first = body["worker_pid"]
+    os.kill(first, signal.SIGKILL)
+
+    def unhealthy() -> dict[str, Any] | None:
+        status, body = _health(started)
+        return body if status == 503 else None
+
+    body = wait_for(unhealthy, "/healthz to say 503", timeout=10, interval=0.02)
+    assert body["status"] == "unhealthy" and "died" in body["workers"], body
+
+    def healthy_again() -> dict[str, Any] | None:
+        status, body = _health(started)
+        return body if status == 200 else None
+
+    body = wait_for(healthy_again, "a new worker process", timeout=60)
+    assert body["worker_pid"] not in (first, None)
+    assert started.running
+    metrics = httpx.get(f"{started.url}/metrics", timeout=5).text
+    assert "itsm_sync_worker_process_restarts_total 1.0" in metrics
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_stops_both_cleanly(started: ServiceProcess, sig: int) -> None:
+    assert started.proc is not None
+    _, body = _health(started)
+    child = body["worker_pid"]
+    started.proc.send_signal(sig)
+    assert started.proc.wait(timeout=60) == 0, started.tail()
+    assert _gone(child)
+    assert f"worker process {child} stopping: asked to stop" in started.log.read_text()
+
+
+def test_role_http_and_role_workers_share_the_work(empty: SimulatorCluster, tmp_path: Path) -> None:
+    env = service_env(empty, f"sqlite:///{tmp_path / 'itsm-sync.db'}", **QUIET)
+    port = free_port()
+    log = (tmp_path / "roles.log").open("ab")
+    http = subprocess.Popen(
+        [*CLI, "run", "--port", str(port), "--role", "http"], env=env, cwd=tmp_path,
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    workers = subprocess.Popen(
+        [*CLI, "run", "--role", "workers"], env=env, cwd=tmp_path,
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    systems = Systems(empty)
+    try:
+        svc = ServiceProcess("http", env, tmp_path, port=port)
+        svc.proc = http
+        wait_for(lambda: _health(svc)[0] == 200, "the HTTP-only process", timeout=60)
+        assert _descendants(http.pid) == [] or all(
+            "resource_tracker" in Path(f"/proc/{p}/cmdline").read_text()
+            for p in _descendants(http.pid)
+        )  # no worker process of its own
+        svc.register_webhooks(empty)
+        time.sleep(1.0)  # the workers process is up by now (or starts and finds the mark)
+        systems.open_p1("roles checkout fails")
+        wait_for(lambda: systems.jira_issues(), "the Jira issue made by --role workers", 60)
+        for proc in (http, workers):
+            proc.send_signal(signal.SIGTERM)
+        assert http.wait(timeout=60) == 0
+        assert workers.wait(timeout=60) == 0
+    finally:
+        systems.close()
+        for proc in (http, workers):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        log.close()

@@ -1,0 +1,78 @@
+"""The engine set-up: a PostgreSQL connection that went stale while idle is replaced without a
+failed call (pinged only after idling, not on every checkout); a commit that queued work sends
+NOTIFY, and a listening process's workers wake; on both dialects, the on_queued hooks run after
+the commit only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import Engine
+
+from sync import store
+from sync.queue import incident_key, mark_dirty
+from sync.worker import QueueListener, Wakeup
+
+
+def test_a_stale_idle_postgresql_connection_is_replaced_before_use(
+    fresh_url: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "PG_PING_AFTER_IDLE_SECONDS", 0.2)
+    db = store.make_engine(fresh_url("postgresql"))
+    other = store.make_engine(db.url.render_as_string(hide_password=False))
+    try:
+        with db.connect() as connection:
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with other.connect() as connection:  # as a server restart would
+            connection.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+            connection.commit()
+        time.sleep(0.3)
+        with db.connect() as connection:  # no OperationalError: pinged, replaced
+            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+    finally:
+        db.dispose()
+        other.dispose()
+
+
+def test_queued_work_is_notified_to_listening_workers_on_postgresql(
+    fresh_url: Callable[[str], str],
+) -> None:
+    db = store.make_engine(fresh_url("postgresql"))
+    store.migrate(db)
+    writer = store.make_engine(db.url.render_as_string(hide_password=False))  # "another host"
+    store.engine_hooks(writer).notify = True
+    wakeup = Wakeup()
+    listener = QueueListener(db, wakeup)
+    listener.start()
+    try:
+        deadline = time.monotonic() + 10
+        while wakeup.notified == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)  # it notifies once when it starts listening
+        assert wakeup.notified > 0, "the listener never started listening"
+        seen = wakeup.seq
+        with store.session_scope(writer) as s:
+            mark_dirty(s, incident_key("i1"))
+        assert wakeup.wait(seen, timeout=10), "no NOTIFY reached the listener"
+    finally:
+        listener.stop()
+        db.dispose()
+        writer.dispose()
+
+
+def test_on_queued_hooks_run_after_commit_on_both_dialects(engine: Engine) -> None:
+    calls: list[bool] = []
+
+    def hook() -> None:  # runs after the commit: another connection sees the row
+        with store.session_scope(engine, readonly=True) as s:
+            calls.append(s.get(store.Dirty, incident_key("i2")) is not None)
+
+    hooks = store.engine_hooks(engine)
+    hooks.on_queued.append(hook)
+    try:
+        with store.session_scope(engine) as s:
+            mark_dirty(s, incident_key("i2"))
+        assert calls == [True]
+    finally:
+        hooks.on_queued.remove(hook)
