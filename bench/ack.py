@@ -1,9 +1,11 @@
 """Webhook ack latency at a steady 100 requests/s.
 
-The service runs as ``itsm-sync run`` does (HTTP, workers, poller) in this process, the
-simulators in a second one; a third, the load generator, POSTs signed webhook deliveries at a
-steady rate (open loop: each request leaves at its scheduled time whether or not earlier ones
-were answered) and measures, per request, the time from sending it to having the answer.
+The service runs as ``itsm-sync run`` does by default: HTTP in this process, the poller and
+the workers in a worker process (``--workers-in-process``: all in this process, as ``run
+--workers-in-process``); the simulators run in a process of their own; another, the load
+generator, POSTs signed webhook deliveries at a steady rate (open loop: each request leaves at
+its scheduled time whether or not earlier ones were answered) and measures, per request, the
+time from sending it to having the answer.
 
 Deliveries are real ones in shape: half ServiceNow business-rule deliveries (shared secret
 header), half Jira ``jira:issue_updated`` deliveries (``X-Hub-Signature`` HMAC-SHA256), each with
@@ -16,7 +18,7 @@ Run on SQLite (a temp file, the default) and, when one is reachable, on PostgreS
 database ``itsm_bench_<random>``, dropped afterwards; ``ITSM_SYNC_BENCH_PG_URL`` names the
 server's maintenance database, default ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``).
 
-``python -m bench.ack [--small] [--no-postgres]``
+``python -m bench.ack [--small] [--no-postgres] [--workers-in-process]``
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from typing import Any
 
 import httpx
 from sqlmodel import func, select
@@ -255,9 +258,8 @@ class GCPauses:
 
 def load(rig: Rig, result: Result, deliveries: list[Delivery]) -> None:
     """One load run from a fresh generator process; fills ``result``."""
-    pool = rig.runtime.pool
-    assert pool is not None and rig.service is not None
-    before = sum(w.totals.reconciled for w in pool.workers)
+    assert rig.service is not None
+    before = rig.reconciled() if result.workers else 0
     stored_before = accepted(rig)
     for url in rig.sims.urls.values():
         httpx.delete(f"{url}/_sim/stats").raise_for_status()
@@ -271,7 +273,7 @@ def load(rig: Rig, result: Result, deliveries: list[Delivery]) -> None:
     with GCPauses(result.gc_pauses):
         timings: list[tuple[float, float, float, int]] = receiver.recv()
     process.join(timeout=30)
-    result.reconciles_during = sum(w.totals.reconciled for w in pool.workers) - before
+    result.reconciles_during = rig.reconciled() - before if result.workers else 0
     for url in rig.sims.urls.values():
         for route, n in httpx.get(f"{url}/_sim/stats").json().items():
             if route.split(" ")[0] == "GET":
@@ -294,10 +296,18 @@ def load(rig: Rig, result: Result, deliveries: list[Delivery]) -> None:
 
 
 def run_database(
-    database: str, database_url: str | None, seconds: float, incidents: int
+    database: str, database_url: str | None, seconds: float, incidents: int, args: Any
 ) -> list[Result]:
     """Two load runs on one service: workers running, then workers paused."""
-    with Rig(database_url=database_url, sync={"workers": 4}, separate_simulators=True) as rig:
+    with Rig(
+        database_url=database_url,
+        sync={"workers": 4},
+        separate_simulators=True,
+        worker_process=not args.workers_in_process,
+        freeze_gc=not args.no_gc_freeze,
+    ) as rig:
+        if args.no_write_lock:  # diagnostic: this process's SQLite writers as before
+            store.engine_hooks(rig.runtime.db).write_lock = None
         for i in range(incidents):
             rig.open_p1(f"Checkout fails ({i})")
         wait_for(
@@ -310,8 +320,7 @@ def run_database(
         deliveries = deliveries_for(rig, 2 * count)  # the second half: newer versions still
         running = Result(database, workers=True)
         load(rig, running, deliveries[:count])
-        assert rig.runtime.pool is not None
-        rig.runtime.pool.stop()  # the webhook path alone: deliveries are stored and queued
+        rig.stop_workers()  # the webhook path alone: deliveries are stored and queued
         paused = Result(database, workers=False)
         load(rig, paused, deliveries[count:])
     return [running, paused]
@@ -320,6 +329,21 @@ def run_database(
 def main() -> None:
     p = parser(__doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    p.add_argument(
+        "--workers-in-process",
+        action="store_true",
+        help="the poller and the workers in the service's process (run --workers-in-process)",
+    )
+    p.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="diagnostic: skip the gc.freeze() that run does after start-up",
+    )
+    p.add_argument(
+        "--no-write-lock",
+        action="store_true",
+        help="diagnostic: no Python write lock before SQLite's (the service's process only)",
+    )
     args = p.parse_args()
     seconds = 2.0 if args.small else 10.0
     incidents = 5 if args.small else 20
@@ -327,19 +351,32 @@ def main() -> None:
     settings = {
         "load": f"{RATE:.0f} deliveries/s for {seconds:.0f} s, open loop, from its own process",
         "deliveries": f"alternating ServiceNow / Jira, signed, distinct ids, {incidents} incidents",
-        "processes": "service (HTTP + 4 workers + poller every 1 h), simulators, load generator",
+        "service": (
+            "HTTP, 4 workers and the poller (every 1 h) in one process (run --workers-in-process)"
+            if args.workers_in_process
+            else "HTTP in one process, 4 workers and the poller (every 1 h) in its worker"
+            " process (as itsm-sync run)"
+        ),
+        "processes": "the service's, the simulators', the load generator's",
         "workers": "per database two runs on one service: workers running (reconciling"
         " meanwhile), then workers stopped (the webhook path alone)",
         "databases": "SQLite (temp file)"
         + ("" if pg_problem else f", PostgreSQL (fresh database on {PG_MAINTENANCE_URL})"),
     }
-    header("Webhook ack latency", MODULE, args.small, settings)
+    extra = [
+        f"--{name.replace('_', '-')}"
+        for name in ("workers_in_process", "no_gc_freeze", "no_write_lock")
+        if getattr(args, name)
+    ]
+    if extra:
+        settings["as asked"] = " ".join(extra)
+    header("Webhook ack latency", MODULE, args.small, settings, extra)
     if pg_problem:
         print(f"PostgreSQL not measured: {pg_problem}\n")
-    results = run_database("sqlite", None, seconds, incidents)
+    results = run_database("sqlite", None, seconds, incidents, args)
     if not pg_problem:
         with PostgresDatabase() as pg:
-            results += run_database("postgresql", pg.url, seconds, incidents)
+            results += run_database("postgresql", pg.url, seconds, incidents, args)
     rows = []
     for r in results:
         s = summary_ms(r.latencies)
@@ -364,7 +401,7 @@ def main() -> None:
         )
         full = [p for g, p in r.gc_pauses if g == 2]
         print(
-            f"  garbage collections in the service process meanwhile: {len(r.gc_pauses)}, "
+            f"  garbage collections in the HTTP process meanwhile: {len(r.gc_pauses)}, "
             f"of which {len(full)} full (gen 2), longest {max(full, default=0) * 1000:.0f} ms; "
             f"all: {sum(p for _, p in r.gc_pauses) * 1000:.0f} ms in total"
         )

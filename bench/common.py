@@ -87,9 +87,11 @@ def command(module: str, small: bool, *extra: str) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def header(title: str, module: str, small: bool, settings: dict[str, Any]) -> None:
+def header(
+    title: str, module: str, small: bool, settings: dict[str, Any], extra: Sequence[str] = ()
+) -> None:
     print(f"== {title} ({'--small' if small else 'full size'}) ==")
-    print(f"reproduce: {command(module, small)}")
+    print(f"reproduce: {command(module, small, *extra)}")
     print(
         f"machine: {platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
@@ -354,6 +356,8 @@ class Rig:
         webhooks: bool = True,
         configure_app: Callable[[Any], None] | None = None,
         separate_simulators: bool = False,
+        worker_process: bool = False,
+        freeze_gc: bool | None = None,
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="itsm-bench-")
         self.folder = Path(self._tmp.name)
@@ -367,6 +371,10 @@ class Rig:
             )
         )
         self._poll, self._workers, self._webhooks = poll, workers, webhooks
+        # True: the poller and the workers in a worker process, as `itsm-sync run` does by
+        # default; False: everything in this process (`run --workers-in-process`).
+        self._worker_process = worker_process
+        self._freeze_gc = freeze_gc  # None: as `run` (which always does)
         self._configure_app = configure_app  # e.g. add a timing middleware before start
         self.service: Service | None = None
 
@@ -387,7 +395,13 @@ class Rig:
             sync=self.sync,
             api_tokens=[{"name": "bench", "token": ADMIN_TOKEN, "role": "admin"}],
         )
-        self.service = Service(settings, poll=self._poll, workers=self._workers)
+        self.service = Service(
+            settings,
+            poll=self._poll,
+            workers=self._workers,
+            worker_process=self._worker_process,
+            freeze_gc=self._freeze_gc,
+        )
         if self._configure_app is not None:
             self._configure_app(self.service.app)
         self.service.start()
@@ -432,6 +446,29 @@ class Rig:
     def runtime(self) -> Any:
         assert self.service is not None
         return self.service.runtime
+
+    def reconciled(self) -> int:
+        """Reconciles done so far by the service's workers (in this process or its worker
+        process)."""
+        if self.runtime.pool is not None:
+            return int(self.runtime.pool.totals().reconciled)
+        if self.runtime.worker_process is not None:
+            stats = self.runtime.worker_process.stats(timeout=10)
+            return int(stats["reconciled"]) if stats else 0
+        return 0
+
+    def stop_workers(self) -> None:
+        """Stop the service's workers (and poller); its HTTP side goes on."""
+        if self.runtime.pool is not None:
+            self.runtime.pool.stop()
+        if self.runtime.worker_process is not None:
+            self.runtime.worker_process.stop()
+
+    def describe(self) -> str:
+        """How the service runs, for the printed settings."""
+        if self._worker_process:
+            return "HTTP here, the poller and the workers in a worker process (itsm-sync run)"
+        return "HTTP, the poller and the workers in one process (run --workers-in-process)"
 
     # -- people's edits -----------------------------------------------------------------------
 

@@ -16,7 +16,11 @@ Edits go round-robin over a few incidents, so Jira's per-issue write budget neve
 Run twice: with the default ``sync.coalesce_seconds`` (0.2 s, the debounce that gathers a
 burst of edits into one reconcile) and with ``coalesce_seconds = 0``.
 
-``python -m bench.latency [--small]``
+The service runs as ``itsm-sync run`` does by default: HTTP (with the simulators) in this
+process, the poller and the workers in a worker process; ``--workers-in-process`` puts them
+in this process too (``run --workers-in-process``).
+
+``python -m bench.latency [--small] [--workers-in-process]``
 """
 
 from __future__ import annotations
@@ -84,14 +88,19 @@ class Result:
     acked: list[float] = field(default_factory=list)  # arrival -> answer (stored, queued)
 
 
-def measure(coalesce: float, edits: int, incidents: int) -> Result:
+def measure(coalesce: float, edits: int, incidents: int, in_process: bool = False) -> Result:
     arrivals: dict[str, tuple[float, float]] = {}
     result = Result(coalesce)
 
     def add_timer(app: Any) -> None:
         app.add_middleware(Arrivals, times=arrivals)
 
-    with Rig(sync={"coalesce_seconds": coalesce}, configure_app=add_timer) as rig:
+    with Rig(
+        sync={"coalesce_seconds": coalesce},
+        configure_app=add_timer,
+        worker_process=not in_process,
+        freeze_gc=True,  # as run does
+    ) as rig:
         for url in rig.sims.urls.values():
             httpx.delete(f"{url}/_sim/faults").raise_for_status()  # latency 0 everywhere
         sys_ids = [rig.open_p1(f"Checkout fails ({i})")["sys_id"] for i in range(incidents)]
@@ -132,17 +141,16 @@ def measure(coalesce: float, edits: int, incidents: int) -> Result:
             result.acked.append(acked - received)
             result.overhead.append(sent - received)
             result.end_to_end.append(sent - patched_at)
-            with rig.sims.servicenow.lock:
-                # The reconcile's first remote call: it reads the incident's journal
-                # (comments) before it writes anything.
-                first = min(
-                    (
-                        float(e["time"])
-                        for e in sn_log
-                        if e["headers"].get("user-agent") != BENCH_UA and e["method"] == "GET"
-                    ),
-                    default=None,
-                )
+            # The reconcile's first remote call, on either system (a read, if the engine
+            # needs one before it writes; else the Jira PUT itself).
+            first = None
+            for sim, log in ((rig.sims.servicenow, sn_log), (rig.sims.jira, jira_log)):
+                with sim.lock:
+                    times = [
+                        float(e["time"]) for e in log if e["headers"].get("user-agent") != BENCH_UA
+                    ]
+                if times:
+                    first = min(times) if first is None else min(first, *times)
             if first is not None:
                 result.first_call.append(first - received)
             with store.session_scope(rig.runtime.db, readonly=True) as s:
@@ -157,24 +165,37 @@ def measure(coalesce: float, edits: int, incidents: int) -> Result:
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0] if __doc__ else "").parse_args()
+    p = parser(__doc__.splitlines()[0] if __doc__ else "")
+    p.add_argument(
+        "--workers-in-process",
+        action="store_true",
+        help="the poller and the workers in the service's process (run --workers-in-process)",
+    )
+    args = p.parse_args()
     edits = 30 if args.small else 200
     incidents = 5 if args.small else 10
+    where = (
+        "HTTP, the simulators and the workers in one process (run --workers-in-process)"
+        if args.workers_in_process
+        else "HTTP and the simulators in one process, the workers in its worker process"
+        " (as itsm-sync run)"
+    )
     settings = {
         "edits per setting": f"{edits}, sequential, round-robin over {incidents} incidents",
         "simulator latency": "0 (no fault rules)",
-        "service": "webhooks on, 2 workers, SQLite (temp file), one process with the simulators",
+        "service": f"webhooks on, 2 workers, SQLite (temp file); {where}",
         "coalesce_seconds": "0.2 (default), then 0",
     }
-    header("Webhook received -> target write sent", MODULE, args.small, settings)
-    results = [measure(c, edits, incidents) for c in (0.2, 0.0)]
+    extra = ["--workers-in-process"] if args.workers_in_process else []
+    header("Webhook received -> target write sent", MODULE, args.small, settings, extra)
+    results = [measure(c, edits, incidents, args.workers_in_process) for c in (0.2, 0.0)]
     rows: list[list[Any]] = []
     for r in results:
         for label, values in (
             ("webhook arrival -> Jira PUT", r.overhead),
             ("stored received_at -> Jira PUT", r.stored),
             ("  arrival -> answered (stored and queued)", r.acked),
-            ("  arrival -> reconcile's first call (SN journal)", r.first_call),
+            ("  arrival -> the service's first remote call", r.first_call),
             ("person's PATCH sent -> Jira PUT", r.end_to_end),
         ):
             s = summary_ms(values)
