@@ -50,12 +50,12 @@ def mark_for(
 ) -> None:  # fmt: skip
     """Queue the incident a record belongs to (or the record itself, if not linked yet, or if
     it must be read afresh)."""
-    link = store.find_link(
+    incident = store.linked_incident(
         session, system=system, instance=instance, object_type=object_type, remote_id=remote_id
     )
     key = (
-        incident_key(link.incident_id)
-        if link is not None and not refresh
+        incident_key(incident)
+        if incident is not None and not refresh
         else remote_key(system, instance, object_type, remote_id)
     )
     mark_dirty(session, key, debounce=delay or None, reason=reason)

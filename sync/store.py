@@ -44,6 +44,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    bindparam,
     case,
     create_engine,
     event,
@@ -99,6 +100,7 @@ __all__ = [
     "history",
     "latest_observation",
     "link_comment",
+    "linked_incident",
     "links_of",
     "lock_for_migration",
     "make_engine",
@@ -818,6 +820,38 @@ def find_link(
     ).one_or_none()
 
 
+def linked_incident(
+    session: Session, *, system: str, instance: str, object_type: str, remote_id: str
+) -> str | None:
+    """The incident a remote record is linked to, if any (:func:`find_link`, the id only: the
+    webhook path asks this for every delivery)."""
+    c = Link.__table__.c  # type: ignore[attr-defined]
+    query = _prepared(
+        session,
+        "link.incident",
+        lambda d: select(c.incident_id).where(
+            (c.system == bindparam("k_system"))
+            & (c.instance == bindparam("k_instance"))
+            & (c.object_type == bindparam("k_object_type"))
+            & (c.remote_id == bindparam("k_remote_id"))
+        ),
+    )
+    found = (
+        session.connection()
+        .execute(
+            query,
+            {
+                "k_system": system,
+                "k_instance": instance,
+                "k_object_type": object_type,
+                "k_remote_id": remote_id,
+            },
+        )
+        .scalar_one_or_none()
+    )
+    return str(found) if found is not None else None
+
+
 def links_of(session: Session, incident_id: str) -> list[Link]:
     """All records linked to an incident, oldest link first."""
     return list(
@@ -852,6 +886,33 @@ def set_shadow(
 # --------------------------------------------------------------------------------------------
 
 
+_PREPARED: dict[tuple[str, str], Any] = {}
+
+
+def _prepared(session: Session, name: str, build: Callable[[str], Any]) -> Any:
+    """A Core statement built once per dialect (with bind parameters): the webhook path runs
+    these for every delivery, and building ORM statements was a large part of its cost."""
+    dialect = session.get_bind().dialect.name
+    statement = _PREPARED.get((dialect, name))
+    if statement is None:
+        statement = _PREPARED[(dialect, name)] = build(dialect)
+    return statement
+
+
+def _insert_for(dialect: str, table: Any) -> Any:
+    return pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
+
+
+def _observation_key() -> Any:
+    c = Observation.__table__.c  # type: ignore[attr-defined]
+    return (
+        (c.system == bindparam("k_system"))
+        & (c.instance == bindparam("k_instance"))
+        & (c.object_type == bindparam("k_object_type"))
+        & (c.remote_id == bindparam("k_remote_id"))
+    )
+
+
 def record_observation(
     session: Session,
     *,
@@ -879,37 +940,38 @@ def record_observation(
         "observed_at": observed_at or utcnow(),
         "remote_updated_at": remote_updated_at,
     }
-    where = (
-        col(Observation.system) == system,
-        col(Observation.instance) == instance,
-        col(Observation.object_type) == object_type,
-        col(Observation.remote_id) == remote_id,
+    key = {"system": system, "instance": instance, "object_type": object_type}
+    table = Observation.__table__  # type: ignore[attr-defined]
+    connection = session.connection()
+    insert = _prepared(
+        session,
+        "observation.insert",
+        lambda d: _insert_for(d, table).on_conflict_do_nothing().returning(table.c.system),
     )
-    inserted = session.exec(
-        dialect_insert(session, Observation)
-        .values(
-            system=system, instance=instance, object_type=object_type, remote_id=remote_id, **values
-        )
-        .on_conflict_do_nothing()
-        .returning(col(Observation.system))
+    inserted = connection.execute(
+        insert, {**key, "remote_id": remote_id, **values}
     ).scalar_one_or_none()
     if inserted is None:
-        stored, stored_fields = session.exec(
-            select(col(Observation.version), col(Observation.fields))
-            .where(*where)
-            .with_for_update()
-        ).one()
+        where = {f"k_{k}": v for k, v in {**key, "remote_id": remote_id}.items()}
+        read = _prepared(
+            session,
+            "observation.read",
+            lambda d: (
+                select(table.c.version, table.c.fields).where(_observation_key()).with_for_update()
+            ),
+        )
+        stored, stored_fields = connection.execute(read, where).one()
         if tuple(version) <= tuple(stored):
             return False
         values["fields"] = _carry_comment_events(
             stored_fields, _join_journal(stored, stored_fields, values["fields"])
         )
-        session.exec(
-            update(Observation)
-            .where(*where)
-            .values(**values)
-            .execution_options(synchronize_session=False)
+        write = _prepared(
+            session,
+            "observation.update",
+            lambda d: update(table).where(_observation_key()),
         )
+        connection.execute(write, {**where, **values})
     return True
 
 
@@ -1053,20 +1115,28 @@ def record_delivery(
     """
     _check(status, DeliveryStatus, "status")
     kept = _cap(body) if body is not None and status in ("rejected", "malformed") else None
-    inserted = session.exec(
-        dialect_insert(session, WebhookDelivery)
-        .values(
-            system=system,
-            delivery_id=delivery_id,
-            received_at=received_at or utcnow(),
-            status=status,
-            reason=reason,
-            body=kept,
-            headers=dict(headers or {}),
+    table = WebhookDelivery.__table__  # type: ignore[attr-defined]
+    insert = _prepared(
+        session,
+        "delivery.insert",
+        lambda d: _insert_for(d, table).on_conflict_do_nothing().returning(table.c.delivery_id),
+    )
+    inserted = (
+        session.connection()
+        .execute(
+            insert,
+            {
+                "system": system,
+                "delivery_id": delivery_id,
+                "received_at": received_at or utcnow(),
+                "status": status,
+                "reason": reason,
+                "body": kept,
+                "headers": dict(headers or {}),
+            },
         )
-        .on_conflict_do_nothing()
-        .returning(col(WebhookDelivery.delivery_id))
-    ).scalar_one_or_none()
+        .scalar_one_or_none()
+    )
     return inserted is not None
 
 
