@@ -400,22 +400,14 @@ class JiraConnector:
     def created_status(self, record: RemoteRecord) -> str:
         """The status ``record`` was created in: the ``from`` of its first status change in the
         changelog, or its status now if it never moved."""
-        start = 0
-        while True:
-            page = self._call(
-                f"changelog {record.ref.key}",
-                lambda s=start: self._get(  # type: ignore[misc]
-                    f"issue/{record.ref.id}/changelog", {"startAt": s, "maxResults": 100}
-                ),
-            )
-            histories = page.get("values") or []
-            for history in histories:
-                for item in history.get("items") or []:
-                    if item.get("field") == "status":
-                        return str(item.get("fromString") or "")
-            start += len(histories)
-            if not histories or page.get("isLast", True):
-                return str(record.fields["status"]["name"])
+        changelog = self._offset_pages(
+            f"changelog {record.ref.key}", f"issue/{record.ref.id}/changelog", "values"
+        )
+        for history in changelog:
+            for item in history.get("items") or []:
+                if item.get("field") == "status":
+                    return str(item.get("fromString") or "")
+        return str(record.fields["status"]["name"])
 
     def _options_for(self, issue_id: str, kind: str, status: str) -> list[dict[str, Any]]:
         """The transitions out of ``status`` for issues of type ``kind``, as Jira listed them
@@ -490,20 +482,23 @@ class JiraConnector:
     # -- comments -----------------------------------------------------------------------------
 
     def comments(self, ref: RemoteRef) -> list[RemoteComment]:
-        out: list[RemoteComment] = []
+        pages = self._offset_pages(f"comments {ref.key}", f"issue/{ref.id}/comment", "comments")
+        return [self._comment(c) for c in pages]
+
+    def _offset_pages(self, what: str, path: str, items: str) -> Iterator[dict[str, Any]]:
+        """Every item of an offset-paged list (``startAt``/``maxResults``; ends on an empty
+        page, ``isLast`` or ``total``), one page read at a time."""
         start = 0
         while True:
             page = self._call(
-                f"comments {ref.key}",
-                lambda s=start: self._get(  # type: ignore[misc]
-                    f"issue/{ref.id}/comment", {"startAt": s, "maxResults": 100}
-                ),
+                what,
+                lambda s=start: self._get(path, {"startAt": s, "maxResults": 100}),  # type: ignore[misc]
             )
-            batch = page.get("comments", [])
-            out.extend(self._comment(c) for c in batch)
+            batch = page.get(items) or []
+            yield from batch
             start += len(batch)
-            if not batch or start >= int(page.get("total", start)):
-                return out
+            if not batch or page.get("isLast") or start >= int(page.get("total", start + 1)):
+                return
 
     def known_comments(
         self, fields: Mapping[str, Any], through: tuple[int, ...] | None
