@@ -1020,22 +1020,25 @@ def add_comment_events(
 ) -> bool:
     """Add comments delivered on their own to the record's newest observation (its version
     unchanged); False if there is none (then the record has to be read)."""
-    row = session.exec(
-        select(Observation)
-        .where(
-            col(Observation.system) == system,
-            col(Observation.instance) == instance,
-            col(Observation.object_type) == object_type,
-            col(Observation.remote_id) == remote_id,
-        )
-        .with_for_update()
-    ).first()
-    if row is None:
+    table = Observation.__table__  # type: ignore[attr-defined]
+    where = {
+        "k_system": system, "k_instance": instance, "k_object_type": object_type,
+        "k_remote_id": remote_id,
+    }  # fmt: skip
+    connection = session.connection()
+    read = _prepared(
+        session,
+        "observation.fields",
+        lambda d: select(table.c.fields).where(_observation_key()).with_for_update(),
+    )
+    stored = connection.execute(read, where).scalar_one_or_none()
+    if stored is None:
         return False
-    fields = _carry_comment_events(row.fields, {COMMENT_EVENT_KEY: [dict(e) for e in events]})
-    row.fields = {**row.fields, COMMENT_EVENT_KEY: fields[COMMENT_EVENT_KEY]}
-    session.add(row)
-    session.flush()
+    carried = _carry_comment_events(stored, {COMMENT_EVENT_KEY: [dict(e) for e in events]})
+    write = _prepared(
+        session, "observation.update", lambda d: update(table).where(_observation_key())
+    )
+    connection.execute(write, {**where, "fields": {**stored, **carried}})
     return True
 
 
