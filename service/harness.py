@@ -156,15 +156,21 @@ class Service:
 
     def register_webhooks(self, cluster: SimulatorCluster) -> None:
         """Point each simulator's outbound webhooks at this service."""
-        with httpx.Client(timeout=10, verify=False) as client:
-            for system, url in cluster.urls.items():
-                target = f"{self.url}/webhooks/{system}"
-                secret = WEBHOOK_SECRETS[system]
-                if system == "statuspage":
-                    target += f"?token={secret}"
-                client.post(
-                    f"{url}/_sim/webhooks", json={"url": target, "secret": secret}
-                ).raise_for_status()
+        register_webhooks(cluster, self.url)
+
+
+def register_webhooks(cluster: SimulatorCluster, service_url: str) -> None:
+    """Add ``service_url`` as a webhook target of every simulator (others stay registered),
+    with the secret each system's connector expects."""
+    with httpx.Client(timeout=10, verify=False) as client:
+        for system, url in cluster.urls.items():
+            target = f"{service_url}/webhooks/{system}"
+            secret = WEBHOOK_SECRETS[system]
+            if system == "statuspage":
+                target += f"?token={secret}"
+            client.post(
+                f"{url}/_sim/webhooks", json={"url": target, "secret": secret}
+            ).raise_for_status()
 
 
 def sqlite_url(folder: Path) -> str:

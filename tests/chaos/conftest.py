@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import create_engine, make_url
 from sqlalchemy.exc import OperationalError
 
-from service.harness import WEBHOOK_SECRETS
+from service.harness import WEBHOOK_SECRETS, register_webhooks
 from simulators.runner import SimulatorCluster
 
 CLI = [sys.executable, "-m", "service"]
@@ -181,15 +181,7 @@ class ServiceProcess:
 
     def register_webhooks(self, cluster: SimulatorCluster) -> None:
         """Add this process as a webhook target of every simulator (others stay registered)."""
-        with httpx.Client(timeout=10) as client:
-            for system, url in cluster.urls.items():
-                target = f"{self.url}/webhooks/{system}"
-                secret = WEBHOOK_SECRETS[system]
-                if system == "statuspage":
-                    target += f"?token={secret}"
-                client.post(
-                    f"{url}/_sim/webhooks", json={"url": target, "secret": secret}
-                ).raise_for_status()
+        register_webhooks(cluster, self.url)
 
 
 @pytest.fixture
