@@ -33,13 +33,13 @@ from __future__ import annotations
 import datetime as dt
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, case, delete, func, or_
-from sqlalchemy.orm import aliased
+from sqlalchemy import Integer, bindparam, case, delete, func, or_
+from sqlalchemy import select as sa_select  # Core
 from sqlmodel import Session, col, select, update
 
-from sync.store import QUEUED, Dirty, TargetBackoff, dialect_insert, utcnow
+from sync.store import QUEUED, Dirty, TargetBackoff, dialect_insert, insert_for, prepared, utcnow
 
 __all__ = [
     "Claim",
@@ -123,13 +123,13 @@ def mark_dirty(
     """
     now = now or utcnow()
     session.info[QUEUED] = True  # session_scope wakes idle workers once this is committed
-    # Core statements built once (see _MarkStatements): this runs for every webhook, in the
-    # HTTP process, and the ORM's per-call statement building was most of its cost.
-    statements = _mark_statements(session)
+    # Core statements built once: this runs for every webhook, in the HTTP process, and the
+    # ORM's per-call statement building was most of its cost.
+    waiting_q, debounce_q, upsert_q = prepared(session, "dirty.mark", _mark_statements)
     connection = session.connection()
     due = _later(now, delay)
     if debounce is not None:
-        waiting = connection.execute(statements.waiting, {"b_key": key}).first()
+        waiting = connection.execute(waiting_q, {"b_key": key}).first()
         if waiting is not None:
             # Trailing debounce: each mark of a waiting key moves it to `debounce` after this
             # mark, but never later than `max_wait` after the burst began, so 50 edits in a
@@ -138,13 +138,13 @@ def mark_dirty(
             first = first_marked_at or now
             due = min(max(due_at, _later(now, debounce)), _later(first, max_wait))
             connection.execute(
-                statements.debounce,
+                debounce_q,
                 {"b_key": key, "b_due": due, "b_first": first, "b_reason": reason},
             )
             return
         due = _later(now, debounce)
     connection.execute(
-        statements.upsert,
+        upsert_q,
         {
             "key": key,
             "due_at": due,
@@ -159,24 +159,12 @@ def mark_dirty(
     )
 
 
-@dataclass(frozen=True)
-class _MarkStatements:
-    waiting: Any  # SELECT due_at, first_marked_at of the key if nobody holds it
-    debounce: Any  # UPDATE a waiting key: due_at, first_marked_at, generation + 1, reason
-    upsert: Any  # INSERT .. ON CONFLICT: keep the earlier due_at, generation + 1
-
-
-_MARK_STATEMENTS: dict[str, _MarkStatements] = {}
-
-
-def _mark_statements(session: Session) -> _MarkStatements:
-    dialect = session.get_bind().dialect.name
-    found = _MARK_STATEMENTS.get(dialect)
-    if found is not None:
-        return found
+def _mark_statements(dialect: str) -> tuple[Any, Any, Any]:
+    """SELECT the waiting key's due_at and first_marked_at; UPDATE a waiting key (debounce);
+    INSERT .. ON CONFLICT: keep the earlier due_at, generation + 1."""
     table = Dirty.__table__  # type: ignore[attr-defined]
     c = table.c
-    waiting = select(c.due_at, c.first_marked_at).where(
+    waiting = sa_select(c.due_at, c.first_marked_at).where(
         c.key == bindparam("b_key"), c.claimed_by.is_(None)
     )
     debounce = (
@@ -189,7 +177,7 @@ def _mark_statements(session: Session) -> _MarkStatements:
             reason=bindparam("b_reason", type_=c.reason.type),
         )
     )
-    insert = dialect_insert(session, table)
+    insert = insert_for(dialect, table)
     upsert = insert.on_conflict_do_update(
         index_elements=[c.key],
         set_={
@@ -205,8 +193,7 @@ def _mark_statements(session: Session) -> _MarkStatements:
             ),
         },
     )  # fmt: skip
-    found = _MARK_STATEMENTS.setdefault(dialect, _MarkStatements(waiting, debounce, upsert))
-    return found
+    return waiting, debounce, upsert
 
 
 def has_due(session: Session, *, now: dt.datetime | None = None) -> bool:
@@ -231,12 +218,20 @@ def next_due(session: Session, *, now: dt.datetime | None = None) -> dt.datetime
     (and a dead holder's lease runs out; idle workers look again now and then anyway).
     """
     now = now or utcnow()
-    return session.exec(
-        select(col(Dirty.due_at))
-        .where(or_(col(Dirty.claimed_until).is_(None), col(Dirty.claimed_until) <= now))
-        .order_by(col(Dirty.due_at))
+    query = prepared(session, "dirty.next_due", _next_due_statement)
+    found = session.connection().execute(query, {"now": now}).scalar_one_or_none()
+    return cast(dt.datetime | None, found)
+
+
+def _next_due_statement(dialect: str) -> Any:
+    c = Dirty.__table__.c  # type: ignore[attr-defined]
+    now = bindparam("now", type_=c.due_at.type)
+    return (
+        sa_select(c.due_at)
+        .where(or_(c.claimed_until.is_(None), c.claimed_until <= now))
+        .order_by(c.due_at)
         .limit(1)
-    ).first()
+    )
 
 
 def claim(
@@ -255,28 +250,42 @@ def claim(
     """
     now = now or utcnow()
     until = _later(now, lease_seconds)
-    # An alias, so the UPDATE does not correlate it; FOR UPDATE SKIP LOCKED (PostgreSQL; SQLite
-    # renders nothing) locks the chosen rows and skips rows other workers are claiming.
-    waiting = aliased(Dirty, name="waiting")
-    chosen = (
-        select(col(waiting.key))
-        .where(
-            col(waiting.due_at) <= now,
-            or_(col(waiting.claimed_until).is_(None), col(waiting.claimed_until) <= now),
-        )
-        .order_by(col(waiting.due_at), col(waiting.key))
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    rows = session.connection().execute(
+        prepared(session, "dirty.claim", _claim_statement),
+        {"now": now, "until": until, "worker": worker, "limit": limit},
     )
-    rows = session.exec(
-        update(Dirty)
-        .where(col(Dirty.key).in_(chosen))
-        .values(claimed_by=worker, claimed_until=until, due_at=until)
-        .returning(col(Dirty.key), col(Dirty.generation), col(Dirty.attempts))
-        .execution_options(synchronize_session=False)
-    ).all()
     claims = [Claim(key=k, generation=g, worker=worker, attempts=a) for k, g, a in rows]
     return sorted(claims, key=lambda c: c.key)
+
+
+def _claim_statement(dialect: str) -> Any:
+    table = Dirty.__table__  # type: ignore[attr-defined]
+    c = table.c
+    now = bindparam("now", type_=c.due_at.type)
+    until = bindparam("until", type_=c.due_at.type)
+    # An alias, so the UPDATE does not correlate it; FOR UPDATE SKIP LOCKED (PostgreSQL; SQLite
+    # renders nothing) locks the chosen rows and skips rows other workers are claiming.
+    waiting = table.alias("waiting")
+    chosen = (
+        sa_select(waiting.c.key)
+        .where(
+            waiting.c.due_at <= now,
+            or_(waiting.c.claimed_until.is_(None), waiting.c.claimed_until <= now),
+        )
+        .order_by(waiting.c.due_at, waiting.c.key)
+        .limit(bindparam("limit", type_=Integer()))
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        update(table)
+        .where(c.key.in_(chosen))
+        .values(
+            claimed_by=bindparam("worker", type_=c.claimed_by.type),
+            claimed_until=until,
+            due_at=until,
+        )
+        .returning(c.key, c.generation, c.attempts)
+    )
 
 
 def _held(claim: Claim) -> tuple[Any, ...]:
@@ -290,10 +299,19 @@ def finish(session: Session, claim: Claim) -> bool:
     the row is due when the new mark asked (normally now). If the lease was lost to another
     worker, nothing changes (they own the row now) and False is returned.
     """
-    deleted = session.exec(
-        delete(Dirty)
-        .where(*_held(claim), col(Dirty.generation) == claim.generation)
-        .execution_options(synchronize_session=False)
+    table = Dirty.__table__  # type: ignore[attr-defined]
+    c = table.c
+    deleted = session.connection().execute(
+        prepared(
+            session,
+            "dirty.finish",
+            lambda d: delete(table).where(
+                (c.key == bindparam("k_key"))
+                & (c.claimed_by == bindparam("k_worker"))
+                & (c.generation == bindparam("k_generation"))
+            ),
+        ),
+        {"k_key": claim.key, "k_worker": claim.worker, "k_generation": claim.generation},
     )
     if deleted.rowcount == 1:
         return True

@@ -49,7 +49,7 @@ from mapping.templates import TemplateError
 from mapping.transforms import TransformContext, TransformError
 from sync import store
 from sync.people import context_for
-from sync.queue import backoffs, clear_backoff, incident_key, mark_dirty, next_backoff
+from sync.queue import clear_backoff, incident_key, mark_dirty, next_backoff
 
 log = logging.getLogger("itsm_sync.reconcile")
 
@@ -284,37 +284,32 @@ class Reconciler:
         outcome = Outcome()
         mappings = self.mappings()
         with store.session_scope(self.db, readonly=True) as s:
-            row = store.get_incident(s, incident_id)
-            if row is None:
-                return outcome
-            links = store.links_of(s, incident_id)
-            seen = {
-                link.id: (
-                    store.latest_observation(
-                        s, system=link.system, instance=link.instance,
-                        object_type=link.object_type, remote_id=link.remote_id,
-                    ),
-                    store.get_shadow(s, link.id or 0),
-                )
-                for link in links
-            }  # fmt: skip
-            parked = {p.target for p in store.open_parked(s, incident_id=incident_id)}
-            waits = backoffs(s, incident_id)
-            comment_rows = store.comment_links(s, incident_id)
-            synced_comments = {(c.system, c.instance, c.remote_id) for c in comment_rows}
-            # Posted and confirmed; an intent row (still pending) means a post may have
-            # happened: look on the target before posting again.
-            comment_targets = {
-                (c.canonical_id, c.system, c.instance)
-                for c in comment_rows
-                if not c.remote_id.startswith(store.PENDING_COMMENT)
-            }
-            unsure_comments = {
-                (c.canonical_id, c.system, c.instance)
-                for c in comment_rows
-                if c.remote_id.startswith(store.PENDING_COMMENT)
-            }
-            row_version, data = row.version, dict(row.data)
+            state = store.incident_state(s, incident_id)
+        if state is None:
+            return outcome
+        links = state.links
+        seen = {
+            link.id: (state.observations[link.id or 0], state.shadows[link.id or 0])
+            for link in links
+        }
+        parked = state.parked
+        waits = state.backoffs
+        synced_comments = {
+            (system, instance, remote) for _, system, instance, remote in state.comments
+        }
+        # Posted and confirmed; an intent row (still pending) means a post may have happened:
+        # look on the target before posting again.
+        comment_targets = {
+            (canonical, system, instance)
+            for canonical, system, instance, remote in state.comments
+            if not remote.startswith(store.PENDING_COMMENT)
+        }
+        unsure_comments = {
+            (canonical, system, instance)
+            for canonical, system, instance, remote in state.comments
+            if remote.startswith(store.PENDING_COMMENT)
+        }
+        row_version, data = state.version, state.data
         incident = Incident.model_validate({**data, "id": incident_id})
 
         # A. What changed on the sources since we last looked.
@@ -413,10 +408,10 @@ class Reconciler:
             merged = self._closure_gate(merged, changes.get("state", []), links, outcome)
         if merged != incident or consumed or new_comments:
             with store.session_scope(self.db) as s:
-                fresh = store.get_incident(s, incident_id)
-                if fresh is None or fresh.version != row_version:
-                    raise store.StaleIncident(incident_id)
-                store.save_incident(s, fresh, merged.model_dump(mode="json"))
+                # Raises StaleIncident if someone saved it since we read it (or deleted it).
+                store.replace_incident_data(
+                    s, incident_id, row_version, merged.model_dump(mode="json")
+                )
                 for link_id, (flat, version) in consumed.items():
                     store.set_shadow(s, link_id, flat, version)
                 for comment, link, remote_id in new_comments:
