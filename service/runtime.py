@@ -20,7 +20,14 @@ from postmortem_tracker.tracker import Tracker
 from sync import store
 from sync.poller import Poller
 from sync.reconcile import Reconciler
-from sync.worker import QueueListener, Totals, Wakeup, WorkerPool, reclaim_orphans
+from sync.worker import (
+    QueueListener,
+    QueueNotifier,
+    Totals,
+    Wakeup,
+    WorkerPool,
+    reclaim_orphans,
+)
 
 if TYPE_CHECKING:
     from service.supervisor import WorkerProcess
@@ -64,12 +71,16 @@ class Runtime:
         self.listener: QueueListener | None = None
         self.worker_process: WorkerProcess | None = None
         # Every commit that queued work (a webhook, a poll, an API call) wakes idle workers:
-        # this process's, the worker process's (through the supervisor) and, on PostgreSQL,
-        # every listening process's (NOTIFY).
+        # this process's, the worker process's (through the supervisor) and, on PostgreSQL
+        # with sync.pg_notify, every listening process's (NOTIFY, sent after the commit).
         self.wakeup = Wakeup()
         hooks = store.engine_hooks(self.db)
         hooks.on_queued.append(self.wakeup.notify)
-        hooks.notify = self.db.dialect.name == "postgresql" and settings.sync.pg_notify
+        self.pg_notify = self.db.dialect.name == "postgresql" and settings.sync.pg_notify
+        self.notifier: QueueNotifier | None = None
+        if self.pg_notify:
+            self.notifier = QueueNotifier(self.db)
+            hooks.on_queued.append(self.notifier.poke)
 
     @property
     def mappings(self) -> MappingSet:
@@ -144,7 +155,7 @@ class Runtime:
                     wakeup=self.wakeup,
                 )
                 self.pool.start()
-                if store.engine_hooks(self.db).notify:
+                if self.pg_notify:
                     self.listener = QueueListener(self.db, self.wakeup)
                     self.listener.start()
         if threading.current_thread() is threading.main_thread():
@@ -209,6 +220,9 @@ class Runtime:
             self.pool.stop()
         if self.listener is not None:
             self.listener.stop()
+        if self.notifier is not None:
+            store.engine_hooks(self.db).on_queued.remove(self.notifier.poke)
+            self.notifier.stop()
         for connector in self.connectors.values():
             close = getattr(connector, "close", None)
             if close is not None:

@@ -550,15 +550,13 @@ class EngineHooks:
       woken the moment it commits, instead of sleeping in SQLite's busy handler (1, 2, 5, 10,
       15, 20, 25... ms between tries). Other processes still meet the busy handler.
     - ``on_queued``: called after the commit of every scope that marked the queue
-      (:func:`sync.queue.mark_dirty`), e.g. to wake idle workers.
-    - ``notify`` (PostgreSQL): such a scope also sends ``NOTIFY itsm_sync_queue`` (delivered at
-      commit) so that workers of other processes and machines, listening, wake too.
+      (:func:`sync.queue.mark_dirty`), e.g. to wake idle workers (also those of other
+      processes and machines: ``sync.worker.QueueNotifier``).
     """
 
     def __init__(self) -> None:
         self.write_lock: threading.RLock | None = None
         self.on_queued: list[Callable[[], None]] = []
-        self.notify = False
 
 
 _HOOKS: weakref.WeakKeyDictionary[Engine, EngineHooks] = weakref.WeakKeyDictionary()
@@ -595,8 +593,6 @@ def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session
     try:
         yield session
         queued = bool(session.info.pop(QUEUED, False))
-        if queued and hooks is not None and hooks.notify:
-            session.connection().exec_driver_sql(f"NOTIFY {QUEUE_CHANNEL}")
         session.commit()
     except BaseException:
         session.rollback()

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
@@ -341,6 +342,69 @@ class QueueListener:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class QueueNotifier:
+    """PostgreSQL: ``NOTIFY itsm_sync_queue`` after work was queued, from a thread with a
+    connection of its own, so that the listening workers of every instance wake at once.
+
+    :meth:`poke` is an ``on_queued`` hook (it runs after the commit that queued the work): it
+    only sets a flag, and the thread sends one ``NOTIFY`` for every poke since its last one. The
+    transaction that queued the work (a webhook's, whose answer waits for it) never waits for
+    the NOTIFY: sent inside it, the NOTIFY made webhook answers on PostgreSQL wait up to
+    seconds on a busy machine (docs/performance.md §3). A NOTIFY that fails is logged and
+    dropped: it is a hint, and idle workers look at the queue every 0.5 s anyway.
+    """
+
+    def __init__(self, db: Engine) -> None:
+        self.db = db
+        self.sent = 0  # NOTIFYs sent (for tests and diagnostics)
+        self._due = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def poke(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None and not self._stop.is_set():
+                    self._thread = threading.Thread(
+                        target=self._run, name="queue-notifier", daemon=True
+                    )
+                    self._thread.start()
+        self._due.set()
+
+    def _run(self) -> None:
+        import psycopg
+
+        args, kwargs = self.db.dialect.create_connect_args(self.db.url)
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            while True:
+                self._due.wait()
+                if self._stop.is_set():
+                    return
+                self._due.clear()
+                try:
+                    if conn is None:
+                        conn = psycopg.connect(*args, **{**kwargs, "autocommit": True})
+                    conn.execute(f"NOTIFY {store.QUEUE_CHANNEL}")
+                    self.sent += 1
+                except psycopg.Error as exc:
+                    log.warning("NOTIFY %s failed (%s)", store.QUEUE_CHANNEL, exc)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    self._stop.wait(1.0)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._due.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 

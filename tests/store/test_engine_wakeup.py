@@ -1,19 +1,21 @@
 """The engine set-up: a PostgreSQL connection that went stale while idle is replaced without a
-failed call (pinged only after idling, not on every checkout); a commit that queued work sends
-NOTIFY, and a listening process's workers wake; on both dialects, the on_queued hooks run after
-the commit only."""
+failed call (pinged only after idling, not on every checkout); a commit that queued work makes
+the QueueNotifier send NOTIFY after it, and a listening process's workers wake; on both
+dialects, the on_queued hooks run after the commit only."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from sync import store
 from sync.queue import incident_key, mark_dirty
-from sync.worker import QueueListener, Wakeup
+from sync.worker import QueueListener, QueueNotifier, Wakeup
 
 
 def test_a_stale_idle_postgresql_connection_is_replaced_before_use(
@@ -42,7 +44,8 @@ def test_queued_work_is_notified_to_listening_workers_on_postgresql(
     db = store.make_engine(fresh_url("postgresql"))
     store.migrate(db)
     writer = store.make_engine(db.url.render_as_string(hide_password=False))  # "another host"
-    store.engine_hooks(writer).notify = True
+    notifier = QueueNotifier(writer)
+    store.engine_hooks(writer).on_queued.append(notifier.poke)
     wakeup = Wakeup()
     listener = QueueListener(db, wakeup)
     listener.start()
@@ -56,6 +59,7 @@ def test_queued_work_is_notified_to_listening_workers_on_postgresql(
             mark_dirty(s, incident_key("i1"))
         assert wakeup.wait(seen, timeout=10), "no NOTIFY reached the listener"
     finally:
+        notifier.stop()
         listener.stop()
         db.dispose()
         writer.dispose()
@@ -76,3 +80,63 @@ def test_on_queued_hooks_run_after_commit_on_both_dialects(engine: Engine) -> No
         assert calls == [True]
     finally:
         hooks.on_queued.remove(hook)
+
+
+def test_the_notify_is_sent_outside_the_transaction_that_queued_the_work(
+    fresh_url: Callable[[str], str],
+) -> None:
+    """The webhook's transaction never waits for a NOTIFY: its statements are the queue's only,
+    and the notifier sends one NOTIFY for a burst of pokes, the last poke included."""
+    db = store.make_engine(fresh_url("postgresql"))
+    store.migrate(db)
+    notifier = QueueNotifier(db)
+    store.engine_hooks(db).on_queued.append(notifier.poke)
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(db, "before_cursor_execute", seen)
+    wakeup = Wakeup()
+    listener = QueueListener(db, wakeup)
+    listener.start()
+    try:
+        deadline = time.monotonic() + 10
+        while wakeup.notified == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for n in range(20):
+            with store.session_scope(db) as s:
+                mark_dirty(s, incident_key(f"i{n}"))
+        assert not [x for x in statements if "NOTIFY" in x.upper()]
+        deadline = time.monotonic() + 10
+        while notifier.sent == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen_seq = wakeup.seq
+        with store.session_scope(db) as s:  # the last poke of a burst is never lost
+            mark_dirty(s, incident_key("last"))
+        assert wakeup.wait(seen_seq, timeout=10), "the last poke sent no NOTIFY"
+        assert 1 <= notifier.sent <= 21
+    finally:
+        event.remove(db, "before_cursor_execute", seen)
+        store.engine_hooks(db).on_queued.remove(notifier.poke)
+        notifier.stop()
+        listener.stop()
+        db.dispose()
+
+
+def test_a_notifier_that_cannot_connect_logs_and_never_fails_the_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    db = store.make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+    notifier = QueueNotifier(db)
+    try:
+        with caplog.at_level(logging.WARNING, logger="itsm_sync.worker"):
+            notifier.poke()  # returns at once; the thread fails to connect and says so
+            deadline = time.monotonic() + 10
+            while "NOTIFY itsm_sync_queue failed" not in caplog.text:
+                assert time.monotonic() < deadline, "no warning logged"
+                time.sleep(0.02)
+        assert notifier.sent == 0
+    finally:
+        notifier.stop()
+        db.dispose()
