@@ -301,7 +301,7 @@ def run_database(
     """Two load runs on one service: workers running, then workers paused."""
     with Rig(
         database_url=database_url,
-        sync={"workers": 4},
+        sync={"workers": 4, "pg_notify": not args.no_pg_notify},
         separate_simulators=True,
         worker_process=not args.workers_in_process,
         freeze_gc=not args.no_gc_freeze,
@@ -335,6 +335,11 @@ def main() -> None:
         help="the poller and the workers in the service's process (run --workers-in-process)",
     )
     p.add_argument(
+        "--no-pg-notify",
+        action="store_true",
+        help="diagnostic: PostgreSQL without NOTIFY after queued commits (sync.pg_notify: off)",
+    )
+    p.add_argument(
         "--no-gc-freeze",
         action="store_true",
         help="diagnostic: skip the gc.freeze() that run does after start-up",
@@ -365,7 +370,7 @@ def main() -> None:
     }
     extra = [
         f"--{name.replace('_', '-')}"
-        for name in ("workers_in_process", "no_gc_freeze", "no_write_lock")
+        for name in ("workers_in_process", "no_pg_notify", "no_gc_freeze", "no_write_lock")
         if getattr(args, name)
     ]
     if extra:

@@ -89,11 +89,11 @@ class SyncSettings(BaseModel):
     workers: int = Field(default=4, ge=1, le=64)
     coalesce_seconds: float = Field(default=0.2, ge=0)  # edits within this window: one reconcile
     lease_seconds: float = Field(default=120.0, gt=0)
-    # PostgreSQL: each commit that queues work sends NOTIFY and idle workers LISTEN, so the
-    # workers of every instance (any machine) wake at once rather than within 0.5 s. Off by
-    # default: with it on, bench.ack measured HTTP-only acks at p99 6 s instead of 32 ms (not
-    # understood yet; docs/performance.md §3). Workers of the same `run` wake either way.
-    pg_notify: bool = False
+    # PostgreSQL: after each commit that queues work a NOTIFY is sent (from a thread of its
+    # own, never inside the webhook's transaction) and idle workers LISTEN, so the workers of
+    # every instance (any machine) wake at once rather than within 0.5 s. Workers of the same
+    # `run` wake either way (docs/performance.md §3).
+    pg_notify: bool = True
     # `itsm-sync run`'s worker process runs at this niceness (added to the service's): under
     # CPU contention the HTTP process, which must answer webhooks within milliseconds, comes
     # first; an idle machine gives the workers all they want either way. 0: the same.
