@@ -102,10 +102,7 @@ class Runtime:
 
     def _store_version(self, mapping: Mapping, changes: list[str]) -> None:
         with store.session_scope(self.db) as s:
-            versions = store.mapping_versions(s, system=mapping.system, instance=mapping.instance)
-            if versions and versions[-1].digest == mapping.digest:
-                return
-            store.add_mapping_version(
+            store.record_mapping_version(
                 s, system=mapping.system, instance=mapping.instance, digest=mapping.digest,
                 source=mapping.source, diff="\n".join(changes), accepted_by=self._who(),
             )  # fmt: skip

@@ -124,6 +124,7 @@ __all__ = [
 UTC = dt.UTC
 MAX_BODY_BYTES = 1024 * 1024  # webhook bodies kept for inspection are capped at 1 MiB
 _MIGRATION_LOCK_ID = 0x175C_5EED  # pg_advisory_xact_lock key: one migrator at a time
+_MAPPING_LOCK_ID = 0x175C_3A9  # with a system instance's hash: one mapping version at a time
 
 DeliveryStatus = Literal["accepted", "rejected", "malformed", "duplicate"]
 AuditAction = Literal[
@@ -1511,6 +1512,35 @@ def add_mapping_version(
     session.add(row)
     session.flush()
     return row
+
+
+def record_mapping_version(
+    session: Session,
+    *,
+    system: str,
+    instance: str,
+    digest: str,
+    source: str,
+    diff: str = "",
+    accepted_by: str = "",
+) -> bool:
+    """Store a mapping as the current version of its system instance unless it already is;
+    True if stored. Processes that load the same mapping at once (run's two, several instances)
+    take turns (a lock per system instance on PostgreSQL; SQLite's write lock), so it is
+    stored once."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection().execute(
+            text("SELECT pg_advisory_xact_lock(:a, hashtext(:b))"),
+            {"a": _MAPPING_LOCK_ID, "b": f"{system}:{instance}"},
+        )
+    versions = mapping_versions(session, system=system, instance=instance)
+    if versions and versions[-1].digest == digest:
+        return False
+    add_mapping_version(
+        session, system=system, instance=instance, digest=digest, source=source, diff=diff,
+        accepted_by=accepted_by,
+    )  # fmt: skip
+    return True
 
 
 def mapping_versions(session: Session, *, system: str, instance: str) -> list[MappingVersion]:

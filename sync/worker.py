@@ -8,6 +8,8 @@ the incident's other targets went on.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import math
 import os
@@ -17,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -97,8 +100,24 @@ class Wakeup:
             self._closed = False
 
 
+@functools.cache
+def place() -> str:
+    """Where a pid names one process: the host's name plus its boot and pid namespace.
+
+    Containers may share a hostname (set by compose, or the host's with host networking) and
+    each has pids of its own (pid 1 in each), so the hostname alone would let one container's
+    restart judge, and take back, another's live claims."""
+    host = socket.gethostname()
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux: the host alone
+        return host
+    return f"{host}~{hashlib.sha256(f'{boot}/{namespace}'.encode()).hexdigest()[:8]}"
+
+
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    return f"{place()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclass
@@ -251,18 +270,18 @@ def _alive(pid: int) -> bool:
 
 
 def reclaim_orphans(db: Engine) -> int:
-    """Give back claims held by workers of this host whose process is gone (killed -9), so a
-    restart picks their keys up now instead of when the lease runs out. Claims of other
-    hosts are left to their leases."""
-    host = socket.gethostname()
+    """Give back claims held by workers of this :func:`place` whose process is gone (killed
+    -9), so a restart picks their keys up now instead of when the lease runs out. Claims of
+    other hosts and containers are left to their leases."""
+    here = place()
     freed = 0
     with store.session_scope(db) as s:
         for row in s.exec(
             select(store.Dirty).where(col(store.Dirty.claimed_by).is_not(None))
         ).all():
-            owner_host, _, rest = (row.claimed_by or "").partition(":")
+            owner, _, rest = (row.claimed_by or "").partition(":")
             pid = rest.partition(":")[0]
-            if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            if owner == here and pid.isdigit() and not _alive(int(pid)):
                 row.claimed_by, row.claimed_until, row.due_at = None, None, store.utcnow()
                 freed += 1
     if freed:
