@@ -22,7 +22,7 @@ from service.runtime import Runtime
 from sync import store
 from sync.poller import POLLED, poll_all, poll_once, results_table
 from sync.queue import incident_key, mark_dirty, queue_depth
-from sync.worker import drain
+from sync.worker import drain, notify_workers
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -327,6 +327,8 @@ def register(app: typer.Typer) -> None:
                     reason=f"replayed: {item.error}",
                 )
                 mark_dirty(s, incident_key(item.incident_id), reason="replay")
+        if settings.sync.pg_notify:
+            notify_workers(db)
         console.print(
             f"replaying {len(items)}: queued for `itsm-sync sync --once` or the running service"
         )
@@ -396,6 +398,8 @@ def register(app: typer.Typer) -> None:
                 reason="made private" if off else "public status approved",
             )
             mark_dirty(s, incident_key(row.id), reason="public message")
+        if settings.sync.pg_notify:
+            notify_workers(db)
         console.print(f"{incident}: {'private' if off else 'public'}; queued for the status page")
 
 

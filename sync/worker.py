@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
 
 from connectors.errors import ConnectorError
@@ -44,8 +45,8 @@ from sync.reconcile import Reconciler
 
 log = logging.getLogger("itsm_sync.worker")
 # An idle worker looks at the queue at least this often, whatever it was told: rows queued by
-# processes that cannot wake it (the CLI's `parked replay` and `public`, `run --role http` on
-# SQLite, a lost NOTIFY) are still found.
+# processes that cannot wake it (on SQLite: the CLI's `parked replay` and `public`, `run --role
+# http`; a lost NOTIFY on PostgreSQL) are still found.
 IDLE_RECHECK_SECONDS = 0.5
 
 
@@ -365,6 +366,21 @@ class QueueListener:
             self._thread.join(timeout=5)
 
 
+def notify_workers(db: Engine) -> None:
+    """PostgreSQL: one ``NOTIFY itsm_sync_queue`` now, for a short-lived command that queued
+    work (``parked replay``, ``public``), so the running service's workers, wherever they run,
+    pick it up at once. A hint: a failure is logged, never raised. SQLite: nothing (the
+    workers look at the queue every 0.5 s)."""
+    if db.dialect.name != "postgresql":
+        return
+    try:
+        with db.connect() as connection:
+            connection.exec_driver_sql(f"NOTIFY {store.QUEUE_CHANNEL}")
+            connection.commit()
+    except SQLAlchemyError as exc:
+        log.warning("NOTIFY %s failed (%s)", store.QUEUE_CHANNEL, exc)
+
+
 class QueueNotifier:
     """PostgreSQL: ``NOTIFY itsm_sync_queue`` after work was queued, from a thread with a
     connection of its own, so that the listening workers of every instance wake at once.
@@ -380,12 +396,14 @@ class QueueNotifier:
     def __init__(self, db: Engine) -> None:
         self.db = db
         self.sent = 0  # NOTIFYs sent (for tests and diagnostics)
+        self._poked = False
         self._due = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def poke(self) -> None:
+        self._poked = True
         if self._thread is None:
             with self._lock:
                 if self._thread is None and not self._stop.is_set():
@@ -403,9 +421,12 @@ class QueueNotifier:
         try:
             while True:
                 self._due.wait()
-                if self._stop.is_set():
-                    return
                 self._due.clear()
+                if not self._poked:
+                    if self._stop.is_set():
+                        return
+                    continue
+                self._poked = False  # a poke from now on makes one more NOTIFY
                 try:
                     if conn is None:
                         conn = psycopg.connect(*args, **{**kwargs, "autocommit": True})
@@ -422,6 +443,8 @@ class QueueNotifier:
                 conn.close()
 
     def stop(self) -> None:
+        """Stop after sending the NOTIFY of a poke still waiting (a CLI command that queued
+        work and exits right after still wakes the workers)."""
         self._stop.set()
         self._due.set()
         if self._thread is not None:

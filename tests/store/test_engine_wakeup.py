@@ -6,6 +6,9 @@ dialects, the on_queued hooks run after the commit only."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -124,6 +127,27 @@ def test_the_notify_is_sent_outside_the_transaction_that_queued_the_work(
         db.dispose()
 
 
+def test_a_poke_just_before_stop_is_still_notified(fresh_url: Callable[[str], str]) -> None:
+    """A CLI command that queues work (a replay) and exits at once still wakes the workers."""
+    db = store.make_engine(fresh_url("postgresql"))
+    wakeup = Wakeup()
+    listener = QueueListener(db, wakeup)
+    listener.start()
+    notifier = QueueNotifier(db)
+    try:
+        deadline = time.monotonic() + 10
+        while wakeup.notified == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen = wakeup.seq
+        notifier.poke()
+        notifier.stop()
+        assert notifier.sent == 1
+        assert wakeup.wait(seen, timeout=10), "the NOTIFY never arrived"
+    finally:
+        listener.stop()
+        db.dispose()
+
+
 def test_a_notifier_that_cannot_connect_logs_and_never_fails_the_caller(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -139,4 +163,36 @@ def test_a_notifier_that_cannot_connect_logs_and_never_fails_the_caller(
         assert notifier.sent == 0
     finally:
         notifier.stop()
+        db.dispose()
+
+
+def test_a_cli_replay_wakes_the_running_services_workers(
+    fresh_url: Callable[[str], str],
+) -> None:
+    """`itsm-sync parked replay` queues the incident and exits: on PostgreSQL its NOTIFY wakes
+    the workers of the running service at once (else they would look within 0.5 s)."""
+    url = fresh_url("postgresql")
+    db = store.make_engine(url)
+    store.migrate(db)
+    with store.session_scope(db) as s:
+        store.park(s, incident_id="i1", target="jira:default", error="HTTP 400")
+    wakeup = Wakeup()
+    listener = QueueListener(db, wakeup)
+    listener.start()
+    try:
+        deadline = time.monotonic() + 10
+        while wakeup.notified == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen = wakeup.seq
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ITSM_SYNC_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "service", "parked", "replay", "--all"],
+            env={**env, "ITSM_SYNC_DATABASE_URL": url},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "replaying 1" in done.stdout
+        assert wakeup.wait(seen, timeout=10), "the replay sent no NOTIFY"
+    finally:
+        listener.stop()
         db.dispose()
