@@ -6,11 +6,12 @@ rounds (each round changes a fifth of the incidents, one change each): ServiceNo
 assignee, severity and work-note edits, Jira title edits, transitions and comments, and no-op
 edits of fields no mapping reads.
 
-The *minimum* of a change is one write per target whose mapped value it changes (a no-op
-needs none; a severity change on a public incident needs two: the Jira priority and the
-Statuspage components). Every remote call is counted from the simulators' request logs (the
-benchmark's own edits carry their own User-Agent and are left out), split into reads (GET) and
-writes (POST/PUT/PATCH/DELETE).
+The *minimum* of a change is one write per target whose mapped value it changes (a no-op needs
+none; a severity change needs the Jira priority, and on a public incident also the Statuspage
+component status if the page shows another status because of it: a component is page-wide and
+shows the worst of the open public incidents that affect it, all of them here). Every remote
+call is counted from the simulators' request logs (the benchmark's own edits carry their own
+User-Agent and are left out), split into reads (GET) and writes (POST/PUT/PATCH/DELETE).
 
 Two phases on the same incidents, one after the other:
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,7 +143,16 @@ def _attribute(request: Mapping[str, Any], kind_of: Mapping[str, str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def apply_change(rig: Rig, inc: Tracked, kind: str) -> int:
+def _page_worst(tracked: Iterable[Tracked]) -> str:
+    """The status Statuspage shows for the component every public incident here affects: the
+    worst of theirs (SEV1 major outage, SEV2 partial outage)."""
+    public = [t for t in tracked if t.public]
+    if not public:
+        return "operational"
+    return "major_outage" if any(t.sev1 for t in public) else "partial_outage"
+
+
+def apply_change(rig: Rig, inc: Tracked, kind: str, tracked: Sequence[Tracked] = ()) -> int:
     """Make one change on a simulator; returns its minimum number of target writes."""
     inc.edits += 1
     n = inc.edits
@@ -167,9 +177,11 @@ def apply_change(rig: Rig, inc: Tracked, kind: str) -> int:
         rig.jira_comment(inc.jira_key, f"comment {n} from the on-call engineer")
         return 1  # a ServiceNow comment
     if kind == "sn_severity":
+        shown = _page_worst(tracked)
         inc.sev1 = not inc.sev1
         rig.sn_patch(inc.sys_id, urgency="1" if inc.sev1 else "2")
-        return 2 if inc.public else 1  # Jira priority (+ Statuspage component status)
+        # Jira priority, + the Statuspage component if what the page shows changes
+        return 1 + (inc.public and _page_worst(tracked) != shown)
     if kind == "noop_sn":
         rig.sn_patch(inc.sys_id, contact_type="phone" if n % 2 else "email")
         return 0  # no mapping reads contact_type
@@ -404,7 +416,7 @@ def run_phase(
         kind_of: dict[str, str] = {}
         for index, kind in changes:
             inc = tracked[index]
-            need = apply_change(rig, inc, kind)
+            need = apply_change(rig, inc, kind, tracked)
             phase.changes += 1
             phase.minimum += need
             phase.propagated += need > 0
