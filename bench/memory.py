@@ -1,7 +1,8 @@
-"""Memory per link: the service process's growth when the store holds L links (100k; --small 10k).
+"""Memory per link: the service's growth when the store holds L links (100k; --small 10k).
 
-What is measured, in this order, in the process that runs the service (HTTP, 4 workers,
-poller; the simulators run in a process of their own):
+What is measured, in this order, in the processes that run the service as ``itsm-sync run``
+does (HTTP in this process; 4 workers and the poller in its worker process;
+``--workers-in-process``: all in this one) while the simulators run in a process of their own:
 
 1. **start**: the service is running and one real incident was synced through it (a ServiceNow
    P1 and the Jira issue the service made): its rows are the templates.
@@ -16,12 +17,13 @@ poller; the simulators run in a process of their own):
    posted to it (each looks up its link among L), one poll round runs, and the API's status,
    metrics and incident pages are read.
 
-Reported: RSS growth (``/proc/self/statm``) from start to exercised, per link; Python heap
-still allocated after the exercise (``tracemalloc``, started after the fill) per link; the
-database's size per link; and one growth the exercise does not reach but code reading found:
-the Jira connector's per-issue write buckets, one per issue ever written, never evicted.
+Reported: RSS growth (``/proc/PID/statm``) of the service's processes, added up, from start to
+exercised, per link (and per process); Python heap still allocated in this process after the
+exercise (``tracemalloc``, started after the fill) per link; the database's size per link; and
+one growth the exercise does not reach but code reading found: the Jira connector's per-issue
+write buckets (forgotten once full again).
 
-``python -m bench.memory [--small] [--postgres]``
+``python -m bench.memory [--small] [--postgres] [--workers-in-process]``
 """
 
 from __future__ import annotations
@@ -63,16 +65,24 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 BATCH = 2000
 
 
-def rss() -> int:
-    """Resident set size of this process, in bytes."""
-    with open("/proc/self/statm") as f:
+def rss(pid: int | str = "self") -> int:
+    """Resident set size of a process (this one by default), in bytes."""
+    with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE
 
 
-def settle() -> int:
+def worker_pid(rig: Rig) -> int | None:
+    """The service's worker process (as itsm-sync run), if it has one."""
+    process = rig.runtime.worker_process
+    return None if process is None or process.process is None else int(process.process.pid)
+
+
+def settle(rig: Rig) -> tuple[int, int]:
+    """RSS of the service's process (after a collection) and of its worker process (0: none)."""
     gc.collect()
     time.sleep(0.2)
-    return rss()
+    child = worker_pid(rig)
+    return rss(), rss(child) if child is not None else 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,8 +282,7 @@ def exercise(rig: Rig, sample: int, hooks: int) -> dict[str, float]:
             )
             for link in sn_links
         }  # fmt: skip
-    assert rig.runtime.pool is not None
-    before = sum(w.totals.reconciled for w in rig.runtime.pool.workers)
+    before = rig.reconciled()
     t0 = time.monotonic()
     with store.session_scope(db) as s:
         for incident_id in ids[:sample]:
@@ -306,31 +315,35 @@ def exercise(rig: Rig, sample: int, hooks: int) -> dict[str, float]:
         poll_all(db, rig.runtime.connectors)
         for path in ("/api/status", "/metrics", f"/api/incidents/{ids[0]}"):
             rig.api.get(path).raise_for_status()
-    out["reconciled"] = sum(w.totals.reconciled for w in rig.runtime.pool.workers) - before
+    out["reconciled"] = rig.reconciled() - before
     with store.session_scope(db, readonly=True) as s:
         out["parked"] = len(store.open_parked(s))
     return out
 
 
-def measure(links: int, database: str, database_url: str | None) -> dict[str, Any]:
+def measure(
+    links: int, database: str, database_url: str | None, worker_process: bool
+) -> dict[str, Any]:
     result: dict[str, Any] = {"database": database, "links": links}
-    with Rig(database_url=database_url, separate_simulators=True) as rig:
+    with Rig(
+        database_url=database_url, separate_simulators=True, worker_process=worker_process
+    ) as rig:
         rig.open_p1("Checkout fails for some customers")
         wait_for(lambda: any("jira" in x for x in rig.links().values()), "the Jira issue", 60)
         rig.quiet()
         templates = _templates(rig)
-        result["start"] = settle()
+        result["start"] = settle(rig)
         with store.session_scope(rig.runtime.db, readonly=True) as s:
             first = int(s.exec(select(func.max(store.Link.id))).one() or 0)
         result["fill_seconds"] = fill_in_child(rig.database_url, templates, links // 2, first)
         with store.session_scope(rig.runtime.db, readonly=True) as s:
             result["links_stored"] = int(s.exec(select(func.count()).select_from(store.Link)).one())
-        result["filled"] = settle()
+        result["filled"] = settle(rig)
         tracemalloc.start()
         sample = 200 if links <= 10_000 else 500
         result["timings"] = exercise(rig, sample=sample, hooks=sample // 2)
         result["sample"] = sample
-        result["exercised"] = settle()
+        result["exercised"] = settle(rig)
         result["traced"], result["traced_peak"] = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         result["db_bytes"], result["tables"] = database_bytes(rig)
@@ -340,30 +353,51 @@ def measure(links: int, database: str, database_url: str | None) -> dict[str, An
 def main() -> None:
     p = parser(__doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
+    p.add_argument(
+        "--workers-in-process",
+        action="store_true",
+        help="the poller and the workers in the service's process (run --workers-in-process)",
+    )
     args = p.parse_args()
+    split = not args.workers_in_process
     links = 10_000 if args.small else 100_000
     database = "postgresql" if args.postgres else "sqlite"
     settings = {
         "links": f"{links:,} ({links // 2:,} incidents x ServiceNow + Jira link), each with its"
         " shadow and its record's latest observation",
         "database": database + (" (fresh database)" if args.postgres else " (temp file)"),
-        "service": "HTTP + 4 workers + poller in this process; simulators in another",
+        "service": (
+            "HTTP in this process, 4 workers + poller in its worker process (as itsm-sync run);"
+            " RSS is both processes'"
+            if split
+            else "HTTP + 4 workers + poller in this process (run --workers-in-process)"
+        )
+        + "; simulators in another",
     }
-    header("Memory per link", MODULE, args.small, settings)
+    extra = [] if split else ["--workers-in-process"]
+    header("Memory per link", MODULE, args.small, settings, extra)
     if args.postgres:
         with PostgresDatabase() as pg:
-            r = measure(links, database, pg.url)
+            r = measure(links, database, pg.url, split)
     else:
-        r = measure(links, database, None)
+        r = measure(links, database, None, split)
     n = r["links_stored"]
-    growth = r["exercised"] - r["start"]
+    total = {k: sum(r[k]) for k in ("start", "filled", "exercised")}
+    growth = total["exercised"] - total["start"]
     mib = 1024 * 1024
     rows = [
-        ["RSS at start (1 incident synced)", r["start"] / mib, "", ""],
-        ["RSS after the fill (service idle)", r["filled"] / mib,
-         (r["filled"] - r["start"]) / mib, (r["filled"] - r["start"]) / n],
-        ["RSS after the exercise", r["exercised"] / mib, growth / mib, growth / n],
-        ["Python heap still allocated (tracemalloc)", "", r["traced"] / mib, r["traced"] / n],
+        ["RSS at start (1 incident synced)", total["start"] / mib, "", ""],
+        ["RSS after the fill (service idle)", total["filled"] / mib,
+         (total["filled"] - total["start"]) / mib, (total["filled"] - total["start"]) / n],
+        ["RSS after the exercise", total["exercised"] / mib, growth / mib, growth / n],
+    ]  # fmt: skip
+    if split:
+        for i, name in enumerate(("HTTP process", "worker process")):
+            grew = r["exercised"][i] - r["start"][i]
+            rows.append([f"  of which the {name}", r["exercised"][i] / mib, grew / mib, grew / n])
+    rows += [
+        ["Python heap still allocated (tracemalloc"
+         + (", the HTTP process)" if split else ")"), "", r["traced"] / mib, r["traced"] / n],
         ["  tracemalloc peak during the exercise", "", r["traced_peak"] / mib,
          r["traced_peak"] / n],
         ["database (file + WAL / pg_database_size)", "", r["db_bytes"] / mib, r["db_bytes"] / n],
