@@ -439,11 +439,12 @@ def main() -> None:
         "incidents (N)": f"{n} (every third public on Statuspage)",
         "rounds": f"{rounds}, {max(1, n // 5)} changes each (M = {rounds * max(1, n // 5)})",
         "change kinds": ", ".join(KINDS),
-        "service": "webhooks on, 2 workers, coalesce_seconds 0.2 (default), poll once at start",
+        "service": "webhooks on, 2 workers in the worker process (as itsm-sync run),"
+        " coalesce_seconds 0.2 (default), poll once at start",
         "statuspage budget": "raised to 200 req/s (simulator limit off) so waits don't dominate",
     }
     header("API calls per propagated change", MODULE, args.small, settings)
-    with Rig() as rig:
+    with Rig(worker_process=True) as rig:  # as itsm-sync run: the workers in a worker process
         t0 = time.monotonic()
         tracked = setup(rig, n)
         setup_calls = Calls()
