@@ -20,7 +20,7 @@ The service runs as ``itsm-sync run`` does by default: HTTP (with the simulators
 process, the poller and the workers in a worker process; ``--workers-in-process`` puts them
 in this process too (``run --workers-in-process``).
 
-``python -m bench.latency [--small] [--workers-in-process]``
+``python -m bench.latency [--small] [--workers-in-process] [--postgres]``
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from sqlmodel import select
 
 from bench.common import (
     BENCH_UA,
+    PG_MAINTENANCE_URL,
+    PostgresDatabase,
     Rig,
     Row,
     finish,
@@ -88,7 +90,13 @@ class Result:
     acked: list[float] = field(default_factory=list)  # arrival -> answer (stored, queued)
 
 
-def measure(coalesce: float, edits: int, incidents: int, in_process: bool = False) -> Result:
+def measure(
+    coalesce: float,
+    edits: int,
+    incidents: int,
+    in_process: bool = False,
+    database_url: str | None = None,
+) -> Result:
     arrivals: dict[str, tuple[float, float]] = {}
     result = Result(coalesce)
 
@@ -96,6 +104,7 @@ def measure(coalesce: float, edits: int, incidents: int, in_process: bool = Fals
         app.add_middleware(Arrivals, times=arrivals)
 
     with Rig(
+        database_url=database_url,
         sync={"coalesce_seconds": coalesce},
         configure_app=add_timer,
         worker_process=not in_process,
@@ -171,6 +180,9 @@ def main() -> None:
         action="store_true",
         help="the poller and the workers in the service's process (run --workers-in-process)",
     )
+    p.add_argument(
+        "--postgres", action="store_true", help="PostgreSQL (a fresh database) instead of SQLite"
+    )
     args = p.parse_args()
     edits = 30 if args.small else 200
     incidents = 5 if args.small else 10
@@ -183,12 +195,28 @@ def main() -> None:
     settings = {
         "edits per setting": f"{edits}, sequential, round-robin over {incidents} incidents",
         "simulator latency": "0 (no fault rules)",
-        "service": f"webhooks on, 2 workers, SQLite (temp file); {where}",
+        "service": "webhooks on, 2 workers, "
+        + (
+            f"PostgreSQL (fresh database on {PG_MAINTENANCE_URL})"
+            if args.postgres
+            else "SQLite (temp file)"
+        )
+        + f"; {where}",
         "coalesce_seconds": "0.2 (default), then 0",
     }
-    extra = ["--workers-in-process"] if args.workers_in_process else []
+    extra = [
+        f"--{name.replace('_', '-')}"
+        for name in ("workers_in_process", "postgres")
+        if getattr(args, name)
+    ]
     header("Webhook received -> target write sent", MODULE, args.small, settings, extra)
-    results = [measure(c, edits, incidents, args.workers_in_process) for c in (0.2, 0.0)]
+    results = []
+    for c in (0.2, 0.0):
+        if args.postgres:
+            with PostgresDatabase() as pg:
+                results.append(measure(c, edits, incidents, args.workers_in_process, pg.url))
+        else:
+            results.append(measure(c, edits, incidents, args.workers_in_process))
     rows: list[list[Any]] = []
     for r in results:
         for label, values in (
@@ -215,7 +243,11 @@ def main() -> None:
     summary: list[Row] = []
     for r in results:
         s = summary_ms(r.overhead)
-        name = f"coalesce {r.coalesce:g}s" + (" (default)" if r.coalesce == 0.2 else "")
+        name = (
+            f"coalesce {r.coalesce:g}s"
+            + (" (default)" if r.coalesce == 0.2 else "")
+            + (", postgresql" if args.postgres else "")
+        )
         summary.append(
             Row("latency", f"p50 arrival->write, {name}", f"<= {GOAL_P50_MS:.0f} ms",
                 f"{s['p50']:.1f} ms", s["p50"] <= GOAL_P50_MS)

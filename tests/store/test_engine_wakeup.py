@@ -10,7 +10,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -41,6 +42,27 @@ def test_a_stale_idle_postgresql_connection_is_replaced_before_use(
         other.dispose()
 
 
+def _until(done: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+@contextmanager
+def listening(db: Engine) -> Iterator[Wakeup]:
+    """A QueueListener on ``db``, as a worker process has, once it listens (it notifies once
+    when it starts)."""
+    wakeup = Wakeup()
+    listener = QueueListener(db, wakeup)
+    listener.start()
+    try:
+        _until(lambda: wakeup.notified > 0, "the listener never started listening")
+        yield wakeup
+    finally:
+        listener.stop()
+
+
 def test_queued_work_is_notified_to_listening_workers_on_postgresql(
     fresh_url: Callable[[str], str],
 ) -> None:
@@ -49,21 +71,14 @@ def test_queued_work_is_notified_to_listening_workers_on_postgresql(
     writer = store.make_engine(db.url.render_as_string(hide_password=False))  # "another host"
     notifier = QueueNotifier(writer)
     store.engine_hooks(writer).on_queued.append(notifier.poke)
-    wakeup = Wakeup()
-    listener = QueueListener(db, wakeup)
-    listener.start()
     try:
-        deadline = time.monotonic() + 10
-        while wakeup.notified == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)  # it notifies once when it starts listening
-        assert wakeup.notified > 0, "the listener never started listening"
-        seen = wakeup.seq
-        with store.session_scope(writer) as s:
-            mark_dirty(s, incident_key("i1"))
-        assert wakeup.wait(seen, timeout=10), "no NOTIFY reached the listener"
+        with listening(db) as wakeup:
+            seen = wakeup.seq
+            with store.session_scope(writer) as s:
+                mark_dirty(s, incident_key("i1"))
+            assert wakeup.wait(seen, timeout=10), "no NOTIFY reached the listener"
     finally:
         notifier.stop()
-        listener.stop()
         db.dispose()
         writer.dispose()
 
@@ -100,51 +115,37 @@ def test_the_notify_is_sent_outside_the_transaction_that_queued_the_work(
         statements.append(statement)
 
     event.listen(db, "before_cursor_execute", seen)
-    wakeup = Wakeup()
-    listener = QueueListener(db, wakeup)
-    listener.start()
     try:
-        deadline = time.monotonic() + 10
-        while wakeup.notified == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        for n in range(20):
-            with store.session_scope(db) as s:
-                mark_dirty(s, incident_key(f"i{n}"))
-        assert not [x for x in statements if "NOTIFY" in x.upper()]
-        deadline = time.monotonic() + 10
-        while notifier.sent == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        seen_seq = wakeup.seq
-        with store.session_scope(db) as s:  # the last poke of a burst is never lost
-            mark_dirty(s, incident_key("last"))
-        assert wakeup.wait(seen_seq, timeout=10), "the last poke sent no NOTIFY"
-        assert 1 <= notifier.sent <= 21
+        with listening(db) as wakeup:
+            for n in range(20):
+                with store.session_scope(db) as s:
+                    mark_dirty(s, incident_key(f"i{n}"))
+            assert not [x for x in statements if "NOTIFY" in x.upper()]
+            _until(lambda: notifier.sent > 0, "no NOTIFY sent")
+            seen_seq = wakeup.seq
+            with store.session_scope(db) as s:  # the last poke of a burst is never lost
+                mark_dirty(s, incident_key("last"))
+            assert wakeup.wait(seen_seq, timeout=10), "the last poke sent no NOTIFY"
+            assert 1 <= notifier.sent <= 21
     finally:
         event.remove(db, "before_cursor_execute", seen)
         store.engine_hooks(db).on_queued.remove(notifier.poke)
         notifier.stop()
-        listener.stop()
         db.dispose()
 
 
 def test_a_poke_just_before_stop_is_still_notified(fresh_url: Callable[[str], str]) -> None:
     """A CLI command that queues work (a replay) and exits at once still wakes the workers."""
     db = store.make_engine(fresh_url("postgresql"))
-    wakeup = Wakeup()
-    listener = QueueListener(db, wakeup)
-    listener.start()
     notifier = QueueNotifier(db)
     try:
-        deadline = time.monotonic() + 10
-        while wakeup.notified == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        seen = wakeup.seq
-        notifier.poke()
-        notifier.stop()
-        assert notifier.sent == 1
-        assert wakeup.wait(seen, timeout=10), "the NOTIFY never arrived"
+        with listening(db) as wakeup:
+            seen = wakeup.seq
+            notifier.poke()
+            notifier.stop()
+            assert notifier.sent == 1
+            assert wakeup.wait(seen, timeout=10), "the NOTIFY never arrived"
     finally:
-        listener.stop()
         db.dispose()
 
 
@@ -156,10 +157,7 @@ def test_a_notifier_that_cannot_connect_logs_and_never_fails_the_caller(
     try:
         with caplog.at_level(logging.WARNING, logger="itsm_sync.worker"):
             notifier.poke()  # returns at once; the thread fails to connect and says so
-            deadline = time.monotonic() + 10
-            while "NOTIFY itsm_sync_queue failed" not in caplog.text:
-                assert time.monotonic() < deadline, "no warning logged"
-                time.sleep(0.02)
+            _until(lambda: "NOTIFY itsm_sync_queue failed" in caplog.text, "no warning logged")
         assert notifier.sent == 0
     finally:
         notifier.stop()
@@ -176,23 +174,17 @@ def test_a_cli_replay_wakes_the_running_services_workers(
     store.migrate(db)
     with store.session_scope(db) as s:
         store.park(s, incident_id="i1", target="jira:default", error="HTTP 400")
-    wakeup = Wakeup()
-    listener = QueueListener(db, wakeup)
-    listener.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ITSM_SYNC_")}
     try:
-        deadline = time.monotonic() + 10
-        while wakeup.notified == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        seen = wakeup.seq
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ITSM_SYNC_")}
-        done = subprocess.run(
-            [sys.executable, "-m", "service", "parked", "replay", "--all"],
-            env={**env, "ITSM_SYNC_DATABASE_URL": url},
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        assert "replaying 1" in done.stdout
-        assert wakeup.wait(seen, timeout=10), "the replay sent no NOTIFY"
+        with listening(db) as wakeup:
+            seen = wakeup.seq
+            done = subprocess.run(
+                [sys.executable, "-m", "service", "parked", "replay", "--all"],
+                env={**env, "ITSM_SYNC_DATABASE_URL": url},
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert "replaying 1" in done.stdout
+            assert wakeup.wait(seen, timeout=10), "the replay sent no NOTIFY"
     finally:
-        listener.stop()
         db.dispose()
