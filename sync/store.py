@@ -514,6 +514,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         event.listen(engine, "checkout", checkout)
         event.listen(engine, "checkin", _pg_checkin)
+        engine_hooks(engine).readonly = {"isolation_level": "AUTOCOMMIT"}
         return engine
     raise ValueError(f"unsupported database {backend!r}: use sqlite:// or postgresql://")
 
@@ -553,11 +554,16 @@ class EngineHooks:
     - ``on_queued``: called after the commit of every scope that marked the queue
       (:func:`sync.queue.mark_dirty`), e.g. to wake idle workers (also those of other
       processes and machines: ``sync.worker.QueueNotifier``).
+    - ``readonly``: the execution options of ``readonly`` scopes: SQLite ``BEGIN DEFERRED`` (no
+      write lock); PostgreSQL autocommit (set by :func:`make_engine`), which saves the BEGIN
+      and COMMIT round trips and changes nothing for reads (under READ COMMITTED each
+      statement sees its own snapshot, in a transaction or not).
     """
 
     def __init__(self) -> None:
         self.write_lock: threading.RLock | None = None
         self.on_queued: list[Callable[[], None]] = []
+        self.readonly: dict[str, Any] = {"sqlite_begin": "DEFERRED"}
 
 
 _HOOKS: weakref.WeakKeyDictionary[Engine, EngineHooks] = weakref.WeakKeyDictionary()
@@ -588,7 +594,10 @@ def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session
     # Bounded like the busy timeout: a writer stuck behind a thread that waits for *it* fails
     # as before (SQLITE_BUSY after 30 s) instead of hanging for good.
     locked = lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) if lock is not None else False
-    bind = engine.execution_options(sqlite_begin="DEFERRED") if readonly else engine
+    bind = engine
+    if readonly:
+        options = hooks.readonly if hooks is not None else {"sqlite_begin": "DEFERRED"}
+        bind = engine.execution_options(**options)
     session = Session(bind=bind, expire_on_commit=False)
     queued = False
     try:

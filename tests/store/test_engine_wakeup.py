@@ -83,6 +83,25 @@ def test_queued_work_is_notified_to_listening_workers_on_postgresql(
         writer.dispose()
 
 
+def test_read_only_scopes_on_postgresql_cost_no_transaction(
+    fresh_url: Callable[[str], str],
+) -> None:
+    """A pure read needs no BEGIN and COMMIT round trips (under READ COMMITTED each statement
+    has its own snapshot anyway): each statement of a read-only scope is its own transaction,
+    while a write scope is one transaction."""
+    db = store.make_engine(fresh_url("postgresql"))
+    same = "SELECT now() = statement_timestamp()"  # true in a transaction's first statement only
+    try:
+        with store.session_scope(db, readonly=True) as s:
+            s.connection().exec_driver_sql("SELECT pg_sleep(0.02)")
+            assert s.connection().exec_driver_sql(same).scalar_one() is True
+        with store.session_scope(db) as s:
+            s.connection().exec_driver_sql("SELECT pg_sleep(0.02)")
+            assert s.connection().exec_driver_sql(same).scalar_one() is False
+    finally:
+        db.dispose()
+
+
 def test_on_queued_hooks_run_after_commit_on_both_dialects(engine: Engine) -> None:
     calls: list[bool] = []
 
