@@ -16,6 +16,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from sync import store
+from sync.queue import next_backoff
 from sync.store import (
     IncidentRow,
     LinkConflict,
@@ -244,6 +245,60 @@ def test_shadow_is_replaced_and_goes_with_its_link(engine: Engine) -> None:
         session.delete(row)
     with session_scope(engine, readonly=True) as session:
         assert store.get_shadow(session, link.id) is None
+
+
+def test_incident_state_is_everything_a_reconcile_reads(engine: Engine) -> None:
+    """One read for the incident, its links with their records' newest observations and their
+    shadows, and one for its backoffs, open parked targets and synced comments."""
+    assert _incident(engine) != ""
+    with session_scope(engine, readonly=True) as session:
+        assert store.incident_state(session, "nope") is None
+    lonely = _incident(engine, "no links yet")
+    incident_id = _incident(engine)
+    at = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    with session_scope(engine) as session:
+        seen = store.add_link(session, incident_id=incident_id, remote_id="1", **JIRA)
+        new = store.add_link(
+            session, incident_id=incident_id, system="servicenow", instance="default",
+            object_type="incident", remote_id="s1",
+        )  # fmt: skip
+        assert seen.id is not None and new.id is not None
+        store.record_observation(
+            session, system="jira", instance="default", object_type="issue", remote_id="1",
+            version=[7], fields={"summary": "db down"}, source="webhook", remote_updated_at=at,
+        )  # fmt: skip
+        store.set_shadow(session, seen.id, {"summary": "db"}, [6])
+        store.park(session, incident_id=incident_id, target="statuspage:default", error="400")
+        closed = store.park(session, incident_id=incident_id, target="jira:eu", error="400")
+        store.resolve_parked(session, closed.id or 0)
+        next_backoff(session, incident_id, "jira:default", "503", now=at)
+        store.link_comment(
+            session, incident_id=incident_id, canonical_id="c1", system="jira",
+            instance="default", remote_id="10001", direction="in",
+        )  # fmt: skip
+        store.link_comment(
+            session, incident_id="other", canonical_id="c9", system="jira",
+            instance="default", remote_id="10009", direction="in",
+        )  # fmt: skip
+    with session_scope(engine, readonly=True) as session:
+        state = store.incident_state(session, incident_id)
+        empty = store.incident_state(session, lonely)
+    assert state is not None and empty is not None
+    assert (state.version, state.data) == (1, {"title": "db down"})
+    assert [x.id for x in state.links] == [seen.id, new.id]
+    assert state.links[1].system == "servicenow" and state.links[1].remote_id == "s1"
+    observed = state.observations[seen.id]
+    assert observed is not None and observed.version == [7]
+    assert observed.fields == {"summary": "db down"} and observed.remote_updated_at == at
+    assert state.observations[new.id] is None
+    shadow = state.shadows[seen.id]
+    assert shadow is not None and (shadow.fields, shadow.version) == ({"summary": "db"}, [6])
+    assert state.shadows[new.id] is None
+    assert state.parked == {"statuspage:default"}
+    assert list(state.backoffs) == ["jira:default"] and state.backoffs["jira:default"] > at
+    assert state.comments == [("c1", "jira", "default", "10001")]
+    assert (empty.links, empty.parked, empty.backoffs, empty.comments) == ([], set(), {}, [])
+    assert empty.data == {"title": "no links yet"}
 
 
 # ---------------------------------------------------------------------------------- observations
