@@ -328,6 +328,14 @@ def _sum_totals(workers: list[Worker]) -> Totals:
     return totals
 
 
+def _own_connection(db: Engine) -> Any:
+    """A psycopg connection of its own (not the pool's), in autocommit: LISTEN and NOTIFY."""
+    import psycopg
+
+    args, kwargs = db.dialect.create_connect_args(db.url)
+    return psycopg.connect(*args, **{**kwargs, "autocommit": True})
+
+
 class QueueListener:
     """PostgreSQL: ``LISTEN itsm_sync_queue`` on a connection of its own and notify
     :class:`Wakeup` for every ``NOTIFY`` (sent by ``sync.store.session_scope`` with each commit
@@ -347,10 +355,9 @@ class QueueListener:
     def _run(self) -> None:
         import psycopg
 
-        args, kwargs = self.db.dialect.create_connect_args(self.db.url)
         while not self._stop.is_set():
             try:
-                with psycopg.connect(*args, **{**kwargs, "autocommit": True}) as conn:
+                with _own_connection(self.db) as conn:
                     conn.execute(f"LISTEN {store.QUEUE_CHANNEL}")
                     self.wakeup.notify()  # anything queued while we were not listening
                     while not self._stop.is_set():
@@ -416,7 +423,6 @@ class QueueNotifier:
     def _run(self) -> None:
         import psycopg
 
-        args, kwargs = self.db.dialect.create_connect_args(self.db.url)
         conn: psycopg.Connection[Any] | None = None
         try:
             while True:
@@ -429,7 +435,7 @@ class QueueNotifier:
                 self._poked = False  # a poke from now on makes one more NOTIFY
                 try:
                     if conn is None:
-                        conn = psycopg.connect(*args, **{**kwargs, "autocommit": True})
+                        conn = _own_connection(self.db)
                     conn.execute(f"NOTIFY {store.QUEUE_CHANNEL}")
                     self.sent += 1
                 except psycopg.Error as exc:
