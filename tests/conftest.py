@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from simulators.runner import ClusterConfig, SimulatorCluster
+from tests.systems import people_only
 
 
 def _free_cluster(tls: bool = False) -> SimulatorCluster:
@@ -119,3 +120,24 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def empty_sims(sims: SimulatorCluster) -> Iterator[SimulatorCluster]:
+    """The session's simulators holding only people and services (no incidents, no faults),
+    Statuspage's rate limit raised so the budget is set by the service's own token bucket."""
+    with httpx.Client(timeout=10) as client:
+        for name, url in sims.urls.items():
+            client.post(f"{url}/_sim/reset").raise_for_status()
+            client.post(f"{url}/_sim/seed", json=people_only(name)).raise_for_status()
+        client.post(
+            f"{sims.urls['statuspage']}/_sim/ratelimit", json={"requests_per_minute": 6000}
+        ).raise_for_status()
+    try:
+        yield sims
+    finally:
+        with httpx.Client(timeout=10) as client:
+            for url in sims.urls.values():
+                client.delete(f"{url}/_sim/webhooks")
+                client.delete(f"{url}/_sim/faults")
+            client.delete(f"{sims.urls['statuspage']}/_sim/ratelimit")

@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -31,7 +30,6 @@ CLI = [sys.executable, "-m", "service"]
 ALICE_SN = "a11ce000000000000000000000000001"
 CHECKOUT_SN = "5e000000000000000000000000000001"
 ADMIN_TOKEN = "chaos-admin-token"
-FIXTURES = Path(__file__).resolve().parents[2] / "simulators" / "fixtures"
 PG_MAINTENANCE_URL = os.environ.get(
     "ITSM_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -41,15 +39,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def people_only(system: str) -> Any:
-    """The default fixtures without their sample incidents (each test makes its own)."""
-    data = json.loads((FIXTURES / f"{system}.json").read_text())
-    for key in ("incident", "issues", "incidents"):
-        if isinstance(data, dict) and key in data:
-            data[key] = []
-    return data
 
 
 def service_env(cluster: SimulatorCluster, database_url: str, **extra: str) -> dict[str, str]:
@@ -182,27 +171,6 @@ class ServiceProcess:
     def register_webhooks(self, cluster: SimulatorCluster) -> None:
         """Add this process as a webhook target of every simulator (others stay registered)."""
         register_webhooks(cluster, self.url)
-
-
-@pytest.fixture
-def empty_sims(sims: SimulatorCluster) -> Iterator[SimulatorCluster]:
-    """The session's simulators holding only people and services (no incidents, no faults),
-    Statuspage's rate limit raised so the budget is set by the service's own token bucket."""
-    with httpx.Client(timeout=10) as client:
-        for name, url in sims.urls.items():
-            client.post(f"{url}/_sim/reset").raise_for_status()
-            client.post(f"{url}/_sim/seed", json=people_only(name)).raise_for_status()
-        client.post(
-            f"{sims.urls['statuspage']}/_sim/ratelimit", json={"requests_per_minute": 6000}
-        ).raise_for_status()
-    try:
-        yield sims
-    finally:
-        with httpx.Client(timeout=10) as client:
-            for url in sims.urls.values():
-                client.delete(f"{url}/_sim/webhooks")
-                client.delete(f"{url}/_sim/faults")
-            client.delete(f"{sims.urls['statuspage']}/_sim/ratelimit")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from service.harness import wait_for
 from simulators.runner import SimulatorCluster
 from tests.chaos.conftest import CLI, ServiceProcess, free_port, service_env
-from tests.systems import Systems, people_only
+from tests.systems import Systems
 
 # Only webhooks bring work; INFO: the worker process's life is in the log.
 QUIET = {"ITSM_SYNC_SYNC__POLL_INTERVAL_SECONDS": "3600", "ITSM_SYNC_LOG_LEVEL": "INFO"}
@@ -63,23 +63,9 @@ def _health(svc: ServiceProcess) -> tuple[int, dict[str, Any]]:
 
 
 @pytest.fixture
-def empty(sims: SimulatorCluster) -> Iterator[SimulatorCluster]:
-    with httpx.Client(timeout=10) as client:
-        for name, url in sims.urls.items():
-            client.post(f"{url}/_sim/reset").raise_for_status()
-            client.post(f"{url}/_sim/seed", json=people_only(name)).raise_for_status()
-    try:
-        yield sims
-    finally:
-        with httpx.Client(timeout=10) as client:
-            for url in sims.urls.values():
-                client.delete(f"{url}/_sim/webhooks")
-
-
-@pytest.fixture
-def started(empty: SimulatorCluster, tmp_path: Path) -> Iterator[ServiceProcess]:
+def started(empty_sims: SimulatorCluster, tmp_path: Path) -> Iterator[ServiceProcess]:
     """``itsm-sync run`` (defaults: a worker process) on SQLite, ready (worker process too)."""
-    env = service_env(empty, f"sqlite:///{tmp_path / 'itsm-sync.db'}", **QUIET)
+    env = service_env(empty_sims, f"sqlite:///{tmp_path / 'itsm-sync.db'}", **QUIET)
     svc = ServiceProcess("run", env, tmp_path)
     try:
         svc.start(wait=True)
@@ -89,15 +75,15 @@ def started(empty: SimulatorCluster, tmp_path: Path) -> Iterator[ServiceProcess]
 
 
 def test_run_answers_here_and_reconciles_in_its_worker_process(
-    started: ServiceProcess, empty: SimulatorCluster
+    started: ServiceProcess, empty_sims: SimulatorCluster
 ) -> None:
     status, body = _health(started)
     assert status == 200, body
     child = body["worker_pid"]
     assert started.proc is not None and child != started.proc.pid
     assert _parent_of(child) == started.proc.pid
-    started.register_webhooks(empty)
-    systems = Systems(empty)
+    started.register_webhooks(empty_sims)
+    systems = Systems(empty_sims)
     try:
         systems.open_p1("chaosless checkout fails")
         # The poller sleeps for an hour: the webhook (stored by the HTTP process) must wake
@@ -160,8 +146,10 @@ def test_sigterm_or_ctrl_c_stops_both_cleanly(started: ServiceProcess, sig: int)
     assert f"worker process {child} stopping: asked to stop" in started.log.read_text()
 
 
-def test_role_http_and_role_workers_share_the_work(empty: SimulatorCluster, tmp_path: Path) -> None:
-    env = service_env(empty, f"sqlite:///{tmp_path / 'itsm-sync.db'}", **QUIET)
+def test_role_http_and_role_workers_share_the_work(
+    empty_sims: SimulatorCluster, tmp_path: Path
+) -> None:
+    env = service_env(empty_sims, f"sqlite:///{tmp_path / 'itsm-sync.db'}", **QUIET)
     port = free_port()
     log = (tmp_path / "roles.log").open("ab")
     http = subprocess.Popen(
@@ -172,7 +160,7 @@ def test_role_http_and_role_workers_share_the_work(empty: SimulatorCluster, tmp_
         [*CLI, "run", "--role", "workers"], env=env, cwd=tmp_path,
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    systems = Systems(empty)
+    systems = Systems(empty_sims)
     try:
         svc = ServiceProcess("http", env, tmp_path, port=port)
         svc.proc = http
@@ -181,7 +169,7 @@ def test_role_http_and_role_workers_share_the_work(empty: SimulatorCluster, tmp_
             "resource_tracker" in Path(f"/proc/{p}/cmdline").read_text()
             for p in _descendants(http.pid)
         )  # no worker process of its own
-        svc.register_webhooks(empty)
+        svc.register_webhooks(empty_sims)
         time.sleep(1.0)  # the workers process is up by now (or starts and finds the mark)
         systems.open_p1("roles checkout fails")
         wait_for(lambda: systems.jira_issues(), "the Jira issue made by --role workers", 60)
