@@ -42,7 +42,16 @@ TABLES: dict[str, list[str]] = {
     "sys_user_group": [*COMMON, "name", "description", "active"],
     "cmdb_ci_service": [*COMMON, "name", "short_description", "operational_status"],
     "sys_journal_field": [*COMMON, "element", "element_id", "name", "value"],
+    # Audit rows are written once and never updated: no sys_updated_* / sys_mod_count columns.
+    "sys_audit": [
+        "sys_id", "sys_created_on", "sys_created_by", "tablename", "documentkey", "fieldname",
+        "oldvalue", "newvalue", "user", "reason", "record_checkpoint", "internal_checkpoint",
+    ],
 }  # fmt: skip
+# Tables the platform writes itself; the Table API refuses writes to them (ACL).
+READ_ONLY = ("sys_journal_field", "sys_audit")
+# Tables audited out of the box (task tables); journal fields are in sys_journal_field instead.
+AUDITED = ("incident", "change_request")
 REFS: dict[str, str] = {
     "assigned_to": "sys_user", "opened_by": "sys_user", "closed_by": "sys_user",
     "resolved_by": "sys_user", "caller_id": "sys_user", "assignment_group": "sys_user_group",
@@ -96,6 +105,7 @@ class ServiceNowSimulator(Simulator):
         self.tables: dict[str, dict[str, Record]] = {t: {} for t in TABLES}
         self.counters = {t: n for t, (_, n) in PREFIX.items()}
         self._window = []
+        self._audit_seq = 0
 
     def dump_state(self) -> dict[str, Any]:
         return {"tables": copy.deepcopy(self.tables), "counters": dict(self.counters)}
@@ -241,7 +251,7 @@ class ServiceNowSimulator(Simulator):
     def collection(self, req: SimRequest) -> Response:
         table = self._table(req)
         if req.method == "POST":
-            if table == "sys_journal_field":
+            if table in READ_ONLY:
                 raise SimHTTPError(403, "Operation Failed", "ACL Exception Insert Failed")
             body = self._body(req)
             rec = self._insert(table, body, str(req.user))
@@ -257,7 +267,7 @@ class ServiceNowSimulator(Simulator):
             )
         if req.method == "GET":
             return JSONResponse({"result": self._render(req, table, rec)})
-        if table == "sys_journal_field":
+        if table in READ_ONLY:
             raise SimHTTPError(403, "Operation Failed", "ACL Exception Update Failed")
         if req.method == "DELETE":
             del self.tables[table][rec["sys_id"]]
@@ -322,6 +332,7 @@ class ServiceNowSimulator(Simulator):
         self._derive(table, rec, None)
         self._policy(table, rec, None)
         self.tables[table][rec["sys_id"]] = rec
+        self._audit(table, None, rec, user)
         written = [self._journal(table, rec["sys_id"], el, val, user) for el, val in journal]
         if table in PREFIX and not seeding:
             self._notify(table, "insert", rec, written)
@@ -346,6 +357,7 @@ class ServiceNowSimulator(Simulator):
         )
         rec.clear()
         rec.update(new)
+        self._audit(table, old, rec, user)
         written = [self._journal(table, rec["sys_id"], el, val, user) for el, val in journal]
         if table in PREFIX:
             self._notify(table, "update", rec, written)
@@ -394,6 +406,40 @@ class ServiceNowSimulator(Simulator):
         }  # fmt: skip
         self.tables["sys_journal_field"][jid] = row
         return row
+
+    def _audit(self, table: str, old: Record | None, rec: Record, user: str) -> None:
+        """One sys_audit row per audited field this insert set or this update changed.
+
+        As on a real instance: system fields (``sys_*``) are not audited, values are stored raw
+        (reference fields as sys_ids, dates in UTC), ``record_checkpoint`` is the record's
+        ``sys_mod_count`` after the change and ``internal_checkpoint`` a hex sequence.
+        """
+        if table not in AUDITED:
+            return
+        ts = rec["sys_updated_on"]
+        for field in TABLES[table]:
+            if field.startswith("sys_") or field in JOURNAL:
+                continue
+            before = old.get(field, "") if old else ""
+            after = rec.get(field, "")
+            if before == after:
+                continue
+            self._audit_seq += 1
+            aid = uuid.uuid4().hex
+            self.tables["sys_audit"][aid] = {
+                "sys_id": aid,
+                "sys_created_on": ts,
+                "sys_created_by": user,
+                "tablename": table,
+                "documentkey": rec["sys_id"],
+                "fieldname": field,
+                "oldvalue": before,
+                "newvalue": after,
+                "user": user,
+                "reason": "",
+                "record_checkpoint": rec["sys_mod_count"],
+                "internal_checkpoint": f"{int(time.time() * 1000):011x}{self._audit_seq:07x}",
+            }
 
     def _notify(self, table: str, op: str, rec: Record, journal: list[Record]) -> None:
         # What the business rule in docs/operations.md sends: the record, and the journal

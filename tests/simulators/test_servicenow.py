@@ -308,3 +308,42 @@ def test_seed_recorded_change(sims: SimulatorCluster) -> None:
                     params={"sysparm_exclude_reference_link": "true"}).json()["result"]  # fmt: skip
         assert got["short_description"] == str(values.get("short_description", ""))
         assert all(isinstance(v, str) for v in got.values())
+
+
+def test_sys_audit_one_row_per_changed_field(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        inc = make_incident(c, short_description="audit me", urgency="2", comments="hello")
+        sid = inc["sys_id"]
+        path = f"/api/now/table/incident/{sid}"
+        c.patch(path, json={"urgency": "1", "work_notes": "journal, not audit"})
+        c.put(path, json={"short_description": "audited"})
+        q = f"tablename=incident^documentkey={sid}^sys_created_on>=2000-01-01 00:00:00"
+        r = c.get(
+            "/api/now/table/sys_audit", params={"sysparm_query": q + "^ORDERBYsys_created_on"}
+        )
+        rows = r.json()["result"]
+        by_cp: dict[str, dict[str, tuple[str, str]]] = {}
+        for row in rows:
+            assert row["user"] == "admin" and row["sys_created_by"] == "admin"
+            assert len(row["internal_checkpoint"]) == 18 and row["reason"] == ""
+            by_cp.setdefault(row["record_checkpoint"], {})[row["fieldname"]] = (
+                row["oldvalue"],
+                row["newvalue"],
+            )
+        # Insert: every non-empty audited field, old value empty; no sys_* or journal fields.
+        assert by_cp["0"]["short_description"] == ("", "audit me")
+        assert by_cp["0"]["number"] == ("", inc["number"])
+        assert not [f for cp in by_cp.values() for f in cp if f.startswith("sys_")]
+        assert not [f for cp in by_cp.values() for f in cp if f in ("comments", "work_notes")]
+        # Update 1: urgency and the priority it derives; update 2: the description only.
+        assert by_cp["1"] == {"urgency": ("2", "1"), "priority": ("4", "3")}
+        assert by_cp["2"] == {"short_description": ("audit me", "audited")}
+        assert [x["record_checkpoint"] for x in rows] == sorted(
+            (x["record_checkpoint"] for x in rows), key=int
+        )
+        # The platform writes audit rows itself; the Table API refuses writes to them.
+        assert c.post("/api/now/table/sys_audit", json={"tablename": "x"}).status_code == 403
+        one = c.patch(f"/api/now/table/sys_audit/{rows[0]['sys_id']}", json={"newvalue": "x"})
+        assert one.status_code == 403
+        users = c.get("/api/now/table/sys_audit", params={"sysparm_query": "tablename=sys_user"})
+        assert users.json()["result"] == []
