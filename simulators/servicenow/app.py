@@ -35,21 +35,42 @@ TASK = [
 TABLES: dict[str, list[str]] = {
     "incident": COMMON + TASK + [
         "caller_id", "category", "hold_reason", "resolved_at", "resolved_by",
-        "parent_incident", "reopen_count",
+        "parent_incident", "reopen_count", "problem_id",
     ],
     "change_request": COMMON + TASK + ["type", "due_date", "start_date", "end_date"],
+    # The problem table as shaped since the Madrid state model (New 101 ... Closed 107).
+    "problem": COMMON + TASK + [
+        "first_reported_by_task", "known_error", "workaround", "cause_notes", "fix_notes",
+        "resolution_code", "resolved_at", "resolved_by", "duplicate_of", "related_incidents",
+        "rfc", "category", "subcategory", "reopen_count", "reopened_at", "reopened_by",
+    ],
     "sys_user": [*COMMON, "user_name", "email", "name", "first_name", "last_name", "active"],
     "sys_user_group": [*COMMON, "name", "description", "active"],
     "cmdb_ci_service": [*COMMON, "name", "short_description", "operational_status"],
     "sys_journal_field": [*COMMON, "element", "element_id", "name", "value"],
+    # Audit rows are written once and never updated: no sys_updated_* / sys_mod_count columns.
+    "sys_audit": [
+        "sys_id", "sys_created_on", "sys_created_by", "tablename", "documentkey", "fieldname",
+        "oldvalue", "newvalue", "user", "reason", "record_checkpoint", "internal_checkpoint",
+    ],
 }  # fmt: skip
+# Tables the platform writes itself; the Table API refuses writes to them (ACL).
+READ_ONLY = ("sys_journal_field", "sys_audit")
+# Tables audited out of the box (task tables); journal fields are in sys_journal_field instead.
+AUDITED = ("incident", "change_request", "problem")
+# Tables the business rule in docs/operations.md is installed on (webhook events).
+NOTIFIED = ("incident", "change_request")
 REFS: dict[str, str] = {
     "assigned_to": "sys_user", "opened_by": "sys_user", "closed_by": "sys_user",
     "resolved_by": "sys_user", "caller_id": "sys_user", "assignment_group": "sys_user_group",
     "cmdb_ci": "cmdb_ci_service", "business_service": "cmdb_ci_service",
-    "parent_incident": "incident", "parent": "task",
+    "parent_incident": "incident", "parent": "task", "problem_id": "problem",
+    "first_reported_by_task": "task", "duplicate_of": "problem", "rfc": "change_request",
+    "reopened_by": "sys_user",
 }  # fmt: skip
-PREFIX = {"incident": ("INC", 10001), "change_request": ("CHG", 30001)}
+TASK_TABLES = ("incident", "change_request", "problem")
+PREFIX = {"incident": ("INC", 10001), "change_request": ("CHG", 30001), "problem": ("PRB", 40001)}
+INITIAL_STATE = {"incident": "1", "change_request": "-5", "problem": "101"}
 PRIORITY = {
     ("1", "1"): "1", ("1", "2"): "2", ("2", "1"): "2", ("1", "3"): "3", ("2", "2"): "3",
     ("3", "1"): "3", ("2", "3"): "4", ("3", "2"): "4", ("3", "3"): "5",
@@ -96,6 +117,7 @@ class ServiceNowSimulator(Simulator):
         self.tables: dict[str, dict[str, Record]] = {t: {} for t in TABLES}
         self.counters = {t: n for t, (_, n) in PREFIX.items()}
         self._window = []
+        self._audit_seq = 0
 
     def dump_state(self) -> dict[str, Any]:
         return {"tables": copy.deepcopy(self.tables), "counters": dict(self.counters)}
@@ -112,7 +134,7 @@ class ServiceNowSimulator(Simulator):
 
     def seed(self, data: Mapping[str, Any]) -> dict[str, Any]:
         summary: dict[str, Any] = {}
-        for table in ("sys_user", "sys_user_group", "cmdb_ci_service", "incident",
+        for table in ("sys_user", "sys_user_group", "cmdb_ci_service", "problem", "incident",
                       "change_request"):  # fmt: skip
             rows = data.get(table) or []
             for row in rows:
@@ -241,7 +263,7 @@ class ServiceNowSimulator(Simulator):
     def collection(self, req: SimRequest) -> Response:
         table = self._table(req)
         if req.method == "POST":
-            if table == "sys_journal_field":
+            if table in READ_ONLY:
                 raise SimHTTPError(403, "Operation Failed", "ACL Exception Insert Failed")
             body = self._body(req)
             rec = self._insert(table, body, str(req.user))
@@ -257,10 +279,11 @@ class ServiceNowSimulator(Simulator):
             )
         if req.method == "GET":
             return JSONResponse({"result": self._render(req, table, rec)})
-        if table == "sys_journal_field":
+        if table in READ_ONLY:
             raise SimHTTPError(403, "Operation Failed", "ACL Exception Update Failed")
         if req.method == "DELETE":
             del self.tables[table][rec["sys_id"]]
+            self._count_related(table, rec, None)
             return Response(status_code=204)
         rec = self._update(table, rec, self._body(req), str(req.user))
         return JSONResponse({"result": self._render(req, table, rec)})
@@ -305,9 +328,12 @@ class ServiceNowSimulator(Simulator):
             p, _ = PREFIX[table]
             rec["number"] = f"{p}{self.counters[table]:07d}"
             self.counters[table] += 1
-            rec.update(active="true", opened_at=ts, state="1" if table == "incident" else "-5")
+            rec.update(active="true", opened_at=ts, state=INITIAL_STATE[table])
             if table == "incident":
                 rec.update(impact="3", urgency="3", reopen_count="0")
+            elif table == "problem":
+                rec.update(impact="3", urgency="3", reopen_count="0", related_incidents="0")
+                rec["known_error"] = "false"
             elif table == "change_request":
                 rec.update(type="normal")
         elif "active" in rec:
@@ -319,11 +345,13 @@ class ServiceNowSimulator(Simulator):
                     journal.append((k, self._str(v)))
             elif k in rec and k != "sys_id" and (seeding or k not in COMMON):
                 rec[k] = self._str(v)
-        self._derive(table, rec, None)
+        self._derive(table, rec, None, user)
         self._policy(table, rec, None)
         self.tables[table][rec["sys_id"]] = rec
+        self._audit(table, None, rec, user)
+        self._count_related(table, None, rec)
         written = [self._journal(table, rec["sys_id"], el, val, user) for el, val in journal]
-        if table in PREFIX and not seeding:
+        if table in NOTIFIED and not seeding:
             self._notify(table, "insert", rec, written)
         return rec
 
@@ -337,7 +365,7 @@ class ServiceNowSimulator(Simulator):
                     journal.append((k, self._str(v)))
             elif k in new and k not in COMMON and k != "number":
                 new[k] = self._str(v)
-        self._derive(table, new, old)
+        self._derive(table, new, old, user)
         self._policy(table, new, old)
         new.update(
             sys_updated_on=now(),
@@ -346,20 +374,35 @@ class ServiceNowSimulator(Simulator):
         )
         rec.clear()
         rec.update(new)
+        self._audit(table, old, rec, user)
+        self._count_related(table, old, rec)
         written = [self._journal(table, rec["sys_id"], el, val, user) for el, val in journal]
-        if table in PREFIX:
+        if table in NOTIFIED:
             self._notify(table, "update", rec, written)
         return rec
 
-    def _derive(self, table: str, rec: Record, old: Record | None) -> None:
-        if table != "incident" and table != "change_request":
+    def _derive(self, table: str, rec: Record, old: Record | None, user: str) -> None:
+        if table not in TASK_TABLES:
             return
-        if table == "incident":
+        prev = old["state"] if old else ""
+        state = rec["state"]
+        if table == "problem":
             rec["priority"] = PRIORITY.get((rec["impact"], rec["urgency"]), rec["priority"])
-            prev = old["state"] if old else ""
-            state = rec["state"]
+            if state == prev:
+                return
+            if state == "106":
+                rec.update(resolved_at=now(), resolved_by=self._user_id(user))
+            if state == "107":
+                rec.update(closed_at=now(), closed_by=self._user_id(user), active="false")
+            if prev in ("106", "107") and state in ("101", "102", "103", "104"):
+                rec["reopen_count"] = str(int(rec["reopen_count"] or 0) + 1)
+                rec.update(active="true", reopened_at=now(), reopened_by=self._user_id(user))
+                rec.update(
+                    dict.fromkeys(("resolved_at", "resolved_by", "closed_at", "closed_by"), "")
+                )
+        elif table == "incident":
+            rec["priority"] = PRIORITY.get((rec["impact"], rec["urgency"]), rec["priority"])
             if state != prev:
-                user = rec["sys_updated_by"] or ""
                 if state == "6":
                     rec.update(resolved_at=now(), resolved_by=self._user_id(user))
                 if state == "7":
@@ -369,6 +412,18 @@ class ServiceNowSimulator(Simulator):
                     rec.update(active="true", resolved_at="", closed_at="")
         elif rec["state"] in ("3", "4") and (not old or old["state"] != rec["state"]):
             rec.update(closed_at=now(), active="false")
+
+    def _count_related(self, table: str, old: Record | None, rec: Record | None) -> None:
+        """Keep ``problem.related_incidents`` equal to the incidents whose problem_id points at
+        it, as the platform's business rule does (no audit row, no sys_mod_count bump)."""
+        if table != "incident":
+            return
+        touched = {(old or {}).get("problem_id", ""), (rec or {}).get("problem_id", "")}
+        for pid in touched - {""}:
+            prb = self.tables["problem"].get(pid)
+            if prb is not None:
+                n = sum(1 for i in self.tables["incident"].values() if i["problem_id"] == pid)
+                prb["related_incidents"] = str(n)
 
     def _user_id(self, user_name: str) -> str:
         for u in self.tables["sys_user"].values():
@@ -394,6 +449,40 @@ class ServiceNowSimulator(Simulator):
         }  # fmt: skip
         self.tables["sys_journal_field"][jid] = row
         return row
+
+    def _audit(self, table: str, old: Record | None, rec: Record, user: str) -> None:
+        """One sys_audit row per audited field this insert set or this update changed.
+
+        As on a real instance: system fields (``sys_*``) are not audited, values are stored raw
+        (reference fields as sys_ids, dates in UTC), ``record_checkpoint`` is the record's
+        ``sys_mod_count`` after the change and ``internal_checkpoint`` a hex sequence.
+        """
+        if table not in AUDITED:
+            return
+        ts = rec["sys_updated_on"]
+        for field in TABLES[table]:
+            if field.startswith("sys_") or field in JOURNAL:
+                continue
+            before = old.get(field, "") if old else ""
+            after = rec.get(field, "")
+            if before == after:
+                continue
+            self._audit_seq += 1
+            aid = uuid.uuid4().hex
+            self.tables["sys_audit"][aid] = {
+                "sys_id": aid,
+                "sys_created_on": ts,
+                "sys_created_by": user,
+                "tablename": table,
+                "documentkey": rec["sys_id"],
+                "fieldname": field,
+                "oldvalue": before,
+                "newvalue": after,
+                "user": user,
+                "reason": "",
+                "record_checkpoint": rec["sys_mod_count"],
+                "internal_checkpoint": f"{int(time.time() * 1000):011x}{self._audit_seq:07x}",
+            }
 
     def _notify(self, table: str, op: str, rec: Record, journal: list[Record]) -> None:
         # What the business rule in docs/operations.md sends: the record, and the journal
@@ -438,7 +527,7 @@ class ServiceNowSimulator(Simulator):
         ref = REFS.get(field)
         if not ref or not value:
             return value
-        for t in [ref] if ref in self.tables else ["incident", "change_request"]:
+        for t in [ref] if ref in self.tables else TASK_TABLES:
             row = self.tables[t].get(value)
             if row:
                 return str(row.get("name") or row.get("number") or value)

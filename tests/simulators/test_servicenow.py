@@ -308,3 +308,98 @@ def test_seed_recorded_change(sims: SimulatorCluster) -> None:
                     params={"sysparm_exclude_reference_link": "true"}).json()["result"]  # fmt: skip
         assert got["short_description"] == str(values.get("short_description", ""))
         assert all(isinstance(v, str) for v in got.values())
+
+
+def test_sys_audit_one_row_per_changed_field(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        inc = make_incident(c, short_description="audit me", urgency="2", comments="hello")
+        sid = inc["sys_id"]
+        path = f"/api/now/table/incident/{sid}"
+        c.patch(path, json={"urgency": "1", "work_notes": "journal, not audit"})
+        c.put(path, json={"short_description": "audited"})
+        q = f"tablename=incident^documentkey={sid}^sys_created_on>=2000-01-01 00:00:00"
+        r = c.get(
+            "/api/now/table/sys_audit", params={"sysparm_query": q + "^ORDERBYsys_created_on"}
+        )
+        rows = r.json()["result"]
+        by_cp: dict[str, dict[str, tuple[str, str]]] = {}
+        for row in rows:
+            assert row["user"] == "admin" and row["sys_created_by"] == "admin"
+            assert len(row["internal_checkpoint"]) == 18 and row["reason"] == ""
+            by_cp.setdefault(row["record_checkpoint"], {})[row["fieldname"]] = (
+                row["oldvalue"],
+                row["newvalue"],
+            )
+        # Insert: every non-empty audited field, old value empty; no sys_* or journal fields.
+        assert by_cp["0"]["short_description"] == ("", "audit me")
+        assert by_cp["0"]["number"] == ("", inc["number"])
+        assert not [f for cp in by_cp.values() for f in cp if f.startswith("sys_")]
+        assert not [f for cp in by_cp.values() for f in cp if f in ("comments", "work_notes")]
+        # Update 1: urgency and the priority it derives; update 2: the description only.
+        assert by_cp["1"] == {"urgency": ("2", "1"), "priority": ("4", "3")}
+        assert by_cp["2"] == {"short_description": ("audit me", "audited")}
+        assert [x["record_checkpoint"] for x in rows] == sorted(
+            (x["record_checkpoint"] for x in rows), key=int
+        )
+        # The platform writes audit rows itself; the Table API refuses writes to them.
+        assert c.post("/api/now/table/sys_audit", json={"tablename": "x"}).status_code == 403
+        one = c.patch(f"/api/now/table/sys_audit/{rows[0]['sys_id']}", json={"newvalue": "x"})
+        assert one.status_code == 403
+        users = c.get("/api/now/table/sys_audit", params={"sysparm_query": "tablename=sys_user"})
+        assert users.json()["result"] == []
+
+
+def test_problem_table_and_incident_linkage(
+    tls_sims: SimulatorCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    ca = str(tls_sims.cert.cert)  # type: ignore[union-attr]
+    snc = pysnc.ServiceNowClient(tls_sims.urls["servicenow"], AUTH, verify=ca)
+    with httpx.Client(base_url=tls_sims.urls["servicenow"], auth=AUTH, verify=ca) as c:
+        inc = make_incident(c, short_description="checkout 500s")
+        r = c.post(
+            "/api/now/table/problem",
+            json={"short_description": "checkout flaps", "first_reported_by_task": inc["sys_id"]},
+        )
+        assert r.status_code == 201, r.text
+        prb = r.json()["result"]
+        assert prb["number"].startswith("PRB") and len(prb["number"]) == 10
+        assert (prb["state"], prb["active"], prb["known_error"]) == ("101", "true", "false")
+        assert prb["priority"] == "5" and prb["related_incidents"] == "0"
+        assert prb["first_reported_by_task"]["value"] == inc["sys_id"]
+        assert prb["first_reported_by_task"]["link"].endswith(f"/table/task/{inc['sys_id']}")
+        pid = prb["sys_id"]
+        # Linking incidents through incident.problem_id keeps related_incidents counted.
+        c.patch(f"/api/now/table/incident/{inc['sys_id']}", json={"problem_id": pid})
+        other = make_incident(c, problem_id=pid)
+        # PySNC (a real client) reads the problem and its incidents over HTTP.
+        gr = snc.GlideRecord("problem")
+        assert gr.get(pid)
+        assert gr.related_incidents == "2" and gr.short_description == "checkout flaps"
+        incs = snc.GlideRecord("incident")
+        incs.add_query("problem_id", pid)
+        incs.query()
+        assert sorted(i.number for i in incs) == sorted([inc["number"], other["number"]])
+        assert c.delete(f"/api/now/table/incident/{other['sys_id']}").status_code == 204
+        path = f"/api/now/table/problem/{pid}"
+        assert c.get(path).json()["result"]["related_incidents"] == "1"
+        disp = c.get(path, params={"sysparm_display_value": "true"}).json()["result"]
+        assert disp["first_reported_by_task"]["value"] == inc["number"]
+        # State model: 106 Resolved sets resolved_*, 107 Closed deactivates, reopening counts.
+        res = c.patch(path, json={"state": "106", "resolution_code": "fix_applied"}).json()
+        assert res["result"]["resolved_at"] and res["result"]["resolved_by"]
+        closed = c.patch(path, json={"state": "107"}).json()["result"]
+        assert closed["active"] == "false" and closed["closed_at"]
+        back = c.patch(path, json={"state": "103"}).json()["result"]
+        assert (back["reopen_count"], back["active"], back["closed_at"]) == ("1", "true", "")
+        audit = c.get(
+            "/api/now/table/sys_audit",
+            params={"sysparm_query": f"tablename=problem^documentkey={pid}^fieldname=state"},
+        ).json()["result"]
+        assert [(a["oldvalue"], a["newvalue"]) for a in audit] == [
+            ("", "101"),
+            ("101", "106"),
+            ("106", "107"),
+            ("107", "103"),
+        ]
