@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from simulators.base import SimHTTPError, SimRequest, Simulator, WebhookTarget
 
-from .query import compile_query
+from .query import QueryError, compile_query
 
 Record = dict[str, Any]
 
@@ -76,6 +76,10 @@ PRIORITY = {
     ("3", "1"): "3", ("2", "3"): "4", ("3", "2"): "4", ("3", "3"): "5",
 }  # fmt: skip
 JOURNAL = ("comments", "work_notes")
+DATE_FIELDS = {"due_date", "start_date", "end_date"}
+# System properties the simulator honours, with their defaults (set through /_sim/properties).
+INVALID_QUERY_PROPERTY = "glide.invalid_query.returns_no_rows"
+PROPERTIES: dict[str, bool] = {INVALID_QUERY_PROPERTY: True}
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "servicenow.json"
 DATA_POLICY = (
     "Data Policy Exception: \n\tThe following fields are mandatory: "
@@ -115,6 +119,7 @@ class ServiceNowSimulator(Simulator):
 
     def reset(self) -> None:
         self.tables: dict[str, dict[str, Record]] = {t: {} for t in TABLES}
+        self.properties = dict(PROPERTIES)
         self.counters = {t: n for t, (_, n) in PREFIX.items()}
         self._window = []
         self._audit_seq = 0
@@ -216,6 +221,7 @@ class ServiceNowSimulator(Simulator):
             )
         self.route("/oauth_token.do", ["POST"])(self.oauth)
         self.route("/_sim/ratelimit", ["POST", "GET"])(self.ratelimit)
+        self.route("/_sim/properties", ["POST", "GET"])(self.sim_properties)
 
     def ratelimit(self, req: SimRequest) -> Response:
         if req.method == "POST":
@@ -224,6 +230,20 @@ class ServiceNowSimulator(Simulator):
             self.requests_per_hour = int(n) if n else None
             self._window = []
         return JSONResponse({"requests_per_hour": self.requests_per_hour})
+
+    def sim_properties(self, req: SimRequest) -> Response:
+        """System properties: POST a JSON object of the known ones (booleans) to change them."""
+        if req.method == "POST":
+            body = req.json()
+            if not isinstance(body, dict):
+                raise SimHTTPError(400, "Invalid properties", "expected a JSON object")
+            for key, value in body.items():
+                if key not in PROPERTIES:
+                    raise SimHTTPError(400, "Invalid properties", f"unknown property {key!r}")
+                if not isinstance(value, bool):
+                    raise SimHTTPError(400, "Invalid properties", f"{key} must be true or false")
+            self.properties.update(body)
+        return JSONResponse(self.properties)
 
     def oauth(self, req: SimRequest) -> Response:
         form = dict(req.form())
@@ -539,8 +559,15 @@ class ServiceNowSimulator(Simulator):
         extra = [f"{k}={v}" for k, v in req.query if not k.startswith("sysparm_") and k in fields]
         if extra:
             query = "^".join([query, *extra]) if query else "^".join(extra)
-        pred, order = compile_query(query, fields)
-        rows = [r for r in self.tables[table].values() if pred(r)]
+        try:
+            compiled = compile_query(query, _Schema(self, table))
+        except QueryError as exc:
+            raise SimHTTPError(400, "Invalid query", str(exc)) from exc
+        order = compiled.order
+        if compiled.invalid and self.properties[INVALID_QUERY_PROPERTY]:
+            rows = []  # glide.invalid_query.returns_no_rows: an invalid query matches nothing
+        else:
+            rows = [r for r in self.tables[table].values() if compiled.match(r)]
         rows.sort(key=lambda r: r["sys_created_on"])
         for f, desc in reversed(order):
             rows.sort(key=_field_key(f), reverse=desc)
@@ -577,6 +604,48 @@ class ServiceNowSimulator(Simulator):
             links.append(f'<{url(offset + limit)}>;rel="next"')
         links.append(f'<{url(last)}>;rel="last"')
         return ",".join(links)
+
+
+class _Schema:
+    """What the query compiler needs to know about a table: its fields, dot-walked through
+    reference fields (``caller_id.email``), and which of them hold dates."""
+
+    def __init__(self, sim: ServiceNowSimulator, table: str) -> None:
+        self.sim = sim
+        self.table = table
+
+    def _walk(self, path: str) -> tuple[list[str], str] | None:
+        """The tables the last segment of ``path`` lives in, and that segment."""
+        tables = [self.table]
+        *hops, last = path.split(".")
+        for hop in hops:
+            ref = REFS.get(hop)
+            if ref is None or not any(hop in TABLES[t] for t in tables):
+                return None
+            tables = list(TASK_TABLES) if ref == "task" else [ref]
+        if not any(last in TABLES[t] for t in tables):
+            return None
+        return tables, last
+
+    def known(self, path: str) -> bool:
+        return self._walk(path) is not None
+
+    def is_date(self, path: str) -> bool:
+        last = path.rsplit(".", 1)[-1]
+        return last in DATE_FIELDS or last.endswith(("_at", "_on"))
+
+    def get(self, rec: Record, path: str) -> str:
+        *hops, last = path.split(".")
+        cur: Record | None = rec
+        for hop in hops:
+            ref = REFS[hop]
+            value = str(cur.get(hop, "")) if cur else ""
+            cur = None
+            for t in TASK_TABLES if ref == "task" else (ref,):
+                cur = self.sim.tables[t].get(value)
+                if cur is not None:
+                    break
+        return str(cur.get(last, "")) if cur else ""
 
 
 def _field_key(field: str) -> Callable[[Record], tuple[int, float, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -127,7 +128,49 @@ def test_pysnc_paging_and_writes(
             "@javascript:gs.dateGenerate('2001-01-01','00:00:00')",
             set(),
         ),
-        ("bogus_field=1^short_description=alpha", {"alpha"}),
+        # An unknown field makes the whole query invalid: no rows (the hardened default).
+        ("bogus_field=1^short_description=alpha", set()),
+        ("short_descriptionBOGUSalpha", set()),
+        ("impactBETWEEN1@2", {"alpha", "query beta", "Checkout latency elevated"}),
+        ("short_description*uery^impact!=3", {"query beta"}),
+        ("short_description!*uery^short_description%ha", {"alpha"}),
+        ("short_descriptionANYTHING^impact=3", {"query gamma"}),
+        ("correlation_idEMPTYSTRING^impact=1", set()),
+        ("urgencySAMEASimpact", {"query gamma", "Checkout latency elevated"}),
+        ("urgencyNSAMEASimpact", {"alpha", "query beta"}),
+        ("urgencyGT_FIELDimpact", {"alpha", "query beta"}),
+        ("caller_id.email=alice@example.com", {"Checkout latency elevated"}),
+        ("caller_id.emailSTARTSWITHbob", set()),
+        (
+            "assignment_group.name=SRE^ORshort_description=alpha",
+            {"alpha", "Checkout latency elevated"},
+        ),
+        ("caller_id.bogus=x", set()),
+        ("short_description.name=x", set()),
+        (
+            "sys_created_onONToday@javascript:gs.daysAgoStart(0)@javascript:gs.daysAgoEnd(0)"
+            "^short_descriptionSTARTSWITHquery",
+            {"query beta", "query gamma"},
+        ),
+        (
+            "sys_created_onONLast 7 days@javascript:gs.beginningOfLast7Days()"
+            "@javascript:gs.endOfLast7Days()^impact=1",
+            {"alpha"},
+        ),
+        (
+            "sys_created_onNOTONToday@javascript:gs.daysAgoStart(0)@javascript:gs.daysAgoEnd(0)",
+            set(),
+        ),
+        (
+            "sys_created_onRELATIVEGT@hour@ago@1^impact=2",
+            {"query beta", "Checkout latency elevated"},
+        ),
+        ("sys_created_onRELATIVELT@hour@ago@1", set()),
+        ("sys_created_onRELATIVEGT@minute@ahead@5", set()),
+        ("short_descriptionRELATIVEGT@hour@ago@1", set()),  # not a date field: invalid
+        ("sys_created_on>=javascript:gs.beginningOfToday()^impact=3", {"query gamma"}),
+        ("sys_created_on<javascript:gs.minutesAgoStart(10)", set()),
+        ("sys_created_on>javascript:gs.noSuchMacro()", set()),
     ],
 )
 def test_encoded_query_operators(sims: SimulatorCluster, query: str, expected: set[str]) -> None:
@@ -138,6 +181,57 @@ def test_encoded_query_operators(sims: SimulatorCluster, query: str, expected: s
         r = c.get("/api/now/table/incident", params={"sysparm_query": query})
         assert r.status_code == 200
         assert {x["short_description"] for x in r.json()["result"]} == expected
+
+
+def test_encoded_query_datepart(sims: SimulatorCluster) -> None:
+    today = datetime.now(UTC)
+    day = today.strftime("%A").lower()
+    month = today.strftime("%B").lower()
+    with client(sims) as c:
+        make_incident(c, short_description="today")
+        for query, expected in [
+            (f"sys_created_onDATEPART{day}@javascript:gs.datePart('dayofweek','{day}','EE')", 2),
+            (f"sys_created_onDATEPART{month}@javascript:gs.datePart('month','{month}','EE')", 2),
+            (f"sys_created_onDATEPART1@javascript:gs.datePart('year','{today.year}','GT')", 0),
+            (f"sys_created_onDATEPART1@javascript:gs.datePart('year','{today.year}','LE')", 2),
+        ]:
+            r = c.get("/api/now/table/incident", params={"sysparm_query": query})
+            assert len(r.json()["result"]) == expected, query
+
+
+def test_invalid_query_property(sims: SimulatorCluster) -> None:
+    """A real instance ignores an invalid term unless glide.invalid_query.returns_no_rows is
+    true; the simulator defaults to true and lets a test switch it off."""
+    url = sims.urls["servicenow"]
+    with client(sims) as c:
+        make_incident(c, short_description="alpha")
+        q = {"sysparm_query": "bogus_field=1^short_description=alpha"}
+        assert c.get("/api/now/table/incident", params=q).json()["result"] == []
+        assert httpx.get(f"{url}/_sim/properties").json() == {
+            "glide.invalid_query.returns_no_rows": True
+        }
+        off = httpx.post(
+            f"{url}/_sim/properties", json={"glide.invalid_query.returns_no_rows": False}
+        )
+        assert off.json()["glide.invalid_query.returns_no_rows"] is False
+        rows = c.get("/api/now/table/incident", params=q).json()["result"]
+        assert [r["short_description"] for r in rows] == ["alpha"]
+        everything = c.get("/api/now/table/incident", params={"sysparm_query": "bogus=1"})
+        assert len(everything.json()["result"]) == 2  # the seeded incident and alpha
+        bad = httpx.post(f"{url}/_sim/properties", json={"glide.nope": True})
+        assert bad.status_code == 400 and "glide.nope" in bad.json()["error"]["detail"]
+        bad = httpx.post(f"{url}/_sim/properties", json={"glide.invalid_query.returns_no_rows": 1})
+        assert bad.status_code == 400
+        # Constructs the simulator cannot evaluate are refused, never answered with all rows.
+        for query in (
+            "short_descriptionVALCHANGES",
+            "RLQUERYsys_journal_field.element_id,>=1^ENDRLQUERY",
+            "JOINincident.caller_id=sys_id!active=true",
+            "caller_idDYNAMIC90d1921e5f510100a9ad2572f2b477fe",
+        ):
+            r = c.get("/api/now/table/incident", params={"sysparm_query": query})
+            assert r.status_code == 400, query
+            assert r.json()["error"]["message"] == "Invalid query"
 
 
 def test_orderby_and_pagination_headers(sims: SimulatorCluster) -> None:
