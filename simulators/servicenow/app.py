@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from simulators.base import SimHTTPError, SimRequest, Simulator, WebhookTarget
 
+from . import display
 from .query import QueryError, compile_query
 
 Record = dict[str, Any]
@@ -35,7 +36,7 @@ TASK = [
 TABLES: dict[str, list[str]] = {
     "incident": COMMON + TASK + [
         "caller_id", "category", "hold_reason", "resolved_at", "resolved_by",
-        "parent_incident", "reopen_count", "problem_id",
+        "parent_incident", "reopen_count", "problem_id", "incident_state",
     ],
     "change_request": COMMON + TASK + ["type", "due_date", "start_date", "end_date"],
     # The problem table as shaped since the Madrid state model (New 101 ... Closed 107).
@@ -44,7 +45,9 @@ TABLES: dict[str, list[str]] = {
         "resolution_code", "resolved_at", "resolved_by", "duplicate_of", "related_incidents",
         "rfc", "category", "subcategory", "reopen_count", "reopened_at", "reopened_by",
     ],
-    "sys_user": [*COMMON, "user_name", "email", "name", "first_name", "last_name", "active"],
+    "sys_user": [
+        *COMMON, "user_name", "email", "name", "first_name", "last_name", "active", "time_zone",
+    ],
     "sys_user_group": [*COMMON, "name", "description", "active"],
     "cmdb_ci_service": [*COMMON, "name", "short_description", "operational_status"],
     "sys_journal_field": [*COMMON, "element", "element_id", "name", "value"],
@@ -77,6 +80,10 @@ PRIORITY = {
 }  # fmt: skip
 JOURNAL = ("comments", "work_notes")
 DATE_FIELDS = {"due_date", "start_date", "end_date"}
+# States in which a task is no longer active (closed or canceled).
+INACTIVE = {"incident": ("7", "8"), "change_request": ("3", "4"), "problem": ("107",)}
+# The sys_id of the simulated rate limit rule (X-RateLimit-Rule names the rule's sys_id).
+RATE_RULE = "5a7e11a1c0a8016400f1a2b3c4d5e6f7"
 # System properties the simulator honours, with their defaults (set through /_sim/properties).
 INVALID_QUERY_PROPERTY = "glide.invalid_query.returns_no_rows"
 PROPERTIES: dict[str, bool] = {INVALID_QUERY_PROPERTY: True}
@@ -89,6 +96,10 @@ DATA_POLICY = (
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def is_date(field: str) -> bool:
+    return field in DATE_FIELDS or field.endswith(("_at", "_on"))
 
 
 def truthy(v: str | None) -> bool:
@@ -169,8 +180,20 @@ class ServiceNowSimulator(Simulator):
         resp.headers["Retry-After"] = str(retry_after)
         resp.headers["X-RateLimit-Limit"] = str(limit)
         resp.headers["X-RateLimit-Reset"] = str(int(time.time()) + retry_after)
-        resp.headers["X-RateLimit-Rule"] = "sim-table-api"
+        resp.headers["X-RateLimit-Rule"] = RATE_RULE
         return resp
+
+    def extra_headers(self, req: SimRequest, response: Response) -> None:
+        # A request that matches a rate limit rule gets the rule's headers on every response,
+        # not only on the 429 (docs: "REST API response headers").
+        if not self.requests_per_hour or req.user is None or req.path.startswith("/_sim/"):
+            return
+        if "x-ratelimit-limit" in response.headers:
+            return
+        oldest = self._window[0] if self._window else time.time()
+        response.headers["X-RateLimit-Limit"] = str(self.requests_per_hour)
+        response.headers["X-RateLimit-Reset"] = str(int(oldest + 3600))
+        response.headers["X-RateLimit-Rule"] = RATE_RULE
 
     def sign_webhook(self, target: WebhookTarget, body: bytes) -> dict[str, str]:
         secret = getattr(target, "secret", None)
@@ -285,7 +308,7 @@ class ServiceNowSimulator(Simulator):
         if req.method == "POST":
             if table in READ_ONLY:
                 raise SimHTTPError(403, "Operation Failed", "ACL Exception Insert Failed")
-            body = self._body(req)
+            body = self._input(req, table, self._body(req))
             rec = self._insert(table, body, str(req.user))
             return JSONResponse({"result": self._render(req, table, rec)}, status_code=201)
         return self._list(req, table)
@@ -305,7 +328,7 @@ class ServiceNowSimulator(Simulator):
             del self.tables[table][rec["sys_id"]]
             self._count_related(table, rec, None)
             return Response(status_code=204)
-        rec = self._update(table, rec, self._body(req), str(req.user))
+        rec = self._update(table, rec, self._input(req, table, self._body(req)), str(req.user))
         return JSONResponse({"result": self._render(req, table, rec)})
 
     def _body(self, req: SimRequest) -> Record:
@@ -318,6 +341,43 @@ class ServiceNowSimulator(Simulator):
         if not isinstance(body, dict):
             raise SimHTTPError(400, "Exception while reading request", "Invalid payload")
         return body
+
+    def _input(self, req: SimRequest, table: str, body: Record) -> Record:
+        """``sysparm_input_display_value=true``: choice labels, reference display values and
+        dates in the user's time zone are turned into stored values, as a real instance does."""
+        if not truthy(req.arg("sysparm_input_display_value")):
+            return body
+        tz = self._tz(str(req.user))
+        out: Record = {}
+        for k, v in body.items():
+            text = self._str(v)
+            if k in REFS and text:
+                text = self._lookup(REFS[k], text)
+            elif is_date(k) and text:
+                text = display.local_to_utc(text, tz)
+            elif text:
+                text = display.choice_value(table, k, text)
+            out[k] = text
+        return out
+
+    def _lookup(self, ref: str, text: str) -> str:
+        """A reference given by sys_id or by the referenced record's display value."""
+        for t in TASK_TABLES if ref == "task" else (ref,):
+            if text in self.tables[t]:
+                return text
+            for row in self.tables[t].values():
+                if text in (row.get("name"), row.get("number")):
+                    return str(row["sys_id"])
+        return text
+
+    def _user(self, user_name: str) -> Record | None:
+        for u in self.tables["sys_user"].values():
+            if u["user_name"] == user_name:
+                return u
+        return None
+
+    def _tz(self, user_name: str) -> str:
+        return str((self._user(user_name) or {}).get("time_zone", ""))
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -349,8 +409,9 @@ class ServiceNowSimulator(Simulator):
             rec["number"] = f"{p}{self.counters[table]:07d}"
             self.counters[table] += 1
             rec.update(active="true", opened_at=ts, state=INITIAL_STATE[table])
+            rec["opened_by"] = self._user_id(user)
             if table == "incident":
-                rec.update(impact="3", urgency="3", reopen_count="0")
+                rec.update(impact="3", urgency="3", reopen_count="0", incident_state="1")
             elif table == "problem":
                 rec.update(impact="3", urgency="3", reopen_count="0", related_incidents="0")
                 rec["known_error"] = "false"
@@ -385,8 +446,12 @@ class ServiceNowSimulator(Simulator):
                     journal.append((k, self._str(v)))
             elif k in new and k not in COMMON and k != "number":
                 new[k] = self._str(v)
+        if table == "incident" and "incident_state" in body and "state" not in body:
+            new["state"] = new["incident_state"]  # either of the pair may be written
         self._derive(table, new, old, user)
         self._policy(table, new, old)
+        if new == old and not journal:
+            return rec  # nothing changed: no sys_mod_count bump, no audit, no business rule
         new.update(
             sys_updated_on=now(),
             sys_updated_by=user,
@@ -406,6 +471,10 @@ class ServiceNowSimulator(Simulator):
             return
         prev = old["state"] if old else ""
         state = rec["state"]
+        if table == "incident":
+            rec["incident_state"] = state
+        if state != prev:
+            rec["active"] = "false" if state in INACTIVE[table] else "true"
         if table == "problem":
             rec["priority"] = PRIORITY.get((rec["impact"], rec["urgency"]), rec["priority"])
             if state == prev:
@@ -446,12 +515,11 @@ class ServiceNowSimulator(Simulator):
                 prb["related_incidents"] = str(n)
 
     def _user_id(self, user_name: str) -> str:
-        for u in self.tables["sys_user"].values():
-            if u["user_name"] == user_name:
-                return str(u["sys_id"])
-        return ""
+        return str((self._user(user_name) or {}).get("sys_id", ""))
 
     def _policy(self, table: str, rec: Record, old: Record | None) -> None:
+        if table not in ("incident", "change_request"):
+            return
         closing = (table == "incident" and rec["state"] in ("6", "7")) or (
             table == "change_request" and rec["state"] == "3"
         )
@@ -527,31 +595,53 @@ class ServiceNowSimulator(Simulator):
         no_link = truthy(req.arg("sysparm_exclude_reference_link"))
         wanted = [f.strip() for f in (req.arg("sysparm_fields") or "").split(",") if f.strip()]
         fields = [f for f in wanted if f in rec] or list(rec)
+        tz = self._tz(str(req.user)) if dv in ("true", "all") else ""
         out: Record = {}
         for f in fields:
             value = str(rec.get(f, ""))
-            display = self._display(f, value)
             ref = REFS.get(f)
             link = f"{req.base_url}/api/now/table/{ref}/{value}" if ref and value else None
+            if dv not in ("true", "all"):
+                out[f] = {"link": link, "value": value} if link and not no_link else value
+                continue
+            shown = self._display(table, rec, f, value, tz)
+            item: Record = {"display_value": shown}
             if dv == "all":
-                item: Record = {"display_value": display, "value": value}
-                if link and not no_link:
-                    item["link"] = link
-                out[f] = item
-            else:
-                shown = display if dv == "true" else value
-                out[f] = {"link": link, "value": shown} if link and not no_link else shown
+                item["value"] = value
+            if link and not no_link:
+                item["link"] = link
+            # display_value=true: plain display strings, references as {display_value, link}
+            out[f] = item if dv == "all" or len(item) > 1 else shown
         return out
 
-    def _display(self, field: str, value: str) -> str:
-        ref = REFS.get(field)
-        if not ref or not value:
+    def _display(self, table: str, rec: Record, field: str, value: str, tz: str) -> str:
+        if field in JOURNAL and table in TASK_TABLES:
+            rows = [
+                j
+                for j in self.tables["sys_journal_field"].values()
+                if j["element_id"] == rec["sys_id"] and j["element"] == field
+            ]
+            entries = [
+                (j["sys_created_on"], self._user_name(j["sys_created_by"]), field, j["value"])
+                for j in rows
+            ]
+            return display.journal_text(entries, tz)
+        if not value:
             return value
-        for t in [ref] if ref in self.tables else TASK_TABLES:
-            row = self.tables[t].get(value)
-            if row:
-                return str(row.get("name") or row.get("number") or value)
-        return value
+        ref = REFS.get(field)
+        if ref:
+            for t in [ref] if ref in self.tables else TASK_TABLES:
+                row = self.tables[t].get(value)
+                if row:
+                    return str(row.get("name") or row.get("number") or value)
+            return value
+        if is_date(field):
+            return display.utc_to_local(value, tz)
+        return display.choice_label(table, field, value)
+
+    def _user_name(self, user_name: str) -> str:
+        """A journal entry's author as the form shows it: the user's name."""
+        return str((self._user(user_name) or {}).get("name") or user_name)
 
     def _list(self, req: SimRequest, table: str) -> Response:
         fields = set(TABLES[table])
@@ -631,8 +721,7 @@ class _Schema:
         return self._walk(path) is not None
 
     def is_date(self, path: str) -> bool:
-        last = path.rsplit(".", 1)[-1]
-        return last in DATE_FIELDS or last.endswith(("_at", "_on"))
+        return is_date(path.rsplit(".", 1)[-1])
 
     def get(self, rec: Record, path: str) -> str:
         *hops, last = path.split(".")

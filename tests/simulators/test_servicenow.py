@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pysnc
@@ -274,12 +277,120 @@ def test_display_value_modes(sims: SimulatorCluster) -> None:
         assert rec["parent_incident"] == ""
         path = f"/api/now/table/incident/{rec['sys_id']}"
         t = c.get(path, params={"sysparm_display_value": "True"}).json()["result"]
-        assert t["business_service"]["value"] == "Checkout"
+        # display_value=true: references are {display_value, link}; choices show their labels.
+        assert t["business_service"] == {
+            "display_value": "Checkout",
+            "link": rec["business_service"]["link"],
+        }
+        assert (t["state"], t["impact"], t["priority"]) == (
+            "In Progress",
+            "2 - Medium",
+            "3 - Moderate",
+        )
         a = c.get(path, params={"sysparm_display_value": "all"}).json()["result"]
         assert a["assignment_group"]["display_value"] == "SRE"
         assert a["assignment_group"]["value"].startswith("9a")
         x = c.get(path, params={"sysparm_exclude_reference_link": "true"}).json()["result"]
         assert x["caller_id"] == "a11ce000000000000000000000000001"
+        assert a["state"] == {"display_value": "In Progress", "value": "2"}
+        tn = c.get(
+            path, params={"sysparm_display_value": "true", "sysparm_exclude_reference_link": "true"}
+        )
+        assert tn.json()["result"]["caller_id"] == "Alice Anders"
+
+
+def test_display_values_in_the_users_time_zone_and_journal_text(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        inc = make_incident(c, comments="first words")
+        c.patch(f"/api/now/table/incident/{inc['sys_id']}", json={"work_notes": "a note"})
+        c.patch(f"/api/now/table/incident/{inc['sys_id']}", json={"comments": "second words"})
+        path = f"/api/now/table/incident/{inc['sys_id']}"
+        a = c.get(path, params={"sysparm_display_value": "all"}).json()["result"]
+        utc = datetime.strptime(a["opened_at"]["value"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+        # admin has no time_zone of its own: the system default (America/Los_Angeles) applies.
+        local = utc.astimezone(ZoneInfo("America/Los_Angeles")).strftime("%Y-%m-%d %H:%M:%S")
+        assert a["opened_at"]["display_value"] == local != a["opened_at"]["value"]
+        comments = a["comments"]["display_value"]
+        assert a["comments"]["value"] == ""
+        assert comments.index("second words") < comments.index("first words")
+        assert " - System Administrator (Additional comments)\nsecond words\n\n" in comments
+        assert "a note" not in comments
+        assert a["work_notes"]["display_value"].endswith("(Work notes)\na note\n\n")
+        me = c.get("/api/now/table/sys_user", params={"user_name": "admin"}).json()["result"][0]
+        c.patch(f"/api/now/table/sys_user/{me['sys_id']}", json={"time_zone": "Asia/Tokyo"})
+        t = c.get(path, params={"sysparm_display_value": "true"}).json()["result"]
+        tokyo = utc.astimezone(ZoneInfo("Asia/Tokyo")).strftime("%Y-%m-%d %H:%M:%S")
+        assert t["opened_at"] == tokyo and t["comments"].startswith(tokyo[:10])
+
+
+def test_input_display_value(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        me = c.get("/api/now/table/sys_user", params={"user_name": "admin"}).json()["result"][0]
+        c.patch(f"/api/now/table/sys_user/{me['sys_id']}", json={"time_zone": "Europe/Berlin"})
+        r = c.post(
+            "/api/now/table/incident",
+            params={"sysparm_input_display_value": "true"},
+            json={
+                "short_description": "by labels",
+                "caller_id": "Bob Brown",
+                "assignment_group": "SRE",
+                "impact": "1 - High",
+                "urgency": "2 - medium",
+                "state": "In Progress",
+                "resolved_at": "2026-07-01 12:00:00",
+            },
+        )
+        rec = r.json()["result"]
+        assert rec["caller_id"]["value"] == "b0b00000000000000000000000000002"
+        assert rec["assignment_group"]["value"] == "9a000000000000000000000000000002"
+        assert (rec["impact"], rec["urgency"], rec["state"], rec["priority"]) == (
+            "1",
+            "2",
+            "2",
+            "2",
+        )
+        assert rec["resolved_at"] == "2026-07-01 10:00:00"  # Berlin summer time is UTC+2
+        # Without the parameter, values are stored as given.
+        raw = make_incident(c, impact="1 - High", caller_id="a11ce000000000000000000000000001")
+        assert raw["impact"] == "1 - High"
+        assert raw["caller_id"]["value"] == "a11ce000000000000000000000000001"
+
+
+def test_task_defaults_and_state_pair(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        inc = make_incident(c)
+        admin_id = "6816f79cc0a8016401c5a33be04be441"
+        assert inc["opened_by"]["value"] == admin_id and inc["opened_at"]
+        assert (inc["state"], inc["incident_state"], inc["active"]) == ("1", "1", "true")
+        path = f"/api/now/table/incident/{inc['sys_id']}"
+        moved = c.patch(path, json={"incident_state": "2"}).json()["result"]
+        assert (moved["state"], moved["incident_state"]) == ("2", "2")
+        canceled = c.patch(path, json={"state": "8"}).json()["result"]
+        assert (canceled["incident_state"], canceled["active"]) == ("8", "false")
+        chg = c.post("/api/now/table/change_request", json={"short_description": "c"}).json()
+        assert chg["result"]["opened_by"]["value"] == admin_id
+        assert chg["result"]["active"] == "true"
+
+
+def test_patch_without_changes_is_not_an_update(
+    sims: SimulatorCluster, webhook_receiver: WebhookReceiver
+) -> None:
+    url = sims.urls["servicenow"]
+    with client(sims) as c:
+        inc = make_incident(c, short_description="same", impact="2")
+        httpx.post(f"{url}/_sim/webhooks", json={"url": webhook_receiver.url})
+        path = f"/api/now/table/incident/{inc['sys_id']}"
+        same = c.patch(path, json={"short_description": "same", "impact": "2", "bogus": "x"})
+        rec = same.json()["result"]
+        assert (rec["sys_mod_count"], rec["sys_updated_on"]) == ("0", inc["sys_updated_on"])
+        audit = c.get("/api/now/table/sys_audit", params={"documentkey": inc["sys_id"]})
+        assert {a["record_checkpoint"] for a in audit.json()["result"]} == {"0"}
+        changed = c.patch(path, json={"impact": "1"}).json()["result"]
+        assert changed["sys_mod_count"] == "1"
+        # The first delivery is the real update's: the no-op PATCH fired no business rule.
+        first = webhook_receiver.wait_for(1)[0]
+        headers = {k.lower(): v for k, v in first.headers.items()}
+        assert headers["x-servicenow-delivery"] == f"{inc['sys_id']}:1"
 
 
 def test_journal_and_data_policy(sims: SimulatorCluster) -> None:
@@ -349,9 +460,16 @@ def test_oauth_flow(sims: SimulatorCluster) -> None:
 
 def test_rate_limit(sims: SimulatorCluster) -> None:
     with client(sims) as c:
+        free = c.get("/api/now/table/sys_user")
+        assert not [h for h in free.headers if h.lower().startswith("x-ratelimit")]
         c.post("/_sim/ratelimit", json={"requests_per_hour": 3})
-        codes = [c.get("/api/now/table/sys_user").status_code for _ in range(4)]
-        assert codes[-1] == 429
+        ok = [c.get("/api/now/table/sys_user") for _ in range(3)]
+        # A request matching a rate limit rule carries the rule's headers on every response.
+        for r in ok:
+            assert r.status_code == 200 and r.headers["X-RateLimit-Limit"] == "3"
+            assert int(r.headers["X-RateLimit-Reset"]) > time.time()
+            assert re.fullmatch("[0-9a-f]{32}", r.headers["X-RateLimit-Rule"])
+        assert c.get("/api/now/table/sys_user").status_code == 429
         r = c.get("/api/now/table/sys_user")
         assert r.headers["X-RateLimit-Limit"] == "3" and int(r.headers["Retry-After"]) > 0
         assert "X-RateLimit-Reset" in r.headers and "X-RateLimit-Rule" in r.headers
@@ -479,7 +597,8 @@ def test_problem_table_and_incident_linkage(
         path = f"/api/now/table/problem/{pid}"
         assert c.get(path).json()["result"]["related_incidents"] == "1"
         disp = c.get(path, params={"sysparm_display_value": "true"}).json()["result"]
-        assert disp["first_reported_by_task"]["value"] == inc["number"]
+        assert disp["first_reported_by_task"]["display_value"] == inc["number"]
+        assert disp["state"] == "New"
         # State model: 106 Resolved sets resolved_*, 107 Closed deactivates, reopening counts.
         res = c.patch(path, json={"state": "106", "resolution_code": "fix_applied"}).json()
         assert res["result"]["resolved_at"] and res["result"]["resolved_by"]
