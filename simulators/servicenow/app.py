@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
+import re
 import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.responses import JSONResponse, Response
+from starlette.routing import compile_path
 
-from simulators.base import SimHTTPError, SimRequest, Simulator, WebhookTarget
+from simulators.base import Handler, SimHTTPError, SimRequest, Simulator, WebhookTarget
 
 from . import display
 from .query import QueryError, compile_query
@@ -51,6 +55,11 @@ TABLES: dict[str, list[str]] = {
     "sys_user_group": [*COMMON, "name", "description", "active"],
     "cmdb_ci_service": [*COMMON, "name", "short_description", "operational_status"],
     "sys_journal_field": [*COMMON, "element", "element_id", "name", "value"],
+    "sys_attachment": [
+        *COMMON, "file_name", "content_type", "size_bytes", "size_compressed", "compressed",
+        "table_name", "table_sys_id", "hash", "state", "image_width", "image_height",
+        "average_image_color", "chunk_size_bytes", "sys_tags",
+    ],
     # Audit rows are written once and never updated: no sys_updated_* / sys_mod_count columns.
     "sys_audit": [
         "sys_id", "sys_created_on", "sys_created_by", "tablename", "documentkey", "fieldname",
@@ -58,7 +67,7 @@ TABLES: dict[str, list[str]] = {
     ],
 }  # fmt: skip
 # Tables the platform writes itself; the Table API refuses writes to them (ACL).
-READ_ONLY = ("sys_journal_field", "sys_audit")
+READ_ONLY = ("sys_journal_field", "sys_audit", "sys_attachment")
 # Tables audited out of the box (task tables); journal fields are in sys_journal_field instead.
 AUDITED = ("incident", "change_request", "problem")
 # Tables the business rule in docs/operations.md is installed on (webhook events).
@@ -131,12 +140,17 @@ class ServiceNowSimulator(Simulator):
     def reset(self) -> None:
         self.tables: dict[str, dict[str, Record]] = {t: {} for t in TABLES}
         self.properties = dict(PROPERTIES)
+        self.files: dict[str, str] = {}  # attachment sys_id -> content, base64
         self.counters = {t: n for t, (_, n) in PREFIX.items()}
         self._window = []
         self._audit_seq = 0
 
     def dump_state(self) -> dict[str, Any]:
-        return {"tables": copy.deepcopy(self.tables), "counters": dict(self.counters)}
+        return {
+            "tables": copy.deepcopy(self.tables),
+            "counters": dict(self.counters),
+            "files": dict(self.files),
+        }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self.tables = {t: {} for t in TABLES}
@@ -144,6 +158,7 @@ class ServiceNowSimulator(Simulator):
             if t in self.tables:
                 self.tables[t] = copy.deepcopy(dict(rows))
         self.counters.update(state.get("counters", {}))
+        self.files = dict(state.get("files", {}))
 
     def default_seed(self) -> dict[str, Any]:
         return dict(json.loads(FIXTURE.read_text()))
@@ -236,15 +251,197 @@ class ServiceNowSimulator(Simulator):
 
     # -- routes -------------------------------------------------------------------------------
 
+    def route(self, path: str, methods: list[str]) -> Callable[[Handler], Handler]:
+        register = super().route(path, methods)
+
+        def decorator(handler: Handler) -> Handler:
+            if path.startswith("/api/now") and not path.endswith("/batch"):
+                regex, _, _ = compile_path(path)
+                self._batchable.append(((regex, path), methods, handler))
+            return register(handler)
+
+        return decorator
+
     def register_routes(self) -> None:
+        self._batchable: list[tuple[tuple[re.Pattern[str], str], list[str], Handler]] = []
         for prefix in ("/api/now", "/api/now/{version}"):
             self.route(prefix + "/table/{table}", ["GET", "POST"])(self.collection)
             self.route(prefix + "/table/{table}/{sys_id}", ["GET", "PATCH", "PUT", "DELETE"])(
                 self.item
             )
+            self.route(prefix + "/attachment", ["GET"])(self.attachments)
+            self.route(prefix + "/attachment/file", ["POST"])(self.attachment_file_upload)
+            self.route(prefix + "/attachment/upload", ["POST"])(self.attachment_multipart_upload)
+            self.route(prefix + "/attachment/{sys_id}", ["GET", "DELETE"])(self.attachment)
+            self.route(prefix + "/attachment/{sys_id}/file", ["GET"])(self.attachment_content)
+            self.route(prefix + "/batch", ["POST"])(self.batch)
         self.route("/oauth_token.do", ["POST"])(self.oauth)
         self.route("/_sim/ratelimit", ["POST", "GET"])(self.ratelimit)
         self.route("/_sim/properties", ["POST", "GET"])(self.sim_properties)
+
+    # -- Attachment API -----------------------------------------------------------------------
+
+    def _attach(
+        self, req: SimRequest, table: str, sys_id: str, name: str, ctype: str, data: bytes
+    ) -> Response:
+        if not table or not sys_id or not name:
+            raise SimHTTPError(
+                400, "Missing parameters", "table_name, table_sys_id and file_name are required"
+            )
+        if table not in self.tables or sys_id not in self.tables[table]:
+            raise SimHTTPError(400, "Invalid table_sys_id", f"No record {sys_id} in table {table}")
+        rec = self._insert("sys_attachment", {}, str(req.user))
+        size = str(len(data))
+        rec.update(file_name=name, content_type=ctype or "application/octet-stream")
+        rec.update(size_bytes=size, size_compressed=size, compressed="true", state="available")
+        rec.update(table_name=table, table_sys_id=sys_id, chunk_size_bytes="700000")
+        rec["hash"] = hashlib.sha256(data).hexdigest()
+        self.files[rec["sys_id"]] = base64.b64encode(data).decode()
+        location = f"{req.base_url}/api/now/attachment/{rec['sys_id']}"
+        return JSONResponse(
+            {"result": self._attachment_meta(req, rec)},
+            status_code=201,
+            headers={"Location": location},
+        )
+
+    def _attachment_meta(self, req: SimRequest, rec: Record) -> Record:
+        out = dict(rec)
+        out["download_link"] = f"{req.base_url}/api/now/attachment/{rec['sys_id']}/file"
+        return out
+
+    def attachment_file_upload(self, req: SimRequest) -> Response:
+        """POST /attachment/file?table_name=&table_sys_id=&file_name= with the raw content."""
+        return self._attach(
+            req,
+            req.arg("table_name") or "",
+            req.arg("table_sys_id") or "",
+            req.arg("file_name") or "",
+            req.content_type,
+            req.body,
+        )
+
+    def attachment_multipart_upload(self, req: SimRequest) -> Response:
+        """POST /attachment/upload: form fields table_name, table_sys_id, then the file part."""
+        fields: dict[str, str] = {}
+        for part in req.multipart():
+            if part.filename is None:
+                fields[part.name] = part.data.decode("utf-8", "replace")
+                continue
+            return self._attach(
+                req,
+                fields.get("table_name", ""),
+                fields.get("table_sys_id", ""),
+                part.filename,
+                fields.get("Content-Type") or part.content_type,
+                part.data,
+            )
+        raise SimHTTPError(
+            400, "Failed to create the attachment. File part might be missing in the request.", None
+        )
+
+    def _attachment_record(self, req: SimRequest) -> Record:
+        rec = self.tables["sys_attachment"].get(req.path_params["sys_id"])
+        if rec is None:
+            raise SimHTTPError(
+                404, "Record doesn't exist or ACL restricts the record retrieval", None
+            )
+        return rec
+
+    def attachments(self, req: SimRequest) -> Response:
+        resp = self._list(req, "sys_attachment")
+        rows = json.loads(bytes(resp.body))["result"]
+        for row in rows:
+            if isinstance(row, dict) and "sys_id" in row:
+                row["download_link"] = f"{req.base_url}/api/now/attachment/{row['sys_id']}/file"
+        out = JSONResponse({"result": rows})
+        for h in ("X-Total-Count", "Link"):
+            if h in resp.headers:
+                out.headers[h] = resp.headers[h]
+        return out
+
+    def attachment(self, req: SimRequest) -> Response:
+        rec = self._attachment_record(req)
+        if req.method == "DELETE":
+            del self.tables["sys_attachment"][rec["sys_id"]]
+            self.files.pop(rec["sys_id"], None)
+            return Response(status_code=204)
+        return JSONResponse({"result": self._attachment_meta(req, rec)})
+
+    def attachment_content(self, req: SimRequest) -> Response:
+        rec = self._attachment_record(req)
+        meta = json.dumps(self._attachment_meta(req, rec))
+        return Response(
+            base64.b64decode(self.files.get(rec["sys_id"], "")),
+            media_type=rec["content_type"],
+            headers={"X-Attachment-Metadata": meta},
+        )
+
+    # -- Batch API ----------------------------------------------------------------------------
+
+    def batch(self, req: SimRequest) -> Response:
+        """POST /api/now/v1/batch: run each rest_request as this user, answer them base64'd."""
+        body = self._body(req)
+        requests = body.get("rest_requests")
+        if "batch_request_id" not in body or not isinstance(requests, list):
+            raise SimHTTPError(
+                400, "Invalid batch request", "batch_request_id and rest_requests are required"
+            )
+        serviced = []
+        for item in requests:
+            if not isinstance(item, dict) or "id" not in item or "url" not in item:
+                raise SimHTTPError(400, "Invalid batch request", "each request needs id and url")
+            started = time.monotonic()
+            resp = self._batch_one(req, item)
+            headers = [{"name": k, "value": v} for k, v in resp.headers.items()]
+            entry: Record = {
+                "id": str(item["id"]),
+                "status_code": resp.status_code,
+                "status_text": HTTPStatus(resp.status_code).phrase,
+                "execution_time": int((time.monotonic() - started) * 1000),
+                "body": base64.b64encode(bytes(resp.body)).decode(),
+            }
+            if not item.get("exclude_response_headers"):
+                entry["headers"] = headers
+            serviced.append(entry)
+        return JSONResponse(
+            {
+                "batch_request_id": str(body["batch_request_id"]),
+                "serviced_requests": serviced,
+                "unserviced_requests": [],
+            }
+        )
+
+    def _batch_one(self, req: SimRequest, item: Record) -> Response:
+        url = urlsplit(str(item["url"]))
+        method = str(item.get("method", "GET")).upper()
+        headers = {
+            str(h.get("name", "")).lower(): str(h.get("value", ""))
+            for h in item.get("headers") or []
+            if isinstance(h, dict)
+        }
+        raw = item.get("body")
+        try:
+            content = base64.b64decode(raw) if raw else b""
+        except ValueError:
+            return self.error_response(400, "Invalid batch request", "body is not base64")
+        for template, methods, handler in self._batchable:
+            m = template[0].match(url.path)
+            if m is None:
+                continue
+            if method not in methods:
+                return self.error_response(405, "Method not Supported", method)
+            query = parse_qsl(url.query, keep_blank_values=True)
+            inner = SimRequest(
+                method, url.path, template[1], m.groupdict(), query, headers, content, req.base_url
+            )
+            inner.user = req.user
+            try:
+                resp = handler(inner)
+            except SimHTTPError as exc:
+                resp = self.error_response(exc.status, exc.message, exc.detail, **exc.extra)
+            self.extra_headers(inner, resp)
+            return resp
+        return self.error_response(400, "Requested URI does not represent any resource", None)
 
     def ratelimit(self, req: SimRequest) -> Response:
         if req.method == "POST":
@@ -310,7 +507,11 @@ class ServiceNowSimulator(Simulator):
                 raise SimHTTPError(403, "Operation Failed", "ACL Exception Insert Failed")
             body = self._input(req, table, self._body(req))
             rec = self._insert(table, body, str(req.user))
-            return JSONResponse({"result": self._render(req, table, rec)}, status_code=201)
+            return JSONResponse(
+                {"result": self._render(req, table, rec)},
+                status_code=201,
+                headers={"Location": f"{req.base_url}/api/now/table/{table}/{rec['sys_id']}"},
+            )
         return self._list(req, table)
 
     def item(self, req: SimRequest) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -616,3 +617,91 @@ def test_problem_table_and_incident_linkage(
             ("106", "107"),
             ("107", "103"),
         ]
+
+
+def _pysnc(tls_sims: SimulatorCluster, monkeypatch: pytest.MonkeyPatch) -> pysnc.ServiceNowClient:
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    ca = str(tls_sims.cert.cert)  # type: ignore[union-attr]
+    return pysnc.ServiceNowClient(tls_sims.urls["servicenow"], AUTH, verify=ca)
+
+
+def test_attachment_api_with_pysnc(
+    tls_sims: SimulatorCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snc = _pysnc(tls_sims, monkeypatch)
+    gr = snc.GlideRecord("incident")
+    gr.initialize()
+    gr.short_description = "has a log"
+    gr.insert()
+    content = b"line one\nline two\n"
+    gr.add_attachment("app.log", content, "text/plain")
+    atts = gr.get_attachments()
+    assert len(atts) == 1
+    for a in atts:
+        assert a.file_name == "app.log" and a.size_bytes == str(len(content))
+        assert a.read() == content
+        assert a.table_sys_id == gr.sys_id
+    ca = str(tls_sims.cert.cert)  # type: ignore[union-attr]
+    with httpx.Client(base_url=tls_sims.urls["servicenow"], auth=AUTH, verify=ca) as c:
+        meta = c.get("/api/now/attachment", params={"sysparm_query": f"table_sys_id={gr.sys_id}"})
+        (row,) = meta.json()["result"]
+        assert row["download_link"].endswith(f"/api/now/attachment/{row['sys_id']}/file")
+        got = c.get(f"/api/now/attachment/{row['sys_id']}/file")
+        assert got.content == content and got.headers["content-type"].startswith("text/plain")
+        assert json.loads(got.headers["X-Attachment-Metadata"])["file_name"] == "app.log"
+        up = c.post(
+            "/api/now/attachment/upload",
+            data={"table_name": "incident", "table_sys_id": gr.sys_id},
+            files={"uploadFile": ("shot.png", b"\x89PNG\r\n", "image/png")},
+        )
+        assert up.status_code == 201 and up.json()["result"]["content_type"] == "image/png"
+        nowhere = c.post(
+            "/api/now/attachment/file",
+            params={"table_name": "incident", "table_sys_id": "0" * 32, "file_name": "x"},
+            content=b"x",
+        )
+        assert nowhere.status_code == 400
+        assert c.delete(f"/api/now/attachment/{row['sys_id']}").status_code == 204
+        assert c.get(f"/api/now/attachment/{row['sys_id']}").status_code == 404
+        assert c.post("/api/now/table/sys_attachment", json={}).status_code == 403
+
+
+def test_batch_api_with_pysnc(tls_sims: SimulatorCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    snc = _pysnc(tls_sims, monkeypatch)
+    ids = []
+    for i in range(3):
+        gr = snc.GlideRecord("incident")
+        gr.initialize()
+        gr.short_description = f"batch {i}"
+        ids.append(gr.insert())
+    gr = snc.GlideRecord("incident")
+    gr.add_query("short_description", "STARTSWITH", "batch ")
+    gr.query()
+    for rec in gr:
+        rec.urgency = "1"
+    assert gr.update_multiple()  # PySNC sends these PATCHes through /api/now/v1/batch
+    check = snc.GlideRecord("incident")
+    check.add_query("short_description", "STARTSWITH", "batch ")
+    check.add_query("urgency", "1")
+    check.query()
+    assert len(check) == 3
+    ca = str(tls_sims.cert.cert)  # type: ignore[union-attr]
+    with httpx.Client(base_url=tls_sims.urls["servicenow"], auth=AUTH, verify=ca) as c:
+        body = {
+            "batch_request_id": "7",
+            "rest_requests": [
+                {"id": "a", "method": "GET", "url": f"/api/now/table/incident/{ids[0]}"},
+                {"id": "b", "method": "GET", "url": "/api/now/table/nope"},
+                {"id": "c", "url": "/api/now/nothing/here", "exclude_response_headers": True},
+            ],
+        }
+        r = c.post("/api/now/v1/batch", json=body).json()
+        assert r["batch_request_id"] == "7" and r["unserviced_requests"] == []
+        by_id = {s["id"]: s for s in r["serviced_requests"]}
+        a = json.loads(base64.b64decode(by_id["a"]["body"]))
+        assert by_id["a"]["status_code"] == 200 and a["result"]["sys_id"] == ids[0]
+        assert by_id["a"]["status_text"] == "OK" and by_id["a"]["headers"]
+        assert by_id["b"]["status_code"] == 400 and "headers" not in by_id["c"]
+        bad = c.post("/api/now/v1/batch", json={"rest_requests": "x"})
+        assert bad.status_code == 400
