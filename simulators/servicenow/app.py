@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import compile_path
 
 from simulators.base import Handler, SimHTTPError, SimRequest, Simulator, WebhookTarget
@@ -51,8 +51,16 @@ TABLES: dict[str, list[str]] = {
     ],
     "sys_user": [
         *COMMON, "user_name", "email", "name", "first_name", "last_name", "active", "time_zone",
+        "department", "manager", "title", "phone", "mobile_phone", "user_password",
     ],
-    "sys_user_group": [*COMMON, "name", "description", "active"],
+    "sys_user_group": [*COMMON, "name", "description", "active", "manager"],
+    "sys_user_role": [*COMMON, "name", "description"],
+    "sys_user_has_role": [*COMMON, "user", "role", "state", "inherited"],
+    "sys_group_has_role": [*COMMON, "group", "role", "inherits"],
+    "cmn_department": [*COMMON, "name", "id", "description", "dept_head"],
+    "syslog": [*COMMON, "level", "message", "source"],
+    # The table dictionary: one row per table the simulator has (filled on reset).
+    "sys_db_object": [*COMMON, "name", "label", "super_class"],
     "cmdb_ci_service": [*COMMON, "name", "short_description", "operational_status"],
     "sys_journal_field": [*COMMON, "element", "element_id", "name", "value"],
     "sys_attachment": [
@@ -68,6 +76,9 @@ TABLES: dict[str, list[str]] = {
 }  # fmt: skip
 # Tables the platform writes itself; the Table API refuses writes to them (ACL).
 READ_ONLY = ("sys_journal_field", "sys_audit", "sys_attachment")
+# /_sim/seed loads these, in this order (referenced records before the records that count them).
+SEEDABLE = [t for t in TABLES if t not in READ_ONLY and t != "problem"]
+SEEDABLE.insert(SEEDABLE.index("incident"), "problem")
 # Tables audited out of the box (task tables); journal fields are in sys_journal_field instead.
 AUDITED = ("incident", "change_request", "problem")
 # Tables the business rule in docs/operations.md is installed on (webhook events).
@@ -78,8 +89,14 @@ REFS: dict[str, str] = {
     "cmdb_ci": "cmdb_ci_service", "business_service": "cmdb_ci_service",
     "parent_incident": "incident", "parent": "task", "problem_id": "problem",
     "first_reported_by_task": "task", "duplicate_of": "problem", "rfc": "change_request",
-    "reopened_by": "sys_user",
+    "reopened_by": "sys_user", "department": "cmn_department", "dept_head": "sys_user",
+    "manager": "sys_user", "user": "sys_user", "role": "sys_user_role",
+    "group": "sys_user_group",
 }  # fmt: skip
+# Fields named like a reference field that are plain strings in their table.
+NOT_REFS = {("sys_audit", "user")}
+# Password fields: never returned; shown masked when set.
+PASSWORDS = {"user_password"}
 TASK_TABLES = ("incident", "change_request", "problem")
 PREFIX = {"incident": ("INC", 10001), "change_request": ("CHG", 30001), "problem": ("PRB", 40001)}
 INITIAL_STATE = {"incident": "1", "change_request": "-5", "problem": "101"}
@@ -91,6 +108,11 @@ JOURNAL = ("comments", "work_notes")
 DATE_FIELDS = {"due_date", "start_date", "end_date"}
 # States in which a task is no longer active (closed or canceled).
 INACTIVE = {"incident": ("7", "8"), "change_request": ("3", "4"), "problem": ("107",)}
+MAX_URL = 16384
+URI_TOO_LONG = (
+    "<html><head><title>414 Request-URI Too Long</title></head>"
+    "<body><h1>Request-URI Too Long</h1></body></html>"
+)
 # The sys_id of the simulated rate limit rule (X-RateLimit-Rule names the rule's sys_id).
 RATE_RULE = "5a7e11a1c0a8016400f1a2b3c4d5e6f7"
 # System properties the simulator honours, with their defaults (set through /_sim/properties).
@@ -105,6 +127,11 @@ DATA_POLICY = (
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ref_table(table: str, field: str) -> str | None:
+    """The table a reference field of ``table`` points at (None: not a reference)."""
+    return None if (table, field) in NOT_REFS else REFS.get(field)
 
 
 def is_date(field: str) -> bool:
@@ -141,6 +168,13 @@ class ServiceNowSimulator(Simulator):
         self.tables: dict[str, dict[str, Record]] = {t: {} for t in TABLES}
         self.properties = dict(PROPERTIES)
         self.files: dict[str, str] = {}  # attachment sys_id -> content, base64
+        for name in TABLES:
+            sid = uuid.uuid5(uuid.NAMESPACE_URL, f"sys_db_object/{name}").hex
+            label = name.replace("_", " ").title()
+            row = {"sys_id": sid, "name": name, "label": label, "super_class": ""}
+            if name in TASK_TABLES:
+                row["super_class"] = uuid.uuid5(uuid.NAMESPACE_URL, "sys_db_object/task").hex
+            self._insert("sys_db_object", row, "system", seeding=True)
         self.counters = {t: n for t, (_, n) in PREFIX.items()}
         self._window = []
         self._audit_seq = 0
@@ -165,8 +199,7 @@ class ServiceNowSimulator(Simulator):
 
     def seed(self, data: Mapping[str, Any]) -> dict[str, Any]:
         summary: dict[str, Any] = {}
-        for table in ("sys_user", "sys_user_group", "cmdb_ci_service", "problem", "incident",
-                      "change_request"):  # fmt: skip
+        for table in SEEDABLE:
             rows = data.get(table) or []
             for row in rows:
                 self._insert(table, dict(row), "system", seeding=True)
@@ -220,6 +253,10 @@ class ServiceNowSimulator(Simulator):
         )
 
     def authenticate(self, req: SimRequest) -> Response | None:
+        if len(req.path) + sum(len(k) + len(v) + 2 for k, v in req.query) > MAX_URL:
+            # The instance's web tier refuses an over-long request line with an HTML page,
+            # before the REST API sees it (PySNC sends long queries through the Batch API).
+            return HTMLResponse(URI_TOO_LONG, status_code=414)
         if req.path == "/oauth_token.do":
             return None
         auth = req.headers.get("authorization", "")
@@ -297,7 +334,9 @@ class ServiceNowSimulator(Simulator):
         rec.update(table_name=table, table_sys_id=sys_id, chunk_size_bytes="700000")
         rec["hash"] = hashlib.sha256(data).hexdigest()
         self.files[rec["sys_id"]] = base64.b64encode(data).decode()
-        location = f"{req.base_url}/api/now/attachment/{rec['sys_id']}"
+        # Location names the content's URL under the API version the upload used.
+        prefix = req.path[: req.path.index("/attachment")]
+        location = f"{req.base_url}{prefix}/attachment/{rec['sys_id']}/file"
         return JSONResponse(
             {"result": self._attachment_meta(req, rec)},
             status_code=201,
@@ -348,7 +387,7 @@ class ServiceNowSimulator(Simulator):
         return rec
 
     def attachments(self, req: SimRequest) -> Response:
-        resp = self._list(req, "sys_attachment")
+        resp = self._list(req, "sys_attachment", not_found=False)
         rows = json.loads(bytes(resp.body))["result"]
         for row in rows:
             if isinstance(row, dict) and "sys_id" in row:
@@ -528,6 +567,15 @@ class ServiceNowSimulator(Simulator):
         if req.method == "DELETE":
             del self.tables[table][rec["sys_id"]]
             self._count_related(table, rec, None)
+            # A record's attachments go with it.
+            gone = [
+                a
+                for a in self.tables["sys_attachment"].values()
+                if a["table_sys_id"] == rec["sys_id"]
+            ]
+            for att in gone:
+                del self.tables["sys_attachment"][att["sys_id"]]
+                self.files.pop(att["sys_id"], None)
             return Response(status_code=204)
         rec = self._update(table, rec, self._input(req, table, self._body(req)), str(req.user))
         return JSONResponse({"result": self._render(req, table, rec)})
@@ -552,8 +600,9 @@ class ServiceNowSimulator(Simulator):
         out: Record = {}
         for k, v in body.items():
             text = self._str(v)
-            if k in REFS and text:
-                text = self._lookup(REFS[k], text)
+            ref = ref_table(table, k)
+            if ref and text:
+                text = self._lookup(ref, text)
             elif is_date(k) and text:
                 text = display.local_to_utc(text, tz)
             elif text:
@@ -596,7 +645,15 @@ class ServiceNowSimulator(Simulator):
         fields = TABLES[table]
         ts = now()
         rec: Record = {f: "" for f in fields}
-        sys_id = self._str(body.get("sys_id")) if seeding else ""
+        sys_id = self._str(body.get("sys_id"))
+        if sys_id and not seeding and not re.fullmatch("[0-9a-fA-F]{32}", sys_id):
+            sys_id = ""  # a real instance ignores a sys_id that is not 32 hex digits
+        if sys_id and sys_id in self.tables[table] and seeding:
+            del self.tables[table][sys_id]  # seeding a known sys_id replaces the record
+        if sys_id and sys_id in self.tables[table]:
+            raise SimHTTPError(
+                403, "Operation Failed", f"Error during insert of {table} (duplicate sys_id)"
+            )
         rec.update(
             sys_id=sys_id or uuid.uuid4().hex,
             sys_created_on=ts,
@@ -795,17 +852,20 @@ class ServiceNowSimulator(Simulator):
         dv = (req.arg("sysparm_display_value") or "false").lower()
         no_link = truthy(req.arg("sysparm_exclude_reference_link"))
         wanted = [f.strip() for f in (req.arg("sysparm_fields") or "").split(",") if f.strip()]
-        fields = [f for f in wanted if f in rec] or list(rec)
+        schema = _Schema(self, table)
+        fields = [f for f in wanted if f in rec or ("." in f and schema.known(f))] or list(rec)
         tz = self._tz(str(req.user)) if dv in ("true", "all") else ""
         out: Record = {}
         for f in fields:
-            value = str(rec.get(f, ""))
-            ref = REFS.get(f)
+            # A dot-walked field (sysparm_fields=department.name) reads the referenced record.
+            owner, where, last = (table, rec, f) if f in rec else schema.resolve(rec, f)
+            value = "" if last in PASSWORDS else str(where.get(last, ""))
+            ref = ref_table(owner, last)
             link = f"{req.base_url}/api/now/table/{ref}/{value}" if ref and value else None
             if dv not in ("true", "all"):
                 out[f] = {"link": link, "value": value} if link and not no_link else value
                 continue
-            shown = self._display(table, rec, f, value, tz)
+            shown = self._display(owner, where, last, value, tz)
             item: Record = {"display_value": shown}
             if dv == "all":
                 item["value"] = value
@@ -827,9 +887,11 @@ class ServiceNowSimulator(Simulator):
                 for j in rows
             ]
             return display.journal_text(entries, tz)
+        if field in PASSWORDS:
+            return "********" if rec.get(field) else ""
         if not value:
             return value
-        ref = REFS.get(field)
+        ref = ref_table(table, field)
         if ref:
             for t in [ref] if ref in self.tables else TASK_TABLES:
                 row = self.tables[t].get(value)
@@ -844,7 +906,7 @@ class ServiceNowSimulator(Simulator):
         """A journal entry's author as the form shows it: the user's name."""
         return str((self._user(user_name) or {}).get("name") or user_name)
 
-    def _list(self, req: SimRequest, table: str) -> Response:
+    def _list(self, req: SimRequest, table: str, not_found: bool = True) -> Response:
         fields = set(TABLES[table])
         query = req.arg("sysparm_query") or ""
         extra = [f"{k}={v}" for k, v in req.query if not k.startswith("sysparm_") and k in fields]
@@ -870,7 +932,7 @@ class ServiceNowSimulator(Simulator):
         limit, offset = max(limit, 1), max(offset, 0)
         total = len(rows)
         page = rows[offset : offset + limit]
-        if not page and req.path_params.get("version") == "v1" and query:
+        if not page and not_found and req.path_params.get("version") == "v1" and query:
             raise SimHTTPError(
                 404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval"
             )
@@ -910,8 +972,8 @@ class _Schema:
         tables = [self.table]
         *hops, last = path.split(".")
         for hop in hops:
-            ref = REFS.get(hop)
-            if ref is None or not any(hop in TABLES[t] for t in tables):
+            ref = next((r for t in tables if (r := ref_table(t, hop)) and hop in TABLES[t]), None)
+            if ref is None:
                 return None
             tables = list(TASK_TABLES) if ref == "task" else [ref]
         if not any(last in TABLES[t] for t in tables):
@@ -924,18 +986,31 @@ class _Schema:
     def is_date(self, path: str) -> bool:
         return is_date(path.rsplit(".", 1)[-1])
 
-    def get(self, rec: Record, path: str) -> str:
+    def resolve(self, rec: Record, path: str) -> tuple[str, Record, str]:
+        """(table, record, field) that a dot-walked ``path`` ends on; an empty record where a
+        reference on the way is empty or dangling."""
         *hops, last = path.split(".")
-        cur: Record | None = rec
+        cur: Record = rec
+        table = self.table
         for hop in hops:
-            ref = REFS[hop]
-            value = str(cur.get(hop, "")) if cur else ""
-            cur = None
+            ref = ref_table(table, hop) or ""
+            value = str(cur.get(hop, ""))
+            cur, table = {}, ref
             for t in TASK_TABLES if ref == "task" else (ref,):
-                cur = self.sim.tables[t].get(value)
-                if cur is not None:
+                if value in self.sim.tables.get(t, {}):
+                    cur, table = self.sim.tables[t][value], t
                     break
-        return str(cur.get(last, "")) if cur else ""
+        return table, cur, last
+
+    def get(self, rec: Record, path: str) -> str:
+        _, where, last = self.resolve(rec, path)
+        return str(where.get(last, ""))
+
+    def rows(self, table: str) -> list[Record]:
+        return list(self.sim.tables.get(table, {}).values())
+
+    def on(self, table: str) -> _Schema | None:
+        return _Schema(self.sim, table) if table in TABLES else None
 
 
 def _field_key(field: str) -> Callable[[Record], tuple[int, float, str]]:

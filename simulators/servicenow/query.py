@@ -5,8 +5,9 @@ query). Field names are lower case and may dot-walk through reference fields
 (``caller_id.email=...``); operators are the upper-case words and symbols of the platform's
 "Operators available for filters and queries" page. What a term cannot mean on a real instance
 (an unknown field, an unknown operator, a bad date macro) is reported back as *invalid*: the
-caller applies ``glide.invalid_query.returns_no_rows``. What the simulator cannot evaluate at all
-(related-list and join queries, condition-only operators) raises :class:`QueryError`.
+caller applies ``glide.invalid_query.returns_no_rows``. ``RLQUERY`` (related-list) and ``JOIN``
+queries are evaluated; what the simulator cannot evaluate at all (``SUBQUERY``, condition-only
+operators such as ``VALCHANGES``) raises :class:`QueryError`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class Schema(Protocol):
     def get(self, rec: Record, path: str) -> str: ...
 
     def is_date(self, path: str) -> bool: ...
+
+    def rows(self, table: str) -> list[Record]: ...
+
+    def on(self, table: str) -> Schema | None: ...
 
 
 @dataclass
@@ -312,12 +317,86 @@ def _date_test(op: str, raw: str, now: datetime) -> Callable[[datetime], bool]:
     return lambda t: ((t > pivot) - (t < pivot)) in ok
 
 
+_JOIN = re.compile(
+    r"JOIN(?P<table>[a-z0-9_]+)\.(?P<field>[a-z0-9_.]+)=(?P<jtable>[a-z0-9_]+)\."
+    r"(?P<jfield>[a-z0-9_]+)(?:!(?P<sub>.*))?",
+    re.DOTALL,
+)
+_RL_HEAD = re.compile(
+    r"RLQUERY(?P<table>[a-z0-9_]+)\.(?P<field>[a-z0-9_]+),(?P<op>=|!=|>=|<=|>|<)(?P<n>\d+)"
+    r"(?:,m2m)?"
+)
+_COUNT = {"=": (0,), "!=": (-1, 1), ">": (1,), "<": (-1,), ">=": (0, 1), "<=": (-1, 0)}
+
+
+def _join(term: str, schema: Schema, now: datetime) -> Pred:
+    """``JOIN<table>.<field>=<other>.<other_field>!<query>``: records whose ``field`` equals
+    ``other_field`` of at least one ``other`` row matching ``query``."""
+    m = _JOIN.fullmatch(term)
+    if not m or not schema.known(m.group("field")):
+        raise _Invalid(f"bad JOIN {term!r}")
+    other = schema.on(m.group("jtable"))
+    if other is None or not other.known(m.group("jfield")):
+        raise _Invalid(f"bad JOIN table or field in {term!r}")
+    sub = compile_query(m.group("sub") or "", other, now)
+    if sub.invalid:
+        raise _Invalid(f"bad JOIN query: {sub.invalid[0]}")
+    field, jtable, jfield = m.group("field"), m.group("jtable"), m.group("jfield")
+
+    def pred(r: Record) -> bool:
+        keys = {other.get(j, jfield) for j in schema.rows(jtable) if sub.match(j)}
+        return schema.get(r, field) in keys
+
+    return pred
+
+
+def _rlquery(head: str, body: str, schema: Schema, now: datetime) -> Pred:
+    """``RLQUERY<table>.<field>,<op><n>[,m2m]^<query>^ENDRLQUERY``: records referenced by
+    ``field`` of a number of ``table`` rows matching ``query`` that satisfies ``<op><n>``."""
+    m = _RL_HEAD.fullmatch(head)
+    if not m:
+        raise _Invalid(f"bad RLQUERY {head!r}")
+    other = schema.on(m.group("table"))
+    if other is None or not other.known(m.group("field")):
+        raise _Invalid(f"bad RLQUERY table or field in {head!r}")
+    sub = compile_query(body, other, now)
+    if sub.invalid:
+        raise _Invalid(f"bad RLQUERY query: {sub.invalid[0]}")
+    table, field, want, n = (
+        m.group("table"),
+        m.group("field"),
+        _COUNT[m.group("op")],
+        int(m.group("n")),
+    )
+
+    def pred(r: Record) -> bool:
+        count = sum(
+            1 for x in schema.rows(table) if x.get(field) == r.get("sys_id") and sub.match(x)
+        )
+        return ((count > n) - (count < n)) in want
+
+    return pred
+
+
+def _split_rlqueries(query: str) -> tuple[str, list[tuple[str, str]]]:
+    """Take each RLQUERY…^ENDRLQUERY block out of ``query``, leaving a placeholder term."""
+    blocks: list[tuple[str, str]] = []
+    while (start := query.find("RLQUERY")) >= 0:
+        end = query.find("^ENDRLQUERY", start)
+        if end < 0:
+            raise QueryError("RLQUERY without ^ENDRLQUERY")
+        head, _, body = query[start:end].partition("^")
+        blocks.append((head, body))
+        query = f"{query[:start]}\x00{len(blocks) - 1}{query[end + len('^ENDRLQUERY') :]}"
+    return query, blocks
+
+
 def compile_query(query: str, schema: Schema, now: datetime | None = None) -> Compiled:
     """Compile an encoded query; invalid terms are left out and listed in ``invalid``."""
     now = now or datetime.now(UTC)
-    for construct in ("RLQUERY", "JOIN", "SUBQUERY"):
-        if re.search(rf"(^|\^){construct}", query):
-            raise QueryError(f"{construct} (related-list/join) queries are not supported")
+    if re.search(r"(^|\^)SUBQUERY", query):
+        raise QueryError("SUBQUERY queries are not supported by the simulator")
+    query, rl_blocks = _split_rlqueries(query)
     order: list[tuple[str, bool]] = []
     invalid: list[str] = []
     groups: list[list[list[Pred]]] = []  # ^NQ groups -> AND terms -> OR alternatives
@@ -338,7 +417,13 @@ def compile_query(query: str, schema: Schema, now: datetime | None = None) -> Co
             if is_or:
                 part = part[2:]
             try:
-                pred = _term(part, schema, now)
+                if part.startswith("\x00"):
+                    head, body = rl_blocks[int(part[1:])]
+                    pred = _rlquery(head, body, schema, now)
+                elif part.startswith("JOIN"):
+                    pred = _join(part, schema, now)
+                else:
+                    pred = _term(part, schema, now)
             except _Invalid as exc:
                 invalid.append(str(exc))
                 continue
