@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.policy
 import hashlib
 import hmac
 import json
@@ -29,6 +30,8 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.parser import BytesParser
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -98,6 +101,39 @@ class SimRequest:
 
     def form(self) -> list[tuple[str, str]]:
         return parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+
+    def multipart(self) -> list[FilePart]:
+        """The parts of a ``multipart/form-data`` body (400 if it is not one)."""
+        if self.content_type != "multipart/form-data":
+            raise SimHTTPError(400, "Expected a multipart/form-data body", self.content_type)
+        head = f"Content-Type: {self.headers.get('content-type', '')}\r\n\r\n".encode()
+        msg = BytesParser(policy=email.policy.HTTP).parsebytes(head + self.body)
+        if not msg.is_multipart():
+            raise SimHTTPError(400, "Malformed multipart body", None)
+        parts = []
+        for part in msg.iter_parts():
+            if not isinstance(part, EmailMessage):
+                continue
+            payload = part.get_payload(decode=True)
+            parts.append(
+                FilePart(
+                    name=str(part.get_param("name", "", header="content-disposition")),
+                    filename=part.get_filename(),
+                    content_type=part.get_content_type(),
+                    data=payload if isinstance(payload, bytes) else b"",
+                )
+            )
+        return parts
+
+
+@dataclass
+class FilePart:
+    """One part of a multipart/form-data body."""
+
+    name: str
+    filename: str | None
+    content_type: str
+    data: bytes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from starlette.responses import JSONResponse, Response
 
@@ -39,6 +39,7 @@ from . import adf, jql, times
 from .catalog import CUSTOM_CLAUSE_SUFFIX, CUSTOM_TYPES, STATUS_CATEGORIES, Catalog, Ctx
 from .fields import BY_ID, CANNOT_SET, PSEUDO_FIELDS, RICH_TEXT, SYSTEM_FIELDS
 from .jql_schema import KEY_RE, JqlSchema, key_sort
+from .permissions import PERMISSIONS, USER_GLOBAL
 
 Obj = dict[str, Any]
 
@@ -46,6 +47,15 @@ FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "jira.json"
 JSON_TYPE = "application/json;charset=UTF-8"
 NOT_FOUND = "Issue does not exist or you do not have permission to see it."
 UNAUTHORIZED = "Client must be authenticated to access this resource."
+# Project role membership where a project does not list it ("roleMembers": {role: [accountId or
+# group name]}): administrators are the site admins, the other roles every licensed user.
+DEFAULT_ROLE_MEMBERS: dict[str, list[str]] = {
+    "Administrators": ["site-admins"],
+    "Developers": ["jira-software-users"],
+    "Users": ["jira-software-users"],
+}
+# Longest request target (path and query) a GET search may have; longer gets the edge's 414.
+MAX_URL = 8192
 VERSIONS = {"2": "2", "3": "3", "latest": "2"}
 SERVER_VERSION = [1001, 0, 0]
 EXPAND_ISSUE = "renderedFields,names,schema,operations,editmeta,changelog,versionedRepresentations"
@@ -152,8 +162,10 @@ class JiraSimulator(Simulator):
             "history": 10000,
             "remotelink": 10000,
             "link": 10000,
+            "attachment": 10000,
             "project": {},
         }
+        self.files: dict[str, str] = {}  # attachment id -> content, base64
         self._burst = {}
         self._issue_writes = {}
 
@@ -163,6 +175,7 @@ class JiraSimulator(Simulator):
             "issues": copy.deepcopy(self.issues),
             "links": copy.deepcopy(self.links),
             "counters": copy.deepcopy(self.counters),
+            "files": dict(self.files),
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -172,6 +185,7 @@ class JiraSimulator(Simulator):
         self.keys = {i["key"]: iid for iid, i in self.issues.items()}
         self.links = copy.deepcopy(dict(state.get("links") or {}))
         self.counters.update(copy.deepcopy(dict(state.get("counters") or {})))
+        self.files = dict(state.get("files") or {})
 
     def default_seed(self) -> Obj:
         return dict(json.loads(FIXTURE.read_text()))
@@ -547,9 +561,9 @@ class JiraSimulator(Simulator):
         api("/field", ["GET"], self.field_list)
         api("/priority", ["GET"], self.priorities)
         api("/priority/{id}", ["GET"], self.priority)
-        api("/project", ["GET"], self.projects)
+        api("/project", ["GET", "POST"], self.projects)
         api("/project/search", ["GET"], self.project_search)
-        api("/project/{projectIdOrKey}", ["GET"], self.project)
+        api("/project/{projectIdOrKey}", ["GET", "DELETE"], self.project)
         api("/project/{projectIdOrKey}/components", ["GET"], self.project_components)
         api("/project/{projectIdOrKey}/statuses", ["GET"], self.project_statuses)
         api("/component/{id}", ["GET"], self.component)
@@ -593,6 +607,17 @@ class JiraSimulator(Simulator):
         api("/search", ["GET", "POST"], self.search)
         api("/search/jql", ["GET", "POST"], self.search_jql)
         api("/search/approximate-count", ["POST"], self.approximate_count)
+        api("/mypermissions", ["GET"], self.my_permissions)
+        api("/permissions", ["GET"], self.all_permissions)
+        api("/permissionscheme", ["GET"], self.permission_schemes)
+        api("/issuesecurityschemes", ["GET"], self.issue_security_schemes)
+        api("/projectCategory", ["GET"], self.project_categories)
+        api("/comment/list", ["POST"], self.comment_list)
+        api("/issue/{issueIdOrKey}/attachments", ["POST"], self.add_attachments)
+        api("/attachment/{id}", ["GET", "DELETE"], self.attachment)
+        api("/attachment/content/{id}", ["GET"], self.attachment_content)
+        for prefix in ("/rest/auth/1", "/rest/auth/latest"):
+            self.route(prefix + "/session", ["GET"])(self.auth_session)
         self.route("/rest/applinks/latest/listApplicationlinks", ["GET"])(self.applinks)
         self.route("/_sim/ratelimit", ["GET", "POST"])(self.sim_ratelimit)
 
@@ -672,8 +697,101 @@ class JiraSimulator(Simulator):
                 "serverTime": times.fmt(times.now_ms(), ctx.tz),
                 "scmInfo": hashlib.sha1(b"jira-simulator").hexdigest(),
                 "serverTitle": str(self.catalog.config.get("serverTitle", "Jira")),
+                "serverTimeZone": str(self.catalog.config.get("timeZone", "UTC")),
             }
         )
+
+    def auth_session(self, req: SimRequest) -> Response:
+        """GET /rest/auth/1/session: who the credentials belong to (the jira library's check)."""
+        ctx = self._ctx(req)
+        user = self.catalog.user(str(req.user)) or {}
+        return _json(
+            {
+                "self": f"{ctx.api}/user?accountId={req.user}",
+                "name": user.get("displayName", ""),
+                "loginInfo": {"failedLoginCount": 0, "loginCount": 1},
+            }
+        )
+
+    # -- permissions --------------------------------------------------------------------------
+
+    def _is_admin(self, account_id: str) -> bool:
+        return "site-admins" in (self.catalog.user(account_id) or {}).get("groups", [])
+
+    def _permission(self, key: str, have: bool | None = None) -> Obj:
+        pid, kind, name, description = PERMISSIONS[key]
+        out: Obj = {"id": pid, "key": key, "name": name, "type": kind, "description": description}
+        if have is not None:
+            out["havePermission"] = have
+        return out
+
+    def all_permissions(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        return _json({"permissions": {k: self._permission(k) for k in PERMISSIONS}})
+
+    def my_permissions(self, req: SimRequest) -> Response:
+        """GET /mypermissions?permissions=A,B[&projectKey|projectId|issueKey|issueId]."""
+        self._ctx(req)
+        wanted = _csv(req.args("permissions"))
+        if not wanted:
+            raise _fail(400, ["The 'permissions' query parameter is required."])
+        unknown = [k for k in wanted if k not in PERMISSIONS]
+        if unknown:
+            raise _fail(404, [f"No permissions with key {unknown[0]} found."])
+        for param in ("projectKey", "projectId"):
+            ref = req.arg(param)
+            if ref is not None and self.catalog.project(ref) is None:
+                raise _fail(404, [f"No project could be found with key '{ref}'."])
+        for param in ("issueKey", "issueId"):
+            ref = req.arg(param)
+            if ref is not None and self._find_issue(ref) is None:
+                raise _fail(404, ["Issue does not exist or you do not have permission to see it."])
+        admin = self._is_admin(str(req.user))
+        return _json(
+            {
+                "permissions": {
+                    k: self._permission(
+                        k, admin or PERMISSIONS[k][1] == "PROJECT" or k in USER_GLOBAL
+                    )
+                    for k in wanted
+                }
+            }
+        )
+
+    def permission_schemes(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        return _json(
+            {
+                "permissionSchemes": [
+                    {
+                        "id": 10000,
+                        "self": f"{ctx.api}/permissionscheme/10000",
+                        "name": "Default Permission Scheme",
+                        "description": "This is the default Permission Scheme.",
+                    }
+                ]
+            }
+        )
+
+    def issue_security_schemes(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        return _json(
+            {
+                "issueSecuritySchemes": [
+                    {
+                        "self": f"{ctx.api}/issuesecurityschemes/10000",
+                        "id": 10000,
+                        "name": "Default",
+                        "description": "",
+                        "defaultSecurityLevelId": -1,
+                    }
+                ]
+            }
+        )
+
+    def project_categories(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        return _json([])
 
     def _user_full(self, account_id: str, ctx: Ctx, expand: list[str]) -> Obj:
         out = self.catalog.render_user(account_id, ctx, full=True) or {}
@@ -950,7 +1068,64 @@ class JiraSimulator(Simulator):
 
     def projects(self, req: SimRequest) -> Response:
         ctx = self._ctx(req)
+        if req.method == "POST":
+            return self._create_project(req, ctx)
         return _json([self._render_project_full(p, ctx) for p in self.catalog.data["projects"]])
+
+    def _create_project(self, req: SimRequest, ctx: Ctx) -> Response:
+        """POST /project (needs Administer Jira): a project with the site's issue types, the
+        one workflow and no components."""
+        if not self._is_admin(str(req.user)):
+            raise _fail(
+                403, ["You must have global administrator rights in order to modify projects."]
+            )
+        body = self._obj_body(req)
+        errors: dict[str, str] = {}
+        key = str(body.get("key") or "")
+        name = str(body.get("name") or "")
+        if not re.fullmatch(r"[A-Z][A-Z0-9]{1,9}", key):
+            errors["projectKey"] = (
+                "Project keys must start with an uppercase letter, followed by one or more "
+                "uppercase alphanumeric characters, and be at most 10 characters long."
+            )
+        elif self.catalog.project(key) is not None:
+            errors["projectKey"] = f"Project '{key}' uses this project key."
+        if not name:
+            errors["projectName"] = "You must specify a valid project name."
+        elif self.catalog.project_by_name(name) is not None:
+            errors["projectName"] = "A project with that name already exists."
+        lead = str(body.get("leadAccountId") or body.get("lead") or "")
+        if self.catalog.user(lead) is None:
+            errors["projectLead"] = "The project lead must be a valid user."
+        if errors:
+            raise _fail(400, [], errors)
+        pid = str(max([int(p["id"]) for p in self.catalog.data["projects"]] + [9999]) + 1)
+        self.catalog.seed(
+            {
+                "projects": [
+                    {
+                        "id": pid,
+                        "key": key,
+                        "name": name,
+                        "lead": lead,
+                        "description": str(body.get("description") or ""),
+                        "projectTypeKey": str(body.get("projectTypeKey") or "software"),
+                    }
+                ]
+            }
+        )
+        return _json({"self": f"{ctx.api}/project/{pid}", "id": int(pid), "key": key}, 201)
+
+    def _delete_project(self, req: SimRequest, project: Obj) -> Response:
+        if not self._is_admin(str(req.user)):
+            raise _fail(
+                403, ["You must have global administrator rights in order to modify projects."]
+            )
+        for issue in [i for i in self.issues.values() if i["projectId"] == project["id"]]:
+            self._drop_issue(issue)
+        self.catalog.data["projects"].remove(project)
+        self.counters["project"].pop(project["key"], None)
+        return Response(status_code=204)
 
     def project_search(self, req: SimRequest) -> Response:
         ctx = self._ctx(req)
@@ -970,6 +1145,10 @@ class JiraSimulator(Simulator):
 
     def project(self, req: SimRequest) -> Response:
         ctx = self._ctx(req)
+        if req.method == "DELETE":
+            return self._delete_project(
+                req, self._project_or_404(req.path_params["projectIdOrKey"])
+            )
         return _json(
             self._render_project_full(self._project_or_404(req.path_params["projectIdOrKey"]), ctx)
         )
@@ -1226,7 +1405,9 @@ class JiraSimulator(Simulator):
         if fid == "issuelinks":
             return self._render_issue_links(issue, ctx)
         if fid == "comment":
-            comments = [self._render_comment(issue, c, ctx) for c in issue["comments"]]
+            comments = [
+                self._render_comment(issue, c, ctx) for c in self._visible_comments(issue, ctx)
+            ]
             return {
                 "comments": comments,
                 "self": f"{ctx.api}/issue/{issue['id']}/comment",
@@ -1250,7 +1431,9 @@ class JiraSimulator(Simulator):
             return {}
         if fid == "workratio":
             return -1
-        if fid in ("fixVersions", "versions", "attachment", "subtasks"):
+        if fid == "attachment":
+            return [self._render_attachment(a, ctx) for a in issue.get("attachments", [])]
+        if fid in ("fixVersions", "versions", "subtasks"):
             return []
         if fid == "issuerestriction":
             return {"issuerestrictions": {}, "shouldDisplay": False}
@@ -1333,7 +1516,7 @@ class JiraSimulator(Simulator):
             return times.fmt_rendered(f.get(fid), ctx.tz)
         if fid == "comment":
             comments = []
-            for c in issue["comments"]:
+            for c in self._visible_comments(issue, ctx):
                 rc = self._render_comment(issue, c, ctx)
                 rc["body"] = adf.to_html(c["body"]) or ""
                 comments.append(rc)
@@ -2265,6 +2448,111 @@ class JiraSimulator(Simulator):
             return None
         return {"type": "group", "value": group["name"], "identifier": group["groupId"]}
 
+    def _can_see(self, issue: Obj, comment: Obj, account_id: str) -> bool:
+        """A comment restricted to a group or a project role is only there for its members."""
+        vis = comment.get("visibility")
+        if not vis:
+            return True
+        user = self.catalog.user(account_id) or {}
+        groups = set(user.get("groups", []))
+        if vis.get("type") == "group":
+            return str(vis.get("value")) in groups
+        project = self.catalog.project({"id": issue["projectId"]}) or {}
+        members = (project.get("roleMembers") or {}).get(str(vis.get("value")))
+        if members is None:
+            members = DEFAULT_ROLE_MEMBERS.get(str(vis.get("value")), [])
+        return account_id in members or bool(groups & set(members))
+
+    def _visible_comments(self, issue: Obj, ctx: Ctx) -> list[Obj]:
+        return [c for c in issue["comments"] if self._can_see(issue, c, str(ctx.user))]
+
+    # -- attachments --------------------------------------------------------------------------
+
+    def _render_attachment(self, a: Obj, ctx: Ctx) -> Obj:
+        return {
+            "self": f"{ctx.api}/attachment/{a['id']}",
+            "id": a["id"],
+            "filename": a["filename"],
+            "author": self.catalog.render_user(a["author"], ctx),
+            "created": times.fmt(a["created"], ctx.tz),
+            "size": a["size"],
+            "mimeType": a["mimeType"],
+            "content": f"{ctx.base}/rest/api/{ctx.version}/attachment/content/{a['id']}",
+        }
+
+    def _find_attachment(self, aid: str) -> tuple[Obj, Obj]:
+        for issue in self.issues.values():
+            for a in issue.get("attachments", []):
+                if a["id"] == aid:
+                    return issue, a
+        raise _fail(404, [f"The attachment with id '{aid}' does not exist"])
+
+    def add_attachments(self, req: SimRequest) -> Response:
+        """POST /issue/{key}/attachments: multipart ``file`` parts; needs the XSRF opt-out."""
+        ctx = self._ctx(req)
+        if req.headers.get("x-atlassian-token", "").lower() != "no-check":
+            return Response("XSRF check failed", status_code=403, media_type="text/plain")
+        issue = self._issue_or_404(req)
+        self._write_check(issue)
+        files = [p for p in req.multipart() if p.name == "file" and p.filename is not None]
+        if not files:
+            raise _fail(400, ["No attachment was found in the request: expected a 'file' part."])
+        out = []
+        for part in files:
+            aid = self._next("attachment")
+            a = {
+                "id": aid,
+                "filename": part.filename,
+                "author": ctx.user,
+                "created": times.now_ms(),
+                "size": len(part.data),
+                "mimeType": part.content_type or "application/octet-stream",
+            }
+            issue.setdefault("attachments", []).append(a)
+            self.files[aid] = base64.b64encode(part.data).decode()
+            out.append(self._render_attachment(a, ctx))
+        issue["fields"]["updated"] = times.now_ms()
+        self._issue_event("jira:issue_updated", "issue_updated", issue, ctx)
+        return _json(out)
+
+    def attachment(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        issue, a = self._find_attachment(req.path_params["id"])
+        if req.method == "DELETE":
+            issue["attachments"].remove(a)
+            self.files.pop(a["id"], None)
+            return Response(status_code=204)
+        return _json(self._render_attachment(a, ctx))
+
+    def attachment_content(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        _, a = self._find_attachment(req.path_params["id"])
+        return Response(
+            base64.b64decode(self.files.get(a["id"], "")),
+            media_type=a["mimeType"],
+            headers={"Content-Disposition": f'attachment; filename="{a["filename"]}"'},
+        )
+
+    def comment_list(self, req: SimRequest) -> Response:
+        """POST /comment/list {"ids": [...]}: the comments the caller may see, by id."""
+        ctx = self._ctx(req)
+        body = self._obj_body(req)
+        ids = body.get("ids")
+        if not isinstance(ids, list) or not ids:
+            raise _fail(400, ["The 'ids' field is required and must contain at least 1 id."])
+        if len(ids) > 1000:
+            raise _fail(400, ["The maximum number of comments that can be requested is 1000."])
+        wanted = {str(i) for i in ids}
+        rendered = "renderedBody" in _csv(req.args("expand"))
+        values = [
+            self._render_comment(issue, c, ctx, rendered)
+            for issue in self.issues.values()
+            for c in issue["comments"]
+            if c["id"] in wanted and self._can_see(issue, c, str(ctx.user))
+        ]
+        values.sort(key=lambda c: int(c["id"]))
+        return _json(_page_bean(f"{ctx.api}/comment/list", 0, len(values), len(values), values))
+
     def _add_comment(self, issue: Obj, fields: Obj, ctx: Ctx) -> Obj:
         now = times.now_ms()
         comment = {
@@ -2327,7 +2615,7 @@ class JiraSimulator(Simulator):
         if req.method == "GET":
             order = req.arg("orderBy") or "created"
             rows = sorted(
-                issue["comments"],
+                self._visible_comments(issue, ctx),
                 key=lambda c: (c["created"], int(c["id"])),
                 reverse=order.startswith("-"),
             )
@@ -2354,7 +2642,8 @@ class JiraSimulator(Simulator):
         ctx = self._ctx(req)
         issue = self._issue_or_404(req)
         cid = req.path_params["id"]
-        target = next((c for c in issue["comments"] if c["id"] == cid), None)
+        visible = self._visible_comments(issue, ctx)
+        target = next((c for c in visible if c["id"] == cid), None)
         if target is None:
             raise _fail(404, [f"Can not find a comment for the id: {cid}."])
         if req.method == "GET":
@@ -2638,6 +2927,9 @@ class JiraSimulator(Simulator):
 
     def _search_args(self, req: SimRequest) -> Obj:
         """Search parameters from the query string (GET) or the JSON body (POST)."""
+        if req.method == "GET" and len(req.path) + len(urlencode(req.query)) + 1 > MAX_URL:
+            # Too large to be a query parameter: the edge refuses it; POST is the way.
+            raise _fail(414, ["URI Too Long: send a JQL this long in the body of a POST search."])
         if req.method == "POST":
             body = self._obj_body(req)
             out: Obj = {}

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
+import re
 import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import compile_path
 
-from simulators.base import SimHTTPError, SimRequest, Simulator, WebhookTarget
+from simulators.base import Handler, SimHTTPError, SimRequest, Simulator, WebhookTarget
 
-from .query import compile_query
+from . import display
+from .query import QueryError, compile_query
 
 Record = dict[str, Any]
 
@@ -35,7 +40,7 @@ TASK = [
 TABLES: dict[str, list[str]] = {
     "incident": COMMON + TASK + [
         "caller_id", "category", "hold_reason", "resolved_at", "resolved_by",
-        "parent_incident", "reopen_count", "problem_id",
+        "parent_incident", "reopen_count", "problem_id", "incident_state",
     ],
     "change_request": COMMON + TASK + ["type", "due_date", "start_date", "end_date"],
     # The problem table as shaped since the Madrid state model (New 101 ... Closed 107).
@@ -44,10 +49,25 @@ TABLES: dict[str, list[str]] = {
         "resolution_code", "resolved_at", "resolved_by", "duplicate_of", "related_incidents",
         "rfc", "category", "subcategory", "reopen_count", "reopened_at", "reopened_by",
     ],
-    "sys_user": [*COMMON, "user_name", "email", "name", "first_name", "last_name", "active"],
-    "sys_user_group": [*COMMON, "name", "description", "active"],
+    "sys_user": [
+        *COMMON, "user_name", "email", "name", "first_name", "last_name", "active", "time_zone",
+        "department", "manager", "title", "phone", "mobile_phone", "user_password",
+    ],
+    "sys_user_group": [*COMMON, "name", "description", "active", "manager"],
+    "sys_user_role": [*COMMON, "name", "description"],
+    "sys_user_has_role": [*COMMON, "user", "role", "state", "inherited"],
+    "sys_group_has_role": [*COMMON, "group", "role", "inherits"],
+    "cmn_department": [*COMMON, "name", "id", "description", "dept_head"],
+    "syslog": [*COMMON, "level", "message", "source"],
+    # The table dictionary: one row per table the simulator has (filled on reset).
+    "sys_db_object": [*COMMON, "name", "label", "super_class"],
     "cmdb_ci_service": [*COMMON, "name", "short_description", "operational_status"],
     "sys_journal_field": [*COMMON, "element", "element_id", "name", "value"],
+    "sys_attachment": [
+        *COMMON, "file_name", "content_type", "size_bytes", "size_compressed", "compressed",
+        "table_name", "table_sys_id", "hash", "state", "image_width", "image_height",
+        "average_image_color", "chunk_size_bytes", "sys_tags",
+    ],
     # Audit rows are written once and never updated: no sys_updated_* / sys_mod_count columns.
     "sys_audit": [
         "sys_id", "sys_created_on", "sys_created_by", "tablename", "documentkey", "fieldname",
@@ -55,7 +75,10 @@ TABLES: dict[str, list[str]] = {
     ],
 }  # fmt: skip
 # Tables the platform writes itself; the Table API refuses writes to them (ACL).
-READ_ONLY = ("sys_journal_field", "sys_audit")
+READ_ONLY = ("sys_journal_field", "sys_audit", "sys_attachment")
+# /_sim/seed loads these, in this order (referenced records before the records that count them).
+SEEDABLE = [t for t in TABLES if t not in READ_ONLY and t != "problem"]
+SEEDABLE.insert(SEEDABLE.index("incident"), "problem")
 # Tables audited out of the box (task tables); journal fields are in sys_journal_field instead.
 AUDITED = ("incident", "change_request", "problem")
 # Tables the business rule in docs/operations.md is installed on (webhook events).
@@ -66,8 +89,14 @@ REFS: dict[str, str] = {
     "cmdb_ci": "cmdb_ci_service", "business_service": "cmdb_ci_service",
     "parent_incident": "incident", "parent": "task", "problem_id": "problem",
     "first_reported_by_task": "task", "duplicate_of": "problem", "rfc": "change_request",
-    "reopened_by": "sys_user",
+    "reopened_by": "sys_user", "department": "cmn_department", "dept_head": "sys_user",
+    "manager": "sys_user", "user": "sys_user", "role": "sys_user_role",
+    "group": "sys_user_group",
 }  # fmt: skip
+# Fields named like a reference field that are plain strings in their table.
+NOT_REFS = {("sys_audit", "user")}
+# Password fields: never returned; shown masked when set.
+PASSWORDS = {"user_password"}
 TASK_TABLES = ("incident", "change_request", "problem")
 PREFIX = {"incident": ("INC", 10001), "change_request": ("CHG", 30001), "problem": ("PRB", 40001)}
 INITIAL_STATE = {"incident": "1", "change_request": "-5", "problem": "101"}
@@ -76,6 +105,19 @@ PRIORITY = {
     ("3", "1"): "3", ("2", "3"): "4", ("3", "2"): "4", ("3", "3"): "5",
 }  # fmt: skip
 JOURNAL = ("comments", "work_notes")
+DATE_FIELDS = {"due_date", "start_date", "end_date"}
+# States in which a task is no longer active (closed or canceled).
+INACTIVE = {"incident": ("7", "8"), "change_request": ("3", "4"), "problem": ("107",)}
+MAX_URL = 16384
+URI_TOO_LONG = (
+    "<html><head><title>414 Request-URI Too Long</title></head>"
+    "<body><h1>Request-URI Too Long</h1></body></html>"
+)
+# The sys_id of the simulated rate limit rule (X-RateLimit-Rule names the rule's sys_id).
+RATE_RULE = "5a7e11a1c0a8016400f1a2b3c4d5e6f7"
+# System properties the simulator honours, with their defaults (set through /_sim/properties).
+INVALID_QUERY_PROPERTY = "glide.invalid_query.returns_no_rows"
+PROPERTIES: dict[str, bool] = {INVALID_QUERY_PROPERTY: True}
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "servicenow.json"
 DATA_POLICY = (
     "Data Policy Exception: \n\tThe following fields are mandatory: "
@@ -85,6 +127,15 @@ DATA_POLICY = (
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ref_table(table: str, field: str) -> str | None:
+    """The table a reference field of ``table`` points at (None: not a reference)."""
+    return None if (table, field) in NOT_REFS else REFS.get(field)
+
+
+def is_date(field: str) -> bool:
+    return field in DATE_FIELDS or field.endswith(("_at", "_on"))
 
 
 def truthy(v: str | None) -> bool:
@@ -115,12 +166,25 @@ class ServiceNowSimulator(Simulator):
 
     def reset(self) -> None:
         self.tables: dict[str, dict[str, Record]] = {t: {} for t in TABLES}
+        self.properties = dict(PROPERTIES)
+        self.files: dict[str, str] = {}  # attachment sys_id -> content, base64
+        for name in TABLES:
+            sid = uuid.uuid5(uuid.NAMESPACE_URL, f"sys_db_object/{name}").hex
+            label = name.replace("_", " ").title()
+            row = {"sys_id": sid, "name": name, "label": label, "super_class": ""}
+            if name in TASK_TABLES:
+                row["super_class"] = uuid.uuid5(uuid.NAMESPACE_URL, "sys_db_object/task").hex
+            self._insert("sys_db_object", row, "system", seeding=True)
         self.counters = {t: n for t, (_, n) in PREFIX.items()}
         self._window = []
         self._audit_seq = 0
 
     def dump_state(self) -> dict[str, Any]:
-        return {"tables": copy.deepcopy(self.tables), "counters": dict(self.counters)}
+        return {
+            "tables": copy.deepcopy(self.tables),
+            "counters": dict(self.counters),
+            "files": dict(self.files),
+        }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self.tables = {t: {} for t in TABLES}
@@ -128,14 +192,14 @@ class ServiceNowSimulator(Simulator):
             if t in self.tables:
                 self.tables[t] = copy.deepcopy(dict(rows))
         self.counters.update(state.get("counters", {}))
+        self.files = dict(state.get("files", {}))
 
     def default_seed(self) -> dict[str, Any]:
         return dict(json.loads(FIXTURE.read_text()))
 
     def seed(self, data: Mapping[str, Any]) -> dict[str, Any]:
         summary: dict[str, Any] = {}
-        for table in ("sys_user", "sys_user_group", "cmdb_ci_service", "problem", "incident",
-                      "change_request"):  # fmt: skip
+        for table in SEEDABLE:
             rows = data.get(table) or []
             for row in rows:
                 self._insert(table, dict(row), "system", seeding=True)
@@ -164,8 +228,20 @@ class ServiceNowSimulator(Simulator):
         resp.headers["Retry-After"] = str(retry_after)
         resp.headers["X-RateLimit-Limit"] = str(limit)
         resp.headers["X-RateLimit-Reset"] = str(int(time.time()) + retry_after)
-        resp.headers["X-RateLimit-Rule"] = "sim-table-api"
+        resp.headers["X-RateLimit-Rule"] = RATE_RULE
         return resp
+
+    def extra_headers(self, req: SimRequest, response: Response) -> None:
+        # A request that matches a rate limit rule gets the rule's headers on every response,
+        # not only on the 429 (docs: "REST API response headers").
+        if not self.requests_per_hour or req.user is None or req.path.startswith("/_sim/"):
+            return
+        if "x-ratelimit-limit" in response.headers:
+            return
+        oldest = self._window[0] if self._window else time.time()
+        response.headers["X-RateLimit-Limit"] = str(self.requests_per_hour)
+        response.headers["X-RateLimit-Reset"] = str(int(oldest + 3600))
+        response.headers["X-RateLimit-Rule"] = RATE_RULE
 
     def sign_webhook(self, target: WebhookTarget, body: bytes) -> dict[str, str]:
         secret = getattr(target, "secret", None)
@@ -177,6 +253,10 @@ class ServiceNowSimulator(Simulator):
         )
 
     def authenticate(self, req: SimRequest) -> Response | None:
+        if len(req.path) + sum(len(k) + len(v) + 2 for k, v in req.query) > MAX_URL:
+            # The instance's web tier refuses an over-long request line with an HTML page,
+            # before the REST API sees it (PySNC sends long queries through the Batch API).
+            return HTMLResponse(URI_TOO_LONG, status_code=414)
         if req.path == "/oauth_token.do":
             return None
         auth = req.headers.get("authorization", "")
@@ -208,14 +288,199 @@ class ServiceNowSimulator(Simulator):
 
     # -- routes -------------------------------------------------------------------------------
 
+    def route(self, path: str, methods: list[str]) -> Callable[[Handler], Handler]:
+        register = super().route(path, methods)
+
+        def decorator(handler: Handler) -> Handler:
+            if path.startswith("/api/now") and not path.endswith("/batch"):
+                regex, _, _ = compile_path(path)
+                self._batchable.append(((regex, path), methods, handler))
+            return register(handler)
+
+        return decorator
+
     def register_routes(self) -> None:
+        self._batchable: list[tuple[tuple[re.Pattern[str], str], list[str], Handler]] = []
         for prefix in ("/api/now", "/api/now/{version}"):
             self.route(prefix + "/table/{table}", ["GET", "POST"])(self.collection)
             self.route(prefix + "/table/{table}/{sys_id}", ["GET", "PATCH", "PUT", "DELETE"])(
                 self.item
             )
+            self.route(prefix + "/attachment", ["GET"])(self.attachments)
+            self.route(prefix + "/attachment/file", ["POST"])(self.attachment_file_upload)
+            self.route(prefix + "/attachment/upload", ["POST"])(self.attachment_multipart_upload)
+            self.route(prefix + "/attachment/{sys_id}", ["GET", "DELETE"])(self.attachment)
+            self.route(prefix + "/attachment/{sys_id}/file", ["GET"])(self.attachment_content)
+            self.route(prefix + "/batch", ["POST"])(self.batch)
         self.route("/oauth_token.do", ["POST"])(self.oauth)
         self.route("/_sim/ratelimit", ["POST", "GET"])(self.ratelimit)
+        self.route("/_sim/properties", ["POST", "GET"])(self.sim_properties)
+
+    # -- Attachment API -----------------------------------------------------------------------
+
+    def _attach(
+        self, req: SimRequest, table: str, sys_id: str, name: str, ctype: str, data: bytes
+    ) -> Response:
+        if not table or not sys_id or not name:
+            raise SimHTTPError(
+                400, "Missing parameters", "table_name, table_sys_id and file_name are required"
+            )
+        if table not in self.tables or sys_id not in self.tables[table]:
+            raise SimHTTPError(400, "Invalid table_sys_id", f"No record {sys_id} in table {table}")
+        rec = self._insert("sys_attachment", {}, str(req.user))
+        size = str(len(data))
+        rec.update(file_name=name, content_type=ctype or "application/octet-stream")
+        rec.update(size_bytes=size, size_compressed=size, compressed="true", state="available")
+        rec.update(table_name=table, table_sys_id=sys_id, chunk_size_bytes="700000")
+        rec["hash"] = hashlib.sha256(data).hexdigest()
+        self.files[rec["sys_id"]] = base64.b64encode(data).decode()
+        # Location names the content's URL under the API version the upload used.
+        prefix = req.path[: req.path.index("/attachment")]
+        location = f"{req.base_url}{prefix}/attachment/{rec['sys_id']}/file"
+        return JSONResponse(
+            {"result": self._attachment_meta(req, rec)},
+            status_code=201,
+            headers={"Location": location},
+        )
+
+    def _attachment_meta(self, req: SimRequest, rec: Record) -> Record:
+        out = dict(rec)
+        out["download_link"] = f"{req.base_url}/api/now/attachment/{rec['sys_id']}/file"
+        return out
+
+    def attachment_file_upload(self, req: SimRequest) -> Response:
+        """POST /attachment/file?table_name=&table_sys_id=&file_name= with the raw content."""
+        return self._attach(
+            req,
+            req.arg("table_name") or "",
+            req.arg("table_sys_id") or "",
+            req.arg("file_name") or "",
+            req.content_type,
+            req.body,
+        )
+
+    def attachment_multipart_upload(self, req: SimRequest) -> Response:
+        """POST /attachment/upload: form fields table_name, table_sys_id, then the file part."""
+        fields: dict[str, str] = {}
+        for part in req.multipart():
+            if part.filename is None:
+                fields[part.name] = part.data.decode("utf-8", "replace")
+                continue
+            return self._attach(
+                req,
+                fields.get("table_name", ""),
+                fields.get("table_sys_id", ""),
+                part.filename,
+                fields.get("Content-Type") or part.content_type,
+                part.data,
+            )
+        raise SimHTTPError(
+            400, "Failed to create the attachment. File part might be missing in the request.", None
+        )
+
+    def _attachment_record(self, req: SimRequest) -> Record:
+        rec = self.tables["sys_attachment"].get(req.path_params["sys_id"])
+        if rec is None:
+            raise SimHTTPError(
+                404, "Record doesn't exist or ACL restricts the record retrieval", None
+            )
+        return rec
+
+    def attachments(self, req: SimRequest) -> Response:
+        resp = self._list(req, "sys_attachment", not_found=False)
+        rows = json.loads(bytes(resp.body))["result"]
+        for row in rows:
+            if isinstance(row, dict) and "sys_id" in row:
+                row["download_link"] = f"{req.base_url}/api/now/attachment/{row['sys_id']}/file"
+        out = JSONResponse({"result": rows})
+        for h in ("X-Total-Count", "Link"):
+            if h in resp.headers:
+                out.headers[h] = resp.headers[h]
+        return out
+
+    def attachment(self, req: SimRequest) -> Response:
+        rec = self._attachment_record(req)
+        if req.method == "DELETE":
+            del self.tables["sys_attachment"][rec["sys_id"]]
+            self.files.pop(rec["sys_id"], None)
+            return Response(status_code=204)
+        return JSONResponse({"result": self._attachment_meta(req, rec)})
+
+    def attachment_content(self, req: SimRequest) -> Response:
+        rec = self._attachment_record(req)
+        meta = json.dumps(self._attachment_meta(req, rec))
+        return Response(
+            base64.b64decode(self.files.get(rec["sys_id"], "")),
+            media_type=rec["content_type"],
+            headers={"X-Attachment-Metadata": meta},
+        )
+
+    # -- Batch API ----------------------------------------------------------------------------
+
+    def batch(self, req: SimRequest) -> Response:
+        """POST /api/now/v1/batch: run each rest_request as this user, answer them base64'd."""
+        body = self._body(req)
+        requests = body.get("rest_requests")
+        if "batch_request_id" not in body or not isinstance(requests, list):
+            raise SimHTTPError(
+                400, "Invalid batch request", "batch_request_id and rest_requests are required"
+            )
+        serviced = []
+        for item in requests:
+            if not isinstance(item, dict) or "id" not in item or "url" not in item:
+                raise SimHTTPError(400, "Invalid batch request", "each request needs id and url")
+            started = time.monotonic()
+            resp = self._batch_one(req, item)
+            headers = [{"name": k, "value": v} for k, v in resp.headers.items()]
+            entry: Record = {
+                "id": str(item["id"]),
+                "status_code": resp.status_code,
+                "status_text": HTTPStatus(resp.status_code).phrase,
+                "execution_time": int((time.monotonic() - started) * 1000),
+                "body": base64.b64encode(bytes(resp.body)).decode(),
+            }
+            if not item.get("exclude_response_headers"):
+                entry["headers"] = headers
+            serviced.append(entry)
+        return JSONResponse(
+            {
+                "batch_request_id": str(body["batch_request_id"]),
+                "serviced_requests": serviced,
+                "unserviced_requests": [],
+            }
+        )
+
+    def _batch_one(self, req: SimRequest, item: Record) -> Response:
+        url = urlsplit(str(item["url"]))
+        method = str(item.get("method", "GET")).upper()
+        headers = {
+            str(h.get("name", "")).lower(): str(h.get("value", ""))
+            for h in item.get("headers") or []
+            if isinstance(h, dict)
+        }
+        raw = item.get("body")
+        try:
+            content = base64.b64decode(raw) if raw else b""
+        except ValueError:
+            return self.error_response(400, "Invalid batch request", "body is not base64")
+        for template, methods, handler in self._batchable:
+            m = template[0].match(url.path)
+            if m is None:
+                continue
+            if method not in methods:
+                return self.error_response(405, "Method not Supported", method)
+            query = parse_qsl(url.query, keep_blank_values=True)
+            inner = SimRequest(
+                method, url.path, template[1], m.groupdict(), query, headers, content, req.base_url
+            )
+            inner.user = req.user
+            try:
+                resp = handler(inner)
+            except SimHTTPError as exc:
+                resp = self.error_response(exc.status, exc.message, exc.detail, **exc.extra)
+            self.extra_headers(inner, resp)
+            return resp
+        return self.error_response(400, "Requested URI does not represent any resource", None)
 
     def ratelimit(self, req: SimRequest) -> Response:
         if req.method == "POST":
@@ -224,6 +489,20 @@ class ServiceNowSimulator(Simulator):
             self.requests_per_hour = int(n) if n else None
             self._window = []
         return JSONResponse({"requests_per_hour": self.requests_per_hour})
+
+    def sim_properties(self, req: SimRequest) -> Response:
+        """System properties: POST a JSON object of the known ones (booleans) to change them."""
+        if req.method == "POST":
+            body = req.json()
+            if not isinstance(body, dict):
+                raise SimHTTPError(400, "Invalid properties", "expected a JSON object")
+            for key, value in body.items():
+                if key not in PROPERTIES:
+                    raise SimHTTPError(400, "Invalid properties", f"unknown property {key!r}")
+                if not isinstance(value, bool):
+                    raise SimHTTPError(400, "Invalid properties", f"{key} must be true or false")
+            self.properties.update(body)
+        return JSONResponse(self.properties)
 
     def oauth(self, req: SimRequest) -> Response:
         form = dict(req.form())
@@ -265,9 +544,13 @@ class ServiceNowSimulator(Simulator):
         if req.method == "POST":
             if table in READ_ONLY:
                 raise SimHTTPError(403, "Operation Failed", "ACL Exception Insert Failed")
-            body = self._body(req)
+            body = self._input(req, table, self._body(req))
             rec = self._insert(table, body, str(req.user))
-            return JSONResponse({"result": self._render(req, table, rec)}, status_code=201)
+            return JSONResponse(
+                {"result": self._render(req, table, rec)},
+                status_code=201,
+                headers={"Location": f"{req.base_url}/api/now/table/{table}/{rec['sys_id']}"},
+            )
         return self._list(req, table)
 
     def item(self, req: SimRequest) -> Response:
@@ -284,8 +567,17 @@ class ServiceNowSimulator(Simulator):
         if req.method == "DELETE":
             del self.tables[table][rec["sys_id"]]
             self._count_related(table, rec, None)
+            # A record's attachments go with it.
+            gone = [
+                a
+                for a in self.tables["sys_attachment"].values()
+                if a["table_sys_id"] == rec["sys_id"]
+            ]
+            for att in gone:
+                del self.tables["sys_attachment"][att["sys_id"]]
+                self.files.pop(att["sys_id"], None)
             return Response(status_code=204)
-        rec = self._update(table, rec, self._body(req), str(req.user))
+        rec = self._update(table, rec, self._input(req, table, self._body(req)), str(req.user))
         return JSONResponse({"result": self._render(req, table, rec)})
 
     def _body(self, req: SimRequest) -> Record:
@@ -298,6 +590,44 @@ class ServiceNowSimulator(Simulator):
         if not isinstance(body, dict):
             raise SimHTTPError(400, "Exception while reading request", "Invalid payload")
         return body
+
+    def _input(self, req: SimRequest, table: str, body: Record) -> Record:
+        """``sysparm_input_display_value=true``: choice labels, reference display values and
+        dates in the user's time zone are turned into stored values, as a real instance does."""
+        if not truthy(req.arg("sysparm_input_display_value")):
+            return body
+        tz = self._tz(str(req.user))
+        out: Record = {}
+        for k, v in body.items():
+            text = self._str(v)
+            ref = ref_table(table, k)
+            if ref and text:
+                text = self._lookup(ref, text)
+            elif is_date(k) and text:
+                text = display.local_to_utc(text, tz)
+            elif text:
+                text = display.choice_value(table, k, text)
+            out[k] = text
+        return out
+
+    def _lookup(self, ref: str, text: str) -> str:
+        """A reference given by sys_id or by the referenced record's display value."""
+        for t in TASK_TABLES if ref == "task" else (ref,):
+            if text in self.tables[t]:
+                return text
+            for row in self.tables[t].values():
+                if text in (row.get("name"), row.get("number")):
+                    return str(row["sys_id"])
+        return text
+
+    def _user(self, user_name: str) -> Record | None:
+        for u in self.tables["sys_user"].values():
+            if u["user_name"] == user_name:
+                return u
+        return None
+
+    def _tz(self, user_name: str) -> str:
+        return str((self._user(user_name) or {}).get("time_zone", ""))
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -315,7 +645,15 @@ class ServiceNowSimulator(Simulator):
         fields = TABLES[table]
         ts = now()
         rec: Record = {f: "" for f in fields}
-        sys_id = self._str(body.get("sys_id")) if seeding else ""
+        sys_id = self._str(body.get("sys_id"))
+        if sys_id and not seeding and not re.fullmatch("[0-9a-fA-F]{32}", sys_id):
+            sys_id = ""  # a real instance ignores a sys_id that is not 32 hex digits
+        if sys_id and sys_id in self.tables[table] and seeding:
+            del self.tables[table][sys_id]  # seeding a known sys_id replaces the record
+        if sys_id and sys_id in self.tables[table]:
+            raise SimHTTPError(
+                403, "Operation Failed", f"Error during insert of {table} (duplicate sys_id)"
+            )
         rec.update(
             sys_id=sys_id or uuid.uuid4().hex,
             sys_created_on=ts,
@@ -329,8 +667,9 @@ class ServiceNowSimulator(Simulator):
             rec["number"] = f"{p}{self.counters[table]:07d}"
             self.counters[table] += 1
             rec.update(active="true", opened_at=ts, state=INITIAL_STATE[table])
+            rec["opened_by"] = self._user_id(user)
             if table == "incident":
-                rec.update(impact="3", urgency="3", reopen_count="0")
+                rec.update(impact="3", urgency="3", reopen_count="0", incident_state="1")
             elif table == "problem":
                 rec.update(impact="3", urgency="3", reopen_count="0", related_incidents="0")
                 rec["known_error"] = "false"
@@ -365,8 +704,12 @@ class ServiceNowSimulator(Simulator):
                     journal.append((k, self._str(v)))
             elif k in new and k not in COMMON and k != "number":
                 new[k] = self._str(v)
+        if table == "incident" and "incident_state" in body and "state" not in body:
+            new["state"] = new["incident_state"]  # either of the pair may be written
         self._derive(table, new, old, user)
         self._policy(table, new, old)
+        if new == old and not journal:
+            return rec  # nothing changed: no sys_mod_count bump, no audit, no business rule
         new.update(
             sys_updated_on=now(),
             sys_updated_by=user,
@@ -386,6 +729,10 @@ class ServiceNowSimulator(Simulator):
             return
         prev = old["state"] if old else ""
         state = rec["state"]
+        if table == "incident":
+            rec["incident_state"] = state
+        if state != prev:
+            rec["active"] = "false" if state in INACTIVE[table] else "true"
         if table == "problem":
             rec["priority"] = PRIORITY.get((rec["impact"], rec["urgency"]), rec["priority"])
             if state == prev:
@@ -426,12 +773,11 @@ class ServiceNowSimulator(Simulator):
                 prb["related_incidents"] = str(n)
 
     def _user_id(self, user_name: str) -> str:
-        for u in self.tables["sys_user"].values():
-            if u["user_name"] == user_name:
-                return str(u["sys_id"])
-        return ""
+        return str((self._user(user_name) or {}).get("sys_id", ""))
 
     def _policy(self, table: str, rec: Record, old: Record | None) -> None:
+        if table not in ("incident", "change_request"):
+            return
         closing = (table == "incident" and rec["state"] in ("6", "7")) or (
             table == "change_request" and rec["state"] == "3"
         )
@@ -506,41 +852,75 @@ class ServiceNowSimulator(Simulator):
         dv = (req.arg("sysparm_display_value") or "false").lower()
         no_link = truthy(req.arg("sysparm_exclude_reference_link"))
         wanted = [f.strip() for f in (req.arg("sysparm_fields") or "").split(",") if f.strip()]
-        fields = [f for f in wanted if f in rec] or list(rec)
+        schema = _Schema(self, table)
+        fields = [f for f in wanted if f in rec or ("." in f and schema.known(f))] or list(rec)
+        tz = self._tz(str(req.user)) if dv in ("true", "all") else ""
         out: Record = {}
         for f in fields:
-            value = str(rec.get(f, ""))
-            display = self._display(f, value)
-            ref = REFS.get(f)
+            # A dot-walked field (sysparm_fields=department.name) reads the referenced record.
+            owner, where, last = (table, rec, f) if f in rec else schema.resolve(rec, f)
+            value = "" if last in PASSWORDS else str(where.get(last, ""))
+            ref = ref_table(owner, last)
             link = f"{req.base_url}/api/now/table/{ref}/{value}" if ref and value else None
+            if dv not in ("true", "all"):
+                out[f] = {"link": link, "value": value} if link and not no_link else value
+                continue
+            shown = self._display(owner, where, last, value, tz)
+            item: Record = {"display_value": shown}
             if dv == "all":
-                item: Record = {"display_value": display, "value": value}
-                if link and not no_link:
-                    item["link"] = link
-                out[f] = item
-            else:
-                shown = display if dv == "true" else value
-                out[f] = {"link": link, "value": shown} if link and not no_link else shown
+                item["value"] = value
+            if link and not no_link:
+                item["link"] = link
+            # display_value=true: plain display strings, references as {display_value, link}
+            out[f] = item if dv == "all" or len(item) > 1 else shown
         return out
 
-    def _display(self, field: str, value: str) -> str:
-        ref = REFS.get(field)
-        if not ref or not value:
+    def _display(self, table: str, rec: Record, field: str, value: str, tz: str) -> str:
+        if field in JOURNAL and table in TASK_TABLES:
+            rows = [
+                j
+                for j in self.tables["sys_journal_field"].values()
+                if j["element_id"] == rec["sys_id"] and j["element"] == field
+            ]
+            entries = [
+                (j["sys_created_on"], self._user_name(j["sys_created_by"]), field, j["value"])
+                for j in rows
+            ]
+            return display.journal_text(entries, tz)
+        if field in PASSWORDS:
+            return "********" if rec.get(field) else ""
+        if not value:
             return value
-        for t in [ref] if ref in self.tables else TASK_TABLES:
-            row = self.tables[t].get(value)
-            if row:
-                return str(row.get("name") or row.get("number") or value)
-        return value
+        ref = ref_table(table, field)
+        if ref:
+            for t in [ref] if ref in self.tables else TASK_TABLES:
+                row = self.tables[t].get(value)
+                if row:
+                    return str(row.get("name") or row.get("number") or value)
+            return value
+        if is_date(field):
+            return display.utc_to_local(value, tz)
+        return display.choice_label(table, field, value)
 
-    def _list(self, req: SimRequest, table: str) -> Response:
+    def _user_name(self, user_name: str) -> str:
+        """A journal entry's author as the form shows it: the user's name."""
+        return str((self._user(user_name) or {}).get("name") or user_name)
+
+    def _list(self, req: SimRequest, table: str, not_found: bool = True) -> Response:
         fields = set(TABLES[table])
         query = req.arg("sysparm_query") or ""
         extra = [f"{k}={v}" for k, v in req.query if not k.startswith("sysparm_") and k in fields]
         if extra:
             query = "^".join([query, *extra]) if query else "^".join(extra)
-        pred, order = compile_query(query, fields)
-        rows = [r for r in self.tables[table].values() if pred(r)]
+        try:
+            compiled = compile_query(query, _Schema(self, table))
+        except QueryError as exc:
+            raise SimHTTPError(400, "Invalid query", str(exc)) from exc
+        order = compiled.order
+        if compiled.invalid and self.properties[INVALID_QUERY_PROPERTY]:
+            rows = []  # glide.invalid_query.returns_no_rows: an invalid query matches nothing
+        else:
+            rows = [r for r in self.tables[table].values() if compiled.match(r)]
         rows.sort(key=lambda r: r["sys_created_on"])
         for f, desc in reversed(order):
             rows.sort(key=_field_key(f), reverse=desc)
@@ -552,7 +932,7 @@ class ServiceNowSimulator(Simulator):
         limit, offset = max(limit, 1), max(offset, 0)
         total = len(rows)
         page = rows[offset : offset + limit]
-        if not page and req.path_params.get("version") == "v1" and query:
+        if not page and not_found and req.path_params.get("version") == "v1" and query:
             raise SimHTTPError(
                 404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval"
             )
@@ -577,6 +957,60 @@ class ServiceNowSimulator(Simulator):
             links.append(f'<{url(offset + limit)}>;rel="next"')
         links.append(f'<{url(last)}>;rel="last"')
         return ",".join(links)
+
+
+class _Schema:
+    """What the query compiler needs to know about a table: its fields, dot-walked through
+    reference fields (``caller_id.email``), and which of them hold dates."""
+
+    def __init__(self, sim: ServiceNowSimulator, table: str) -> None:
+        self.sim = sim
+        self.table = table
+
+    def _walk(self, path: str) -> tuple[list[str], str] | None:
+        """The tables the last segment of ``path`` lives in, and that segment."""
+        tables = [self.table]
+        *hops, last = path.split(".")
+        for hop in hops:
+            ref = next((r for t in tables if (r := ref_table(t, hop)) and hop in TABLES[t]), None)
+            if ref is None:
+                return None
+            tables = list(TASK_TABLES) if ref == "task" else [ref]
+        if not any(last in TABLES[t] for t in tables):
+            return None
+        return tables, last
+
+    def known(self, path: str) -> bool:
+        return self._walk(path) is not None
+
+    def is_date(self, path: str) -> bool:
+        return is_date(path.rsplit(".", 1)[-1])
+
+    def resolve(self, rec: Record, path: str) -> tuple[str, Record, str]:
+        """(table, record, field) that a dot-walked ``path`` ends on; an empty record where a
+        reference on the way is empty or dangling."""
+        *hops, last = path.split(".")
+        cur: Record = rec
+        table = self.table
+        for hop in hops:
+            ref = ref_table(table, hop) or ""
+            value = str(cur.get(hop, ""))
+            cur, table = {}, ref
+            for t in TASK_TABLES if ref == "task" else (ref,):
+                if value in self.sim.tables.get(t, {}):
+                    cur, table = self.sim.tables[t][value], t
+                    break
+        return table, cur, last
+
+    def get(self, rec: Record, path: str) -> str:
+        _, where, last = self.resolve(rec, path)
+        return str(where.get(last, ""))
+
+    def rows(self, table: str) -> list[Record]:
+        return list(self.sim.tables.get(table, {}).values())
+
+    def on(self, table: str) -> _Schema | None:
+        return _Schema(self.sim, table) if table in TABLES else None
 
 
 def _field_key(field: str) -> Callable[[Record], tuple[int, float, str]]:

@@ -67,7 +67,7 @@ def test_the_engineers_jira_moves_reach_servicenow_and_comments_keep_visibility(
             (
                 rows := world.sn.get(
                     "/api/now/table/sys_journal_field",
-                    params={"sysparm_query": f"element_id={inc['sys_id']}^value LIKErolled back"},
+                    params={"sysparm_query": f"element_id={inc['sys_id']}^valueLIKErolled back"},
                 ).json()["result"]
             )
             and rows

@@ -105,7 +105,7 @@ def assert_valid(sims: SimulatorCluster) -> int:
     for entry in list(sims.jira.request_log):
         if (entry["method"], entry["route"]) in _EMPTY_BODY and not entry["response_body"]:
             continue
-        if entry["status"] == 429 or entry["route"].startswith("/rest/applinks/"):
+        if entry["status"] == 429 or entry["route"].startswith(("/rest/applinks/", "/rest/auth/")):
             continue
         if (
             entry["method"] == "GET"
@@ -1194,3 +1194,119 @@ def test_basic_auth_header_is_parsed_strictly(sims: SimulatorCluster) -> None:
     bearer = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
     assert bearer.status_code == 401 and bearer.headers["WWW-Authenticate"]
     assert_valid(sims)
+
+
+BOB, BOB_TOKEN = "bob@example.com", "bob-token"
+
+
+def test_session_permissions_and_server_info_as_the_library_reads_them(
+    sims: SimulatorCluster,
+) -> None:
+    # validate=True makes the library call /rest/auth/1/session while it connects.
+    j = JIRA(server=sims.urls["jira"], basic_auth=(EMAIL, TOKEN), validate=True)
+    assert j.session().name == "Jira Admin"
+    assert j.server_info()["deploymentType"] == "Cloud" and j._is_cloud
+    assert j.server_info()["serverTimeZone"] == "UTC"
+    mine = j.my_permissions(permissions="BROWSE_PROJECTS,ADMINISTER")["permissions"]
+    assert mine["ADMINISTER"]["havePermission"] is True
+    assert mine["BROWSE_PROJECTS"]["type"] == "PROJECT"
+    bob = JIRA(server=sims.urls["jira"], basic_auth=(BOB, BOB_TOKEN))
+    theirs = bob.my_permissions(permissions="ADMINISTER,USER_PICKER")["permissions"]
+    assert theirs["ADMINISTER"]["havePermission"] is False
+    assert theirs["USER_PICKER"]["havePermission"] is True
+    with client(sims) as c:
+        assert c.get("/rest/api/2/mypermissions").status_code == 400  # Cloud requires the list
+        assert c.get("/rest/api/2/mypermissions", params={"permissions": "NOPE"}).status_code == 404
+        everything = c.get("/rest/api/3/permissions").json()["permissions"]
+        assert "havePermission" not in everything["EDIT_ISSUES"]
+        bad = httpx.get(f"{sims.urls['jira']}/rest/auth/1/session", auth=(EMAIL, "wrong"))
+        assert bad.status_code == 401
+    assert_valid(sims)
+
+
+def test_comment_visibility_is_enforced_per_user(sims: SimulatorCluster) -> None:
+    admin = pyjira(sims)
+    bob = JIRA(server=sims.urls["jira"], basic_auth=(BOB, BOB_TOKEN))
+    issue = admin.create_issue(project="OPS", summary="visibility", issuetype={"name": "Task"})
+    public = admin.add_comment(issue.key, "for everyone")
+    group = admin.add_comment(
+        issue.key, "responders only", visibility={"type": "group", "value": "incident-responders"}
+    )
+    role = admin.add_comment(
+        issue.key, "admins only", visibility={"type": "role", "value": "Administrators"}
+    )
+    seen_by_admin = [c.id for c in admin.comments(issue.key)]
+    assert seen_by_admin == [public.id, group.id, role.id]
+    # Bob is in jira-software-users and sre: neither restricted comment is there for him.
+    assert [c.id for c in bob.comments(issue.key)] == [public.id]
+    assert [c.id for c in bob.issue(issue.key).fields.comment.comments] == [public.id]
+    with pytest.raises(JIRAError) as err:
+        bob.comment(issue.key, group.id)
+    assert err.value.status_code == 404
+    with client(sims) as c:
+        ids = {"ids": [int(public.id), int(group.id), int(role.id)]}
+        listed = c.post("/rest/api/3/comment/list", json=ids).json()
+        assert [v["id"] for v in listed["values"]] == [public.id, group.id, role.id]
+        assert listed["total"] == 3 and listed["isLast"] is True
+        for_bob = httpx.post(
+            f"{sims.urls['jira']}/rest/api/2/comment/list", json=ids, auth=(BOB, BOB_TOKEN)
+        )
+        assert [v["id"] for v in for_bob.json()["values"]] == [public.id]
+        assert c.post("/rest/api/2/comment/list", json={"ids": []}).status_code == 400
+    assert_valid(sims)
+
+
+def test_attachments_with_the_library(sims: SimulatorCluster, tmp_path: Path) -> None:
+    j = pyjira(sims)
+    issue = j.create_issue(project="OPS", summary="attach", issuetype={"name": "Task"})
+    log = tmp_path / "app.log"
+    log.write_bytes(b"first\nsecond\n")
+    att = j.add_attachment(issue.key, str(log))
+    assert att.filename == "app.log" and att.size == 13
+    assert att.get() == b"first\nsecond\n"
+    assert [a.filename for a in j.issue(issue.key).fields.attachment] == ["app.log"]
+    with client(sims) as c:
+        files = {"file": ("x.txt", b"x", "text/plain")}
+        no_token = c.post(f"/rest/api/3/issue/{issue.key}/attachments", files=files)
+        assert no_token.status_code == 403 and "XSRF" in no_token.text
+        ok = c.post(
+            f"/rest/api/3/issue/{issue.key}/attachments",
+            files=files,
+            headers={"X-Atlassian-Token": "no-check"},
+        )
+        assert ok.status_code == 200 and ok.json()[0]["mimeType"] == "text/plain"
+        assert c.delete(f"/rest/api/3/attachment/{att.id}").status_code == 204
+        assert c.get(f"/rest/api/3/attachment/{att.id}").status_code == 404
+
+
+def test_projects_created_and_deleted_by_an_admin_only(sims: SimulatorCluster) -> None:
+    j = pyjira(sims)
+    created = j.create_project("NEWP", "New project")
+    assert isinstance(created, dict) and j.project("NEWP").id == str(created["id"])
+    issue = j.create_issue(project="NEWP", summary="in new", issuetype={"name": "Task"})
+    assert issue.key == "NEWP-1"
+    bob = JIRA(server=sims.urls["jira"], basic_auth=(BOB, BOB_TOKEN))
+    with pytest.raises(JIRAError):
+        bob.delete_project("NEWP")
+    with client(sims) as c:
+        dup = c.post(
+            "/rest/api/2/project",
+            json={"key": "NEWP", "name": "Other", "leadAccountId": ADMIN},
+        )
+        assert dup.status_code == 400 and "projectKey" in dup.json()["errors"]
+        bad = c.post("/rest/api/2/project", json={"key": "lower", "name": "x"})
+        assert set(bad.json()["errors"]) == {"projectKey", "projectLead"}
+    assert j.delete_project("NEWP", enable_undo=False)
+    with pytest.raises(JIRAError):
+        j.issue("NEWP-1")
+
+
+def test_get_search_too_long_for_a_url_is_refused_post_is_served(sims: SimulatorCluster) -> None:
+    jql = "project = OPS AND (" + " OR ".join(f'summary ~ "word{i}"' for i in range(600)) + ")"
+    with client(sims) as c:
+        too_long = c.get("/rest/api/3/search/jql", params={"jql": jql})
+        assert too_long.status_code == 414
+        posted = c.post("/rest/api/3/search/jql", json={"jql": jql, "fields": ["summary"]})
+        assert posted.status_code == 200 and "issues" in posted.json()
+        short = c.get("/rest/api/3/search/jql", params={"jql": "project = OPS"})
+        assert short.status_code == 200

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pysnc
@@ -127,7 +132,49 @@ def test_pysnc_paging_and_writes(
             "@javascript:gs.dateGenerate('2001-01-01','00:00:00')",
             set(),
         ),
-        ("bogus_field=1^short_description=alpha", {"alpha"}),
+        # An unknown field makes the whole query invalid: no rows (the hardened default).
+        ("bogus_field=1^short_description=alpha", set()),
+        ("short_descriptionBOGUSalpha", set()),
+        ("impactBETWEEN1@2", {"alpha", "query beta", "Checkout latency elevated"}),
+        ("short_description*uery^impact!=3", {"query beta"}),
+        ("short_description!*uery^short_description%ha", {"alpha"}),
+        ("short_descriptionANYTHING^impact=3", {"query gamma"}),
+        ("correlation_idEMPTYSTRING^impact=1", set()),
+        ("urgencySAMEASimpact", {"query gamma", "Checkout latency elevated"}),
+        ("urgencyNSAMEASimpact", {"alpha", "query beta"}),
+        ("urgencyGT_FIELDimpact", {"alpha", "query beta"}),
+        ("caller_id.email=alice@example.com", {"Checkout latency elevated"}),
+        ("caller_id.emailSTARTSWITHbob", set()),
+        (
+            "assignment_group.name=SRE^ORshort_description=alpha",
+            {"alpha", "Checkout latency elevated"},
+        ),
+        ("caller_id.bogus=x", set()),
+        ("short_description.name=x", set()),
+        (
+            "sys_created_onONToday@javascript:gs.daysAgoStart(0)@javascript:gs.daysAgoEnd(0)"
+            "^short_descriptionSTARTSWITHquery",
+            {"query beta", "query gamma"},
+        ),
+        (
+            "sys_created_onONLast 7 days@javascript:gs.beginningOfLast7Days()"
+            "@javascript:gs.endOfLast7Days()^impact=1",
+            {"alpha"},
+        ),
+        (
+            "sys_created_onNOTONToday@javascript:gs.daysAgoStart(0)@javascript:gs.daysAgoEnd(0)",
+            set(),
+        ),
+        (
+            "sys_created_onRELATIVEGT@hour@ago@1^impact=2",
+            {"query beta", "Checkout latency elevated"},
+        ),
+        ("sys_created_onRELATIVELT@hour@ago@1", set()),
+        ("sys_created_onRELATIVEGT@minute@ahead@5", set()),
+        ("short_descriptionRELATIVEGT@hour@ago@1", set()),  # not a date field: invalid
+        ("sys_created_on>=javascript:gs.beginningOfToday()^impact=3", {"query gamma"}),
+        ("sys_created_on<javascript:gs.minutesAgoStart(10)", set()),
+        ("sys_created_on>javascript:gs.noSuchMacro()", set()),
     ],
 )
 def test_encoded_query_operators(sims: SimulatorCluster, query: str, expected: set[str]) -> None:
@@ -138,6 +185,56 @@ def test_encoded_query_operators(sims: SimulatorCluster, query: str, expected: s
         r = c.get("/api/now/table/incident", params={"sysparm_query": query})
         assert r.status_code == 200
         assert {x["short_description"] for x in r.json()["result"]} == expected
+
+
+def test_encoded_query_datepart(sims: SimulatorCluster) -> None:
+    today = datetime.now(UTC)
+    day = today.strftime("%A").lower()
+    month = today.strftime("%B").lower()
+    with client(sims) as c:
+        make_incident(c, short_description="today")
+        for query, expected in [
+            (f"sys_created_onDATEPART{day}@javascript:gs.datePart('dayofweek','{day}','EE')", 2),
+            (f"sys_created_onDATEPART{month}@javascript:gs.datePart('month','{month}','EE')", 2),
+            (f"sys_created_onDATEPART1@javascript:gs.datePart('year','{today.year}','GT')", 0),
+            (f"sys_created_onDATEPART1@javascript:gs.datePart('year','{today.year}','LE')", 2),
+        ]:
+            r = c.get("/api/now/table/incident", params={"sysparm_query": query})
+            assert len(r.json()["result"]) == expected, query
+
+
+def test_invalid_query_property(sims: SimulatorCluster) -> None:
+    """A real instance ignores an invalid term unless glide.invalid_query.returns_no_rows is
+    true; the simulator defaults to true and lets a test switch it off."""
+    url = sims.urls["servicenow"]
+    with client(sims) as c:
+        make_incident(c, short_description="alpha")
+        q = {"sysparm_query": "bogus_field=1^short_description=alpha"}
+        assert c.get("/api/now/table/incident", params=q).json()["result"] == []
+        assert httpx.get(f"{url}/_sim/properties").json() == {
+            "glide.invalid_query.returns_no_rows": True
+        }
+        off = httpx.post(
+            f"{url}/_sim/properties", json={"glide.invalid_query.returns_no_rows": False}
+        )
+        assert off.json()["glide.invalid_query.returns_no_rows"] is False
+        rows = c.get("/api/now/table/incident", params=q).json()["result"]
+        assert [r["short_description"] for r in rows] == ["alpha"]
+        everything = c.get("/api/now/table/incident", params={"sysparm_query": "bogus=1"})
+        assert len(everything.json()["result"]) == 2  # the seeded incident and alpha
+        bad = httpx.post(f"{url}/_sim/properties", json={"glide.nope": True})
+        assert bad.status_code == 400 and "glide.nope" in bad.json()["error"]["detail"]
+        bad = httpx.post(f"{url}/_sim/properties", json={"glide.invalid_query.returns_no_rows": 1})
+        assert bad.status_code == 400
+        # Constructs the simulator cannot evaluate are refused, never answered with all rows.
+        for query in (
+            "short_descriptionVALCHANGES",
+            "caller_idDYNAMIC90d1921e5f510100a9ad2572f2b477fe",
+            "RLQUERYsys_journal_field.element_id,>=1^valueLIKEx",
+        ):
+            r = c.get("/api/now/table/incident", params={"sysparm_query": query})
+            assert r.status_code == 400, query
+            assert r.json()["error"]["message"] == "Invalid query"
 
 
 def test_orderby_and_pagination_headers(sims: SimulatorCluster) -> None:
@@ -180,12 +277,120 @@ def test_display_value_modes(sims: SimulatorCluster) -> None:
         assert rec["parent_incident"] == ""
         path = f"/api/now/table/incident/{rec['sys_id']}"
         t = c.get(path, params={"sysparm_display_value": "True"}).json()["result"]
-        assert t["business_service"]["value"] == "Checkout"
+        # display_value=true: references are {display_value, link}; choices show their labels.
+        assert t["business_service"] == {
+            "display_value": "Checkout",
+            "link": rec["business_service"]["link"],
+        }
+        assert (t["state"], t["impact"], t["priority"]) == (
+            "In Progress",
+            "2 - Medium",
+            "3 - Moderate",
+        )
         a = c.get(path, params={"sysparm_display_value": "all"}).json()["result"]
         assert a["assignment_group"]["display_value"] == "SRE"
         assert a["assignment_group"]["value"].startswith("9a")
         x = c.get(path, params={"sysparm_exclude_reference_link": "true"}).json()["result"]
         assert x["caller_id"] == "a11ce000000000000000000000000001"
+        assert a["state"] == {"display_value": "In Progress", "value": "2"}
+        tn = c.get(
+            path, params={"sysparm_display_value": "true", "sysparm_exclude_reference_link": "true"}
+        )
+        assert tn.json()["result"]["caller_id"] == "Alice Anders"
+
+
+def test_display_values_in_the_users_time_zone_and_journal_text(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        inc = make_incident(c, comments="first words")
+        c.patch(f"/api/now/table/incident/{inc['sys_id']}", json={"work_notes": "a note"})
+        c.patch(f"/api/now/table/incident/{inc['sys_id']}", json={"comments": "second words"})
+        path = f"/api/now/table/incident/{inc['sys_id']}"
+        a = c.get(path, params={"sysparm_display_value": "all"}).json()["result"]
+        utc = datetime.strptime(a["opened_at"]["value"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+        # admin has no time_zone of its own: the system default (America/Los_Angeles) applies.
+        local = utc.astimezone(ZoneInfo("America/Los_Angeles")).strftime("%Y-%m-%d %H:%M:%S")
+        assert a["opened_at"]["display_value"] == local != a["opened_at"]["value"]
+        comments = a["comments"]["display_value"]
+        assert a["comments"]["value"] == ""
+        assert comments.index("second words") < comments.index("first words")
+        assert " - System Administrator (Additional comments)\nsecond words\n\n" in comments
+        assert "a note" not in comments
+        assert a["work_notes"]["display_value"].endswith("(Work notes)\na note\n\n")
+        me = c.get("/api/now/table/sys_user", params={"user_name": "admin"}).json()["result"][0]
+        c.patch(f"/api/now/table/sys_user/{me['sys_id']}", json={"time_zone": "Asia/Tokyo"})
+        t = c.get(path, params={"sysparm_display_value": "true"}).json()["result"]
+        tokyo = utc.astimezone(ZoneInfo("Asia/Tokyo")).strftime("%Y-%m-%d %H:%M:%S")
+        assert t["opened_at"] == tokyo and t["comments"].startswith(tokyo[:10])
+
+
+def test_input_display_value(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        me = c.get("/api/now/table/sys_user", params={"user_name": "admin"}).json()["result"][0]
+        c.patch(f"/api/now/table/sys_user/{me['sys_id']}", json={"time_zone": "Europe/Berlin"})
+        r = c.post(
+            "/api/now/table/incident",
+            params={"sysparm_input_display_value": "true"},
+            json={
+                "short_description": "by labels",
+                "caller_id": "Bob Brown",
+                "assignment_group": "SRE",
+                "impact": "1 - High",
+                "urgency": "2 - medium",
+                "state": "In Progress",
+                "resolved_at": "2026-07-01 12:00:00",
+            },
+        )
+        rec = r.json()["result"]
+        assert rec["caller_id"]["value"] == "b0b00000000000000000000000000002"
+        assert rec["assignment_group"]["value"] == "9a000000000000000000000000000002"
+        assert (rec["impact"], rec["urgency"], rec["state"], rec["priority"]) == (
+            "1",
+            "2",
+            "2",
+            "2",
+        )
+        assert rec["resolved_at"] == "2026-07-01 10:00:00"  # Berlin summer time is UTC+2
+        # Without the parameter, values are stored as given.
+        raw = make_incident(c, impact="1 - High", caller_id="a11ce000000000000000000000000001")
+        assert raw["impact"] == "1 - High"
+        assert raw["caller_id"]["value"] == "a11ce000000000000000000000000001"
+
+
+def test_task_defaults_and_state_pair(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        inc = make_incident(c)
+        admin_id = "6816f79cc0a8016401c5a33be04be441"
+        assert inc["opened_by"]["value"] == admin_id and inc["opened_at"]
+        assert (inc["state"], inc["incident_state"], inc["active"]) == ("1", "1", "true")
+        path = f"/api/now/table/incident/{inc['sys_id']}"
+        moved = c.patch(path, json={"incident_state": "2"}).json()["result"]
+        assert (moved["state"], moved["incident_state"]) == ("2", "2")
+        canceled = c.patch(path, json={"state": "8"}).json()["result"]
+        assert (canceled["incident_state"], canceled["active"]) == ("8", "false")
+        chg = c.post("/api/now/table/change_request", json={"short_description": "c"}).json()
+        assert chg["result"]["opened_by"]["value"] == admin_id
+        assert chg["result"]["active"] == "true"
+
+
+def test_patch_without_changes_is_not_an_update(
+    sims: SimulatorCluster, webhook_receiver: WebhookReceiver
+) -> None:
+    url = sims.urls["servicenow"]
+    with client(sims) as c:
+        inc = make_incident(c, short_description="same", impact="2")
+        httpx.post(f"{url}/_sim/webhooks", json={"url": webhook_receiver.url})
+        path = f"/api/now/table/incident/{inc['sys_id']}"
+        same = c.patch(path, json={"short_description": "same", "impact": "2", "bogus": "x"})
+        rec = same.json()["result"]
+        assert (rec["sys_mod_count"], rec["sys_updated_on"]) == ("0", inc["sys_updated_on"])
+        audit = c.get("/api/now/table/sys_audit", params={"documentkey": inc["sys_id"]})
+        assert {a["record_checkpoint"] for a in audit.json()["result"]} == {"0"}
+        changed = c.patch(path, json={"impact": "1"}).json()["result"]
+        assert changed["sys_mod_count"] == "1"
+        # The first delivery is the real update's: the no-op PATCH fired no business rule.
+        first = webhook_receiver.wait_for(1)[0]
+        headers = {k.lower(): v for k, v in first.headers.items()}
+        assert headers["x-servicenow-delivery"] == f"{inc['sys_id']}:1"
 
 
 def test_journal_and_data_policy(sims: SimulatorCluster) -> None:
@@ -255,9 +460,16 @@ def test_oauth_flow(sims: SimulatorCluster) -> None:
 
 def test_rate_limit(sims: SimulatorCluster) -> None:
     with client(sims) as c:
+        free = c.get("/api/now/table/sys_user")
+        assert not [h for h in free.headers if h.lower().startswith("x-ratelimit")]
         c.post("/_sim/ratelimit", json={"requests_per_hour": 3})
-        codes = [c.get("/api/now/table/sys_user").status_code for _ in range(4)]
-        assert codes[-1] == 429
+        ok = [c.get("/api/now/table/sys_user") for _ in range(3)]
+        # A request matching a rate limit rule carries the rule's headers on every response.
+        for r in ok:
+            assert r.status_code == 200 and r.headers["X-RateLimit-Limit"] == "3"
+            assert int(r.headers["X-RateLimit-Reset"]) > time.time()
+            assert re.fullmatch("[0-9a-f]{32}", r.headers["X-RateLimit-Rule"])
+        assert c.get("/api/now/table/sys_user").status_code == 429
         r = c.get("/api/now/table/sys_user")
         assert r.headers["X-RateLimit-Limit"] == "3" and int(r.headers["Retry-After"]) > 0
         assert "X-RateLimit-Reset" in r.headers and "X-RateLimit-Rule" in r.headers
@@ -385,7 +597,8 @@ def test_problem_table_and_incident_linkage(
         path = f"/api/now/table/problem/{pid}"
         assert c.get(path).json()["result"]["related_incidents"] == "1"
         disp = c.get(path, params={"sysparm_display_value": "true"}).json()["result"]
-        assert disp["first_reported_by_task"]["value"] == inc["number"]
+        assert disp["first_reported_by_task"]["display_value"] == inc["number"]
+        assert disp["state"] == "New"
         # State model: 106 Resolved sets resolved_*, 107 Closed deactivates, reopening counts.
         res = c.patch(path, json={"state": "106", "resolution_code": "fix_applied"}).json()
         assert res["result"]["resolved_at"] and res["result"]["resolved_by"]
@@ -403,3 +616,134 @@ def test_problem_table_and_incident_linkage(
             ("106", "107"),
             ("107", "103"),
         ]
+
+
+def _pysnc(tls_sims: SimulatorCluster, monkeypatch: pytest.MonkeyPatch) -> pysnc.ServiceNowClient:
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    ca = str(tls_sims.cert.cert)  # type: ignore[union-attr]
+    return pysnc.ServiceNowClient(tls_sims.urls["servicenow"], AUTH, verify=ca)
+
+
+def test_attachment_api_with_pysnc(
+    tls_sims: SimulatorCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snc = _pysnc(tls_sims, monkeypatch)
+    gr = snc.GlideRecord("incident")
+    gr.initialize()
+    gr.short_description = "has a log"
+    gr.insert()
+    content = b"line one\nline two\n"
+    gr.add_attachment("app.log", content, "text/plain")
+    atts = gr.get_attachments()
+    assert len(atts) == 1
+    for a in atts:
+        assert a.file_name == "app.log" and a.size_bytes == str(len(content))
+        assert a.read() == content
+        assert a.table_sys_id == gr.sys_id
+    ca = str(tls_sims.cert.cert)  # type: ignore[union-attr]
+    with httpx.Client(base_url=tls_sims.urls["servicenow"], auth=AUTH, verify=ca) as c:
+        meta = c.get("/api/now/attachment", params={"sysparm_query": f"table_sys_id={gr.sys_id}"})
+        (row,) = meta.json()["result"]
+        assert row["download_link"].endswith(f"/api/now/attachment/{row['sys_id']}/file")
+        got = c.get(f"/api/now/attachment/{row['sys_id']}/file")
+        assert got.content == content and got.headers["content-type"].startswith("text/plain")
+        assert json.loads(got.headers["X-Attachment-Metadata"])["file_name"] == "app.log"
+        up = c.post(
+            "/api/now/attachment/upload",
+            data={"table_name": "incident", "table_sys_id": gr.sys_id},
+            files={"uploadFile": ("shot.png", b"\x89PNG\r\n", "image/png")},
+        )
+        assert up.status_code == 201 and up.json()["result"]["content_type"] == "image/png"
+        nowhere = c.post(
+            "/api/now/attachment/file",
+            params={"table_name": "incident", "table_sys_id": "0" * 32, "file_name": "x"},
+            content=b"x",
+        )
+        assert nowhere.status_code == 400
+        assert c.delete(f"/api/now/attachment/{row['sys_id']}").status_code == 204
+        assert c.get(f"/api/now/attachment/{row['sys_id']}").status_code == 404
+        assert c.post("/api/now/table/sys_attachment", json={}).status_code == 403
+
+
+def test_batch_api_with_pysnc(tls_sims: SimulatorCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    snc = _pysnc(tls_sims, monkeypatch)
+    ids = []
+    for i in range(3):
+        gr = snc.GlideRecord("incident")
+        gr.initialize()
+        gr.short_description = f"batch {i}"
+        ids.append(gr.insert())
+    gr = snc.GlideRecord("incident")
+    gr.add_query("short_description", "STARTSWITH", "batch ")
+    gr.query()
+    for rec in gr:
+        rec.urgency = "1"
+    assert gr.update_multiple()  # PySNC sends these PATCHes through /api/now/v1/batch
+    check = snc.GlideRecord("incident")
+    check.add_query("short_description", "STARTSWITH", "batch ")
+    check.add_query("urgency", "1")
+    check.query()
+    assert len(check) == 3
+    ca = str(tls_sims.cert.cert)  # type: ignore[union-attr]
+    with httpx.Client(base_url=tls_sims.urls["servicenow"], auth=AUTH, verify=ca) as c:
+        body = {
+            "batch_request_id": "7",
+            "rest_requests": [
+                {"id": "a", "method": "GET", "url": f"/api/now/table/incident/{ids[0]}"},
+                {"id": "b", "method": "GET", "url": "/api/now/table/nope"},
+                {"id": "c", "url": "/api/now/nothing/here", "exclude_response_headers": True},
+            ],
+        }
+        r = c.post("/api/now/v1/batch", json=body).json()
+        assert r["batch_request_id"] == "7" and r["unserviced_requests"] == []
+        by_id = {s["id"]: s for s in r["serviced_requests"]}
+        a = json.loads(base64.b64decode(by_id["a"]["body"]))
+        assert by_id["a"]["status_code"] == 200 and a["result"]["sys_id"] == ids[0]
+        assert by_id["a"]["status_text"] == "OK" and by_id["a"]["headers"]
+        assert by_id["b"]["status_code"] == 400 and "headers" not in by_id["c"]
+        bad = c.post("/api/now/v1/batch", json={"rest_requests": "x"})
+        assert bad.status_code == 400
+
+
+def test_join_and_related_list_queries(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        noted = make_incident(c, short_description="noted", work_notes="n1")
+        c.patch(f"/api/now/table/incident/{noted['sys_id']}", json={"work_notes": "n2"})
+        make_incident(c, short_description="quiet")
+
+        def names(query: str) -> set[str]:
+            r = c.get("/api/now/table/incident", params={"sysparm_query": query})
+            assert r.status_code == 200, r.text
+            return {x["short_description"] for x in r.json()["result"]}
+
+        rl = "RLQUERYsys_journal_field.element_id,{}^element=work_notes^ENDRLQUERY"
+        assert names(rl.format(">1")) == {"noted"}
+        assert names(rl.format("=0") + "^short_descriptionSTARTSWITHq") == {"quiet"}
+        assert names(rl.format(">5")) == set()
+        # Incidents whose caller manages... here: whose caller is an active user named Alice.
+        join = "JOINincident.caller_id=sys_user.sys_id!name=Alice Anders"
+        assert names(join) == {"Checkout latency elevated"}
+        assert names("JOINincident.caller_id=sys_user.sys_id!name=Nobody") == set()
+        assert names("JOINincident.caller_id=nope.sys_id!name=x") == set()  # invalid: no rows
+
+
+def test_dot_walked_fields_custom_sys_id_and_long_urls(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        q = {"sysparm_query": "impact=2", "sysparm_fields": "number,caller_id.email,caller_id"}
+        rec = c.get("/api/now/table/incident", params=q).json()["result"][0]
+        assert rec["caller_id.email"] == "alice@example.com" and set(rec) == {
+            "number",
+            "caller_id.email",
+            "caller_id",
+        }
+        custom = "AAAABBBBCCCCDDDDEEEEFFFF00001111"
+        made = make_incident(c, sys_id=custom)
+        assert made["sys_id"] == custom
+        again = c.post("/api/now/table/incident", json={"sys_id": custom})
+        assert again.status_code == 403
+        assert make_incident(c, sys_id="not-a-sys-id")["sys_id"] != "not-a-sys-id"
+        long = c.get("/api/now/table/" + "A" * 20000)
+        assert long.status_code == 414 and long.text.startswith("<html>")
+        me = c.get("/api/now/table/sys_user", params={"user_name": "admin"}).json()["result"][0]
+        assert me["user_password"] == ""  # a password is never returned
