@@ -2374,7 +2374,9 @@ class JiraSimulator(Simulator):
 
     # -- comments -----------------------------------------------------------------------------
 
-    def _render_comment(self, issue: Obj, c: Obj, ctx: Ctx, rendered: bool = False) -> Obj:
+    def _render_comment(
+        self, issue: Obj, c: Obj, ctx: Ctx, rendered: bool = False, properties: bool = False
+    ) -> Obj:
         cat = self.catalog
         out: Obj = {
             "self": f"{ctx.api}/issue/{issue['id']}/comment/{c['id']}",
@@ -2390,6 +2392,11 @@ class JiraSimulator(Simulator):
         out["jsdPublic"] = bool(c.get("jsdPublic", True))
         if rendered:
             out["renderedBody"] = adf.to_html(c["body"]) or ""
+        if properties:
+            out["properties"] = [
+                {"key": k, "value": copy.deepcopy(v)}
+                for k, v in (c.get("properties") or {}).items()
+            ]
         return out
 
     def _comment_fields(
@@ -2419,9 +2426,14 @@ class JiraSimulator(Simulator):
             out["visibility"] = self._visibility(body.get("visibility"), ctx, errors)
         props = body.get("properties")
         for prop in props if isinstance(props, list) else []:
-            if isinstance(prop, Mapping) and prop.get("key") == "sd.public.comment":
+            if not isinstance(prop, Mapping) or not prop.get("key"):
+                continue
+            if prop.get("key") == "sd.public.comment":
                 internal = (prop.get("value") or {}).get("internal")
                 out["jsdPublic"] = not bool(internal)
+            # Comment properties (entity properties of the comment): kept, and shown with
+            # ?expand=properties, as Jira does.
+            out.setdefault("properties", {})[str(prop["key"])] = copy.deepcopy(prop.get("value"))
         return out
 
     def _visibility(self, vis: Any, ctx: Ctx, errors: dict[str, str]) -> Obj | None:
@@ -2564,6 +2576,7 @@ class JiraSimulator(Simulator):
             "updated": now,
             "visibility": fields.get("visibility"),
             "jsdPublic": fields.get("jsdPublic", True),
+            "properties": dict(fields.get("properties") or {}),
         }
         issue["comments"].append(comment)
         issue["fields"]["updated"] = now
@@ -2611,7 +2624,8 @@ class JiraSimulator(Simulator):
     def comments(self, req: SimRequest) -> Response:
         ctx = self._ctx(req)
         issue = self._issue_or_404(req)
-        rendered = "renderedBody" in self._expand(req)
+        expand = self._expand(req)
+        rendered = "renderedBody" in expand
         if req.method == "GET":
             order = req.arg("orderBy") or "created"
             rows = sorted(
@@ -2627,7 +2641,10 @@ class JiraSimulator(Simulator):
                     "startAt": start,
                     "maxResults": limit,
                     "total": len(rows),
-                    "comments": [self._render_comment(issue, c, ctx, rendered) for c in page],
+                    "comments": [
+                        self._render_comment(issue, c, ctx, rendered, "properties" in expand)
+                        for c in page
+                    ],
                 }
             )
         self._write_check(issue)

@@ -687,11 +687,11 @@ class ServiceNowSimulator(Simulator):
         self._derive(table, rec, None, user)
         self._policy(table, rec, None)
         self.tables[table][rec["sys_id"]] = rec
-        self._audit(table, None, rec, user)
+        audited = self._audit(table, None, rec, user)
         self._count_related(table, None, rec)
         written = [self._journal(table, rec["sys_id"], el, val, user) for el, val in journal]
         if table in NOTIFIED and not seeding:
-            self._notify(table, "insert", rec, written)
+            self._notify(table, "insert", rec, written, audited)
         return rec
 
     def _update(self, table: str, rec: Record, body: Record, user: str) -> Record:
@@ -717,11 +717,11 @@ class ServiceNowSimulator(Simulator):
         )
         rec.clear()
         rec.update(new)
-        self._audit(table, old, rec, user)
+        audited = self._audit(table, old, rec, user)
         self._count_related(table, old, rec)
         written = [self._journal(table, rec["sys_id"], el, val, user) for el, val in journal]
         if table in NOTIFIED:
-            self._notify(table, "update", rec, written)
+            self._notify(table, "update", rec, written, audited)
         return rec
 
     def _derive(self, table: str, rec: Record, old: Record | None, user: str) -> None:
@@ -796,7 +796,7 @@ class ServiceNowSimulator(Simulator):
         self.tables["sys_journal_field"][jid] = row
         return row
 
-    def _audit(self, table: str, old: Record | None, rec: Record, user: str) -> None:
+    def _audit(self, table: str, old: Record | None, rec: Record, user: str) -> list[Record]:
         """One sys_audit row per audited field this insert set or this update changed.
 
         As on a real instance: system fields (``sys_*``) are not audited, values are stored raw
@@ -804,7 +804,8 @@ class ServiceNowSimulator(Simulator):
         ``sys_mod_count`` after the change and ``internal_checkpoint`` a hex sequence.
         """
         if table not in AUDITED:
-            return
+            return []
+        rows: list[Record] = []
         ts = rec["sys_updated_on"]
         for field in TABLES[table]:
             if field.startswith("sys_") or field in JOURNAL:
@@ -829,16 +830,22 @@ class ServiceNowSimulator(Simulator):
                 "record_checkpoint": rec["sys_mod_count"],
                 "internal_checkpoint": f"{int(time.time() * 1000):011x}{self._audit_seq:07x}",
             }
+            rows.append(self.tables["sys_audit"][aid])
+        return rows
 
-    def _notify(self, table: str, op: str, rec: Record, journal: list[Record]) -> None:
+    def _notify(
+        self, table: str, op: str, rec: Record, journal: list[Record], audit: list[Record]
+    ) -> None:
         # What the business rule in docs/operations.md sends: the record, and the journal
-        # entries (sys_journal_field rows) this insert or update wrote.
+        # entries (sys_journal_field rows) and field changes (sys_audit rows) this insert or
+        # update wrote.
         payload = {
             "table": table,
             "operation": op,
             "sys_id": rec["sys_id"],
             "record": dict(rec),
             "journal": [dict(j) for j in journal],
+            "audit": [dict(a) for a in audit],
         }
         self.emit(
             f"{table}.{op}",
