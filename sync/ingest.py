@@ -14,13 +14,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from connectors.base import COMMENT_EVENT_KEY, Connector, Observation, RemoteRecord
 from connectors.errors import AuthFailed, ConnectorError
 from sync import store
-from sync.queue import incident_key, mark_dirty, remote_key
 from sync.reconcile import REF_KEY
+from sync.queue import incident_key, mark_dirty, remote_key
 
 log = logging.getLogger("itsm_sync.ingest")
 MAX_BODY = 1024 * 1024
@@ -149,13 +150,34 @@ def _updated(obs: Observation) -> dt.datetime | None:
 def store_records(
     db: Engine, records: Iterable[RemoteRecord], *, source: str = "poll", coalesce: float = 0.0
 ) -> tuple[int, dt.datetime | None]:
-    """Store what a poll read and queue it; returns (how many were newer, newest update time)."""
-    newer = 0
-    newest: dt.datetime | None = None
+    """Store what a poll read and queue it; returns (how many were newer, newest update time).
+
+    A record the database refuses is parked (that incident only) and passed over: the batch's
+    other records are stored, and the watermark moves on past it."""
     # In key order: two pollers marking the same rows in different orders would deadlock.
     ordered = sorted(
         records, key=lambda r: (r.ref.system, r.ref.instance, r.ref.object_type, r.ref.id)
     )
+    try:
+        return _store(db, ordered, source, coalesce)
+    except SQLAlchemyError:
+        log.warning("storing a batch of %d records failed; storing them one by one", len(ordered))
+    newer, newest = 0, None
+    for record in ordered:
+        try:
+            stored, _ = _store(db, [record], source, coalesce)
+            newer += stored
+        except SQLAlchemyError as exc:
+            _poisoned(db, record, exc)
+        newest = record.updated_at if newest is None else max(newest, record.updated_at)
+    return newer, newest
+
+
+def _store(
+    db: Engine, ordered: list[RemoteRecord], source: str, coalesce: float
+) -> tuple[int, dt.datetime | None]:
+    newer = 0
+    newest: dt.datetime | None = None
     with store.session_scope(db) as s:
         for record in ordered:
             ref = record.ref
@@ -172,3 +194,24 @@ def store_records(
                 )  # fmt: skip
             newest = record.updated_at if newest is None else max(newest, record.updated_at)
     return newer, newest
+
+
+def _poisoned(db: Engine, record: RemoteRecord, exc: Exception) -> None:
+    """Park a record that cannot be stored: its incident's, or (not linked yet) its own."""
+    ref = record.ref
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:500]
+    target = f"{ref.system}:{ref.instance}"
+    with store.session_scope(db) as s:
+        link = store.find_link(
+            s, system=ref.system, instance=ref.instance, object_type=ref.object_type,
+            remote_id=ref.id,
+        )  # fmt: skip
+        owner = (
+            link.incident_id
+            if link
+            else remote_key(ref.system, ref.instance, ref.object_type, ref.id)
+        )
+        message = f"reading from {target}: {ref.key or ref.id} cannot be stored: {reason}"
+        store.park(s, incident_id=owner, target=target, error=message)
+        store.audit(s, action="park", incident_id=owner, system=ref.system, reason=message)
+    log.warning("parked %s: %s", ref, message)

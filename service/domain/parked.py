@@ -42,5 +42,7 @@ def replay(
             system=item.target.split(":")[0], actor=actor.label,
             reason=f"replayed from the newest state: {item.error}",
         )  # fmt: skip
-        mark_dirty(s, incident_key(item.incident_id), reason="replay")
+        # A record that could not even be stored is parked under its own key: read it again.
+        key = item.incident_id
+        mark_dirty(s, key if key.startswith("remote:") else incident_key(key), reason="replay")
     return [item.id or 0 for item in items]

@@ -15,6 +15,7 @@ from sync.store.db import (
     _fresh,
     dialect_insert,
     prepared,
+    scrub,
     utcnow,
 )
 from sync.store.tables import AuditEntry, MappingVersion, Parked
@@ -50,8 +51,8 @@ def audit(
             "field": field,
             "before": before,
             "after": after,
-            "actor": actor,
-            "reason": reason,
+            "actor": scrub(actor),
+            "reason": scrub(reason),
         },
     )
 
@@ -81,8 +82,8 @@ def park(
     """Park (incident, target) after a fatal error, or update its open item (attempts += 1)."""
     now = now or utcnow()
     values = {
-        "error": error,
-        "remote_message": remote_message,
+        "error": scrub(error),
+        "remote_message": scrub(remote_message),
         "status": status,
         "parked_at": now,
     }

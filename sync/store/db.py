@@ -112,8 +112,20 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.astimezone(UTC)
 
 
+def scrub(value: Any) -> Any:
+    """``value`` with NUL characters taken out of every string (keys too): PostgreSQL keeps no
+    NUL in text or JSONB, and one remote record carrying one must not stop the store."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    return value
+
+
 class JSONValue(TypeDecorator[Any]):
-    """JSON everywhere, JSONB on PostgreSQL (smaller, indexable)."""
+    """JSON everywhere, JSONB on PostgreSQL (smaller, indexable); never a NUL in it."""
 
     impl = JSON
     cache_ok = True
@@ -122,6 +134,9 @@ class JSONValue(TypeDecorator[Any]):
         if dialect.name == "postgresql":
             return dialect.type_descriptor(JSONB())
         return dialect.type_descriptor(JSON())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return scrub(value)
 
 
 # Named constraints: stable across dialects, and required for SQLite batch migrations later.

@@ -105,6 +105,7 @@ class IncidentState:
 
     version: int
     data: dict[str, Any]
+    created_at: dt.datetime  # when the store first had it (first seen)
     links: list[Link]  # oldest first
     observations: dict[int, Observation | None]  # by link id: the record's newest observation
     shadows: dict[int, Shadow | None]  # by link id
@@ -152,7 +153,9 @@ def _state_statements(dialect: str) -> tuple[Any, ...]:
         .order_by(link.c.id)
     )
     return (
-        select(incident.c.version, incident.c.data).where(incident.c.id == wanted),
+        select(incident.c.version, incident.c.data, incident.c.created_at).where(
+            incident.c.id == wanted
+        ),
         records,
         select(parked.c.target).where(
             (parked.c.incident_id == wanted) & parked.c.resolved_at.is_(None)
@@ -201,6 +204,7 @@ def incident_state(session: Session, incident_id: str) -> IncidentState | None:
     return IncidentState(
         version=row.version,
         data=dict(row.data),
+        created_at=row.created_at,
         links=links,
         observations=observations,
         shadows=shadows,

@@ -19,6 +19,7 @@ from sync.store.db import (
     dialect_insert,
     insert_for,
     prepared,
+    scrub,
     utcnow,
 )
 from sync.store.tables import Observation, Watermark, WebhookDelivery
@@ -237,8 +238,8 @@ def record_delivery(
                 "delivery_id": delivery_id,
                 "received_at": received_at or utcnow(),
                 "status": status,
-                "reason": reason,
-                "body": kept,
+                "reason": scrub(reason),
+                "body": scrub(kept),
                 "headers": dict(headers or {}),
             },
         )
