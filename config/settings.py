@@ -102,6 +102,14 @@ class SyncSettings(BaseModel):
     create_jira_when: str = 'severity in ["SEV1", "SEV2"]'
     create_servicenow_for_jira: bool = True  # incidents born in Jira get a ServiceNow incident
     jira_issue_type: str = "Incident"
+    # Per-field last-writer-wins: changes are compared to the second (ServiceNow's precision);
+    # within one second this system wins, unless the mapping names the field's owner.
+    tie_winner: Literal["servicenow", "jira"] = "servicenow"
+    # An incident resolved within this long of being opened still gets its records (created,
+    # then resolved); one resolved longer ago (a backfill) gets none.
+    quick_resolve_seconds: float = Field(default=3600.0, ge=0)
+    # Resolving a parent resolves its duplicates (on every system they have records on).
+    duplicates_follow_parent: bool = True
 
 
 class PostmortemSettings(BaseModel):

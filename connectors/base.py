@@ -8,7 +8,6 @@ cross the boundary are frozen dataclasses.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -29,6 +28,10 @@ class Capability(StrEnum):
     PEOPLE = "people"
     WEBHOOKS = "webhooks"
     CHANGE_REQUESTS = "change_requests"
+    CREATE_IN_STATE = "create_in_state"  # a create may set the state (else: create, transition)
+    FIELDS_ON_TRANSITION = "fields_on_transition"  # a transition writes other fields with it
+    FIELD_HISTORY = "field_history"  # field_changes() reads who changed which field when
+    ISSUE_LINKS = "issue_links"  # links between records of the system (Jira issue links)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,61 @@ class RemoteComment:
 # Reserved keys of an observation's fields, set by the connectors' webhook parsers.
 JOURNAL_KEY = "_journal"  # comments a delivery says its update added: {"after": version, "entries"}
 COMMENT_EVENT_KEY = "_comment_event"  # a comment-only delivery: the comment, not the record
+# Field changes a record or a delivery carries (Jira's changelog, ServiceNow's sys_audit rows
+# of the update): a list of FieldChange.to_json(), oldest first.
+FIELD_CHANGES_KEY = "_field_changes"
+# On a record a write returned: the updates (FieldChange.update) that this write made.
+OUR_UPDATES_KEY = "_our_updates"
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One change of one field of a record, as the system's own history tells it.
+
+    ``field`` is the record's top-level field (``status``, ``short_description``,
+    ``customfield_10012``); ``value`` is the new value shaped as the record holds it at that
+    field (``{"name": "In Progress"}`` for a Jira status, ``"2"`` for a ServiceNow state), or
+    None with ``known=False`` where the history cannot tell the whole value (a Jira component
+    list changes one component at a time). ``at`` is when it changed; ``id`` tells entries
+    apart when a record's history is read again.
+    """
+
+    id: str
+    field: str
+    value: Any
+    at: dt.datetime
+    author: str = ""
+    old: Any = None
+    known: bool = True
+    update: str = ""  # the update it was part of (a Jira history id, a ServiceNow checkpoint)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "field": self.field, "value": self.value, "old": self.old,
+            "at": self.at.isoformat(), "author": self.author, "known": self.known,
+            "update": self.update,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> FieldChange:
+        at = dt.datetime.fromisoformat(str(raw["at"]))
+        return cls(
+            id=str(raw.get("id", "")), field=str(raw["field"]), value=raw.get("value"),
+            at=at if at.tzinfo else at.replace(tzinfo=dt.UTC), author=str(raw.get("author", "")),
+            old=raw.get("old"), known=bool(raw.get("known", True)),
+            update=str(raw.get("update", "")),
+        )  # fmt: skip
+
+
+def field_changes_of(fields: Mapping[str, Any]) -> list[FieldChange]:
+    """The field changes an observation's fields carry (malformed entries are left out)."""
+    out = []
+    for raw in fields.get(FIELD_CHANGES_KEY) or []:
+        try:
+            out.append(FieldChange.from_json(raw))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return sorted(out, key=lambda c: c.at)
 
 
 @dataclass(frozen=True)
@@ -142,31 +200,60 @@ class Connector(Protocol):
     ) -> RemoteComment: ...
 
     def transition(
-        self, ref: RemoteRef, target: str, fields: Mapping[str, Any] | None = None
-    ) -> RemoteRecord: ...
+        self,
+        ref: RemoteRef,
+        target: str,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        known: Mapping[str, Any] | None = None,
+    ) -> RemoteRecord:
+        """Move the record to state ``target`` (writing ``fields`` with it where the system
+        can). Idempotent: a record already there is returned as it is. What the move needs
+        and ``fields`` lack comes from ``known`` (the incident's values), else the system's
+        defaults."""
+        ...
 
     def person_by_email(self, email: str) -> Person: ...
 
     def person_by_id(self, person_id: str) -> Person: ...
+
+    def field_changes(self, ref: RemoteRef, since: dt.datetime | None) -> list[FieldChange]:
+        """Every change of the record's fields at or after ``since``, oldest first, from the
+        system's own history (one read): for per-field last-writer-wins when the observation
+        did not carry them."""
+        ...
+
+    def stamps(self, fields: Mapping[str, Any]) -> list[str]:
+        """The correlation keys a record carries (itsm-sync stamped it when it created it)."""
+        ...
+
+    def text_limit(self, path: str) -> int | None:
+        """The most characters the system keeps in a text field (None: no limit we know)."""
+        ...
+
+    def inert(self, text: str) -> str:
+        """``text`` with whatever this system would render live (markup, links, HTML) made
+        plain: text from another system is shown, never executed."""
+        ...
 
     def parse_webhook(
         self, headers: Mapping[str, str], body: bytes, query: Mapping[str, str] | None = None
     ) -> list[Observation]: ...
 
 
-# Comments itsm-sync writes carry their origin as a prefix, so a comment synced from Jira to
-# ServiceNow is recognised on the way back and never synced again.
-_ORIGIN = re.compile(r"^\[itsm-sync from (?P<origin>[^\]]+)\] ?", re.ASCII)
+# Comments itsm-sync writes show people where they came from (a visible attribution line), and
+# carry their origin for itsm-sync in a structured marker people do not type: a comment
+# property in Jira, a hidden marker in a ServiceNow journal entry. Only the marker makes a
+# comment "ours"; a person who types the attribution text writes a comment like any other.
+ATTRIBUTION = "[itsm-sync from {origin}] "
 
 
-def mark_origin(body: str, origin: str) -> str:
-    """``body`` with an origin marker (``[itsm-sync from jira:OPS-12 alice@example.com] ...``)."""
-    return f"[itsm-sync from {origin}] {body}" if origin else body
+def attributed(body: str, origin: str) -> str:
+    """``body`` with the visible attribution line (``[itsm-sync from jira:OPS-12] ...``)."""
+    return ATTRIBUTION.format(origin=origin) + body if origin else body
 
 
-def split_origin(body: str) -> tuple[str, str]:
-    """(origin, text) of a comment body; origin is "" for comments a person wrote."""
-    match = _ORIGIN.match(body)
-    if match is None:
-        return "", body
-    return match["origin"], body[match.end() :]
+def unattributed(body: str, origin: str) -> str:
+    """``body`` without the attribution line of ``origin`` (our own comment read back)."""
+    prefix = ATTRIBUTION.format(origin=origin)
+    return body[len(prefix) :] if origin and body.startswith(prefix) else body

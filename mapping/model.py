@@ -56,6 +56,13 @@ class Comment(Frozen):
     created_at: dt.datetime | None = None
 
 
+class Stamp(Frozen):
+    """When a field last changed, and on which system (per-field last-writer-wins)."""
+
+    at: dt.datetime
+    system: str = ""
+
+
 class Resolution(Frozen):
     code: str = ""
     notes: str = ""
@@ -95,6 +102,9 @@ class Incident(Frozen):
     comments: tuple[Comment, ...] = ()
     parent: str = ""  # canonical id of the master incident this one duplicates
     postmortem: str = ""  # postmortem ref
+    # When each canonical field last changed by a person, and where (not a field of its own:
+    # what per-field last-writer-wins compares a newly seen change against).
+    changed: dict[str, Stamp] = Field(default_factory=dict)
 
     @field_validator("assignee")
     @classmethod

@@ -20,7 +20,7 @@ from sqlmodel import Session
 from connectors.base import COMMENT_EVENT_KEY, Connector, Observation, RemoteRecord
 from connectors.errors import AuthFailed, ConnectorError
 from sync import store
-from sync.reconcile import REF_KEY
+from sync.planner import REF_KEY
 from sync.queue import incident_key, mark_dirty, remote_key
 
 log = logging.getLogger("itsm_sync.ingest")

@@ -15,10 +15,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,15 +33,18 @@ from jira.exceptions import JIRAError
 from config.settings import JiraSettings
 from connectors.base import (
     COMMENT_EVENT_KEY,
+    FIELD_CHANGES_KEY,
+    OUR_UPDATES_KEY,
     Capability,
+    FieldChange,
     Observation,
     Person,
     RemoteComment,
     RemoteRecord,
     RemoteRef,
     Visibility,
-    mark_origin,
-    split_origin,
+    attributed,
+    unattributed,
 )
 from connectors.errors import AuthFailed, ConnectorError, Fatal, NotFound
 from connectors.http import (
@@ -59,6 +64,15 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
 PROPERTY = "itsm-sync"
 MAX_WALK = 8  # transitions tried on the way to a status before giving up
 T = TypeVar("T")
+# Jira Cloud's limit on a text field (summary: 255).
+TEXT_LIMITS = {"summary": 255}
+TEXT_LIMIT = 32_767
+# Wiki markup that Jira renders live: links and mentions ([text|url], [url], [~account]),
+# images and attachments (!x!), and macros ({html}, {iframe}...). A backslash shows it as typed.
+_WIKI_LIVE = re.compile(r"(?<!\\)([\[{!])")
+# Fields whose changelog value maps onto the record's shape ({"name": toString}).
+NAMED = ("status", "priority", "resolution", "issuetype")
+PEOPLE_FIELDS = ("assignee", "reporter")
 
 
 def parse_time(value: str) -> dt.datetime:
@@ -90,6 +104,8 @@ class JiraConnector:
             Capability.TRANSITIONS,
             Capability.PEOPLE,
             Capability.WEBHOOKS,
+            Capability.FIELD_HISTORY,
+            Capability.ISSUE_LINKS,
         }
     )
 
@@ -211,6 +227,12 @@ class JiraConnector:
             updated = parse_time(str(fields["updated"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise Fatal(f"issue without id/key/fields.updated: {exc}", system=SYSTEM) from exc
+        histories = (raw.get("changelog") or {}).get("histories")
+        if isinstance(histories, list):
+            # expand=changelog: who changed which field when, for last-writer-wins per field.
+            fields[FIELD_CHANGES_KEY] = [
+                c.to_json() for h in histories if isinstance(h, Mapping) for c in _changes(h)
+            ]
         return RemoteRecord(
             ref=ref,
             version=version_of(fields),
@@ -238,7 +260,9 @@ class JiraConnector:
     def _search(self, jql: str, page_size: int) -> Iterator[dict[str, Any]]:
         token: str | None = None
         while True:
-            params: dict[str, Any] = {"jql": jql, "maxResults": page_size, "fields": "*all"}
+            params: dict[str, Any] = {
+                "jql": jql, "maxResults": page_size, "fields": "*all", "expand": "changelog",
+            }  # fmt: skip
             if token:
                 params["nextPageToken"] = token
             page = self._call("search", lambda p=params: self._get("search/jql", p))  # type: ignore[misc]
@@ -273,7 +297,12 @@ class JiraConnector:
                 return
 
     def get(self, object_type: str, id_or_key: str) -> RemoteRecord:
-        return self._record(self._call(f"get {id_or_key}", lambda: self._get(f"issue/{id_or_key}")))
+        return self._record(
+            self._call(
+                f"get {id_or_key}",
+                lambda: self._get(f"issue/{id_or_key}", {"expand": "changelog"}),
+            )
+        )
 
     def find_by_correlation(self, object_type: str, correlation_key: str) -> RemoteRecord | None:
         jql = f"{self._scope()} AND labels = {jql_quote(correlation_key)} ORDER BY created ASC"
@@ -329,15 +358,24 @@ class JiraConnector:
             raise Fatal("Jira status changes go by transition(), not by edit", system=SYSTEM)
         if not fields:
             return self.get("issue", ref.id)
-        # returnIssue: the edited issue comes back in the answer (200), no second call for it.
+        # returnIssue: the edited issue comes back in the answer (200), no second call for it,
+        # with its changelog: an edit someone made just before ours shows there.
         raw = self._call(
             f"edit {ref.key}",
             lambda: self._send(
-                "PUT", f"issue/{ref.id}", {"fields": dict(fields)}, {"returnIssue": "true"}
+                "PUT", f"issue/{ref.id}", {"fields": dict(fields)},
+                {"returnIssue": "true", "expand": "changelog"},
             ),
             issue=ref.id,
+        )  # fmt: skip
+        record = self._record(raw) if raw.get("fields") else self.get("issue", ref.id)
+        # Our edit is the newest history that changed a field we sent (none if nothing did).
+        changes = record.fields.get(FIELD_CHANGES_KEY) or []
+        newest = str(changes[-1]["update"]) if changes else ""
+        mine = (
+            [newest] if any(c["update"] == newest and c["field"] in fields for c in changes) else []
         )
-        return self._record(raw) if raw.get("fields") else self.get("issue", ref.id)
+        return _with_ours(record, mine)
 
     def _transitions(self, issue_id: str) -> list[dict[str, Any]]:
         data = self._call(
@@ -363,17 +401,27 @@ class JiraConnector:
         return out
 
     def transition(
-        self, ref: RemoteRef, target: str, fields: Mapping[str, Any] | None = None
+        self,
+        ref: RemoteRef,
+        target: str,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        known: Mapping[str, Any] | None = None,
     ) -> RemoteRecord:
-        """Move the issue to status ``target`` (by name), through the workflow if need be."""
+        """Move the issue to status ``target`` (by name), through the workflow if need be.
+
+        Each step is idempotent: a step whose answer was lost is not posted again if the issue
+        is already where it led (Jira would refuse it from there, "not valid for this issue").
+        """
         given = dict(fields or {})
         want = target.lower()
         visited: list[str] = []
+        steps: list[str] = []  # the statuses our posts moved it to
         current = self.get("issue", ref.id)
         for _ in range(MAX_WALK):
             status = str(current.fields["status"]["name"])
             if status.lower() == want:
-                return current
+                return _with_ours(current, _steps_taken(current, steps))
             visited.append(status.lower())
             kind = str((current.fields.get("issuetype") or {}).get("name", ""))
             cached = (kind, status.lower()) in self._options
@@ -393,6 +441,7 @@ class JiraConnector:
                 if step is None:
                     break
                 self._post_transition(ref, step, given)
+            steps.append(str(step["to"]["name"]))
             current = self.get("issue", ref.id)  # where it really is now, and what we return
         path = " -> ".join(visited)
         raise Fatal(f"{ref}: no workflow path to status {target!r} (walked {path})", system=SYSTEM)
@@ -426,10 +475,28 @@ class JiraConnector:
         self, ref: RemoteRef, step: Mapping[str, Any], given: Mapping[str, Any]
     ) -> None:
         body = {"transition": {"id": str(step["id"])}, "fields": self._fill(step, given)}
-        self._call(
-            f"transition {ref.key} to {step['to']['name']}",
-            lambda: self._send("POST", f"issue/{ref.id}/transitions", body),
-            issue=ref.id,
+        what = f"transition {ref.key} to {step['to']['name']}"
+        tries = 0
+
+        def post() -> None:
+            nonlocal tries
+            tries += 1
+            if tries > 1:  # an earlier try may have been applied, its answer lost: look first
+                now = self._once(f"status of {ref.key}", lambda: self._get(
+                    f"issue/{ref.id}", {"fields": "status"}
+                ))  # fmt: skip
+                status = ((now.get("fields") or {}).get("status") or {}).get("name")
+                if str(status).lower() == str(step["to"]["name"]).lower():
+                    return
+            self._once(what, lambda: self._send("POST", f"issue/{ref.id}/transitions", body))
+
+        call_with_retries(
+            post,
+            system=SYSTEM,
+            what=what,
+            policy=self.retry,
+            bucket=self._bucket,
+            key_bucket=self._issue_writes.get(ref.id),
         )
 
     def _categories(self) -> dict[str, str]:
@@ -482,17 +549,22 @@ class JiraConnector:
     # -- comments -----------------------------------------------------------------------------
 
     def comments(self, ref: RemoteRef) -> list[RemoteComment]:
-        pages = self._offset_pages(f"comments {ref.key}", f"issue/{ref.id}/comment", "comments")
+        pages = self._offset_pages(
+            f"comments {ref.key}", f"issue/{ref.id}/comment", "comments", expand="properties"
+        )
         return [self._comment(c) for c in pages]
 
-    def _offset_pages(self, what: str, path: str, items: str) -> Iterator[dict[str, Any]]:
+    def _offset_pages(
+        self, what: str, path: str, items: str, *, expand: str = ""
+    ) -> Iterator[dict[str, Any]]:
         """Every item of an offset-paged list (``startAt``/``maxResults``; ends on an empty
         page, ``isLast`` or ``total``), one page read at a time."""
         start = 0
+        extra = {"expand": expand} if expand else {}
         while True:
             page = self._call(
                 what,
-                lambda s=start: self._get(path, {"startAt": s, "maxResults": 100}),  # type: ignore[misc]
+                lambda s=start: self._get(path, {"startAt": s, "maxResults": 100, **extra}),  # type: ignore[misc]
             )
             batch = page.get(items) or []
             yield from batch
@@ -520,12 +592,19 @@ class JiraConnector:
             return None
 
     def _comment(self, raw: Mapping[str, Any]) -> RemoteComment:
-        origin, body = split_origin(str(raw.get("body", "")))
+        origin = ""
+        for prop in raw.get("properties") or []:
+            if isinstance(prop, Mapping) and prop.get("key") == PROPERTY:
+                origin = str((prop.get("value") or {}).get("origin") or "")
+        body = unattributed(str(raw.get("body", "")), origin)
         author = raw.get("author") or {}
+        # Restricted to a role or group, or a Jira Service Management internal comment
+        # (jsdPublic false: the sd.public.comment property): not for customers.
+        internal = bool(raw.get("visibility")) or raw.get("jsdPublic") is False
         return RemoteComment(
             id=str(raw["id"]),
             body=body,
-            visibility=Visibility.INTERNAL if raw.get("visibility") else Visibility.PUBLIC,
+            visibility=Visibility.INTERNAL if internal else Visibility.PUBLIC,
             author=str(author.get("emailAddress") or author.get("accountId") or ""),
             created_at=parse_time(str(raw["created"])),
             origin=origin,
@@ -534,7 +613,9 @@ class JiraConnector:
     def add_comment(
         self, ref: RemoteRef, body: str, *, visibility: Visibility, origin: str = ""
     ) -> RemoteComment:
-        payload: dict[str, Any] = {"body": mark_origin(body, origin)}
+        payload: dict[str, Any] = {"body": attributed(body, origin)}
+        if origin:  # ours: a comment property says so (people cannot type one)
+            payload["properties"] = [{"key": PROPERTY, "value": {"origin": origin}}]
         if visibility is Visibility.INTERNAL:
             payload["visibility"] = self.internal_visibility
         what = f"comment on {ref.key}"
@@ -550,7 +631,8 @@ class JiraConnector:
                     if (c.body, c.origin, c.visibility) == (body, origin, visibility):
                         return c
             raw = self._once(what, lambda: self._send("POST", f"issue/{ref.id}/comment", payload))
-            return self._comment(raw)
+            # The answer leaves the properties out: it is ours, with the origin we gave it.
+            return dataclasses.replace(self._comment(raw), body=body, origin=origin)
 
         return call_with_retries(
             post,
@@ -560,6 +642,27 @@ class JiraConnector:
             bucket=self._bucket,
             key_bucket=self._issue_writes.get(ref.id),
         )
+
+    # -- field history ----------------------------------------------------------------------
+
+    def field_changes(self, ref: RemoteRef, since: dt.datetime | None) -> list[FieldChange]:
+        """The issue's changelog at or after ``since``, oldest first."""
+        histories = self._offset_pages(
+            f"changelog {ref.key}", f"issue/{ref.id}/changelog", "values"
+        )
+        changes = [c for h in histories for c in _changes(h)]
+        return sorted((c for c in changes if since is None or c.at >= since), key=lambda c: c.at)
+
+    def stamps(self, fields: Mapping[str, Any]) -> list[str]:
+        return [str(x) for x in fields.get("labels") or []]
+
+    def text_limit(self, path: str) -> int | None:
+        return TEXT_LIMITS.get(path, TEXT_LIMIT)
+
+    def inert(self, text: str) -> str:
+        """Wiki markup shown as typed: a backslash before each ``[``, ``{`` and ``!`` that
+        could start a link, a mention, an image or a macro."""
+        return _WIKI_LIVE.sub(r"\\\1", text)
 
     # -- links (the postmortem tracker) ------------------------------------------------------
 
@@ -654,6 +757,16 @@ class JiraConnector:
                 if not isinstance(comment, dict) or "id" not in comment or "created" not in comment:
                     raise TypeError("a comment delivery without the comment's id and created")
                 fields = {**fields, COMMENT_EVENT_KEY: [comment]}
+            changelog = payload.get("changelog")
+            if isinstance(changelog, Mapping) and "timestamp" in payload:
+                # The fields this update changed, when and by whom.
+                history = {
+                    "id": changelog.get("id", ""),
+                    "author": payload.get("user") or {},
+                    "created": int(payload["timestamp"]),
+                    "items": changelog.get("items") or [],
+                }
+                fields[FIELD_CHANGES_KEY] = [c.to_json() for c in _changes(history)]
         except (ValueError, KeyError, TypeError) as exc:
             raise Fatal(f"not a Jira issue delivery: {exc}", system=SYSTEM) from exc
         version = version_of(fields) if "updated" in fields else (int(payload.get("timestamp", 0)),)
@@ -667,3 +780,72 @@ class JiraConnector:
                 delivery_id=delivery or hashlib.sha256(body).hexdigest(),
             )
         ]
+
+
+def _change_value(item: Mapping[str, Any], side: str) -> tuple[Any, bool]:
+    """(value shaped as the issue holds it, known) of a changelog item's ``from`` or ``to``."""
+    field = str(item.get("fieldId") or item.get("field") or "")
+    raw_id, text = item.get(side), item.get(f"{side}String")
+    if field in NAMED:
+        return ({"name": text} if text else None), True
+    if field in PEOPLE_FIELDS:
+        return ({"accountId": raw_id} if raw_id else None), True
+    if field == "labels":
+        return (str(text).split() if text else []), True
+    if field in ("summary", "description", "environment"):
+        return text, True
+    if field == "duedate":
+        return raw_id, True
+    if field.startswith("customfield_"):
+        if raw_id and text:  # an option: {"id", "value"}
+            return {"id": str(raw_id), "value": text}, True
+        return text, raw_id is None
+    return text, False  # components, versions...: one element at a time
+
+
+def _changes(history: Mapping[str, Any]) -> list[FieldChange]:
+    """A changelog history (one update) as field changes."""
+    created = history.get("created")
+    try:
+        if isinstance(created, int | float):
+            at = dt.datetime.fromtimestamp(created / 1000, dt.UTC)
+        else:
+            at = parse_time(str(created))
+    except (TypeError, ValueError):
+        return []
+    author = history.get("author") or {}
+    who = str(author.get("accountId") or author.get("emailAddress") or "")
+    out = []
+    for index, item in enumerate(history.get("items") or []):
+        if not isinstance(item, Mapping):
+            continue
+        value, known = _change_value(item, "to")
+        old, _ = _change_value(item, "from")
+        field = str(item.get("fieldId") or item.get("field") or "")
+        out.append(
+            FieldChange(
+                id=f"{history.get('id', '')}:{index}", field=field, value=value, old=old, at=at,
+                author=who, known=known, update=str(history.get("id", "")),
+            )
+        )  # fmt: skip
+    return out
+
+
+def _with_ours(record: RemoteRecord, updates: list[str]) -> RemoteRecord:
+    return dataclasses.replace(record, fields={**record.fields, OUR_UPDATES_KEY: updates})
+
+
+def _steps_taken(record: RemoteRecord, steps: list[str]) -> list[str]:
+    """The changelog histories our transition posts made: the newest ones that moved the
+    status to each step's target, in order."""
+    histories: dict[str, str] = {}  # history id -> status it moved to
+    for change in record.fields.get(FIELD_CHANGES_KEY) or []:
+        if change.get("field") == "status":
+            histories[str(change.get("update"))] = str((change.get("value") or {}).get("name"))
+    mine: list[str] = []
+    remaining = list(steps)
+    for history, status in reversed(list(histories.items())):
+        if remaining and status == remaining[-1]:
+            mine.append(history)
+            remaining.pop()
+    return mine

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hmac
 import json
@@ -27,16 +28,19 @@ import pysnow.exceptions
 
 from config.settings import ServiceNowSettings
 from connectors.base import (
+    FIELD_CHANGES_KEY,
     JOURNAL_KEY,
+    OUR_UPDATES_KEY,
     Capability,
+    FieldChange,
     Observation,
     Person,
     RemoteComment,
     RemoteRecord,
     RemoteRef,
     Visibility,
-    mark_origin,
-    split_origin,
+    attributed,
+    unattributed,
 )
 from connectors.errors import AuthFailed, ConnectorError, Fatal, NotFound
 from connectors.http import (
@@ -59,9 +63,24 @@ STATE_NEEDS: dict[str, tuple[str, ...]] = {
     CLOSED: ("close_code", "close_notes"),
     ON_HOLD: ("hold_reason",),
 }
+# What a resolve or close falls back to when the incident has no close code or notes of its own.
+STATE_DEFAULTS = {
+    "close_code": "Solution provided",
+    "close_notes": "Resolved in another system; synced by itsm-sync.",
+}
 CHANGE_CLOSED = "3"
 CHANGE_STATE_NEEDS: dict[str, tuple[str, ...]] = {CHANGE_CLOSED: ("close_code", "close_notes")}
 T = TypeVar("T")
+# The dictionary lengths of the text fields we write (an instance stores longer text, but the
+# forms and lists show this much); journal entries are capped where the journal is.
+TEXT_LIMITS = {"short_description": 160, "description": 4000, "close_notes": 4000}
+JOURNAL_LIMIT = 32_000
+# Our own journal entries start with a marker people neither see nor type: [code] renders HTML
+# in a journal entry, and an HTML comment shows nothing.
+MARKER = "[code]<!--itsm-sync:origin={origin}-->[/code]"
+_MARKER = re.compile(r"^\[code\]<!--itsm-sync:origin=(?P<origin>[^>]*?)-->\[/code\]")
+# Markup that a journal entry would render live: [code]...[/code] is raw HTML.
+_CODE_TAG = re.compile(r"\[(/?code)\]", re.IGNORECASE)
 
 
 def parse_time(value: str) -> dt.datetime:
@@ -90,6 +109,8 @@ class ServiceNowConnector:
             Capability.PEOPLE,
             Capability.WEBHOOKS,
             Capability.CHANGE_REQUESTS,
+            Capability.FIELD_HISTORY,
+            Capability.FIELDS_ON_TRANSITION,
         }
     )
 
@@ -311,20 +332,40 @@ class ServiceNowConnector:
     def update(self, ref: RemoteRef, fields: Mapping[str, Any]) -> RemoteRecord:
         if not fields:
             return self.get(ref.object_type, ref.id)
-        return self._record(ref.object_type, self._patch(ref.object_type, ref.id, fields))
+        record = self._record(ref.object_type, self._patch(ref.object_type, ref.id, fields))
+        # The answer is the record right after our update: its counter names our update (the
+        # record_checkpoint of its sys_audit rows).
+        return dataclasses.replace(
+            record, fields={**record.fields, OUR_UPDATES_KEY: [str(record.version[0])]}
+        )
 
     def transition(
-        self, ref: RemoteRef, target: str, fields: Mapping[str, Any] | None = None
+        self,
+        ref: RemoteRef,
+        target: str,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        known: Mapping[str, Any] | None = None,
     ) -> RemoteRecord:
         """Set ``state`` to ``target`` (a state value such as ``"6"``) with what it requires.
 
-        Resolving or closing an incident needs ``close_code`` and ``close_notes``; hold needs
-        ``hold_reason``. Missing ones are refused here, naming them, before any call.
+        Resolving or closing an incident needs ``close_code`` and ``close_notes``: taken from
+        ``fields``, else from ``known`` (the incident's own), else the defaults (the incident's
+        own are never replaced by a default). Hold needs ``hold_reason``, which has no default:
+        refused here, naming it, before any call. Setting the state it has changes nothing.
         """
         fields = dict(fields or {})
-        needs = (CHANGE_STATE_NEEDS if ref.object_type == "change_request" else STATE_NEEDS).get(
-            target, ()
-        )
+        change = ref.object_type == "change_request"
+        needs = (CHANGE_STATE_NEEDS if change else STATE_NEEDS).get(target, ())
+        defaults = {} if change else STATE_DEFAULTS  # a change's close code is a decision
+        for name in needs:
+            if str(fields.get(name, "")).strip():
+                continue
+            value = (known or {}).get(name)
+            if str(value or "").strip():
+                fields[name] = value
+            elif name in defaults:
+                fields[name] = defaults[name]
         missing = [name for name in needs if not str(fields.get(name, "")).strip()]
         if missing:
             raise Fatal(
@@ -343,7 +384,11 @@ class ServiceNowConnector:
         return [self._comment(row) for row in rows]
 
     def _comment(self, row: Mapping[str, Any]) -> RemoteComment:
-        origin, body = split_origin(str(row.get("value", "")))
+        body, origin = str(row.get("value", "")), ""
+        marker = _MARKER.match(body)
+        if marker is not None:
+            origin = marker["origin"]
+            body = unattributed(body[marker.end() :], origin)
         author = str(row.get("sys_created_by", ""))
         return RemoteComment(
             id=str(row["sys_id"]),
@@ -360,7 +405,7 @@ class ServiceNowConnector:
         self, ref: RemoteRef, body: str, *, visibility: Visibility, origin: str = ""
     ) -> RemoteComment:
         element = "work_notes" if visibility is Visibility.INTERNAL else "comments"
-        text = mark_origin(body, origin)
+        text = MARKER.format(origin=origin) + attributed(body, origin) if origin else body
         what = f"{element} on {ref.object_type}/{ref.id}"
         tries = 0
 
@@ -418,6 +463,31 @@ class ServiceNowConnector:
             return [self._comment(row) for row in journal.get("entries") or []]
         except (KeyError, TypeError, ValueError):
             return None
+
+    # -- field history ----------------------------------------------------------------------
+
+    def field_changes(self, ref: RemoteRef, since: dt.datetime | None) -> list[FieldChange]:
+        """The record's sys_audit rows (one per changed field per update) at or after
+        ``since``, oldest first."""
+        terms = [f"tablename={ref.object_type}", f"documentkey={ref.id}"]
+        if since is not None:
+            terms.append(f"sys_created_on>={format_time(since)}")
+        query = "^".join([*terms, "ORDERBYsys_created_on", "ORDERBYinternal_checkpoint"])
+        rows = self._list("sys_audit", query, limit=10000)
+        return [c for c in (_field_change(row) for row in rows) if c is not None]
+
+    def stamps(self, fields: Mapping[str, Any]) -> list[str]:
+        return [str(fields.get("correlation_id") or "")]
+
+    def text_limit(self, path: str) -> int | None:
+        if path in ("comments", "work_notes"):
+            return JOURNAL_LIMIT
+        return TEXT_LIMITS.get(path)
+
+    def inert(self, text: str) -> str:
+        """A journal entry shows ``[code]...[/code]`` as live HTML: a zero-width space after the
+        bracket shows the same text and renders nothing."""
+        return _CODE_TAG.sub(lambda m: f"[\u200b{m[1]}]", text)
 
     # -- people -------------------------------------------------------------------------------
 
@@ -492,6 +562,12 @@ class ServiceNowConnector:
             # The entries this update wrote: one update after the previous version.
             entries = [plain(j) for j in journal if j.get("element") in ("comments", "work_notes")]
             fields[JOURNAL_KEY] = {"after": [rec.version[0] - 1], "entries": entries}
+        audit = payload.get("audit")
+        if isinstance(audit, list):
+            # The fields this update changed, with when and by whom (its sys_audit rows).
+            fields[FIELD_CHANGES_KEY] = [
+                c.to_json() for c in (_field_change(plain(a)) for a in audit) if c is not None
+            ]
         return [
             Observation(
                 ref=rec.ref,
@@ -501,6 +577,22 @@ class ServiceNowConnector:
                 delivery_id=delivery,
             )
         ]
+
+
+def _field_change(row: Mapping[str, Any]) -> FieldChange | None:
+    """A sys_audit row as a field change (None for a row that is not one of a field)."""
+    try:
+        return FieldChange(
+            id=str(row.get("sys_id") or ""),
+            field=str(row["fieldname"]),
+            value=row.get("newvalue"),
+            old=row.get("oldvalue"),
+            at=parse_time(str(row["sys_created_on"])),
+            author=str(row.get("user") or row.get("sys_created_by") or ""),
+            update=str(row.get("record_checkpoint") or ""),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def plain(row: Mapping[str, Any]) -> dict[str, Any]:

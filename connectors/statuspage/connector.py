@@ -24,6 +24,7 @@ import httpx
 from config.settings import StatuspageSettings
 from connectors.base import (
     Capability,
+    FieldChange,
     Observation,
     Person,
     RemoteComment,
@@ -50,6 +51,7 @@ from connectors.http import (
 SYSTEM = "statuspage"
 MAX_FIND_PAGES = 20  # unresolved incidents looked through for a correlation key: 2,000
 META = "itsm_sync"
+TEXT_LIMITS = {"name": 255}
 INCIDENT_STATUSES = ("investigating", "identified", "monitoring", "resolved")
 COMPONENT_STATUSES = (
     "operational",
@@ -73,7 +75,7 @@ class StatuspageConnector:
     system = SYSTEM
     capabilities = frozenset(
         {Capability.CREATE, Capability.UPDATE, Capability.COMMENTS, Capability.TRANSITIONS,
-         Capability.WEBHOOKS}
+         Capability.WEBHOOKS, Capability.CREATE_IN_STATE, Capability.FIELDS_ON_TRANSITION}
     )  # fmt: skip
 
     def __init__(
@@ -298,7 +300,12 @@ class StatuspageConnector:
         return self._record("incident", raw)
 
     def transition(
-        self, ref: RemoteRef, target: str, fields: Mapping[str, Any] | None = None
+        self,
+        ref: RemoteRef,
+        target: str,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        known: Mapping[str, Any] | None = None,
     ) -> RemoteRecord:
         """Set the incident status, with component statuses (``components``) in the same PATCH."""
         if target not in INCIDENT_STATUSES:
@@ -306,6 +313,21 @@ class StatuspageConnector:
                 f"incident status {target!r} is not one of {INCIDENT_STATUSES}", system=SYSTEM
             )
         return self.update(ref, {**(fields or {}), "status": target})
+
+    # -- what the engine asks of every connector -------------------------------------------
+
+    def field_changes(self, ref: RemoteRef, since: dt.datetime | None) -> list[FieldChange]:
+        return []  # output only: nothing here is read back into the incident
+
+    def stamps(self, fields: Mapping[str, Any]) -> list[str]:
+        meta = (fields.get("metadata") or {}).get(META) or {}
+        return [str(meta.get("correlation_key") or "")]
+
+    def text_limit(self, path: str) -> int | None:
+        return TEXT_LIMITS.get(path)
+
+    def inert(self, text: str) -> str:
+        return text  # only the public message, which comms approved, reaches the page
 
     # -- comments (incident updates: public only) ---------------------------------------------
 
