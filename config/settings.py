@@ -62,6 +62,9 @@ class JiraSettings(BaseModel):
     issue_writes_per_second: float = Field(default=5.0, gt=0)
     issue_write_burst: float = Field(default=10.0, ge=1)
     ca_bundle: str | None = None
+    # A custom field (customfield_NNNNN) where people keep the ServiceNow incident number: an
+    # issue that names one is linked to that incident, never given a second one.
+    servicenow_field: str | None = None
 
 
 class StatuspageSettings(BaseModel):

@@ -227,6 +227,12 @@ class Connector(Protocol):
         """The correlation keys a record carries (itsm-sync stamped it when it created it)."""
         ...
 
+    def partners(self, ref: RemoteRef, fields: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Records on other systems this record names as its counterpart, linked by hand
+        before itsm-sync (a Jira remote link to a ServiceNow incident, a ServiceNow
+        ``correlation_id`` holding a Jira key): ``(system, id or key)`` each."""
+        ...
+
     def text_limit(self, path: str) -> int | None:
         """The most characters the system keeps in a text field (None: no limit we know)."""
         ...

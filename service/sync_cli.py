@@ -27,6 +27,7 @@ from service.domain import incidents, parked
 from service.domain.roles import Actor
 from service.runtime import Runtime
 from sync import store
+from sync.pairing import pair_unlinked
 from sync.poller import POLLED, poll_all, poll_once, results_table
 from sync.queue import queue_depth
 from sync.worker import drain, notify_workers
@@ -218,6 +219,10 @@ def register(app: typer.Typer) -> None:
                         )
                         if result.error:
                             err.print(f"[red]{system} {object_type}:[/red] {result.error}")
+                # Pairs linked by hand before us become one incident before anything is
+                # reconciled, so that neither record gets a new counterpart.
+                task = progress.add_task("link existing pairs", total=None)
+                progress.update(task, completed=pair_unlinked(runtime.reconciler))
                 with store.session_scope(runtime.db, readonly=True) as s:
                     total = queue_depth(s)
                 task = progress.add_task("reconcile", total=total or 1)
@@ -234,6 +239,30 @@ def register(app: typer.Typer) -> None:
             )
         finally:
             runtime.stop()
+
+    @app.command()
+    def link(
+        first: Annotated[str, typer.Argument(help="One record, e.g. INC0010001.")],
+        second: Annotated[str, typer.Argument(help="Its counterpart, e.g. OPS-12.")],
+        config_file: ConfigOption = None,
+    ) -> None:
+        """Link an existing pair (a ServiceNow incident and a Jira issue) as one incident."""
+        settings = settings_or_exit(config_file)
+        runtime = runtime_or_exit(settings)
+        try:
+            with cli_errors():
+                result = incidents.link(
+                    runtime.reconciler, first=first, second=second, actor=Actor.cli()
+                )
+        finally:
+            runtime.stop()
+        if settings.sync.pg_notify:
+            notify_workers(runtime.db)
+        console.print(
+            f"{plain(first)} and {plain(second)} are one incident ({result['incident']}); "
+            "the next reconcile brings them in line",
+            highlight=False,
+        )
 
     @app.command()
     def status(config_file: ConfigOption = None) -> None:

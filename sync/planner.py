@@ -51,7 +51,7 @@ from mapping.engine import (
     set_path,
     to_canonical,
 )
-from mapping.model import Comment, Incident, Stamp, State, Visibility
+from mapping.model import CANONICAL_FIELDS, Comment, Incident, Stamp, State, Visibility
 from mapping.spec import Mapping as FieldMap
 from mapping.spec import MappingError
 from mapping.templates import TemplateError
@@ -594,8 +594,10 @@ def nested_values(values: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in values.items():
         if name.startswith("resolution."):
             resolution[name.split(".", 1)[1]] = value or ""
-        elif name in ("severity",) and value in ("", None):
+        elif name == "severity" and value in ("", None):
             out[name] = None
+        elif value == "" and isinstance(CANONICAL_FIELDS.get(name), tuple):
+            continue  # no value for a field of fixed values: the incident's default
         elif value is None and not name.endswith("_at"):
             continue
         else:

@@ -35,6 +35,7 @@ from connectors.base import (
     FieldChange,
     RemoteComment,
     RemoteRecord,
+    RemoteRef,
     field_changes_of,
 )
 from connectors.errors import ConnectorError
@@ -44,6 +45,7 @@ from mapping.model import CANONICAL_FIELDS, Comment, Incident, Stamp, State, Vis
 from mapping.registry import MappingSet
 from mapping.spec import Mapping as FieldMap
 from mapping.transforms import TransformContext
+from sync import pairing as pairing_module
 from sync import planner, store
 from sync.executor import Executor, Outcome, held_records, ref_of
 from sync.people import context_for
@@ -137,9 +139,12 @@ class Reconciler:
 
     # -- records not linked yet ---------------------------------------------------------------
 
-    def adopt(self, system: str, instance: str, object_type: str, remote_id: str) -> str | None:
+    def adopt(
+        self, system: str, instance: str, object_type: str, remote_id: str, *, pairing: bool = True
+    ) -> str | None:
         """Link a remote record we have observed to an incident: the one whose correlation key
-        it carries (we created it and crashed before linking), or a new incident made from it.
+        it carries (we created it and crashed before linking), the one of the record it names
+        as its counterpart (linked by hand before us), or a new incident made from it.
         Returns the incident id, or None when the record is not ours to follow."""
         mapping_set = self.mappings()
         with store.session_scope(self.db) as s:
@@ -169,6 +174,21 @@ class Reconciler:
             for path, wanted in (self.policy.follow.get(system) or {}).items():
                 if str(get_path(fields, path) or "") != wanted:
                     return None  # a task, a review, an action item: not an incident
+            if pairing:
+                record = RemoteRecord(
+                    ref=RemoteRef(system, instance, object_type, remote_id,
+                                  str(fields.get(REF_KEY) or "")),
+                    version=tuple(obs.version),
+                    updated_at=obs.remote_updated_at or obs.observed_at, fields=fields,
+                )  # fmt: skip
+                other = pairing_module.counterpart(self, record)
+                if other is not None:
+                    try:
+                        return pairing_module.link_records(
+                            self, other, record, reason=f"{system} {record.ref.key} names it"
+                        )
+                    except pairing_module.PairConflict as exc:
+                        log.warning("%s: %s", record.ref, exc)
             target = self.target(mapping)
             parents = self._parents([(target, fields)])
             values = planner.read(target, fields, parents)

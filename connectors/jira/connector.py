@@ -70,6 +70,9 @@ TEXT_LIMIT = 32_767
 # Wiki markup that Jira renders live: links and mentions ([text|url], [url], [~account]),
 # images and attachments (!x!), and macros ({html}, {iframe}...). A backslash shows it as typed.
 _WIKI_LIVE = re.compile(r"(?<!\\)([\[{!])")
+# A ServiceNow record named in a remote link: its sys_id in the URL, or its number.
+SN_SYS_ID = re.compile(r"sys_id(?:=|%3D)([0-9a-f]{32})")
+SN_NUMBER = re.compile(r"\b((?:INC|PRB|CHG)[0-9]{7,})\b")
 # Fields whose changelog value maps onto the record's shape ({"name": toString}).
 NAMED = ("status", "priority", "resolution", "issuetype")
 PEOPLE_FIELDS = ("assignee", "reporter")
@@ -655,6 +658,29 @@ class JiraConnector:
 
     def stamps(self, fields: Mapping[str, Any]) -> list[str]:
         return [str(x) for x in fields.get("labels") or []]
+
+    def partners(self, ref: RemoteRef, fields: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The ServiceNow incident the issue's remote links point at (the ServiceNow
+        integration's link, or one a person added), or the configured custom field names."""
+        out: list[tuple[str, str]] = []
+        named = self.settings.servicenow_field
+        if named and fields.get(named):
+            value = fields[named]
+            out.append(
+                ("servicenow", str(value.get("value") if isinstance(value, dict) else value))
+            )
+        for link in self.remote_links(ref):
+            obj = link.get("object") or {}
+            app = link.get("application") or {}
+            text = f"{obj.get('url', '')} {obj.get('title', '')}"
+            if "servicenow" not in f"{app.get('type', '')} {app.get('name', '')}".lower() and (
+                "sys_id=" not in text
+            ):
+                continue
+            found = SN_SYS_ID.search(text) or SN_NUMBER.search(text)
+            if found:
+                out.append(("servicenow", found[1]))
+        return out
 
     def text_limit(self, path: str) -> int | None:
         return TEXT_LIMITS.get(path, TEXT_LIMIT)

@@ -55,6 +55,7 @@ from connectors.requests_errors import TimeoutSession, translate
 SYSTEM = "servicenow"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 SYS_ID = re.compile(r"^[0-9a-f]{32}$")
+ISSUE_KEY = re.compile(r"^[A-Z][A-Z0-9_]+-[1-9][0-9]*$")
 OBJECT_TYPES = ("incident", "change_request")
 RESOLVED, CLOSED, ON_HOLD = "6", "7", "3"
 # What ServiceNow requires to enter a state (base data policy and the hold rule).
@@ -478,6 +479,12 @@ class ServiceNowConnector:
 
     def stamps(self, fields: Mapping[str, Any]) -> list[str]:
         return [str(fields.get("correlation_id") or "")]
+
+    def partners(self, ref: RemoteRef, fields: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """A ``correlation_id`` that holds an issue key (an integration or a person put it
+        there) names the Jira issue."""
+        value = str(fields.get("correlation_id") or "").strip()
+        return [("jira", value)] if ISSUE_KEY.match(value) else []
 
     def text_limit(self, path: str) -> int | None:
         if path in ("comments", "work_notes"):

@@ -326,6 +326,9 @@ class StatuspageConnector:
     def text_limit(self, path: str) -> int | None:
         return TEXT_LIMITS.get(path)
 
+    def partners(self, ref: RemoteRef, fields: Mapping[str, Any]) -> list[tuple[str, str]]:
+        return []
+
     def inert(self, text: str) -> str:
         return text  # only the public message, which comms approved, reaches the page
 

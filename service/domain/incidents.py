@@ -9,10 +9,11 @@ from typing import Any
 from sqlmodel import Session, func, select
 
 from mapping.model import Incident
-from service.domain.errors import Invalid, NotFound
+from service.domain.errors import Conflict, Invalid, NotFound
 from service.domain.roles import Actor, Permission
-from sync import store
+from sync import pairing, store
 from sync.queue import incident_key, mark_dirty, queue_depth
+from sync.reconcile import Reconciler
 
 MAX_PUBLIC_MESSAGE = 25_000
 
@@ -104,3 +105,24 @@ def set_public(
     )  # fmt: skip
     mark_dirty(s, incident_key(row.id), reason="public message")
     return {"incident": row.id, "public": public, "at": dt.datetime.now(dt.UTC).isoformat()}
+
+
+def link(reconciler: Reconciler, *, first: str, second: str, actor: Actor) -> dict[str, Any]:
+    """Link two existing records (INC0010001 and OPS-12) as one incident, by hand: neither
+    gets a new counterpart, and the sync takes it from there."""
+    actor.require(Permission.OPERATE)
+    records = []
+    for field, key in (("first", first), ("second", second)):
+        if not key.strip():
+            raise Invalid("name a record by its key (INC0010001, OPS-12)", field=field)
+        try:
+            records.append(pairing.find_record(reconciler, key.strip()))
+        except LookupError as exc:
+            raise NotFound(str(exc), field=field) from exc
+    try:
+        incident_id = pairing.link_records(
+            reconciler, records[0], records[1], reason="linked by hand", actor=actor.label
+        )
+    except pairing.PairConflict as exc:
+        raise Conflict(str(exc), field="second") from exc
+    return {"incident": incident_id, "linked": [first, second]}

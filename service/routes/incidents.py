@@ -8,9 +8,14 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from service.domain import incidents
-from service.routes.deps import Publisher, Reader, ReadSession, RuntimeDep, WriteSession
+from service.routes.deps import Operator, Publisher, Reader, ReadSession, RuntimeDep, WriteSession
 
 router = APIRouter(prefix="/api", tags=["incidents"])
+
+
+class LinkBody(BaseModel):
+    first: str = Field(min_length=1, max_length=200)
+    second: str = Field(min_length=1, max_length=200)
 
 
 class PublicBody(BaseModel):
@@ -42,3 +47,9 @@ def publish(
     return incidents.set_public(
         s, ident=incident_id, message=body.message, public=body.public, actor=actor
     )
+
+
+@router.post("/links")
+def link(body: LinkBody, runtime: RuntimeDep, actor: Operator) -> dict[str, Any]:
+    """Link an existing pair (INC0010001 and OPS-12) as one incident."""
+    return incidents.link(runtime.reconciler, first=body.first, second=body.second, actor=actor)
