@@ -54,6 +54,21 @@ DEFAULT_ROLE_MEMBERS: dict[str, list[str]] = {
     "Developers": ["jira-software-users"],
     "Users": ["jira-software-users"],
 }
+# "Get available gadgets": what a dashboard may hold.
+GADGETS: list[Obj] = [
+    {
+        "moduleKey": f"com.atlassian.jira.gadgets:{name}-gadget",
+        "title": title,
+        "uri": f"rest/gadgets/1.0/g/com.atlassian.jira.gadgets:{name}-gadget/gadgets/"
+        f"{name}-gadget.xml",
+    }
+    for name, title in (("filter-results", "Filter Results"), ("assigned-to-me", "Assigned to Me"))
+]
+FILTER_GONE = (
+    "The selected filter is not available to you, perhaps it has been deleted or had its "
+    "permissions changed."
+)
+GADGET_COLORS = ("blue", "red", "yellow", "green", "cyan", "purple", "gray", "white")
 # Longest request target (path and query) a GET search may have; longer gets the edge's 414.
 MAX_URL = 8192
 VERSIONS = {"2": "2", "3": "3", "latest": "2"}
@@ -163,7 +178,25 @@ class JiraSimulator(Simulator):
             "remotelink": 10000,
             "link": 10000,
             "attachment": 10000,
+            "filter": 10000,
+            "dashboard": 10000,
+            "gadget": 10000,
             "project": {},
+        }
+        self.filters_by_id: dict[str, Obj] = {}
+        # Every site has the system dashboard (id 10000).
+        self.dashboards_by_id: dict[str, Obj] = {
+            "10000": {
+                "id": "10000",
+                "name": "Default dashboard",
+                "description": "",
+                "owner": None,
+                "sharePermissions": [{"type": "global"}],
+                "editPermissions": [],
+                "systemDashboard": True,
+                "gadgets": [],
+                "refreshMs": 0,
+            }
         }
         self.files: dict[str, str] = {}  # attachment id -> content, base64
         self._burst = {}
@@ -176,6 +209,8 @@ class JiraSimulator(Simulator):
             "links": copy.deepcopy(self.links),
             "counters": copy.deepcopy(self.counters),
             "files": dict(self.files),
+            "filters": copy.deepcopy(self.filters_by_id),
+            "dashboards": copy.deepcopy(self.dashboards_by_id),
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -186,6 +221,8 @@ class JiraSimulator(Simulator):
         self.links = copy.deepcopy(dict(state.get("links") or {}))
         self.counters.update(copy.deepcopy(dict(state.get("counters") or {})))
         self.files = dict(state.get("files") or {})
+        self.filters_by_id.update(copy.deepcopy(dict(state.get("filters") or {})))
+        self.dashboards_by_id.update(copy.deepcopy(dict(state.get("dashboards") or {})))
 
     def default_seed(self) -> Obj:
         return dict(json.loads(FIXTURE.read_text()))
@@ -613,6 +650,27 @@ class JiraSimulator(Simulator):
         api("/issuesecurityschemes", ["GET"], self.issue_security_schemes)
         api("/projectCategory", ["GET"], self.project_categories)
         api("/comment/list", ["POST"], self.comment_list)
+        api("/filter", ["POST"], self.filters)
+        api("/filter/favourite", ["GET"], self.favourite_filters)
+        api("/filter/{id}", ["GET", "PUT", "DELETE"], self.filter_item)
+        api("/dashboard", ["GET", "POST"], self.dashboards)
+        api("/dashboard/gadgets", ["GET"], self.available_gadgets)
+        api("/dashboard/{id}", ["GET", "PUT", "DELETE"], self.dashboard)
+        api("/dashboard/{id}/copy", ["POST"], self.copy_dashboard)
+        api("/dashboard/{id}/gadget", ["GET", "POST"], self.gadgets)
+        api("/dashboard/{id}/gadget/{gadgetId}", ["PUT", "DELETE"], self.gadget)
+        api("/dashboard/{id}/items/{itemId}/properties", ["GET"], self.item_property_keys)
+        api(
+            "/dashboard/{id}/items/{itemId}/properties/{propertyKey}",
+            ["GET", "PUT", "DELETE"],
+            self.item_property,
+        )
+        self.route("/rest/internal/{version}/dashboards/{id}/automatic-refresh-ms", ["PUT"])(
+            self.dashboard_refresh
+        )
+        api("/group", ["GET"], self.group)
+        api("/groups/picker", ["GET"], self.groups_picker)
+        api("/user/viewissue/search", ["GET"], self.viewissue_search)
         api("/issue/{issueIdOrKey}/attachments", ["POST"], self.add_attachments)
         api("/attachment/{id}", ["GET", "DELETE"], self.attachment)
         api("/attachment/content/{id}", ["GET"], self.attachment_content)
@@ -2465,6 +2523,362 @@ class JiraSimulator(Simulator):
 
     def _visible_comments(self, issue: Obj, ctx: Ctx) -> list[Obj]:
         return [c for c in issue["comments"] if self._can_see(issue, c, str(ctx.user))]
+
+    # -- filters and dashboards ---------------------------------------------------------------
+
+    def _render_filter(self, f: Obj, ctx: Ctx) -> Obj:
+        return {
+            "self": f"{ctx.api}/filter/{f['id']}",
+            "id": f["id"],
+            "name": f["name"],
+            "description": f["description"],
+            "owner": self._owner(f["owner"], ctx),
+            "jql": f["jql"],
+            "viewUrl": f"{ctx.base}/issues/?filter={f['id']}",
+            "searchUrl": f"{ctx.api}/search?jql={quote(f['jql'])}",
+            "favourite": str(ctx.user) in f["favouritedBy"],
+            "favouritedCount": len(f["favouritedBy"]),
+            "sharePermissions": f["sharePermissions"],
+            "editPermissions": [],
+        }
+
+    def _filter_fields(self, body: Obj, ctx: Ctx, current: Obj | None) -> Obj:
+        name = str(body.get("name") or (current or {}).get("name") or "")
+        if not name:
+            raise _fail(400, [], {"filterName": "You must specify a name to save this filter as."})
+        clash = [
+            f
+            for f in self.filters_by_id.values()
+            if f["name"] == name and f["owner"] == ctx.user and f is not current
+        ]
+        if clash:
+            raise _fail(400, [], {"filterName": "Filter with same name already exists."})
+        jql_text = str(body.get("jql") if "jql" in body else (current or {}).get("jql", ""))
+        self._run_jql(jql_text, ctx)  # an invalid JQL is refused with the search's own error
+        return {
+            "name": name,
+            "description": str(body.get("description") or ""),
+            "jql": jql_text,
+            "sharePermissions": list(body.get("sharePermissions") or []),
+        }
+
+    def filters(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        fields = self._filter_fields(self._obj_body(req), ctx, None)
+        fid = self._next("filter")
+        f = {"id": fid, "owner": ctx.user, "favouritedBy": [], **fields}
+        if self._obj_body(req).get("favourite"):
+            f["favouritedBy"].append(ctx.user)
+        self.filters_by_id[fid] = f
+        return _json(self._render_filter(f, ctx))
+
+    def favourite_filters(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        mine = [f for f in self.filters_by_id.values() if ctx.user in f["favouritedBy"]]
+        return _json([self._render_filter(f, ctx) for f in mine])
+
+    def filter_item(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        f = self.filters_by_id.get(req.path_params["id"])
+        if f is None:
+            raise _fail(400, [FILTER_GONE])
+        if req.method == "GET":
+            return _json(self._render_filter(f, ctx))
+        if f["owner"] != ctx.user:  # Jira answers 400 here, not 403 (the spec lists no 403)
+            raise _fail(400, ["Only the owner of a filter can change it."])
+        if req.method == "DELETE":
+            del self.filters_by_id[f["id"]]
+            return Response(status_code=204)
+        body = self._obj_body(req)
+        f.update(self._filter_fields(body, ctx, f))
+        if "favourite" in body:
+            f["favouritedBy"] = [u for u in f["favouritedBy"] if u != ctx.user]
+            if body["favourite"]:
+                f["favouritedBy"].append(ctx.user)
+        return _json(self._render_filter(f, ctx))
+
+    def _render_dashboard(self, d: Obj, ctx: Ctx) -> Obj:
+        out: Obj = {
+            "id": d["id"],
+            "isFavourite": False,
+            "name": d["name"],
+            "popularity": 0,
+            "self": f"{ctx.api}/dashboard/{d['id']}",
+            "sharePermissions": d["sharePermissions"],
+            "editPermissions": d["editPermissions"],
+            "view": f"{ctx.base}/jira/dashboards/{d['id']}",
+            "systemDashboard": d["systemDashboard"],
+        }
+        if d["description"]:
+            out["description"] = d["description"]
+        if d["owner"]:
+            out["owner"] = self._owner(d["owner"], ctx)
+        return out
+
+    def _owner(self, account_id: str, ctx: Ctx) -> Obj:
+        """A filter's or dashboard's owner: the short user bean those resources embed."""
+        user = self.catalog.render_user(account_id, ctx) or {}
+        keep = ("self", "accountId", "displayName", "active", "avatarUrls")
+        return {k: user[k] for k in keep if k in user}
+
+    def _dashboard_or_404(self, req: SimRequest) -> Obj:
+        did = req.path_params["id"]
+        d = self.dashboards_by_id.get(did)
+        if d is None:
+            raise _fail(404, [f"The dashboard with id '{did}' does not exist."])
+        return d
+
+    @staticmethod
+    def _share(perms: Any) -> list[Obj]:
+        # Jira stores "authenticated" (any logged-in user) as "loggedin".
+        out = []
+        for p in perms or []:
+            p = dict(p) if isinstance(p, Mapping) else {}
+            if p.get("type") == "authenticated":
+                p["type"] = "loggedin"
+            out.append(p)
+        return out
+
+    def _dashboard_fields(self, body: Obj) -> Obj:
+        name = str(body.get("name") or "")
+        if not name:
+            raise _fail(400, ["The name of the dashboard must be specified."])
+        return {
+            "name": name,
+            "description": str(body.get("description") or ""),
+            "sharePermissions": self._share(body.get("sharePermissions")),
+            "editPermissions": self._share(body.get("editPermissions")),
+        }
+
+    def dashboards(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        if req.method == "POST":
+            d: Obj = {"id": self._next("dashboard"), "owner": ctx.user, "systemDashboard": False}
+            d.update(gadgets=[], refreshMs=0, **self._dashboard_fields(self._obj_body(req)))
+            self.dashboards_by_id[d["id"]] = d
+            return _json(self._render_dashboard(d, ctx))
+        rows = sorted(self.dashboards_by_id.values(), key=lambda d: int(d["id"]))
+        if req.arg("filter") == "my":
+            rows = [d for d in rows if d["owner"] == ctx.user]
+        elif req.arg("filter") == "favourite":
+            rows = []
+        start = max(0, _int_arg(req, "startAt", 0))
+        limit = max(1, min(_int_arg(req, "maxResults", 20), 1000))
+        page = rows[start : start + limit]
+        out: Obj = {
+            "startAt": start,
+            "maxResults": limit,
+            "total": len(rows),
+            "dashboards": [self._render_dashboard(d, ctx) for d in page],
+        }
+        if start + limit < len(rows):
+            out["next"] = f"{ctx.api}/dashboard?startAt={start + limit}&maxResults={limit}"
+        return _json(out)
+
+    def dashboard(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        d = self._dashboard_or_404(req)
+        if req.method == "GET":
+            return _json(self._render_dashboard(d, ctx))
+        if d["systemDashboard"] or d["owner"] != ctx.user:
+            raise _fail(403, ["You do not have permission to edit this dashboard."])
+        if req.method == "DELETE":
+            del self.dashboards_by_id[d["id"]]
+            return Response(status_code=204)
+        d.update(self._dashboard_fields(self._obj_body(req)))
+        return _json(self._render_dashboard(d, ctx))
+
+    def copy_dashboard(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        src = self._dashboard_or_404(req)
+        new = {
+            "id": self._next("dashboard"),
+            "owner": ctx.user,
+            "systemDashboard": False,
+            "refreshMs": 0,
+            **self._dashboard_fields(self._obj_body(req)),
+        }
+        new["gadgets"] = [
+            {**copy.deepcopy(g), "id": int(self._next("gadget"))} for g in src["gadgets"]
+        ]
+        self.dashboards_by_id[new["id"]] = new
+        return _json(self._render_dashboard(new, ctx))
+
+    def dashboard_refresh(self, req: SimRequest) -> Response:
+        d = self._dashboard_or_404(req)
+        body = self._obj_body(req)
+        d["refreshMs"] = int(body.get("automaticRefreshMs") or 0)
+        return Response(status_code=204)
+
+    def available_gadgets(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        return _json({"gadgets": [dict(g) for g in GADGETS]})
+
+    @staticmethod
+    def _render_gadget(g: Obj) -> Obj:
+        out: Obj = {k: g[k] for k in ("id", "color", "position", "title") if k in g}
+        for k in ("moduleKey", "uri"):
+            if g.get(k):
+                out[k] = g[k]
+        return out
+
+    def gadgets(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        d = self._dashboard_or_404(req)
+        if req.method == "GET":
+            return _json({"gadgets": [self._render_gadget(g) for g in d["gadgets"]]})
+        body = self._obj_body(req)
+        uri, module = body.get("uri"), body.get("moduleKey") or body.get("module_key")
+        if bool(uri) == bool(module):
+            raise _fail(
+                400, ["Either the uri or the moduleKey of the gadget must be given, not both."]
+            )
+        known = next(
+            (g for g in GADGETS if g.get("uri") == uri or g.get("moduleKey") == module), None
+        )
+        if known is None and not body.get("ignoreUriAndModuleKeyValidation"):
+            raise _fail(400, ["The gadget's uri or moduleKey is not valid."])
+        color = str(body.get("color") or "blue")
+        if color not in GADGET_COLORS:
+            raise _fail(400, [f"The color {color} is not a valid gadget color."])
+        position = body.get("position") or {"row": len(d["gadgets"]), "column": 0}
+        g = {
+            "id": int(self._next("gadget")),
+            "color": color,
+            "position": position,
+            "title": str(body.get("title") or (known or {}).get("title") or ""),
+            "uri": uri,
+            "moduleKey": module,
+            "properties": {},
+        }
+        d["gadgets"].append(g)
+        return _json(self._render_gadget(g))
+
+    def _gadget_or_404(self, d: Obj, gid: str) -> Obj:
+        g = next((g for g in d["gadgets"] if str(g["id"]) == gid), None)
+        if g is None:
+            raise _fail(
+                404,
+                [f"The gadget with id {gid} does not exist on the dashboard with id {d['id']}."],
+            )
+        return g
+
+    def gadget(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        d = self._dashboard_or_404(req)
+        g = self._gadget_or_404(d, req.path_params["gadgetId"])
+        if req.method == "DELETE":
+            d["gadgets"].remove(g)
+            return Response(status_code=204)
+        body = self._obj_body(req)
+        if "color" in body and body["color"] not in GADGET_COLORS:
+            raise _fail(400, [f"The color {body['color']} is not a valid gadget color."])
+        for k in ("color", "position", "title"):
+            if k in body:
+                g[k] = body[k]
+        return Response(status_code=204)
+
+    def item_property_keys(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        d = self._dashboard_or_404(req)
+        g = self._gadget_or_404(d, req.path_params["itemId"])
+        base = f"{ctx.api}/dashboard/{d['id']}/items/{g['id']}/properties"
+        return _json(
+            {"keys": [{"key": k, "self": f"{base}/{quote(k, safe='')}"} for k in g["properties"]]}
+        )
+
+    def item_property(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        d = self._dashboard_or_404(req)
+        g = self._gadget_or_404(d, req.path_params["itemId"])
+        key = req.path_params["propertyKey"]
+        if req.method == "GET":
+            if key not in g["properties"]:
+                raise _fail(404, [f"The property with key '{key}' does not exist."])
+            return _json({"key": key, "value": g["properties"][key]})
+        if req.method == "DELETE":
+            if g["properties"].pop(key, None) is None:
+                raise _fail(404, [f"The property with key '{key}' does not exist."])
+            return Response(status_code=204)
+        created = key not in g["properties"]
+        g["properties"][key] = self._body(req)
+        return _json({"key": key, "value": g["properties"][key]}, 201 if created else 200)
+
+    # -- groups -------------------------------------------------------------------------------
+
+    def group(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        name = req.arg("groupname") or ""
+        g = self.catalog.group(name)
+        if g is None:
+            raise _fail(404, ["Specified group does not exist."])
+        members = [
+            u for u in self.catalog.data["users"].values() if g["name"] in u.get("groups", [])
+        ]
+        items = (
+            [self.catalog.render_user(u["accountId"], ctx) for u in members]
+            if "users" in self._expand(req)
+            else []
+        )
+        return _json(
+            {
+                "name": g["name"],
+                "groupId": g["groupId"],
+                "self": f"{ctx.api}/group?groupId={g['groupId']}",
+                "users": {
+                    "size": len(members),
+                    "items": items,
+                    "max-results": 50,
+                    "start-index": 0,
+                    "end-index": max(0, len(items) - 1),
+                },
+                "expand": "users",
+            }
+        )
+
+    def groups_picker(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        query = (req.arg("query") or "").lower()
+        exclude = set(req.args("exclude"))
+        rows = [
+            g
+            for g in self.catalog.data["groups"]
+            if query in g["name"].lower() and g["name"] not in exclude
+        ]
+        limit = max(0, _int_arg(req, "maxResults", 20))
+        shown = rows[:limit]
+        return _json(
+            {
+                "header": f"Showing {len(shown)} of {len(rows)} matching groups",
+                "total": len(rows),
+                "groups": [
+                    {"name": g["name"], "html": g["name"], "groupId": g["groupId"], "labels": []}
+                    for g in shown
+                ],
+            }
+        )
+
+    def viewissue_search(self, req: SimRequest) -> Response:
+        """Users who may see an issue (or a project's issues) matching ``query``."""
+        ctx = self._ctx(req)
+        if req.arg("issueKey") is None and req.arg("projectKey") is None:
+            raise _fail(400, ["Either the issueKey or the projectKey must be given."])
+        if req.arg("issueKey") is not None and self._find_issue(req.arg("issueKey")) is None:
+            raise _not_found()
+        if req.arg("projectKey") is not None:
+            self._project_or_404(str(req.arg("projectKey")))
+        query = (req.arg("query") or "").lower()
+        users = [
+            u
+            for u in self.catalog.data["users"].values()
+            if u.get("active", True)
+            and (query in u["displayName"].lower() or query in u.get("emailAddress", "").lower())
+        ]
+        start = max(0, _int_arg(req, "startAt", 0))
+        limit = max(0, _int_arg(req, "maxResults", 50))
+        return _json(
+            [self.catalog.render_user(u["accountId"], ctx) for u in users[start : start + limit]]
+        )
 
     # -- attachments --------------------------------------------------------------------------
 

@@ -23,19 +23,39 @@ def _id(kind: str, n: int) -> str:
 
 def servicenow() -> dict[str, Any]:
     users: list[dict[str, Any]] = [
-        {"sys_id": ADMIN, "user_name": "admin", "name": "System Administrator",
-         "first_name": "System", "last_name": "Administrator", "email": "admin@example.com",
-         "department": FINANCE, "user_password": "set"},
-        {"sys_id": NATASHA, "user_name": "natasha.ingram", "name": "Natasha Ingram",
-         "email": "natasha.ingram@example.com", "department": FINANCE},
-        {"sys_id": PROBLEM_ADMIN, "user_name": "problem.admin", "name": "Problem Administrator",
-         "email": "problem.admin@example.com"},
-    ]  # fmt: skip
+        {
+            "sys_id": ADMIN,
+            "user_name": "admin",
+            "name": "System Administrator",
+            "first_name": "System",
+            "last_name": "Administrator",
+            "email": "admin@example.com",
+            "department": FINANCE,
+            "user_password": "set",
+        },
+        {
+            "sys_id": NATASHA,
+            "user_name": "natasha.ingram",
+            "name": "Natasha Ingram",
+            "email": "natasha.ingram@example.com",
+            "department": FINANCE,
+        },
+        {
+            "sys_id": PROBLEM_ADMIN,
+            "user_name": "problem.admin",
+            "name": "Problem Administrator",
+            "email": "problem.admin@example.com",
+        },
+    ]
     users += [
-        {"sys_id": _id("usr", i), "user_name": f"demo.user{i:02d}", "name": f"Demo User {i:02d}",
-         "email": f"demo.user{i:02d}@example.com"}
+        {
+            "sys_id": _id("usr", i),
+            "user_name": f"demo.user{i:02d}",
+            "name": f"Demo User {i:02d}",
+            "email": f"demo.user{i:02d}@example.com",
+        }
         for i in range(1, 31)
-    ]  # fmt: skip
+    ]
     roles = [
         {"sys_id": ADMIN_ROLE, "name": "admin"},
         {"sys_id": _id("rol", 1), "name": "itil"},
@@ -50,10 +70,17 @@ def servicenow() -> dict[str, Any]:
     groups = [
         {"sys_id": _id("grp", i), "name": name, "manager": _id("usr", i), "active": "true"}
         for i, name in enumerate(
-            ["Database", "Hardware", "Network CAB Managers", "Service Desk Admins", "ITSM Ops",
-             "Software"], start=1,
+            [
+                "Database",
+                "Hardware",
+                "Network CAB Managers",
+                "Service Desk Admins",
+                "ITSM Ops",
+                "Software",
+            ],
+            start=1,
         )
-    ]  # fmt: skip
+    ]
     group_roles = [
         {"group": _id("grp", 3), "role": _id("rol", 2)},
         {"group": _id("grp", 4), "role": ADMIN_ROLE},
@@ -81,3 +108,21 @@ def servicenow() -> dict[str, Any]:
         "syslog": syslog,
         "sys_db_object": tables,
     }
+
+
+def jira() -> dict[str, Any]:
+    """A Jira Cloud site has an ``administrators`` group (the suite reads it)."""
+    admin = {
+        "accountId": "5b10a2844c20165700ede200",
+        "emailAddress": "admin@example.com",
+        "displayName": "Jira Admin",
+        "timeZone": "UTC",
+        "groups": [
+            "jira-software-users",
+            "site-admins",
+            "incident-responders",
+            "sre",
+            "administrators",
+        ],
+    }
+    return {"groups": ["administrators"], "users": [admin]}
