@@ -1349,3 +1349,54 @@ def test_filters_dashboards_gadgets_and_groups_with_the_library(sims: SimulatorC
         "5b10a2844c20165700ede202"
     }
     assert_valid(sims)
+
+
+def test_v2_wiki_markup_reads_back_as_v3_adf_and_back(sims: SimulatorCluster) -> None:
+    wiki = (
+        "h2. Impact\n\nCheckout is *down* for _some_ users: see [the runbook|https://example.com/rb]"
+        " and {{kubectl get pods}}.\nSecond line.\n\n* one\n** one.a\n* two\n\n"
+        "{code:python}\nprint('x')\n{code}\n\n----\n\nping [~accountid:" + ALICE + "] about co-op"
+    )
+    with client(sims) as c:
+        made = c.post(
+            "/rest/api/2/issue",
+            json={
+                "fields": {
+                    "project": {"key": "OPS"},
+                    "issuetype": {"name": "Task"},
+                    "summary": "wiki",
+                    "description": wiki,
+                }
+            },
+        ).json()
+        doc = c.get(f"/rest/api/3/issue/{made['key']}", params={"fields": "description"})
+        content = doc.json()["fields"]["description"]["content"]
+        assert [n["type"] for n in content] == [
+            "heading",
+            "paragraph",
+            "bulletList",
+            "codeBlock",
+            "rule",
+            "paragraph",
+        ]
+        para = content[1]["content"]
+        assert {"type": "text", "text": "down", "marks": [{"type": "strong"}]} in para
+        assert {"type": "text", "text": "some", "marks": [{"type": "em"}]} in para
+        link = next(n for n in para if n.get("text") == "the runbook")
+        assert link["marks"] == [{"type": "link", "attrs": {"href": "https://example.com/rb"}}]
+        assert {"type": "hardBreak"} in para and "*" not in json.dumps(para)
+        nested = content[2]["content"][0]["content"][1]
+        assert nested["type"] == "bulletList"
+        assert content[3]["attrs"] == {"language": "python"}
+        assert content[5]["content"][1] == {
+            "type": "mention",
+            "attrs": {"id": ALICE, "text": f"@{ALICE}"},
+        }
+        # Back through v2: the same wiki text, and ADF written through v3 reads as wiki.
+        v2 = c.get(f"/rest/api/2/issue/{made['key']}", params={"fields": "description"})
+        assert v2.json()["fields"]["description"] == wiki
+        adf_doc = {"type": "doc", "version": 1, "content": content}
+        c.put(f"/rest/api/3/issue/{made['key']}", json={"fields": {"description": adf_doc}})
+        again = c.get(f"/rest/api/2/issue/{made['key']}", params={"fields": "description"})
+        assert again.json()["fields"]["description"] == wiki
+    assert_valid(sims)
