@@ -120,6 +120,32 @@ def _not_found() -> SimHTTPError:
     return _fail(404, [NOT_FOUND])
 
 
+_UNITS = {"w": 5 * 8 * 3600, "d": 8 * 3600, "h": 3600, "m": 60}
+
+
+def _parse_duration(text: str) -> int | None:
+    """Jira durations ("1w 2d 3h 4m", a working day of 8 h and week of 5 days) in seconds."""
+    parts = text.split()
+    if not parts:
+        return None
+    total = 0
+    for part in parts:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)([wdhm])", part)
+        if m is None:
+            return None
+        total += int(float(m.group(1)) * _UNITS[m.group(2)])
+    return total
+
+
+def _duration(seconds: int) -> str:
+    out = []
+    for unit in "wdhm":
+        n, seconds = divmod(seconds, _UNITS[unit])
+        if n:
+            out.append(f"{n}{unit}")
+    return " ".join(out) or "0m"
+
+
 def _csv(values: Iterable[str]) -> list[str]:
     return [p.strip() for v in values for p in v.split(",") if p.strip()]
 
@@ -178,6 +204,7 @@ class JiraSimulator(Simulator):
             "remotelink": 10000,
             "link": 10000,
             "attachment": 10000,
+            "worklog": 10000,
             "filter": 10000,
             "dashboard": 10000,
             "gadget": 10000,
@@ -603,7 +630,7 @@ class JiraSimulator(Simulator):
         api("/project/{projectIdOrKey}", ["GET", "DELETE"], self.project)
         api("/project/{projectIdOrKey}/components", ["GET"], self.project_components)
         api("/project/{projectIdOrKey}/statuses", ["GET"], self.project_statuses)
-        api("/component/{id}", ["GET"], self.component)
+        api("/component/{id}", ["GET", "PUT", "DELETE"], self.component)
         api("/issuetype", ["GET"], self.issuetypes)
         api("/issuetype/{id}", ["GET"], self.issuetype)
         api("/status", ["GET"], self.statuses)
@@ -668,6 +695,16 @@ class JiraSimulator(Simulator):
         self.route("/rest/internal/{version}/dashboards/{id}/automatic-refresh-ms", ["PUT"])(
             self.dashboard_refresh
         )
+        api("/statuscategory/{idOrKey}", ["GET"], self.statuscategory)
+        api("/project/{projectIdOrKey}/role", ["GET"], self.project_roles)
+        api("/project/{projectIdOrKey}/versions", ["GET"], self.project_versions)
+        api("/version", ["POST"], self.create_version)
+        api("/version/{id}", ["GET", "PUT", "DELETE"], self.version)
+        api("/component", ["POST"], self.create_component)
+        api("/attachment/meta", ["GET"], self.attachment_meta)
+        api("/issue/{issueIdOrKey}/votes", ["GET", "POST", "DELETE"], self.votes)
+        api("/issue/{issueIdOrKey}/worklog", ["GET", "POST"], self.worklogs)
+        api("/issue/{issueIdOrKey}/worklog/{id}", ["GET", "PUT", "DELETE"], self.worklog)
         api("/group", ["GET"], self.group)
         api("/groups/picker", ["GET"], self.groups_picker)
         api("/user/viewissue/search", ["GET"], self.viewissue_search)
@@ -1110,7 +1147,7 @@ class JiraSimulator(Simulator):
             ],
             "issueTypes": [self.catalog.render_issuetype(t, ctx) for t in project["issuetypes"]],
             "assigneeType": "UNASSIGNED",
-            "versions": [],
+            "versions": [self._render_version(v, ctx) for v in project.get("versions", [])],
             "roles": {
                 r["name"]: f"{ctx.api}/project/{project['id']}/role/{r['id']}"
                 for r in self.catalog.data["roles"]
@@ -1128,7 +1165,11 @@ class JiraSimulator(Simulator):
         ctx = self._ctx(req)
         if req.method == "POST":
             return self._create_project(req, ctx)
-        return _json([self._render_project_full(p, ctx) for p in self.catalog.data["projects"]])
+        rows = [self._render_project_full(p, ctx) for p in self.catalog.data["projects"]]
+        if "projectKeys" in self._expand(req):
+            for row in rows:
+                row["projectKeys"] = [row["key"]]
+        return _json(rows)
 
     def _create_project(self, req: SimRequest, ctx: Ctx) -> Response:
         """POST /project (needs Administer Jira): a project with the site's issue types, the
@@ -1207,9 +1248,12 @@ class JiraSimulator(Simulator):
             return self._delete_project(
                 req, self._project_or_404(req.path_params["projectIdOrKey"])
             )
-        return _json(
-            self._render_project_full(self._project_or_404(req.path_params["projectIdOrKey"]), ctx)
+        out = self._render_project_full(
+            self._project_or_404(req.path_params["projectIdOrKey"]), ctx
         )
+        if "projectKeys" in self._expand(req):
+            out["projectKeys"] = [out["key"]]
+        return _json(out)
 
     def project_components(self, req: SimRequest) -> Response:
         ctx = self._ctx(req)
@@ -1239,10 +1283,250 @@ class JiraSimulator(Simulator):
 
     def component(self, req: SimRequest) -> Response:
         ctx = self._ctx(req)
-        out = self.catalog.render_component(req.path_params["id"], ctx, full=True)
-        if out is None:
-            raise _fail(404, [f"The component with id {req.path_params['id']} does not exist."])
-        return _json(out)
+        cid = req.path_params["id"]
+        found = self.catalog.component_by_id(cid)
+        if found is None:
+            raise _fail(404, [f"The component with id {cid} does not exist."])
+        project, comp = found
+        if req.method == "DELETE":
+            project["components"].remove(comp)
+            for issue in self.issues.values():
+                if cid in issue["fields"].get("components", []):
+                    issue["fields"]["components"].remove(cid)
+            return Response(status_code=204)
+        if req.method == "PUT":
+            body = self._obj_body(req)
+            name = str(body.get("name") or comp["name"])
+            if any(c["name"] == name and c is not comp for c in project["components"]):
+                raise _fail(400, [], {"name": f"The component name '{name}' is not valid"})
+            comp["name"] = name
+            if "description" in body:
+                comp["description"] = str(body.get("description") or "")
+        return _json(self.catalog.render_component(cid, ctx, full=True))
+
+    def create_component(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        body = self._obj_body(req)
+        ref = body.get("project") or body.get("projectId")
+        project = self.catalog.project(str(ref or ""))
+        if project is None:
+            raise _fail(400, [], {"project": "The project is not valid."})
+        name = str(body.get("name") or "")
+        if not name or any(c["name"] == name for c in project["components"]):
+            raise _fail(400, [], {"name": f"The component name '{name}' is not valid"})
+        ids = [int(c["id"]) for p in self.catalog.data["projects"] for c in p["components"]]
+        comp = {
+            "id": str(max([9999, *ids]) + 1),
+            "name": name,
+            "description": str(body.get("description") or ""),
+        }
+        kind = str(body.get("assigneeType") or "PROJECT_DEFAULT")
+        if kind not in ("PROJECT_DEFAULT", "COMPONENT_LEAD", "PROJECT_LEAD", "UNASSIGNED"):
+            raise _fail(400, [], {"assigneeType": f"The assignee type {kind} is not valid."})
+        comp["assigneeType"] = kind
+        project["components"].append(comp)
+        return _json(self.catalog.render_component(comp["id"], ctx, full=True), 201)
+
+    def statuscategory(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        ref = req.path_params["idOrKey"]
+        for c in STATUS_CATEGORIES.values():
+            if str(c["id"]) == ref or c["key"] == ref:
+                return _json({"self": f"{ctx.api}/statuscategory/{c['id']}", **c})
+        raise _fail(404, [f"No status category with id or key {ref} was found."])
+
+    def project_roles(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        project = self._project_or_404(req.path_params["projectIdOrKey"])
+        return _json(
+            {
+                r["name"]: f"{ctx.api}/project/{project['id']}/role/{r['id']}"
+                for r in self.catalog.data["roles"]
+            }
+        )
+
+    def attachment_meta(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        return _json({"enabled": True, "uploadLimit": 10485760})
+
+    # -- versions -----------------------------------------------------------------------------
+
+    def _render_version(self, v: Obj, ctx: Ctx) -> Obj:
+        out: Obj = {
+            "self": f"{ctx.api}/version/{v['id']}",
+            "id": v["id"],
+            "name": v["name"],
+            "archived": v["archived"],
+            "released": v["released"],
+            "projectId": int(v["projectId"]),
+        }
+        for k in ("description", "releaseDate", "startDate"):
+            if v.get(k):
+                out[k] = v[k]
+        return out
+
+    def _find_version(self, vid: str) -> tuple[Obj, Obj]:
+        for p in self.catalog.data["projects"]:
+            for v in p.get("versions", []):
+                if v["id"] == vid:
+                    return p, v
+        raise _fail(404, [f"Could not find version for id '{vid}'"])
+
+    def _version_fields(self, body: Obj, project: Obj, current: Obj | None) -> Obj:
+        name = str(body.get("name") or (current or {}).get("name") or "")
+        if not name:
+            raise _fail(400, [], {"name": "You must specify a valid version name"})
+        if any(v["name"] == name and v is not current for v in project.get("versions", [])):
+            raise _fail(
+                400, [], {"name": "A version with this name already exists in this project."}
+            )
+        out: Obj = {"name": name}
+        for k in ("description", "releaseDate", "startDate"):
+            if k in body:
+                out[k] = body[k]
+        for k in ("archived", "released"):
+            if k in body:
+                out[k] = bool(body[k])
+        return out
+
+    def create_version(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        body = self._obj_body(req)
+        project = self.catalog.project(str(body.get("projectId") or body.get("project") or ""))
+        if project is None:
+            raise _fail(400, [], {"project": "Project must be specified to create a version."})
+        ids = [int(v["id"]) for p in self.catalog.data["projects"] for v in p.get("versions", [])]
+        v = {
+            "id": str(max([9999, *ids]) + 1),
+            "projectId": project["id"],
+            "archived": False,
+            "released": False,
+            **self._version_fields(body, project, None),
+        }
+        project.setdefault("versions", []).append(v)
+        return _json(self._render_version(v, ctx), 201)
+
+    def version(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        project, v = self._find_version(req.path_params["id"])
+        if req.method == "DELETE":
+            project["versions"].remove(v)
+            return Response(status_code=204)
+        if req.method == "PUT":
+            v.update(self._version_fields(self._obj_body(req), project, v))
+        return _json(self._render_version(v, ctx))
+
+    def project_versions(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        project = self._project_or_404(req.path_params["projectIdOrKey"])
+        return _json([self._render_version(v, ctx) for v in project.get("versions", [])])
+
+    # -- votes and worklogs -------------------------------------------------------------------
+
+    def votes(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        issue = self._issue_or_404(req)
+        voters: list[str] = issue.setdefault("votes", [])
+        if req.method == "POST":
+            if issue["fields"].get("reporter") == ctx.user:
+                raise _fail(404, ["You cannot vote for an issue you have reported."])
+            if ctx.user not in voters:
+                voters.append(str(ctx.user))
+            return Response(status_code=204)
+        if req.method == "DELETE":
+            if ctx.user in voters:
+                voters.remove(str(ctx.user))
+            return Response(status_code=204)
+        return _json(
+            {
+                "self": f"{ctx.api}/issue/{issue['key']}/votes",
+                "votes": len(voters),
+                "hasVoted": ctx.user in voters,
+                "voters": [self.catalog.render_user(u, ctx) for u in voters],
+            }
+        )
+
+    def _render_worklog(self, issue: Obj, w: Obj, ctx: Ctx) -> Obj:
+        out: Obj = {
+            "self": f"{ctx.api}/issue/{issue['id']}/worklog/{w['id']}",
+            "author": self.catalog.render_user(w["author"], ctx),
+            "updateAuthor": self.catalog.render_user(w["updateAuthor"], ctx),
+            "created": times.fmt(w["created"], ctx.tz),
+            "updated": times.fmt(w["updated"], ctx.tz),
+            "started": times.fmt(w["started"], ctx.tz),
+            "timeSpent": _duration(w["seconds"]),
+            "timeSpentSeconds": w["seconds"],
+            "id": w["id"],
+            "issueId": issue["id"],
+        }
+        if w.get("comment") is not None:
+            out["comment"] = (
+                adf.to_adf(w["comment"]) if ctx.version == "3" else adf.to_text(w["comment"])
+            )
+        return out
+
+    def _worklog_fields(self, body: Obj, current: Obj | None) -> Obj:
+        out: Obj = {}
+        if "timeSpentSeconds" in body:
+            out["seconds"] = int(body["timeSpentSeconds"])
+        elif "timeSpent" in body:
+            seconds = _parse_duration(str(body["timeSpent"]))
+            if seconds is None:
+                raise _fail(400, [], {"timeLogged": "Invalid time duration entered."})
+            out["seconds"] = seconds
+        elif current is None:
+            raise _fail(400, [], {"timeLogged": "You must indicate the time spent working."})
+        if "comment" in body:
+            out["comment"] = body["comment"]
+        if "started" in body:
+            started = times.parse(str(body["started"])) if body["started"] else None
+            if started is None:
+                raise _fail(400, [], {"started": "Invalid date format."})
+            out["started"] = started
+        return out
+
+    def worklogs(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        issue = self._issue_or_404(req)
+        logs: list[Obj] = issue.setdefault("worklogs", [])
+        if req.method == "GET":
+            return _json(
+                {
+                    "startAt": 0,
+                    "maxResults": len(logs),
+                    "total": len(logs),
+                    "worklogs": [self._render_worklog(issue, w, ctx) for w in logs],
+                }
+            )
+        now = times.now_ms()
+        w = {
+            "id": self._next("worklog"),
+            "author": ctx.user,
+            "updateAuthor": ctx.user,
+            "created": now,
+            "updated": now,
+            "started": now,
+            "comment": None,
+            **self._worklog_fields(self._obj_body(req), None),
+        }
+        logs.append(w)
+        issue["fields"]["updated"] = now
+        return _json(self._render_worklog(issue, w, ctx), 201)
+
+    def worklog(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        issue = self._issue_or_404(req)
+        logs: list[Obj] = issue.setdefault("worklogs", [])
+        w = next((x for x in logs if x["id"] == req.path_params["id"]), None)
+        if w is None:
+            raise _fail(404, ["Cannot find worklog with id: " + req.path_params["id"]])
+        if req.method == "DELETE":
+            logs.remove(w)
+            return Response(status_code=204)
+        if req.method == "PUT":
+            w.update(self._worklog_fields(self._obj_body(req), w))
+            w.update(updateAuthor=ctx.user, updated=times.now_ms())
+        return _json(self._render_worklog(issue, w, ctx))
 
     # -- field metadata -----------------------------------------------------------------------
 
@@ -1480,9 +1764,15 @@ class JiraSimulator(Simulator):
                 "isWatching": ctx.user in issue["watchers"],
             }
         if fid == "votes":
-            return {"self": f"{ctx.api}/issue/{issue['key']}/votes", "votes": 0, "hasVoted": False}
+            voters = issue.get("votes", [])
+            return {
+                "self": f"{ctx.api}/issue/{issue['key']}/votes",
+                "votes": len(voters),
+                "hasVoted": ctx.user in voters,
+            }
         if fid == "worklog":
-            return {"startAt": 0, "maxResults": 20, "total": 0, "worklogs": []}
+            logs = [self._render_worklog(issue, w, ctx) for w in issue.get("worklogs", [])]
+            return {"startAt": 0, "maxResults": 20, "total": len(logs), "worklogs": logs[:20]}
         if fid in ("progress", "aggregateprogress"):
             return {"progress": 0, "total": 0}
         if fid == "timetracking":
@@ -2531,7 +2821,6 @@ class JiraSimulator(Simulator):
             "self": f"{ctx.api}/filter/{f['id']}",
             "id": f["id"],
             "name": f["name"],
-            "description": f["description"],
             "owner": self._owner(f["owner"], ctx),
             "jql": f["jql"],
             "viewUrl": f"{ctx.base}/issues/?filter={f['id']}",
@@ -2540,7 +2829,7 @@ class JiraSimulator(Simulator):
             "favouritedCount": len(f["favouritedBy"]),
             "sharePermissions": f["sharePermissions"],
             "editPermissions": [],
-        }
+        } | ({"description": f["description"]} if f["description"] else {})
 
     def _filter_fields(self, body: Obj, ctx: Ctx, current: Obj | None) -> Obj:
         name = str(body.get("name") or (current or {}).get("name") or "")

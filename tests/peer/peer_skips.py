@@ -14,6 +14,7 @@ Keys are pytest node ids (a file or class id covers everything in it). Categorie
 - ``network``: talks to a public host (jira.atlassian.com, httpstat.us) rather than the server
   under test; this machine reaches no such host.
 - ``tooling``: tests the library's command-line shell, not an API.
+- ``suite``: the test is broken against the very library release it is pinned with.
 """
 
 from __future__ import annotations
@@ -116,6 +117,36 @@ SKIPS: dict[str, dict[str, tuple[str, str]]] = {
             )
             for t in ("test_delete_with_proxy", "test_update_label_with_proxy")
         },
+        **{
+            t: ("server", _SERVER_USERNAME)
+            for t in (
+                "tests/resources/test_filter.py::FilterTests::test_filter",
+                "tests/resources/test_worklog.py::WorklogTests::test_worklog",
+                "tests/resources/test_worklog.py::WorklogTests::test_worklog_with_issue_obj",
+                "tests/resources/test_component.py::ComponentTests::test_3_update",
+            )
+        },
+        "tests/resources/test_project.py::ProjectTests::test_project_roles": (
+            "server",
+            "expects the Server group jira-administrators as a role actor",
+        ),
+        **{
+            t: ("server", "the library itself refuses this call on Jira Cloud (no request is made)")
+            for t in (
+                "tests/tests.py::SearchTests::test_search_issues_startat",
+                "tests/test_client.py::test_createmeta_issuetypes_pagination",
+                "tests/test_client.py::test_createmeta_fieldtypes_pagination",
+                "tests/resources/test_field.py::FieldsTest::test_field",
+                "tests/resources/test_field.py::FieldsTest::test_field_pagination",
+                "tests/resources/test_issue_type.py::IssueTypeTest::test_issue_type",
+                "tests/resources/test_issue_type.py::IssueTypeTest::test_issue_type_pagination",
+            )
+        },
+        "tests/resources/test_pinned_comment.py::PinnedCommentTests::test_pincomments": (
+            "suite",
+            "calls JIRA.pin_comment() without its required 'pin' argument (a TypeError "
+            "in the test itself with jira 3.10.5, before any request)",
+        ),
         "tests/resources/test_watchers.py::WatchersTests::test_add_remove_watcher": (
             "server",
             _SERVER_USERNAME,

@@ -125,4 +125,10 @@ def jira() -> dict[str, Any]:
             "administrators",
         ],
     }
-    return {"groups": ["administrators"], "users": [admin]}
+    # A Cloud software site's issue types and statuses include Bug and Done, which tests name.
+    return {
+        "groups": ["administrators"],
+        "users": [admin],
+        "issuetypes": [{"id": "10004", "name": "Bug", "description": "A problem."}],
+        "statuses": [{"id": "10001", "name": "Done", "category": "done"}],
+    }

@@ -87,6 +87,8 @@ _EMPTY_BODY = {
     ("PUT", "/rest/api/{version}/issue/{issueIdOrKey}/properties/{propertyKey}"),
     ("PUT", "/rest/api/{version}/issue/{issueIdOrKey}/remotelink/{linkId}"),
     ("POST", "/rest/api/{version}/issueLink"),
+    ("POST", "/rest/api/{version}/issue/{issueIdOrKey}/votes"),
+    ("DELETE", "/rest/api/{version}/issue/{issueIdOrKey}/votes"),
 }
 
 
@@ -1399,4 +1401,39 @@ def test_v2_wiki_markup_reads_back_as_v3_adf_and_back(sims: SimulatorCluster) ->
         c.put(f"/rest/api/3/issue/{made['key']}", json={"fields": {"description": adf_doc}})
         again = c.get(f"/rest/api/2/issue/{made['key']}", params={"fields": "description"})
         assert again.json()["fields"]["description"] == wiki
+    assert_valid(sims)
+
+
+def test_versions_components_votes_and_worklogs_with_the_library(sims: SimulatorCluster) -> None:
+    j = pyjira(sims)
+    bob = JIRA(server=sims.urls["jira"], basic_auth=(BOB, BOB_TOKEN))
+    version = j.create_version("1.0", "OPS", description="first")
+    assert [v.name for v in j.project_versions("OPS")] == ["1.0"]
+    with pytest.raises(JIRAError):
+        j.create_version("1.0", "OPS")  # names are unique per project
+    version.update(name="1.0.1")
+    assert j.version(version.id).name == "1.0.1"
+    version.delete()
+    assert j.project_versions("OPS") == []
+    comp = j.create_component("Edge", "OPS", description="cdn", assigneeType="COMPONENT_LEAD")
+    assert comp.assigneeType == "COMPONENT_LEAD"
+    assert "Edge" in [c.name for c in j.project_components("OPS")]
+    comp.delete()
+    issue = j.create_issue(project="OPS", summary="votes", issuetype={"name": "Task"})
+    with pytest.raises(JIRAError):
+        j.add_vote(issue.key)  # the reporter cannot vote
+    bob.add_vote(issue.key)
+    assert j.votes(issue.key).votes == 1 and bob.votes(issue.key).hasVoted
+    bob.remove_vote(issue.key)
+    assert j.votes(issue.key).votes == 0
+    log = j.add_worklog(issue.key, "1d 2h", comment="triage")
+    assert log.timeSpent == "1d 2h" and log.timeSpentSeconds == 10 * 3600
+    log.update(timeSpent="3h")
+    assert j.worklog(issue.key, log.id).timeSpent == "3h"
+    assert len(j.worklogs(issue.key)) == 1
+    with client(sims) as c:
+        bad = c.post(f"/rest/api/2/issue/{issue.key}/worklog", json={"timeSpent": "lots"})
+        assert bad.status_code == 400
+    log.delete()
+    assert j.worklogs(issue.key) == []
     assert_valid(sims)
