@@ -119,6 +119,10 @@ class PostmortemSettings(BaseModel):
     reminder_hours: float = Field(default=24.0, ge=0)  # overdue reminder period; 0: none
 
 
+# What a token may do is decided in service.domain.roles; comms may publish and read only.
+TokenRole = Literal["viewer", "comms", "change-manager", "admin"]
+
+
 class ApiToken(BaseModel):
     """A bearer token for the HTTP API and the role it grants."""
 
@@ -126,7 +130,7 @@ class ApiToken(BaseModel):
 
     name: str
     token: SecretStr
-    role: Literal["viewer", "change-manager", "admin"]
+    role: TokenRole
 
 
 class Instances(BaseModel):

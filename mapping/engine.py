@@ -92,15 +92,16 @@ def to_canonical(
 ) -> dict[str, Any]:
     """Canonical values read from a record's fields (only mappings that read: in, both)."""
     out: dict[str, Any] = {}
-    for f in mapping.fields:
-        if not f.reads:
-            continue
+    # Main readers first, then those that refine them (``unknown: ignore``).
+    for f in sorted((f for f in mapping.fields if f.reads), key=lambda f: f.refines):
         where = f"{mapping.system} {f.path} -> {f.canonical}"
         raw = get_path(fields, f.path)
         try:
             value = f.transform.to_canonical(raw, _ctx(ctx, f, out)) if f.transform else raw
         except TransformError as exc:
             raise MappingError(f"{where}: {exc}") from exc
+        if f.refines and (f.values is None or str(value or "") not in f.values.into):
+            continue  # not one of the values it speaks for: the main reader's value stands
         out[f.canonical] = _coerce(f.canonical, _map_in(f, value, where))
     return out
 

@@ -46,6 +46,14 @@ class MappingSet:
     def systems(self) -> list[tuple[str, str]]:
         return sorted(self.mappings)
 
+    def terminal_states(self) -> frozenset[str]:
+        """Canonical states that end an incident: every one that any mapping names terminal
+        (an incident closed on one system is written closed on the others)."""
+        out: set[str] = set()
+        for mapping in self.mappings.values():
+            out |= mapping.terminal_states
+        return frozenset(out)
+
 
 def load_mappings(directory: str | Path | None = None) -> MappingSet:
     """Validate every file; raise one :class:`MappingFileError` with every problem of every file."""

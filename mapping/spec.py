@@ -38,6 +38,7 @@ from mapping.transforms import TRANSFORMS, Transform, TransformError, get_transf
 
 SYSTEMS = ("servicenow", "jira", "statuspage")
 LIST_FIELDS = frozenset({"services", "labels"})
+DEFAULT_TERMINAL = ("closed", "canceled")  # a state mapping without `terminal:`
 OBJECT_TYPES = {"servicenow": ("incident",), "jira": ("issue",), "statuspage": ("incident",)}
 
 
@@ -62,15 +63,20 @@ class FieldFile(BaseModel):
     direction: Literal["in", "out", "both"] = "both"
     policy: str = "latest"
     when: str | None = None
+    # Only on `state`: the canonical states that end an incident (the postmortem gate guards
+    # every move into one of them). Without it: closed and canceled.
+    terminal: list[str] | None = None
 
     @field_validator("unknown", mode="before")
     @classmethod
     def _unknown(cls, value: Any) -> Any:
-        if value in ("error", "keep"):
+        if value in ("error", "keep", "ignore"):
             return value
         if isinstance(value, dict) and set(value) == {"default"}:
             return DefaultRule(default=str(value["default"]))
-        raise ValueError(f"{value!r}: use `error`, `keep` or `{{default: <canonical value>}}`")
+        raise ValueError(
+            f"{value!r}: use `error`, `keep`, `ignore` or `{{default: <canonical value>}}`"
+        )
 
 
 class MappingFileModel(BaseModel):
@@ -134,6 +140,7 @@ class FieldMapping:
     args: dict[str, Any] = field(default_factory=dict)
     template: Template | None = None
     when: Condition | None = None
+    terminal: tuple[str, ...] = ()
     line: int = 0
 
     @property
@@ -143,6 +150,13 @@ class FieldMapping:
     @property
     def writes(self) -> bool:
         return self.direction in ("out", "both")
+
+    @property
+    def refines(self) -> bool:
+        """A reader that only speaks for the values it maps (``unknown: ignore``): read after
+        the field's main reader, it overrides it for those values and leaves it otherwise
+        (Jira: status Done with resolution "Won't Do" reads as canceled)."""
+        return self.reads and self.values is not None and self.values.unknown == "ignore"
 
     def describe(self) -> dict[str, str]:
         """One row of ``mapping show``."""
@@ -193,6 +207,14 @@ class Mapping:
 
     def for_field(self, canonical: str) -> list[FieldMapping]:
         return [f for f in self.fields if f.canonical == canonical]
+
+    @property
+    def terminal_states(self) -> frozenset[str]:
+        """The canonical states this system's mapping says end an incident."""
+        out: set[str] = set()
+        for f in self.for_field("state"):
+            out |= set(f.terminal or DEFAULT_TERMINAL)
+        return frozenset(out)
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -306,7 +328,7 @@ def parse_mapping(text: str, *, name: str = "<mapping>", path: str = "") -> Mapp
                 compiled.append(FieldMapping(**{**result.__dict__, "line": line}))
     reads: dict[str, str] = {}
     for f in compiled:
-        if f.reads:
+        if f.reads and not f.refines:
             if f.canonical in reads:
                 report(
                     ["fields", f.canonical],
@@ -390,6 +412,12 @@ def _compile_field(
                 )
         else:
             unknown = spec.unknown
+            if unknown == "ignore" and spec.direction != "in":
+                bad(
+                    ["unknown"],
+                    "`ignore` is for a second reader that refines the main one: "
+                    "use it with `direction: in`",
+                )
             if unknown == "keep" and allowed is not None and spec.direction != "out":
                 bad(
                     ["unknown"],
@@ -399,6 +427,17 @@ def _compile_field(
         values = ValueMap(out=out, into=into, unknown=unknown, default=default)
     elif spec.reverse:
         bad(["reverse"], "`reverse` needs `values`")
+    elif spec.unknown == "ignore":
+        bad(["unknown"], "`ignore` needs `values`: it ignores the values they do not list")
+    terminal: tuple[str, ...] = ()
+    if spec.terminal is not None:
+        if canonical != "state":
+            bad(["terminal"], "only the state field names terminal states")
+        states = CANONICAL_FIELDS["state"] or ()
+        for state in spec.terminal:
+            if state not in states:
+                bad(["terminal"], f"{state!r} is not a canonical state ({', '.join(states)})")
+        terminal = tuple(spec.terminal)
     transform = None
     if spec.transform is not None:
         try:
@@ -437,6 +476,7 @@ def _compile_field(
         args=dict(spec.args),
         template=template,
         when=when,
+        terminal=terminal,
     )
 
 

@@ -72,3 +72,19 @@ class GateEvent(StoreModel, table=True):
     reason: str = Field(default="", sa_type=Text)
     actor: str = ""
     at: dt.datetime = Field(default_factory=_now, sa_type=UTCDateTime)
+
+
+class Requirement(StoreModel, table=True):
+    """The latch: once an incident has needed a postmortem, it keeps needing one.
+
+    Written the first time the rule (``postmortem.required_when``) holds, and never removed:
+    a later downgrade changes nothing, only an override opens the gate. ``severity`` is the
+    highest severity the incident ever had while latched, which the KPIs count it by.
+    """
+
+    __tablename__ = "postmortem_requirement"
+
+    incident_id: str = Field(primary_key=True)
+    since: dt.datetime = Field(default_factory=_now, sa_type=UTCDateTime)
+    severity: str = ""  # SEV1 is the highest
+    reason: str = Field(default="", sa_type=Text)

@@ -34,7 +34,7 @@ from connectors.jira import JiraConnector
 from mapping.conditions import parse_condition
 from mapping.engine import canonical_values
 from mapping.model import CANONICAL_FIELDS, Incident, State
-from postmortem_tracker.models import ActionItem, GateEvent, Postmortem
+from postmortem_tracker.models import ActionItem, GateEvent, Postmortem, Requirement
 from sync import store
 
 log = logging.getLogger("itsm_sync.postmortem")
@@ -87,8 +87,41 @@ class Tracker:
         self.settings = settings
         self._required = parse_condition(settings.required_when, fields=CANONICAL_FIELDS)
 
-    def required(self, incident: Incident) -> bool:
+    def rule_holds(self, incident: Incident) -> bool:
+        """Whether ``postmortem.required_when`` holds for the incident as it is now."""
         return self._required.evaluate(canonical_values(incident))
+
+    def required(self, incident: Incident) -> bool:
+        """Whether the incident needs a postmortem: the rule holds now, or it once did (the
+        requirement latches, so a downgrade before closing is no way around the gate)."""
+        if self.rule_holds(incident):
+            return True
+        with store.session_scope(self.db, readonly=True) as s:
+            return s.get(Requirement, incident.id) is not None
+
+    def note(self, incident: Incident) -> None:
+        """Latch the requirement while the rule holds, with the highest severity seen. A
+        duplicate that needs a postmortem makes its parent need one: the parent's covers it."""
+        if not incident.id or not self.rule_holds(incident):
+            return
+        severity = incident.severity.value if incident.severity else ""
+        why = f"{self.settings.required_when} held"
+        with store.session_scope(self.db) as s:
+            self._latch(s, incident.id, severity, why)
+            if incident.parent:
+                self._latch(s, incident.parent, severity, f"its duplicate {incident.id} needs one")
+
+    def _latch(self, s: Any, incident_id: str, severity: str, reason: str) -> None:
+        row = s.get(Requirement, incident_id)
+        if row is None:
+            s.add(Requirement(incident_id=incident_id, severity=severity, reason=reason))
+            s.flush()
+            store.audit(
+                s, action="update", incident_id=incident_id, field="postmortem",
+                after="required", reason=f"a postmortem is required from now on: {reason}",
+            )  # fmt: skip
+        elif severity and (not row.severity or severity < row.severity):  # SEV1 < SEV2
+            row.severity = severity
 
     def owner_of(self, system: str, object_type: str, remote_id: str) -> str | None:
         """The incident a change request, review issue or action item issue belongs to."""
@@ -112,7 +145,23 @@ class Tracker:
 
     # -- the gate -----------------------------------------------------------------------------
 
-    def gate(self, incident: Incident) -> GateState:
+    def gate(self, incident: Incident, *, depth: int = 0) -> GateState:
+        if incident.parent and depth < 5:
+            # A duplicate's postmortem is its parent's: it may end when its parent could.
+            with store.session_scope(self.db, readonly=True) as s:
+                row = store.get_incident(s, incident.parent)
+            if row is not None:
+                parent = self.gate(
+                    Incident.model_validate({**row.data, "id": row.id}), depth=depth + 1
+                )
+                name = str(row.data.get("title") or row.id)
+                return GateState(
+                    required=parent.required,
+                    missing=[
+                        f"{m} (the postmortem of its parent {name!r})" for m in parent.missing
+                    ],
+                    overridden=parent.overridden,
+                )
         state = GateState(required=self.required(incident))
         if not state.required:
             return state
@@ -141,21 +190,22 @@ class Tracker:
                 state.missing.append(f"action item {item.title!r} ({item.source}): {why}")
         return state
 
-    def record_blocked(self, incident: Incident, gate: GateState, by: str) -> str:
-        """Audit a refused close; returns the note to leave on the records."""
+    def record_blocked(self, incident: Incident, gate: GateState, by: str, *, before: str) -> str:
+        """Audit a refused end (close, cancel); returns the note to leave on the records."""
         lines = "\n".join(f"- {m}" for m in gate.missing)
+        ending = incident.state.value
         note = (
-            f"This incident cannot be closed yet (close attempted in {by}): the postmortem's "
-            f"fixes must be in change management first. Missing:\n{lines}"
+            f"This incident cannot be {ending} yet ({ending} in {by}; it stays {before}): the "
+            f"postmortem's fixes must be in change management first. Missing:\n{lines}"
         )
         with store.session_scope(self.db) as s:
             s.add(
                 GateEvent(incident_id=incident.id, kind="blocked", reason=gate.explain(), actor=by)
             )
             store.audit(
-                s, action="skip", incident_id=incident.id, field="state", before="resolved",
-                after="closed", actor=by,
-                reason=f"close refused by the postmortem gate: {gate.explain()}",
+                s, action="skip", incident_id=incident.id, field="state", before=before,
+                after=ending, actor=by,
+                reason=f"{ending} refused by the postmortem gate: {gate.explain()}",
             )  # fmt: skip
         return note
 
@@ -173,7 +223,9 @@ class Tracker:
 
     def work(self, incident: Incident, links: list[store.Link]) -> None:
         """Bring the postmortem, its items and their change requests up to date."""
-        if incident.state not in (State.RESOLVED, State.CLOSED) or not self.required(incident):
+        if incident.state not in (State.RESOLVED, State.CLOSED) or incident.parent:
+            return  # a duplicate's postmortem is its parent's
+        if not self.required(incident):
             return
         jira_link = next((x for x in links if x.system == "jira"), None)
         sn_link = next((x for x in links if x.system == "servicenow"), None)

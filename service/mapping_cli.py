@@ -16,7 +16,7 @@ from connectors.registry import build_connectors
 from mapping.engine import applies, build_incident, from_canonical, to_canonical
 from mapping.registry import MappingSet, diff_mappings, load_mappings
 from mapping.spec import MappingError, MappingFileError, load_mapping
-from service.sync_cli import settings_or_exit
+from service.cli_common import settings_or_exit
 from sync.people import context_for
 
 app = typer.Typer(help="Check, show, preview and compare field mappings.", no_args_is_help=True)

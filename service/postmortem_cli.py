@@ -2,46 +2,33 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
-from sqlmodel import col, select
 
-from mapping.model import Incident
-from postmortem_tracker.models import ActionItem, Postmortem
-from postmortem_tracker.report import audit_rows, kpis, to_csv, to_dicts
+from postmortem_tracker.report import to_csv, to_dicts
 from postmortem_tracker.tracker import Tracker
-from service.sync_cli import find_incident, settings_or_exit
-from sync import store
-from sync.queue import incident_key, mark_dirty
+from service.cli_common import (
+    ConfigOption,
+    cli_errors,
+    console,
+    err,
+    open_db,
+    plain,
+    settings_or_exit,
+)
+from service.domain import postmortems
+from service.domain.roles import Actor
 
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="YAML config file (env still wins).")
-]
+KPI_COLUMNS = ("severity", "team", "acknowledged", "mtta_minutes", "resolved", "mttr_minutes")
 
 
 def _tracker(config_file: Path | None) -> Tracker:
     settings = settings_or_exit(config_file)
-    db = store.make_engine(settings.database_url)
-    store.migrate(db)
-    return Tracker(db, {}, settings.postmortem)
-
-
-def _date(text: str | None, what: str) -> dt.date | None:
-    if not text:
-        return None
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {what} {text!r}: use YYYY-MM-DD")
-        raise typer.Exit(2) from exc
+    return Tracker(open_db(settings), {}, settings.postmortem)
 
 
 def register(app: typer.Typer) -> None:
@@ -59,18 +46,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Add an action item; it becomes a change request on the next reconcile."""
         tracker = _tracker(config_file)
-        with store.session_scope(tracker.db, readonly=True) as s:
-            row = find_incident(s, incident)
-        item = tracker.add_action(
-            row.id, title=title, owner=owner, due=_date(due, "--due"), description=description
-        )
-        with store.session_scope(tracker.db) as s:
-            mark_dirty(s, incident_key(row.id), reason="action item added")
-        missing = [
-            w for w, ok in (("an owner", item.owner), ("a due date", item.due_date)) if not ok
-        ]
+        with cli_errors():
+            item = postmortems.add_action(
+                tracker, ident=incident, title=title, owner=owner,
+                due=postmortems.parse_date(due, field="--due"), description=description,
+                actor=Actor.cli(), source="cli",
+            )  # fmt: skip
+        missing = item["still_needs"]
         note = f" (it still needs {' and '.join(missing)})" if missing else ""
-        console.print(f"action item {item.key} added to {incident}{note}", highlight=False)
+        console.print(f"action item {item['key']} added to {incident}{note}", highlight=False)
 
     @pm.command("show")
     def show(
@@ -80,52 +64,30 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The postmortem, its action items, their change requests and the gate."""
         tracker = _tracker(config_file)
-        with store.session_scope(tracker.db, readonly=True) as s:
-            row = find_incident(s, incident)
-            postmortem = s.exec(
-                select(Postmortem).where(col(Postmortem.incident_id) == row.id)
-            ).first()
-            items = list(
-                s.exec(select(ActionItem).where(col(ActionItem.incident_id) == row.id)).all()
-            )
-        gate = tracker.gate(Incident.model_validate({**row.data, "id": row.id}))
-        data: dict[str, Any] = {
-            "incident": incident,
-            "postmortem": None
-            if postmortem is None
-            else {
-                "review": postmortem.jira_key,
-                "complete": postmortem.completed_at is not None,
-                "completed_by": postmortem.completed_by,
-            },
-            "action_items": [
-                {
-                    "key": i.key, "title": i.title, "owner": i.owner, "due": str(i.due_date or ""),
-                    "source": i.source, "change_request": i.change_request_number,
-                    "blocked": i.blocked,
-                }
-                for i in items
-            ],
-            "gate": {"can_close": gate.open, "why": gate.explain()},
-        }  # fmt: skip
+        with cli_errors():
+            data = postmortems.show(tracker, ident=incident)
+        data["incident"] = incident
         if as_json:
             typer.echo(json.dumps(data, indent=2))
             return
+        pm_data = data["postmortem"]
         console.print(
-            f"postmortem: {json.dumps(data['postmortem']) if postmortem else 'not started'}",
+            f"postmortem: {plain(json.dumps(pm_data)) if pm_data else 'not started'}",
             highlight=False,
         )
-        table = Table(title=f"action items of {incident}")
+        table = Table(title=f"action items of {plain(incident)}")
         for column in ("title", "owner", "due", "source", "change request", "blocked by"):
             table.add_column(column, overflow="fold")
-        for i in items:
+        for i in data["action_items"]:
             table.add_row(
-                i.title, i.owner, str(i.due_date or ""), i.source, i.change_request_number,
-                "" if i.change_request_number else i.blocked,
+                plain(i["title"]), plain(i["owner"]), i["due"], plain(i["source"]),
+                i["change_request"], "" if i["change_request"] else plain(i["blocked"]),
             )  # fmt: skip
         console.print(table)
+        gate = data["gate"]
         console.print(
-            f"gate: {'open' if gate.open else 'closed'}: {gate.explain()}", highlight=False
+            f"gate: {'open' if gate['can_close'] else 'closed'}: {plain(gate['why'])}",
+            highlight=False,
         )
 
     @pm.command("complete")
@@ -136,23 +98,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Mark the postmortem complete (when it has no Jira review issue)."""
         tracker = _tracker(config_file)
-        with store.session_scope(tracker.db) as s:
-            row = find_incident(s, incident)
-            postmortem = s.exec(
-                select(Postmortem).where(col(Postmortem.incident_id) == row.id)
-            ).first()
-            if postmortem is None:
-                postmortem = Postmortem(incident_id=row.id)
-                s.add(postmortem)
-            postmortem.completed_at, postmortem.completed_by = store.utcnow(), by
-            store.audit(
-                s,
-                action="update",
-                incident_id=row.id,
-                field="postmortem",
-                after="complete",
-                actor=by,
-            )
+        with cli_errors():
+            postmortems.complete(tracker, ident=incident, actor=Actor.cli(by))
         console.print(f"the postmortem of {incident} is complete")
 
     @app.command()
@@ -165,21 +112,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Whether the incident may close, and why not; a change manager may override."""
         tracker = _tracker(config_file)
-        with store.session_scope(tracker.db, readonly=True) as s:
-            row = find_incident(s, incident)
-        if override:
-            if not reason.strip() or not actor.strip():
-                err.print("an override needs --reason and --as (it is audited)")
-                raise typer.Exit(2)
-            tracker.override(row.id, reason=reason, actor=f"cli:{actor}")
-            with store.session_scope(tracker.db) as s:
-                mark_dirty(s, incident_key(row.id), reason="gate override")
-        state = tracker.gate(Incident.model_validate({**row.data, "id": row.id}))
-        console.print(
-            f"{incident}: {'may close' if state.open else 'may NOT close'}", highlight=False
-        )
-        for line in state.missing if not state.open else [state.explain()]:
-            console.print(f"  - {line}", highlight=False)
+        with cli_errors():
+            if override:
+                if not reason.strip() or not actor.strip():
+                    err.print("an override needs --reason and --as (it is audited)")
+                    raise typer.Exit(2)
+                postmortems.override(tracker, ident=incident, reason=reason, actor=Actor.cli(actor))
+            state = postmortems.gate(tracker, ident=incident)
+        verdict = "may close" if state["can_close"] else "may NOT close"
+        console.print(f"{plain(incident)}: {verdict}", highlight=False)
+        for line in state["missing"] if not state["can_close"] else [state["why"]]:
+            console.print(f"  - {plain(line)}", highlight=False)
 
     @app.command()
     def audit(
@@ -196,61 +139,42 @@ def register(app: typer.Typer) -> None:
             err.print(f"--format {output!r}: use table, json or csv")
             raise typer.Exit(2)
         tracker = _tracker(config_file)
-        start, end = _date(since, "--from"), _date(until, "--to")
+        cli = Actor.cli()
+        with cli_errors():
+            start = postmortems.parse_date(since, field="--from")
+            end = postmortems.parse_date(until, field="--to")
+            if kpi:
+                figures = postmortems.mtta_mttr(tracker, since=start, until=end, actor=cli)
+            else:
+                rows = postmortems.audit(
+                    tracker, since=start, until=end, team=team, overdue_only=overdue, actor=cli
+                )
         if kpi:
-            figures = kpis(tracker.db, since=start, until=end)
             if output == "json":
                 typer.echo(json.dumps(figures, indent=2))
                 return
             table = Table(title="MTTA / MTTR (minutes)")
-            for column in (
-                "severity",
-                "team",
-                "acknowledged",
-                "mtta_minutes",
-                "resolved",
-                "mttr_minutes",
-            ):
+            for column in KPI_COLUMNS:
                 table.add_column(column)
             for f in figures:
-                table.add_row(
-                    *(
-                        str(f[c])
-                        for c in (
-                            "severity",
-                            "team",
-                            "acknowledged",
-                            "mtta_minutes",
-                            "resolved",
-                            "mttr_minutes",
-                        )
-                    )
-                )
+                table.add_row(*(plain(f[c]) for c in KPI_COLUMNS))
             console.print(table)
             return
-        rows = audit_rows(tracker.db, since=start, until=end, team=team, overdue_only=overdue)
         if output == "csv":
             typer.echo(to_csv(rows), nl=False)
         elif output == "json":
             typer.echo(json.dumps(to_dicts(rows), indent=2))
         else:
             table = Table(title=f"postmortem action items ({len(rows)})")
-            for column in (
-                "incident",
-                "action item",
-                "owner",
-                "due",
-                "change request",
-                "state",
-                "overdue",
-                "blocked / gate",
-            ):
+            for column in ("incident", "action item", "owner", "due", "change request", "state",
+                           "overdue", "blocked / gate"):  # fmt: skip
                 table.add_column(column, overflow="fold")
             for r in rows:
                 state = "implemented" if r.implemented else r.cr_state
                 notes = "; ".join(x for x in (r.blocked, r.gate) if x)
                 table.add_row(
-                    f"{r.incident} {r.severity}", r.action_item, r.owner, r.due_date,
-                    r.change_request, state, str(r.days_overdue or ""), notes,
+                    plain(f"{r.incident} {r.severity}"), plain(r.action_item), plain(r.owner),
+                    r.due_date, r.change_request, plain(state), str(r.days_overdue or ""),
+                    plain(notes),
                 )  # fmt: skip
             console.print(table)

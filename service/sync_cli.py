@@ -6,37 +6,30 @@ import datetime as dt
 import json
 import os
 import signal
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlmodel import func, select
 
 from config.logging import setup_logging
-from config.settings import ConfigFileError, Settings, load_settings
-from mapping.model import Incident
+from config.settings import Settings
+from service.cli_common import (
+    ConfigOption,
+    cli_errors,
+    console,
+    err,
+    open_db,
+    plain,
+    settings_or_exit,
+)
+from service.domain import incidents, parked
+from service.domain.roles import Actor
 from service.runtime import Runtime
 from sync import store
 from sync.poller import POLLED, poll_all, poll_once, results_table
-from sync.queue import incident_key, mark_dirty, queue_depth
+from sync.queue import queue_depth
 from sync.worker import drain, notify_workers
-
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="YAML config file (env still wins).")
-]
-
-
-def settings_or_exit(config_file: Path | None) -> Settings:
-    try:
-        return load_settings(config_file)
-    except (ConfigFileError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
 
 
 def runtime_or_exit(settings: Settings) -> Runtime:
@@ -245,22 +238,19 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def status(config_file: ConfigOption = None) -> None:
         """The queue, parked items, links per system and the poll watermarks."""
-        settings = settings_or_exit(config_file)
-        db = store.make_engine(settings.database_url)
-        store.migrate(db)
+        db = open_db(settings_or_exit(config_file))
         with store.session_scope(db, readonly=True) as s:
-            links = s.exec(
-                select(store.Link.system, func.count()).group_by(store.Link.system)
-            ).all()
-            table = Table(title="itsm-sync status")
-            table.add_column("what")
-            table.add_column("value")
-            table.add_row("queued", str(queue_depth(s)))
-            table.add_row("parked", str(len(store.open_parked(s))))
-            for system, n in links:
-                table.add_row(f"linked {system} records", str(n))
-            for w in s.exec(select(store.Watermark)).all():
-                table.add_row(f"watermark {w.system}/{w.instance} {w.object_type}", str(w.value))
+            data = incidents.status(s)
+        table = Table(title="itsm-sync status")
+        table.add_column("what")
+        table.add_column("value")
+        table.add_row("queued", str(data["queue_depth"]))
+        table.add_row("parked", str(data["parked"]))
+        for system, n in data["links"].items():
+            table.add_row(f"linked {system} records", str(n))
+        for name, value in data["watermarks"].items():
+            system, instance, object_type = name.split("/", 2)
+            table.add_row(f"watermark {system}/{instance} {object_type}", str(value))
         console.print(table)
 
     parked_app = typer.Typer(
@@ -270,27 +260,21 @@ def register(app: typer.Typer) -> None:
 
     @parked_app.command("list")
     def parked_list(config_file: ConfigOption = None) -> None:
-        settings = settings_or_exit(config_file)
-        db = store.make_engine(settings.database_url)
-        store.migrate(db)
+        db = open_db(settings_or_exit(config_file))
         with store.session_scope(db, readonly=True) as s:
-            items = store.open_parked(s)
-            if not items:
-                console.print("nothing is parked")
-                return
-            table = Table(title=f"{len(items)} parked")
-            for column in ("id", "incident", "target", "since", "attempts", "error", "remote says"):
-                table.add_column(column, overflow="fold")
-            for p in items:
-                table.add_row(
-                    str(p.id),
-                    _incident_name(s, p.incident_id),
-                    p.target,
-                    f"{p.parked_at:%Y-%m-%d %H:%M}",
-                    str(p.attempts),
-                    p.error,
-                    p.remote_message,
-                )
+            items = parked.list_open(s)
+        if not items:
+            console.print("nothing is parked")
+            return
+        table = Table(title=f"{len(items)} parked")
+        for column in ("id", "incident", "target", "since", "attempts", "error", "remote says"):
+            table.add_column(column, overflow="fold")
+        for p in items:
+            table.add_row(
+                str(p["id"]), plain(p["incident"]), plain(p["target"]),
+                p["parked_at"][:16].replace("T", " "), str(p["attempts"]), plain(p["error"]),
+                plain(p["remote_message"]),
+            )  # fmt: skip
         console.print(table)
 
     @parked_app.command("replay")
@@ -300,37 +284,17 @@ def register(app: typer.Typer) -> None:
         config_file: ConfigOption = None,
     ) -> None:
         """Retry from the newest state (after fixing the mapping or the remote)."""
-        if (parked_id is None) == (not all_):
-            err.print("give a parked id or --all")
-            raise typer.Exit(2)
         settings = settings_or_exit(config_file)
-        db = store.make_engine(settings.database_url)
-        store.migrate(db)
-        with store.session_scope(db) as s:
-            items = (
-                store.open_parked(s)
-                if all_
-                else [p for p in [store.get_parked(s, parked_id or 0)] if p]
-            )
-            items = [p for p in items if p.resolved_at is None]
-            if not items:
-                err.print(f"no open parked item {parked_id}")
-                raise typer.Exit(1)
-            for item in items:
-                store.resolve_parked(s, item.id or 0)
-                store.audit(
-                    s,
-                    action="replay",
-                    incident_id=item.incident_id,
-                    system=item.target.split(":")[0],
-                    actor="cli",
-                    reason=f"replayed: {item.error}",
-                )
-                mark_dirty(s, incident_key(item.incident_id), reason="replay")
+        db = open_db(settings)
+        with cli_errors(), store.session_scope(db) as s:
+            replayed = parked.replay(s, parked_id=parked_id, every=all_, actor=Actor.cli())
+        if not replayed:
+            err.print("no open parked item: nothing is parked")
+            raise typer.Exit(1)
         if settings.sync.pg_notify:
             notify_workers(db)
         console.print(
-            f"replaying {len(items)}: queued for `itsm-sync sync --once` or the running service"
+            f"replaying {len(replayed)}: queued for `itsm-sync sync --once` or the running service"
         )
 
     @app.command()
@@ -342,62 +306,38 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """The audit log of one incident: every remote write, conflict, park and replay."""
-        settings = settings_or_exit(config_file)
-        db = store.make_engine(settings.database_url)
-        store.migrate(db)
-        with store.session_scope(db, readonly=True) as s:
-            row = find_incident(s, incident)
-            entries = store.history(s, row.id)
-            links = store.links_of(s, row.id)
-            if as_json:
-                typer.echo(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
-                return
-            names = ", ".join(
-                f"{link.system} {link.remote_key or link.remote_id}" for link in links
-            )
-            table = Table(title=f"{row.data.get('title', '')} ({names})")
-            for column in ("when", "action", "where", "field", "before", "after", "why", "by"):
-                table.add_column(column, overflow="fold")
-            for e in entries:
-                table.add_row(
-                    f"{e.at:%Y-%m-%d %H:%M:%S}",
-                    e.action,
-                    e.system,
-                    e.field or "",
-                    _short(e.before),
-                    _short(e.after),
-                    e.reason,
-                    e.actor,
-                )
+        db = open_db(settings_or_exit(config_file))
+        with cli_errors(), store.session_scope(db, readonly=True) as s:
+            data = incidents.history(s, ident=incident)
+        if as_json:
+            typer.echo(json.dumps(data["entries"], indent=2))
+            return
+        names = ", ".join(f"{x['system']} {x['key'] or x['id']}" for x in data["links"])
+        table = Table(title=plain(f"{data['title']} ({names})"))
+        for column in ("when", "action", "where", "field", "before", "after", "why", "by"):
+            table.add_column(column, overflow="fold")
+        for e in data["entries"]:
+            table.add_row(
+                e["at"][:19].replace("T", " "), e["action"], plain(e["system"]),
+                plain(e["field"] or ""), plain(_short(e["before"])), plain(_short(e["after"])),
+                plain(e["reason"]), plain(e["actor"]),
+            )  # fmt: skip
         console.print(table)
 
     @app.command()
     def public(
         incident: Annotated[str, typer.Argument(help="Canonical id or a linked key.")],
-        message: Annotated[str, typer.Option(help="What customers will read.")],
+        message: Annotated[str, typer.Option(help="What customers will read.")] = "",
         off: Annotated[bool, typer.Option("--off", help="Make it private again.")] = False,
         config_file: ConfigOption = None,
     ) -> None:
         """Approve the public status of an incident (comms): the status page follows."""
         settings = settings_or_exit(config_file)
-        db = store.make_engine(settings.database_url)
-        store.migrate(db)
-        with store.session_scope(db) as s:
-            row = find_incident(s, incident)
-            current = Incident.model_validate(row.data)
-            updated = current.model_copy(update={"public": not off, "public_message": message})
-            store.save_incident(s, row, updated.model_dump(mode="json"))
-            store.audit(
-                s,
-                action="update",
-                incident_id=row.id,
-                field="public_message",
-                before=current.public_message,
-                after=message,
-                actor="cli",
-                reason="made private" if off else "public status approved",
+        db = open_db(settings)
+        with cli_errors(), store.session_scope(db) as s:
+            incidents.set_public(
+                s, ident=incident, message=message, public=not off, actor=Actor.cli()
             )
-            mark_dirty(s, incident_key(row.id), reason="public message")
         if settings.sync.pg_notify:
             notify_workers(db)
         console.print(f"{incident}: {'private' if off else 'public'}; queued for the status page")
@@ -438,19 +378,6 @@ def _run_workers(runtime: Runtime) -> None:
             pass
     finally:
         runtime.stop()
-
-
-def find_incident(s: Any, ident: str) -> store.IncidentRow:
-    row = store.find_incident(s, ident)
-    if row is None:
-        err.print(f"[red]error:[/red] no incident {ident} (give a canonical id or a linked key)")
-        raise typer.Exit(1)
-    return row
-
-
-def _incident_name(s: Any, incident_id: str) -> str:
-    keys = [link.remote_key for link in store.links_of(s, incident_id) if link.remote_key]
-    return ", ".join(keys) or incident_id
 
 
 def _short(value: Any) -> str:

@@ -400,12 +400,13 @@ class Reconciler:
                 "comments": [*incident.comments, *(c for c, _, _ in new_comments)],
             }
         )
-        if (
-            self.tracker is not None
-            and merged.state is State.CLOSED
-            and incident.state is not State.CLOSED
-        ):
-            merged = self._closure_gate(merged, changes.get("state", []), links, outcome)
+        if self.tracker is not None:
+            self.tracker.note(merged)  # the postmortem requirement latches
+            terminal = mappings.terminal_states()
+            if merged.state in terminal and incident.state not in terminal:
+                merged = self._closure_gate(
+                    merged, incident.state, changes.get("state", []), links, outcome
+                )
         if merged != incident or consumed or new_comments:
             with store.session_scope(self.db) as s:
                 # Raises StaleIncident if someone saved it since we read it (or deleted it).
@@ -471,11 +472,17 @@ class Reconciler:
         return outcome
 
     def _closure_gate(
-        self, merged: Incident, changes: list[Change], links: list[store.Link], outcome: Outcome
+        self,
+        merged: Incident,
+        before: State,
+        changes: list[Change],
+        links: list[store.Link],
+        outcome: Outcome,
     ) -> Incident:
-        """A close attempt: allowed only if the postmortem gate is open; otherwise the incident
-        stays resolved (the push writes Resolved back where it was closed) and every system
-        gets an internal note that says exactly what is missing."""
+        """A move into a terminal state (closed, canceled: whatever the mappings name): allowed
+        only if the postmortem gate is open; otherwise the incident stays in the state it had
+        (the push writes it back where it was ended) and every system gets an internal note
+        that says exactly what is missing."""
         try:
             self.tracker.work(merged, links)  # items and change requests as of now
         except ConnectorError as exc:
@@ -484,7 +491,7 @@ class Reconciler:
         if gate.open:
             return merged
         by = ", ".join(sorted({f"{c.link.system} {c.link.remote_key}" for c in changes})) or "?"
-        note = self.tracker.record_blocked(merged, gate, by)
+        note = self.tracker.record_blocked(merged, gate, by, before=before.value)
         comment = Comment(
             id=f"gate:{merged.id}:{len(merged.comments)}",
             body=note,
@@ -492,9 +499,7 @@ class Reconciler:
             origin="itsm-sync:closure-gate",
             created_at=dt.datetime.now(dt.UTC),
         )
-        return merged.model_copy(
-            update={"state": State.RESOLVED, "comments": (*merged.comments, comment)}
-        )
+        return merged.model_copy(update={"state": before, "comments": (*merged.comments, comment)})
 
     # -- reading ------------------------------------------------------------------------------
 

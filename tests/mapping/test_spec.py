@@ -217,3 +217,65 @@ def test_fuzzed_text_loads_or_explains(text: str) -> None:
         parse_mapping(text, name="fuzz.yaml")
     except MappingFileError as exc:
         assert exc.problems
+
+
+TERMINAL = """\
+system: jira
+object_type: issue
+fields:
+  state:
+    - path: status.name
+      values: {new: Open, investigating: "In Progress", resolved: Resolved, closed: Closed}
+      terminal: [closed, canceled]
+    - path: resolution.name
+      direction: in
+      values: {canceled: ["Won't Do", Duplicate]}
+      unknown: ignore
+"""
+
+
+def test_terminal_states_come_from_the_mapping_and_a_refining_reader_can_cancel() -> None:
+    mapping = parse_mapping(TERMINAL, name="jira.yaml")
+    assert mapping.terminal_states == {"closed", "canceled"}
+    ctx = TransformContext(system="jira")
+    read = lambda status, resolution: to_canonical(  # noqa: E731
+        mapping, {"status": {"name": status}, "resolution": {"name": resolution}}, ctx
+    )["state"]
+    assert read("Resolved", "Won't Do") == "canceled"
+    assert read("Closed", "Duplicate") == "canceled"
+    assert read("Resolved", "Done") == "resolved"  # not one it speaks for: the status stands
+    assert read("In Progress", None) == "investigating"
+
+
+def test_terminal_and_ignore_are_checked_where_they_are_written() -> None:
+    text = """\
+system: servicenow
+object_type: incident
+fields:
+  state:
+    path: state
+    values: {new: "1", closed: "7"}
+    terminal: [closed, gone]
+  title:
+    path: short_description
+    terminal: [closed]
+  severity:
+    path: priority
+    values: {SEV1: "1"}
+    unknown: ignore
+"""
+    with pytest.raises(MappingFileError) as failure:
+        parse_mapping(text, name="servicenow.yaml")
+    message = str(failure.value)
+    assert "servicenow.yaml:7 fields.state.terminal: 'gone' is not a canonical state" in message
+    assert "servicenow.yaml:10 fields.title.terminal: only the state field" in message
+    assert "servicenow.yaml:14 fields.severity.unknown: `ignore` is for a second reader" in message
+
+
+def test_the_shipped_mappings_name_their_terminal_states() -> None:
+    from mapping.registry import load_mappings
+
+    mappings = load_mappings()
+    assert mappings.get("servicenow").terminal_states == {"closed", "canceled"}
+    assert mappings.get("jira").terminal_states == {"closed", "canceled"}
+    assert mappings.terminal_states() == {"closed", "canceled"}

@@ -19,13 +19,14 @@ from sqlalchemy import Engine, event
 
 from sync import store
 from sync.queue import incident_key, mark_dirty
+from sync.store import db as store_db
 from sync.worker import QueueListener, QueueNotifier, Wakeup
 
 
 def test_a_stale_idle_postgresql_connection_is_replaced_before_use(
     fresh_url: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store, "PG_PING_AFTER_IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(store_db, "PG_PING_AFTER_IDLE_SECONDS", 0.2)
     db = store.make_engine(fresh_url("postgresql"))
     other = store.make_engine(db.url.render_as_string(hide_password=False))
     try:

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from sync import store, worker
 from sync.queue import claim, incident_key, mark_dirty
+from sync.store import audit_log as store_audit
 
 
 def _dead_pid() -> int:
@@ -82,7 +83,7 @@ def test_two_processes_loading_one_mapping_store_one_version(
             read.wait()  # with the lock, the other one never gets here meanwhile
         return found
 
-    monkeypatch.setattr(store, "mapping_versions", slow_read)
+    monkeypatch.setattr(store_audit, "mapping_versions", slow_read)
     stored: list[bool] = []
 
     def load() -> None:
@@ -99,7 +100,7 @@ def test_two_processes_loading_one_mapping_store_one_version(
         t.start()
     for t in threads:
         t.join(timeout=30)
-    monkeypatch.setattr(store, "mapping_versions", original)
+    monkeypatch.setattr(store_audit, "mapping_versions", original)
     with store.session_scope(engine, readonly=True) as s:
         versions = store.mapping_versions(s, system="jira", instance="default")
     assert [v.digest for v in versions] == ["d1"]

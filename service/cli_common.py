@@ -1,0 +1,61 @@
+"""What every ``itsm-sync`` command shares: consoles, settings, the database, and one way of
+turning the service layer's refusals into a one-line error and an exit code."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from sqlalchemy.engine import Engine
+
+from config.settings import ConfigFileError, Settings, load_settings
+from service.domain.errors import Invalid, NotFound, ServiceError
+from sync import store
+
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="YAML config file (env still wins).")
+]
+
+
+def settings_or_exit(config_file: Path | None) -> Settings:
+    try:
+        return load_settings(config_file)
+    except (ConfigFileError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+
+
+def open_db(settings: Settings) -> Engine:
+    db = store.make_engine(settings.database_url)
+    store.migrate(db)
+    return db
+
+
+def exit_code(exc: ServiceError) -> int:
+    if isinstance(exc, NotFound):
+        return 1
+    if isinstance(exc, Invalid):
+        return 2
+    return 1
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """A refusal of the service layer as ``error: <what> `` on stderr and a non-zero exit."""
+    try:
+        yield
+    except ServiceError as exc:
+        err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
+        raise typer.Exit(exit_code(exc)) from exc
+
+
+def plain(value: Any) -> str:
+    """Text that came from a ticket, safe to print: rich markup in it is shown, not applied."""
+    return escape("" if value is None else str(value))

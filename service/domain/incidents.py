@@ -1,0 +1,106 @@
+"""Incidents: find one by any of its names, what it looks like everywhere, its history, and
+what customers may read about it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlmodel import Session, func, select
+
+from mapping.model import Incident
+from service.domain.errors import Invalid, NotFound
+from service.domain.roles import Actor, Permission
+from sync import store
+from sync.queue import incident_key, mark_dirty, queue_depth
+
+MAX_PUBLIC_MESSAGE = 25_000
+
+
+def find(s: Session, *, ident: str) -> store.IncidentRow:
+    """The incident named by its canonical id or any linked key (INC0010001, OPS-12)."""
+    row = store.find_incident(s, ident.strip())
+    if row is None:
+        raise NotFound(
+            f"no incident {ident} (give a canonical id or a linked key)", field="incident"
+        )
+    return row
+
+
+def name_of(s: Session, incident_id: str) -> str:
+    """How people know it: its linked keys (INC0010001, OPS-12), or the canonical id."""
+    keys = [link.remote_key for link in store.links_of(s, incident_id) if link.remote_key]
+    return ", ".join(keys) or incident_id
+
+
+def _link(link: store.Link) -> dict[str, Any]:
+    return {
+        "system": link.system,
+        "instance": link.instance,
+        "object_type": link.object_type,
+        "key": link.remote_key,
+        "id": link.remote_id,
+        "url": link.url,
+    }
+
+
+def detail(s: Session, *, ident: str) -> dict[str, Any]:
+    row = find(s, ident=ident)
+    return {
+        "id": row.id,
+        "incident": row.data,
+        "links": [_link(link) for link in store.links_of(s, row.id)],
+    }
+
+
+def history(s: Session, *, ident: str) -> dict[str, Any]:
+    """Every remote write, conflict decision, park and replay of one incident, oldest first."""
+    row = find(s, ident=ident)
+    return {
+        "id": row.id,
+        "title": str(row.data.get("title", "")),
+        "links": [_link(link) for link in store.links_of(s, row.id)],
+        "entries": [entry.model_dump(mode="json") for entry in store.history(s, row.id)],
+    }
+
+
+def status(s: Session, *, mapping_problems: str = "") -> dict[str, Any]:
+    """The queue, parked items, links per system and the poll watermarks."""
+    links = s.exec(select(store.Link.system, func.count()).group_by(store.Link.system)).all()
+    watermarks = s.exec(select(store.Watermark)).all()
+    return {
+        "queue_depth": queue_depth(s),
+        "parked": len(store.open_parked(s)),
+        "links": {system: n for system, n in links},
+        "watermarks": {
+            f"{w.system}/{w.instance}/{w.object_type}": w.value.isoformat() if w.value else None
+            for w in watermarks
+        },
+        "mappings": mapping_problems or "ok",
+    }
+
+
+def set_public(
+    s: Session, *, ident: str, message: str, public: bool, actor: Actor
+) -> dict[str, Any]:
+    """Comms approves what customers read: the public flag and the public message."""
+    actor.require(Permission.PUBLISH)
+    message = message.strip()
+    if public and not message:
+        raise Invalid("the public message is empty: say what customers will read", field="message")
+    if len(message) > MAX_PUBLIC_MESSAGE:
+        raise Invalid(
+            f"the public message has {len(message)} characters; at most {MAX_PUBLIC_MESSAGE}",
+            field="message",
+        )
+    row = find(s, ident=ident)
+    current = Incident.model_validate(row.data)
+    updated = current.model_copy(update={"public": public, "public_message": message})
+    store.save_incident(s, row, updated.model_dump(mode="json"))
+    store.audit(
+        s, action="update", incident_id=row.id, field="public_message",
+        before=current.public_message, after=message, actor=actor.label,
+        reason="public status approved" if public else "made private",
+    )  # fmt: skip
+    mark_dirty(s, incident_key(row.id), reason="public message")
+    return {"incident": row.id, "public": public, "at": dt.datetime.now(dt.UTC).isoformat()}

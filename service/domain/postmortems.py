@@ -1,0 +1,152 @@
+"""Postmortems: action items, the closure gate and its overrides, the change manager's audit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlmodel import col, select
+
+from mapping.model import Incident
+from postmortem_tracker.models import ActionItem, Postmortem
+from postmortem_tracker.report import AuditRow, audit_rows, kpis
+from postmortem_tracker.tracker import Tracker
+from service.domain.errors import Invalid
+from service.domain.incidents import find
+from service.domain.roles import Actor, Permission
+from sync import store
+from sync.queue import incident_key, mark_dirty
+
+MAX_TITLE = 160
+
+
+def _incident(row: store.IncidentRow) -> Incident:
+    return Incident.model_validate({**row.data, "id": row.id})
+
+
+def gate(tracker: Tracker, *, ident: str) -> dict[str, Any]:
+    """May the incident close, and what is missing if not."""
+    with store.session_scope(tracker.db, readonly=True) as s:
+        row = find(s, ident=ident)
+    state = tracker.gate(_incident(row))
+    return {
+        "incident": row.id,
+        "can_close": state.open,
+        "required": state.required,
+        "missing": state.missing,
+        "overridden": state.overridden,
+        "why": state.explain(),
+    }
+
+
+def show(tracker: Tracker, *, ident: str) -> dict[str, Any]:
+    """The postmortem, its action items, their change requests and the gate."""
+    with store.session_scope(tracker.db, readonly=True) as s:
+        row = find(s, ident=ident)
+        postmortem = s.exec(select(Postmortem).where(col(Postmortem.incident_id) == row.id)).first()
+        items = list(
+            s.exec(
+                select(ActionItem)
+                .where(col(ActionItem.incident_id) == row.id)
+                .order_by(col(ActionItem.id))
+            ).all()
+        )
+    return {
+        "incident": row.id,
+        "postmortem": None
+        if postmortem is None
+        else {
+            "review": postmortem.jira_key,
+            "complete": postmortem.completed_at is not None,
+            "completed_by": postmortem.completed_by,
+        },
+        "action_items": [
+            {
+                "key": i.key, "title": i.title, "owner": i.owner, "due": str(i.due_date or ""),
+                "source": i.source, "change_request": i.change_request_number,
+                "change_request_state": i.change_request_state, "blocked": i.blocked,
+            }
+            for i in items
+        ],
+        "gate": gate(tracker, ident=row.id),
+    }  # fmt: skip
+
+
+def add_action(
+    tracker: Tracker, *, ident: str, title: str, owner: str, due: dt.date | None,
+    description: str = "", actor: Actor, source: str = "",
+) -> dict[str, Any]:  # fmt: skip
+    """Add an action item; it becomes a change request on the next reconcile."""
+    actor.require(Permission.POSTMORTEM)
+    title = title.strip()
+    if not title:
+        raise Invalid("the action item needs a title", field="title")
+    if len(title) > MAX_TITLE:
+        raise Invalid(f"the title has {len(title)} characters; at most {MAX_TITLE}", field="title")
+    with store.session_scope(tracker.db, readonly=True) as s:
+        row = find(s, ident=ident)
+    item = tracker.add_action(
+        row.id, title=title, owner=owner, due=due, description=description,
+        source=source or actor.label,
+    )  # fmt: skip
+    with store.session_scope(tracker.db) as s:
+        mark_dirty(s, incident_key(row.id), reason="action item added")
+    missing = [w for w, ok in (("an owner", item.owner), ("a due date", item.due_date)) if not ok]
+    return {"key": item.key, "title": item.title, "incident": row.id, "still_needs": missing}
+
+
+def complete(tracker: Tracker, *, ident: str, actor: Actor) -> dict[str, Any]:
+    """Mark the postmortem complete (when it has no Jira review issue)."""
+    actor.require(Permission.POSTMORTEM)
+    with store.session_scope(tracker.db) as s:
+        row = find(s, ident=ident)
+        postmortem = s.exec(select(Postmortem).where(col(Postmortem.incident_id) == row.id)).first()
+        if postmortem is None:
+            postmortem = Postmortem(incident_id=row.id)
+            s.add(postmortem)
+        postmortem.completed_at, postmortem.completed_by = store.utcnow(), actor.name
+        store.audit(
+            s, action="update", incident_id=row.id, field="postmortem", after="complete",
+            actor=actor.label,
+        )  # fmt: skip
+        mark_dirty(s, incident_key(row.id), reason="postmortem complete")
+    return {"incident": row.id, "complete": True}
+
+
+def override(tracker: Tracker, *, ident: str, reason: str, actor: Actor) -> dict[str, Any]:
+    """Let the incident close although the gate is shut: on the record, with a reason."""
+    actor.require(Permission.POSTMORTEM)
+    if len(reason.strip()) < 3:
+        raise Invalid("an override needs a reason (it is audited)", field="reason")
+    with store.session_scope(tracker.db, readonly=True) as s:
+        row = find(s, ident=ident)
+    tracker.override(row.id, reason=reason.strip(), actor=actor.label)
+    with store.session_scope(tracker.db) as s:
+        mark_dirty(s, incident_key(row.id), reason="gate override")
+    return {"incident": row.id, "overridden": True}
+
+
+def audit(
+    tracker: Tracker, *, since: dt.date | None = None, until: dt.date | None = None,
+    team: str | None = None, overdue_only: bool = False, actor: Actor,
+) -> list[AuditRow]:  # fmt: skip
+    actor.require(Permission.POSTMORTEM)
+    return audit_rows(tracker.db, since=since, until=until, team=team, overdue_only=overdue_only)
+
+
+def mtta_mttr(
+    tracker: Tracker, *, since: dt.date | None = None, until: dt.date | None = None,
+    actor: Actor,
+) -> list[dict[str, Any]]:  # fmt: skip
+    actor.require(Permission.POSTMORTEM)
+    return kpis(tracker.db, since=since, until=until)
+
+
+def parse_date(text: str | None, *, field: str) -> dt.date | None:
+    """A YYYY-MM-DD date from a form, a query or the CLI."""
+    if not text:
+        return None
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise Invalid(f"{field} {text!r}: use YYYY-MM-DD", field=field) from exc

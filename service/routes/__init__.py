@@ -1,0 +1,1 @@
+"""The HTTP routes, one router per domain; :func:`service.app.create_app` assembles them."""

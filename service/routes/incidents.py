@@ -1,0 +1,44 @@
+"""``/api/status`` and ``/api/incidents/...``: what the sync holds, and the public message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from service.domain import incidents
+from service.routes.deps import Publisher, Reader, ReadSession, RuntimeDep, WriteSession
+
+router = APIRouter(prefix="/api", tags=["incidents"])
+
+
+class PublicBody(BaseModel):
+    message: str = Field(default="", max_length=incidents.MAX_PUBLIC_MESSAGE)
+    public: bool = True
+
+
+@router.get("/status")
+def status(s: ReadSession, runtime: RuntimeDep, _: Reader) -> dict[str, Any]:
+    return incidents.status(s, mapping_problems=runtime.mapping_problems)
+
+
+@router.get("/incidents/{incident_id}")
+def incident(incident_id: str, s: ReadSession, _: Reader) -> dict[str, Any]:
+    return incidents.detail(s, ident=incident_id)
+
+
+@router.get("/incidents/{incident_id}/history")
+def incident_history(incident_id: str, s: ReadSession, _: Reader) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = incidents.history(s, ident=incident_id)["entries"]
+    return entries
+
+
+@router.post("/incidents/{incident_id}/public")
+def publish(
+    incident_id: str, body: PublicBody, s: WriteSession, actor: Publisher
+) -> dict[str, Any]:
+    """Comms approves what customers read: the public flag and the public message."""
+    return incidents.set_public(
+        s, ident=incident_id, message=body.message, public=body.public, actor=actor
+    )

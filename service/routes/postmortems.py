@@ -1,0 +1,79 @@
+"""Postmortem routes: action items, the gate and overrides, the change manager's audit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from postmortem_tracker.report import to_csv, to_dicts
+from service.domain import postmortems
+from service.routes.deps import ChangeManager, Reader, TrackerDep
+
+router = APIRouter(prefix="/api", tags=["postmortems"])
+
+
+class OverrideBody(BaseModel):
+    reason: str = Field(min_length=3, max_length=2000)
+
+
+class ActionBody(BaseModel):
+    title: str = Field(min_length=1, max_length=postmortems.MAX_TITLE)
+    owner: str = ""
+    due: dt.date | None = None
+    description: str = ""
+
+
+@router.get("/incidents/{incident_id}/gate")
+def gate_state(incident_id: str, tracker: TrackerDep, _: Reader) -> dict[str, Any]:
+    return postmortems.gate(tracker, ident=incident_id)
+
+
+@router.get("/incidents/{incident_id}/postmortem")
+def postmortem(incident_id: str, tracker: TrackerDep, _: Reader) -> dict[str, Any]:
+    return postmortems.show(tracker, ident=incident_id)
+
+
+@router.post("/incidents/{incident_id}/gate/override")
+def gate_override(
+    incident_id: str, body: OverrideBody, tracker: TrackerDep, actor: ChangeManager
+) -> dict[str, Any]:
+    return postmortems.override(tracker, ident=incident_id, reason=body.reason, actor=actor)
+
+
+@router.post("/incidents/{incident_id}/actions")
+def add_action(
+    incident_id: str, body: ActionBody, tracker: TrackerDep, actor: ChangeManager
+) -> dict[str, Any]:
+    return postmortems.add_action(
+        tracker, ident=incident_id, title=body.title, owner=body.owner, due=body.due,
+        description=body.description, actor=actor, source=f"api:{actor.label}",
+    )  # fmt: skip
+
+
+@router.get("/audit")
+def audit_report(
+    tracker: TrackerDep,
+    actor: ChangeManager,
+    since: str | None = None,
+    until: str | None = None,
+    team: str | None = None,
+    overdue: bool = False,
+    format: Literal["json", "csv"] = "json",
+) -> Response:
+    """Every action item with its change request; ``?format=csv`` for a spreadsheet."""
+    rows = postmortems.audit(
+        tracker,
+        since=postmortems.parse_date(since, field="since"),
+        until=postmortems.parse_date(until, field="until"),
+        team=team, overdue_only=overdue, actor=actor,
+    )  # fmt: skip
+    if format == "csv":
+        return Response(
+            to_csv(rows), media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="itsm-sync-audit.csv"'},
+        )  # fmt: skip
+    return JSONResponse(to_dicts(rows))

@@ -1,0 +1,247 @@
+"""What webhooks and polls told us: observations, watermarks and webhook deliveries."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+from sqlalchemy import bindparam, case
+from sqlmodel import Session, col, select, update
+
+from connectors.base import COMMENT_EVENT_KEY, JOURNAL_KEY
+from sync.store.db import (
+    DeliveryStatus,
+    ObservationSource,
+    _cap,
+    _check,
+    _fresh,
+    dialect_insert,
+    insert_for,
+    prepared,
+    utcnow,
+)
+from sync.store.tables import Observation, Watermark, WebhookDelivery
+
+
+def _observation_key() -> Any:
+    c = Observation.__table__.c  # type: ignore[attr-defined]
+    return (
+        (c.system == bindparam("k_system"))
+        & (c.instance == bindparam("k_instance"))
+        & (c.object_type == bindparam("k_object_type"))
+        & (c.remote_id == bindparam("k_remote_id"))
+    )
+
+
+def record_observation(
+    session: Session,
+    *,
+    system: str,
+    instance: str,
+    object_type: str,
+    remote_id: str,
+    version: Sequence[int],
+    fields: Mapping[str, Any],
+    source: ObservationSource,
+    remote_updated_at: dt.datetime | None = None,
+    observed_at: dt.datetime | None = None,
+) -> bool:
+    """Store the newest known state of a remote record; True when this one is newer.
+
+    An observation whose version is older than or equal to the stored one changes nothing
+    (late or duplicated webhooks, overlapping polls). Concurrent writers of one record are
+    serialised by a row lock (PostgreSQL) or the write lock (SQLite).
+    """
+    _check(source, ObservationSource, "source")
+    values: dict[str, Any] = {
+        "version": list(version),
+        "fields": dict(fields),
+        "source": source,
+        "observed_at": observed_at or utcnow(),
+        "remote_updated_at": remote_updated_at,
+    }
+    key = {"system": system, "instance": instance, "object_type": object_type}
+    table = Observation.__table__  # type: ignore[attr-defined]
+    connection = session.connection()
+    insert = prepared(
+        session,
+        "observation.insert",
+        lambda d: insert_for(d, table).on_conflict_do_nothing().returning(table.c.system),
+    )
+    inserted = connection.execute(
+        insert, {**key, "remote_id": remote_id, **values}
+    ).scalar_one_or_none()
+    if inserted is None:
+        where = {f"k_{k}": v for k, v in {**key, "remote_id": remote_id}.items()}
+        read = prepared(
+            session,
+            "observation.read",
+            lambda d: (
+                select(table.c.version, table.c.fields).where(_observation_key()).with_for_update()
+            ),
+        )
+        stored, stored_fields = connection.execute(read, where).one()
+        if tuple(version) <= tuple(stored):
+            return False
+        values["fields"] = _carry_comment_events(
+            stored_fields, _join_journal(stored, stored_fields, values["fields"])
+        )
+        write = prepared(
+            session,
+            "observation.update",
+            lambda d: update(table).where(_observation_key()),
+        )
+        connection.execute(write, {**where, **values})
+    return True
+
+
+def _join_journal(
+    stored_version: Sequence[int], stored: Mapping[str, Any], new: dict[str, Any]
+) -> dict[str, Any]:
+    """A delivery that says which comments its update added (``JOURNAL_KEY``, ServiceNow) and
+    follows right on the stored one, which said so too, says it for both: otherwise the
+    entries of the first would be lost when the second replaces it before a reconcile."""
+    later, earlier = new.get(JOURNAL_KEY), stored.get(JOURNAL_KEY)
+    if not isinstance(later, Mapping) or not isinstance(earlier, Mapping):
+        return new
+    if list(later.get("after") or []) != list(stored_version):
+        return new  # not consecutive: the reader sees the gap and reads the comments
+    entries = [*(earlier.get("entries") or []), *(later.get("entries") or [])]
+    return {**new, JOURNAL_KEY: {"after": list(earlier.get("after") or []), "entries": entries}}
+
+
+MAX_COMMENT_EVENTS = 50
+
+
+def _comment_events(fields: Mapping[str, Any]) -> list[dict[str, Any]]:
+    events = fields.get(COMMENT_EVENT_KEY)
+    return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+
+
+def _carry_comment_events(stored: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Comments delivered on their own (``COMMENT_EVENT_KEY``, Jira) stay with the record's
+    newest observation until a reconcile has seen them: a newer delivery of the record may have
+    been sent before the comment was made."""
+    events = _comment_events(stored) + _comment_events(new)
+    if not events:
+        return new
+    unique = list({str(e.get("id")): e for e in events}.values())[-MAX_COMMENT_EVENTS:]
+    return {**new, COMMENT_EVENT_KEY: unique}
+
+
+def add_comment_events(
+    session: Session,
+    *,
+    system: str,
+    instance: str,
+    object_type: str,
+    remote_id: str,
+    events: Sequence[Mapping[str, Any]],
+) -> bool:
+    """Add comments delivered on their own to the record's newest observation (its version
+    unchanged); False if there is none (then the record has to be read)."""
+    table = Observation.__table__  # type: ignore[attr-defined]
+    where = {
+        "k_system": system, "k_instance": instance, "k_object_type": object_type,
+        "k_remote_id": remote_id,
+    }  # fmt: skip
+    connection = session.connection()
+    read = prepared(
+        session,
+        "observation.fields",
+        lambda d: select(table.c.fields).where(_observation_key()).with_for_update(),
+    )
+    stored = connection.execute(read, where).scalar_one_or_none()
+    if stored is None:
+        return False
+    carried = _carry_comment_events(stored, {COMMENT_EVENT_KEY: [dict(e) for e in events]})
+    write = prepared(
+        session, "observation.update", lambda d: update(table).where(_observation_key())
+    )
+    connection.execute(write, {**where, "fields": {**stored, **carried}})
+    return True
+
+
+def latest_observation(
+    session: Session, *, system: str, instance: str, object_type: str, remote_id: str
+) -> Observation | None:
+    return _fresh(session, Observation, system, instance, object_type, remote_id)
+
+
+def get_watermark(
+    session: Session, *, system: str, instance: str, object_type: str
+) -> dt.datetime | None:
+    row = _fresh(session, Watermark, system, instance, object_type)
+    return row.value if row else None
+
+
+def set_watermark(
+    session: Session, *, system: str, instance: str, object_type: str, value: dt.datetime
+) -> dt.datetime:
+    """Advance the watermark to ``value``; never moves it backwards. Returns the stored value."""
+    now = utcnow()
+    statement = dialect_insert(session, Watermark).values(
+        system=system, instance=instance, object_type=object_type, value=value, updated_at=now
+    )
+    current = col(Watermark.value)
+    newest = case(
+        (current.is_(None), statement.excluded.value),
+        (statement.excluded.value > current, statement.excluded.value),
+        else_=current,
+    )
+    stored = session.exec(
+        statement.on_conflict_do_update(
+            index_elements=[
+                col(Watermark.system),
+                col(Watermark.instance),
+                col(Watermark.object_type),
+            ],
+            set_={"value": newest, "updated_at": now},
+        ).returning(col(Watermark.value))
+    ).scalar_one()
+    return cast(dt.datetime, stored)
+
+
+def record_delivery(
+    session: Session,
+    *,
+    system: str,
+    delivery_id: str,
+    status: DeliveryStatus,
+    reason: str = "",
+    body: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+    received_at: dt.datetime | None = None,
+) -> bool:
+    """Remember a webhook delivery; False when that delivery id was already seen (a duplicate).
+
+    Decided by INSERT .. ON CONFLICT DO NOTHING, so two receivers of one redelivery can't both
+    get True. The body is kept only for rejected/malformed deliveries (for inspection), capped
+    at 1 MiB; headers must already be stripped of secrets.
+    """
+    _check(status, DeliveryStatus, "status")
+    kept = _cap(body) if body is not None and status in ("rejected", "malformed") else None
+    table = WebhookDelivery.__table__  # type: ignore[attr-defined]
+    insert = prepared(
+        session,
+        "delivery.insert",
+        lambda d: insert_for(d, table).on_conflict_do_nothing().returning(table.c.delivery_id),
+    )
+    inserted = (
+        session.connection()
+        .execute(
+            insert,
+            {
+                "system": system,
+                "delivery_id": delivery_id,
+                "received_at": received_at or utcnow(),
+                "status": status,
+                "reason": reason,
+                "body": kept,
+                "headers": dict(headers or {}),
+            },
+        )
+        .scalar_one_or_none()
+    )
+    return inserted is not None
