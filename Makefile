@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt simulate bench chaos clean
+.PHONY: demo test test-peer lint fmt simulate bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,22 @@ bench: $(STAMP)
 # The large crash-safety runs (kill -9 mid-sync, two processes on PostgreSQL).
 chaos: $(STAMP)
 	$(BIN)/python -m pytest -m slow tests/chaos -q
+
+# The client libraries' own live-API suites (pycontribs/jira, PySNC) against the simulators,
+# extracted at pinned commits from local git directories (tests/peer/README.md); own venv.
+PEER_VENV := $(VENV)/peer
+PEER_STAMP := $(PEER_VENV)/.installed
+
+$(PEER_STAMP): pyproject.toml tests/peer/requirements.txt
+	test -x $(PEER_VENV)/bin/python || $(PY) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEER_VENV)/bin/python -m pip install -q -e '.[test]' -r tests/peer/requirements.txt
+	touch $(PEER_STAMP)
+
+test-peer:
+	$(PY) -m tests.peer.sources
+	$(MAKE) $(PEER_STAMP)
+	$(PEER_VENV)/bin/python -m tests.peer.run $(PEER_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -54,6 +54,21 @@ DEFAULT_ROLE_MEMBERS: dict[str, list[str]] = {
     "Developers": ["jira-software-users"],
     "Users": ["jira-software-users"],
 }
+# "Get available gadgets": what a dashboard may hold.
+GADGETS: list[Obj] = [
+    {
+        "moduleKey": f"com.atlassian.jira.gadgets:{name}-gadget",
+        "title": title,
+        "uri": f"rest/gadgets/1.0/g/com.atlassian.jira.gadgets:{name}-gadget/gadgets/"
+        f"{name}-gadget.xml",
+    }
+    for name, title in (("filter-results", "Filter Results"), ("assigned-to-me", "Assigned to Me"))
+]
+FILTER_GONE = (
+    "The selected filter is not available to you, perhaps it has been deleted or had its "
+    "permissions changed."
+)
+GADGET_COLORS = ("blue", "red", "yellow", "green", "cyan", "purple", "gray", "white")
 # Longest request target (path and query) a GET search may have; longer gets the edge's 414.
 MAX_URL = 8192
 VERSIONS = {"2": "2", "3": "3", "latest": "2"}
@@ -103,6 +118,32 @@ def _fail(
 
 def _not_found() -> SimHTTPError:
     return _fail(404, [NOT_FOUND])
+
+
+_UNITS = {"w": 5 * 8 * 3600, "d": 8 * 3600, "h": 3600, "m": 60}
+
+
+def _parse_duration(text: str) -> int | None:
+    """Jira durations ("1w 2d 3h 4m", a working day of 8 h and week of 5 days) in seconds."""
+    parts = text.split()
+    if not parts:
+        return None
+    total = 0
+    for part in parts:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)([wdhm])", part)
+        if m is None:
+            return None
+        total += int(float(m.group(1)) * _UNITS[m.group(2)])
+    return total
+
+
+def _duration(seconds: int) -> str:
+    out = []
+    for unit in "wdhm":
+        n, seconds = divmod(seconds, _UNITS[unit])
+        if n:
+            out.append(f"{n}{unit}")
+    return " ".join(out) or "0m"
 
 
 def _csv(values: Iterable[str]) -> list[str]:
@@ -163,7 +204,26 @@ class JiraSimulator(Simulator):
             "remotelink": 10000,
             "link": 10000,
             "attachment": 10000,
+            "worklog": 10000,
+            "filter": 10000,
+            "dashboard": 10000,
+            "gadget": 10000,
             "project": {},
+        }
+        self.filters_by_id: dict[str, Obj] = {}
+        # Every site has the system dashboard (id 10000).
+        self.dashboards_by_id: dict[str, Obj] = {
+            "10000": {
+                "id": "10000",
+                "name": "Default dashboard",
+                "description": "",
+                "owner": None,
+                "sharePermissions": [{"type": "global"}],
+                "editPermissions": [],
+                "systemDashboard": True,
+                "gadgets": [],
+                "refreshMs": 0,
+            }
         }
         self.files: dict[str, str] = {}  # attachment id -> content, base64
         self._burst = {}
@@ -176,6 +236,8 @@ class JiraSimulator(Simulator):
             "links": copy.deepcopy(self.links),
             "counters": copy.deepcopy(self.counters),
             "files": dict(self.files),
+            "filters": copy.deepcopy(self.filters_by_id),
+            "dashboards": copy.deepcopy(self.dashboards_by_id),
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -186,6 +248,8 @@ class JiraSimulator(Simulator):
         self.links = copy.deepcopy(dict(state.get("links") or {}))
         self.counters.update(copy.deepcopy(dict(state.get("counters") or {})))
         self.files = dict(state.get("files") or {})
+        self.filters_by_id.update(copy.deepcopy(dict(state.get("filters") or {})))
+        self.dashboards_by_id.update(copy.deepcopy(dict(state.get("dashboards") or {})))
 
     def default_seed(self) -> Obj:
         return dict(json.loads(FIXTURE.read_text()))
@@ -566,7 +630,7 @@ class JiraSimulator(Simulator):
         api("/project/{projectIdOrKey}", ["GET", "DELETE"], self.project)
         api("/project/{projectIdOrKey}/components", ["GET"], self.project_components)
         api("/project/{projectIdOrKey}/statuses", ["GET"], self.project_statuses)
-        api("/component/{id}", ["GET"], self.component)
+        api("/component/{id}", ["GET", "PUT", "DELETE"], self.component)
         api("/issuetype", ["GET"], self.issuetypes)
         api("/issuetype/{id}", ["GET"], self.issuetype)
         api("/status", ["GET"], self.statuses)
@@ -613,6 +677,37 @@ class JiraSimulator(Simulator):
         api("/issuesecurityschemes", ["GET"], self.issue_security_schemes)
         api("/projectCategory", ["GET"], self.project_categories)
         api("/comment/list", ["POST"], self.comment_list)
+        api("/filter", ["POST"], self.filters)
+        api("/filter/favourite", ["GET"], self.favourite_filters)
+        api("/filter/{id}", ["GET", "PUT", "DELETE"], self.filter_item)
+        api("/dashboard", ["GET", "POST"], self.dashboards)
+        api("/dashboard/gadgets", ["GET"], self.available_gadgets)
+        api("/dashboard/{id}", ["GET", "PUT", "DELETE"], self.dashboard)
+        api("/dashboard/{id}/copy", ["POST"], self.copy_dashboard)
+        api("/dashboard/{id}/gadget", ["GET", "POST"], self.gadgets)
+        api("/dashboard/{id}/gadget/{gadgetId}", ["PUT", "DELETE"], self.gadget)
+        api("/dashboard/{id}/items/{itemId}/properties", ["GET"], self.item_property_keys)
+        api(
+            "/dashboard/{id}/items/{itemId}/properties/{propertyKey}",
+            ["GET", "PUT", "DELETE"],
+            self.item_property,
+        )
+        self.route("/rest/internal/{version}/dashboards/{id}/automatic-refresh-ms", ["PUT"])(
+            self.dashboard_refresh
+        )
+        api("/statuscategory/{idOrKey}", ["GET"], self.statuscategory)
+        api("/project/{projectIdOrKey}/role", ["GET"], self.project_roles)
+        api("/project/{projectIdOrKey}/versions", ["GET"], self.project_versions)
+        api("/version", ["POST"], self.create_version)
+        api("/version/{id}", ["GET", "PUT", "DELETE"], self.version)
+        api("/component", ["POST"], self.create_component)
+        api("/attachment/meta", ["GET"], self.attachment_meta)
+        api("/issue/{issueIdOrKey}/votes", ["GET", "POST", "DELETE"], self.votes)
+        api("/issue/{issueIdOrKey}/worklog", ["GET", "POST"], self.worklogs)
+        api("/issue/{issueIdOrKey}/worklog/{id}", ["GET", "PUT", "DELETE"], self.worklog)
+        api("/group", ["GET"], self.group)
+        api("/groups/picker", ["GET"], self.groups_picker)
+        api("/user/viewissue/search", ["GET"], self.viewissue_search)
         api("/issue/{issueIdOrKey}/attachments", ["POST"], self.add_attachments)
         api("/attachment/{id}", ["GET", "DELETE"], self.attachment)
         api("/attachment/content/{id}", ["GET"], self.attachment_content)
@@ -1052,7 +1147,7 @@ class JiraSimulator(Simulator):
             ],
             "issueTypes": [self.catalog.render_issuetype(t, ctx) for t in project["issuetypes"]],
             "assigneeType": "UNASSIGNED",
-            "versions": [],
+            "versions": [self._render_version(v, ctx) for v in project.get("versions", [])],
             "roles": {
                 r["name"]: f"{ctx.api}/project/{project['id']}/role/{r['id']}"
                 for r in self.catalog.data["roles"]
@@ -1070,7 +1165,11 @@ class JiraSimulator(Simulator):
         ctx = self._ctx(req)
         if req.method == "POST":
             return self._create_project(req, ctx)
-        return _json([self._render_project_full(p, ctx) for p in self.catalog.data["projects"]])
+        rows = [self._render_project_full(p, ctx) for p in self.catalog.data["projects"]]
+        if "projectKeys" in self._expand(req):
+            for row in rows:
+                row["projectKeys"] = [row["key"]]
+        return _json(rows)
 
     def _create_project(self, req: SimRequest, ctx: Ctx) -> Response:
         """POST /project (needs Administer Jira): a project with the site's issue types, the
@@ -1149,9 +1248,12 @@ class JiraSimulator(Simulator):
             return self._delete_project(
                 req, self._project_or_404(req.path_params["projectIdOrKey"])
             )
-        return _json(
-            self._render_project_full(self._project_or_404(req.path_params["projectIdOrKey"]), ctx)
+        out = self._render_project_full(
+            self._project_or_404(req.path_params["projectIdOrKey"]), ctx
         )
+        if "projectKeys" in self._expand(req):
+            out["projectKeys"] = [out["key"]]
+        return _json(out)
 
     def project_components(self, req: SimRequest) -> Response:
         ctx = self._ctx(req)
@@ -1181,10 +1283,250 @@ class JiraSimulator(Simulator):
 
     def component(self, req: SimRequest) -> Response:
         ctx = self._ctx(req)
-        out = self.catalog.render_component(req.path_params["id"], ctx, full=True)
-        if out is None:
-            raise _fail(404, [f"The component with id {req.path_params['id']} does not exist."])
-        return _json(out)
+        cid = req.path_params["id"]
+        found = self.catalog.component_by_id(cid)
+        if found is None:
+            raise _fail(404, [f"The component with id {cid} does not exist."])
+        project, comp = found
+        if req.method == "DELETE":
+            project["components"].remove(comp)
+            for issue in self.issues.values():
+                if cid in issue["fields"].get("components", []):
+                    issue["fields"]["components"].remove(cid)
+            return Response(status_code=204)
+        if req.method == "PUT":
+            body = self._obj_body(req)
+            name = str(body.get("name") or comp["name"])
+            if any(c["name"] == name and c is not comp for c in project["components"]):
+                raise _fail(400, [], {"name": f"The component name '{name}' is not valid"})
+            comp["name"] = name
+            if "description" in body:
+                comp["description"] = str(body.get("description") or "")
+        return _json(self.catalog.render_component(cid, ctx, full=True))
+
+    def create_component(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        body = self._obj_body(req)
+        ref = body.get("project") or body.get("projectId")
+        project = self.catalog.project(str(ref or ""))
+        if project is None:
+            raise _fail(400, [], {"project": "The project is not valid."})
+        name = str(body.get("name") or "")
+        if not name or any(c["name"] == name for c in project["components"]):
+            raise _fail(400, [], {"name": f"The component name '{name}' is not valid"})
+        ids = [int(c["id"]) for p in self.catalog.data["projects"] for c in p["components"]]
+        comp = {
+            "id": str(max([9999, *ids]) + 1),
+            "name": name,
+            "description": str(body.get("description") or ""),
+        }
+        kind = str(body.get("assigneeType") or "PROJECT_DEFAULT")
+        if kind not in ("PROJECT_DEFAULT", "COMPONENT_LEAD", "PROJECT_LEAD", "UNASSIGNED"):
+            raise _fail(400, [], {"assigneeType": f"The assignee type {kind} is not valid."})
+        comp["assigneeType"] = kind
+        project["components"].append(comp)
+        return _json(self.catalog.render_component(comp["id"], ctx, full=True), 201)
+
+    def statuscategory(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        ref = req.path_params["idOrKey"]
+        for c in STATUS_CATEGORIES.values():
+            if str(c["id"]) == ref or c["key"] == ref:
+                return _json({"self": f"{ctx.api}/statuscategory/{c['id']}", **c})
+        raise _fail(404, [f"No status category with id or key {ref} was found."])
+
+    def project_roles(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        project = self._project_or_404(req.path_params["projectIdOrKey"])
+        return _json(
+            {
+                r["name"]: f"{ctx.api}/project/{project['id']}/role/{r['id']}"
+                for r in self.catalog.data["roles"]
+            }
+        )
+
+    def attachment_meta(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        return _json({"enabled": True, "uploadLimit": 10485760})
+
+    # -- versions -----------------------------------------------------------------------------
+
+    def _render_version(self, v: Obj, ctx: Ctx) -> Obj:
+        out: Obj = {
+            "self": f"{ctx.api}/version/{v['id']}",
+            "id": v["id"],
+            "name": v["name"],
+            "archived": v["archived"],
+            "released": v["released"],
+            "projectId": int(v["projectId"]),
+        }
+        for k in ("description", "releaseDate", "startDate"):
+            if v.get(k):
+                out[k] = v[k]
+        return out
+
+    def _find_version(self, vid: str) -> tuple[Obj, Obj]:
+        for p in self.catalog.data["projects"]:
+            for v in p.get("versions", []):
+                if v["id"] == vid:
+                    return p, v
+        raise _fail(404, [f"Could not find version for id '{vid}'"])
+
+    def _version_fields(self, body: Obj, project: Obj, current: Obj | None) -> Obj:
+        name = str(body.get("name") or (current or {}).get("name") or "")
+        if not name:
+            raise _fail(400, [], {"name": "You must specify a valid version name"})
+        if any(v["name"] == name and v is not current for v in project.get("versions", [])):
+            raise _fail(
+                400, [], {"name": "A version with this name already exists in this project."}
+            )
+        out: Obj = {"name": name}
+        for k in ("description", "releaseDate", "startDate"):
+            if k in body:
+                out[k] = body[k]
+        for k in ("archived", "released"):
+            if k in body:
+                out[k] = bool(body[k])
+        return out
+
+    def create_version(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        body = self._obj_body(req)
+        project = self.catalog.project(str(body.get("projectId") or body.get("project") or ""))
+        if project is None:
+            raise _fail(400, [], {"project": "Project must be specified to create a version."})
+        ids = [int(v["id"]) for p in self.catalog.data["projects"] for v in p.get("versions", [])]
+        v = {
+            "id": str(max([9999, *ids]) + 1),
+            "projectId": project["id"],
+            "archived": False,
+            "released": False,
+            **self._version_fields(body, project, None),
+        }
+        project.setdefault("versions", []).append(v)
+        return _json(self._render_version(v, ctx), 201)
+
+    def version(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        project, v = self._find_version(req.path_params["id"])
+        if req.method == "DELETE":
+            project["versions"].remove(v)
+            return Response(status_code=204)
+        if req.method == "PUT":
+            v.update(self._version_fields(self._obj_body(req), project, v))
+        return _json(self._render_version(v, ctx))
+
+    def project_versions(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        project = self._project_or_404(req.path_params["projectIdOrKey"])
+        return _json([self._render_version(v, ctx) for v in project.get("versions", [])])
+
+    # -- votes and worklogs -------------------------------------------------------------------
+
+    def votes(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        issue = self._issue_or_404(req)
+        voters: list[str] = issue.setdefault("votes", [])
+        if req.method == "POST":
+            if issue["fields"].get("reporter") == ctx.user:
+                raise _fail(404, ["You cannot vote for an issue you have reported."])
+            if ctx.user not in voters:
+                voters.append(str(ctx.user))
+            return Response(status_code=204)
+        if req.method == "DELETE":
+            if ctx.user in voters:
+                voters.remove(str(ctx.user))
+            return Response(status_code=204)
+        return _json(
+            {
+                "self": f"{ctx.api}/issue/{issue['key']}/votes",
+                "votes": len(voters),
+                "hasVoted": ctx.user in voters,
+                "voters": [self.catalog.render_user(u, ctx) for u in voters],
+            }
+        )
+
+    def _render_worklog(self, issue: Obj, w: Obj, ctx: Ctx) -> Obj:
+        out: Obj = {
+            "self": f"{ctx.api}/issue/{issue['id']}/worklog/{w['id']}",
+            "author": self.catalog.render_user(w["author"], ctx),
+            "updateAuthor": self.catalog.render_user(w["updateAuthor"], ctx),
+            "created": times.fmt(w["created"], ctx.tz),
+            "updated": times.fmt(w["updated"], ctx.tz),
+            "started": times.fmt(w["started"], ctx.tz),
+            "timeSpent": _duration(w["seconds"]),
+            "timeSpentSeconds": w["seconds"],
+            "id": w["id"],
+            "issueId": issue["id"],
+        }
+        if w.get("comment") is not None:
+            out["comment"] = (
+                adf.to_adf(w["comment"]) if ctx.version == "3" else adf.to_text(w["comment"])
+            )
+        return out
+
+    def _worklog_fields(self, body: Obj, current: Obj | None) -> Obj:
+        out: Obj = {}
+        if "timeSpentSeconds" in body:
+            out["seconds"] = int(body["timeSpentSeconds"])
+        elif "timeSpent" in body:
+            seconds = _parse_duration(str(body["timeSpent"]))
+            if seconds is None:
+                raise _fail(400, [], {"timeLogged": "Invalid time duration entered."})
+            out["seconds"] = seconds
+        elif current is None:
+            raise _fail(400, [], {"timeLogged": "You must indicate the time spent working."})
+        if "comment" in body:
+            out["comment"] = body["comment"]
+        if "started" in body:
+            started = times.parse(str(body["started"])) if body["started"] else None
+            if started is None:
+                raise _fail(400, [], {"started": "Invalid date format."})
+            out["started"] = started
+        return out
+
+    def worklogs(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        issue = self._issue_or_404(req)
+        logs: list[Obj] = issue.setdefault("worklogs", [])
+        if req.method == "GET":
+            return _json(
+                {
+                    "startAt": 0,
+                    "maxResults": len(logs),
+                    "total": len(logs),
+                    "worklogs": [self._render_worklog(issue, w, ctx) for w in logs],
+                }
+            )
+        now = times.now_ms()
+        w = {
+            "id": self._next("worklog"),
+            "author": ctx.user,
+            "updateAuthor": ctx.user,
+            "created": now,
+            "updated": now,
+            "started": now,
+            "comment": None,
+            **self._worklog_fields(self._obj_body(req), None),
+        }
+        logs.append(w)
+        issue["fields"]["updated"] = now
+        return _json(self._render_worklog(issue, w, ctx), 201)
+
+    def worklog(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        issue = self._issue_or_404(req)
+        logs: list[Obj] = issue.setdefault("worklogs", [])
+        w = next((x for x in logs if x["id"] == req.path_params["id"]), None)
+        if w is None:
+            raise _fail(404, ["Cannot find worklog with id: " + req.path_params["id"]])
+        if req.method == "DELETE":
+            logs.remove(w)
+            return Response(status_code=204)
+        if req.method == "PUT":
+            w.update(self._worklog_fields(self._obj_body(req), w))
+            w.update(updateAuthor=ctx.user, updated=times.now_ms())
+        return _json(self._render_worklog(issue, w, ctx))
 
     # -- field metadata -----------------------------------------------------------------------
 
@@ -1422,9 +1764,15 @@ class JiraSimulator(Simulator):
                 "isWatching": ctx.user in issue["watchers"],
             }
         if fid == "votes":
-            return {"self": f"{ctx.api}/issue/{issue['key']}/votes", "votes": 0, "hasVoted": False}
+            voters = issue.get("votes", [])
+            return {
+                "self": f"{ctx.api}/issue/{issue['key']}/votes",
+                "votes": len(voters),
+                "hasVoted": ctx.user in voters,
+            }
         if fid == "worklog":
-            return {"startAt": 0, "maxResults": 20, "total": 0, "worklogs": []}
+            logs = [self._render_worklog(issue, w, ctx) for w in issue.get("worklogs", [])]
+            return {"startAt": 0, "maxResults": 20, "total": len(logs), "worklogs": logs[:20]}
         if fid in ("progress", "aggregateprogress"):
             return {"progress": 0, "total": 0}
         if fid == "timetracking":
@@ -2477,6 +2825,361 @@ class JiraSimulator(Simulator):
 
     def _visible_comments(self, issue: Obj, ctx: Ctx) -> list[Obj]:
         return [c for c in issue["comments"] if self._can_see(issue, c, str(ctx.user))]
+
+    # -- filters and dashboards ---------------------------------------------------------------
+
+    def _render_filter(self, f: Obj, ctx: Ctx) -> Obj:
+        return {
+            "self": f"{ctx.api}/filter/{f['id']}",
+            "id": f["id"],
+            "name": f["name"],
+            "owner": self._owner(f["owner"], ctx),
+            "jql": f["jql"],
+            "viewUrl": f"{ctx.base}/issues/?filter={f['id']}",
+            "searchUrl": f"{ctx.api}/search?jql={quote(f['jql'])}",
+            "favourite": str(ctx.user) in f["favouritedBy"],
+            "favouritedCount": len(f["favouritedBy"]),
+            "sharePermissions": f["sharePermissions"],
+            "editPermissions": [],
+        } | ({"description": f["description"]} if f["description"] else {})
+
+    def _filter_fields(self, body: Obj, ctx: Ctx, current: Obj | None) -> Obj:
+        name = str(body.get("name") or (current or {}).get("name") or "")
+        if not name:
+            raise _fail(400, [], {"filterName": "You must specify a name to save this filter as."})
+        clash = [
+            f
+            for f in self.filters_by_id.values()
+            if f["name"] == name and f["owner"] == ctx.user and f is not current
+        ]
+        if clash:
+            raise _fail(400, [], {"filterName": "Filter with same name already exists."})
+        jql_text = str(body.get("jql") if "jql" in body else (current or {}).get("jql", ""))
+        self._run_jql(jql_text, ctx)  # an invalid JQL is refused with the search's own error
+        return {
+            "name": name,
+            "description": str(body.get("description") or ""),
+            "jql": jql_text,
+            "sharePermissions": list(body.get("sharePermissions") or []),
+        }
+
+    def filters(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        fields = self._filter_fields(self._obj_body(req), ctx, None)
+        fid = self._next("filter")
+        f = {"id": fid, "owner": ctx.user, "favouritedBy": [], **fields}
+        if self._obj_body(req).get("favourite"):
+            f["favouritedBy"].append(ctx.user)
+        self.filters_by_id[fid] = f
+        return _json(self._render_filter(f, ctx))
+
+    def favourite_filters(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        mine = [f for f in self.filters_by_id.values() if ctx.user in f["favouritedBy"]]
+        return _json([self._render_filter(f, ctx) for f in mine])
+
+    def filter_item(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        f = self.filters_by_id.get(req.path_params["id"])
+        if f is None:
+            raise _fail(400, [FILTER_GONE])
+        if req.method == "GET":
+            return _json(self._render_filter(f, ctx))
+        if f["owner"] != ctx.user:  # Jira answers 400 here, not 403 (the spec lists no 403)
+            raise _fail(400, ["Only the owner of a filter can change it."])
+        if req.method == "DELETE":
+            del self.filters_by_id[f["id"]]
+            return Response(status_code=204)
+        body = self._obj_body(req)
+        f.update(self._filter_fields(body, ctx, f))
+        if "favourite" in body:
+            f["favouritedBy"] = [u for u in f["favouritedBy"] if u != ctx.user]
+            if body["favourite"]:
+                f["favouritedBy"].append(ctx.user)
+        return _json(self._render_filter(f, ctx))
+
+    def _render_dashboard(self, d: Obj, ctx: Ctx) -> Obj:
+        out: Obj = {
+            "id": d["id"],
+            "isFavourite": False,
+            "name": d["name"],
+            "popularity": 0,
+            "self": f"{ctx.api}/dashboard/{d['id']}",
+            "sharePermissions": d["sharePermissions"],
+            "editPermissions": d["editPermissions"],
+            "view": f"{ctx.base}/jira/dashboards/{d['id']}",
+            "systemDashboard": d["systemDashboard"],
+        }
+        if d["description"]:
+            out["description"] = d["description"]
+        if d["owner"]:
+            out["owner"] = self._owner(d["owner"], ctx)
+        return out
+
+    def _owner(self, account_id: str, ctx: Ctx) -> Obj:
+        """A filter's or dashboard's owner: the short user bean those resources embed."""
+        user = self.catalog.render_user(account_id, ctx) or {}
+        keep = ("self", "accountId", "displayName", "active", "avatarUrls")
+        return {k: user[k] for k in keep if k in user}
+
+    def _dashboard_or_404(self, req: SimRequest) -> Obj:
+        did = req.path_params["id"]
+        d = self.dashboards_by_id.get(did)
+        if d is None:
+            raise _fail(404, [f"The dashboard with id '{did}' does not exist."])
+        return d
+
+    @staticmethod
+    def _share(perms: Any) -> list[Obj]:
+        # Jira stores "authenticated" (any logged-in user) as "loggedin".
+        out = []
+        for p in perms or []:
+            p = dict(p) if isinstance(p, Mapping) else {}
+            if p.get("type") == "authenticated":
+                p["type"] = "loggedin"
+            out.append(p)
+        return out
+
+    def _dashboard_fields(self, body: Obj) -> Obj:
+        name = str(body.get("name") or "")
+        if not name:
+            raise _fail(400, ["The name of the dashboard must be specified."])
+        return {
+            "name": name,
+            "description": str(body.get("description") or ""),
+            "sharePermissions": self._share(body.get("sharePermissions")),
+            "editPermissions": self._share(body.get("editPermissions")),
+        }
+
+    def dashboards(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        if req.method == "POST":
+            d: Obj = {"id": self._next("dashboard"), "owner": ctx.user, "systemDashboard": False}
+            d.update(gadgets=[], refreshMs=0, **self._dashboard_fields(self._obj_body(req)))
+            self.dashboards_by_id[d["id"]] = d
+            return _json(self._render_dashboard(d, ctx))
+        rows = sorted(self.dashboards_by_id.values(), key=lambda d: int(d["id"]))
+        if req.arg("filter") == "my":
+            rows = [d for d in rows if d["owner"] == ctx.user]
+        elif req.arg("filter") == "favourite":
+            rows = []
+        start = max(0, _int_arg(req, "startAt", 0))
+        limit = max(1, min(_int_arg(req, "maxResults", 20), 1000))
+        page = rows[start : start + limit]
+        out: Obj = {
+            "startAt": start,
+            "maxResults": limit,
+            "total": len(rows),
+            "dashboards": [self._render_dashboard(d, ctx) for d in page],
+        }
+        if start + limit < len(rows):
+            out["next"] = f"{ctx.api}/dashboard?startAt={start + limit}&maxResults={limit}"
+        return _json(out)
+
+    def dashboard(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        d = self._dashboard_or_404(req)
+        if req.method == "GET":
+            return _json(self._render_dashboard(d, ctx))
+        if d["systemDashboard"] or d["owner"] != ctx.user:
+            raise _fail(403, ["You do not have permission to edit this dashboard."])
+        if req.method == "DELETE":
+            del self.dashboards_by_id[d["id"]]
+            return Response(status_code=204)
+        d.update(self._dashboard_fields(self._obj_body(req)))
+        return _json(self._render_dashboard(d, ctx))
+
+    def copy_dashboard(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        src = self._dashboard_or_404(req)
+        new = {
+            "id": self._next("dashboard"),
+            "owner": ctx.user,
+            "systemDashboard": False,
+            "refreshMs": 0,
+            **self._dashboard_fields(self._obj_body(req)),
+        }
+        new["gadgets"] = [
+            {**copy.deepcopy(g), "id": int(self._next("gadget"))} for g in src["gadgets"]
+        ]
+        self.dashboards_by_id[new["id"]] = new
+        return _json(self._render_dashboard(new, ctx))
+
+    def dashboard_refresh(self, req: SimRequest) -> Response:
+        d = self._dashboard_or_404(req)
+        body = self._obj_body(req)
+        d["refreshMs"] = int(body.get("automaticRefreshMs") or 0)
+        return Response(status_code=204)
+
+    def available_gadgets(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        return _json({"gadgets": [dict(g) for g in GADGETS]})
+
+    @staticmethod
+    def _render_gadget(g: Obj) -> Obj:
+        out: Obj = {k: g[k] for k in ("id", "color", "position", "title") if k in g}
+        for k in ("moduleKey", "uri"):
+            if g.get(k):
+                out[k] = g[k]
+        return out
+
+    def gadgets(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        d = self._dashboard_or_404(req)
+        if req.method == "GET":
+            return _json({"gadgets": [self._render_gadget(g) for g in d["gadgets"]]})
+        body = self._obj_body(req)
+        uri, module = body.get("uri"), body.get("moduleKey") or body.get("module_key")
+        if bool(uri) == bool(module):
+            raise _fail(
+                400, ["Either the uri or the moduleKey of the gadget must be given, not both."]
+            )
+        known = next(
+            (g for g in GADGETS if g.get("uri") == uri or g.get("moduleKey") == module), None
+        )
+        if known is None and not body.get("ignoreUriAndModuleKeyValidation"):
+            raise _fail(400, ["The gadget's uri or moduleKey is not valid."])
+        color = str(body.get("color") or "blue")
+        if color not in GADGET_COLORS:
+            raise _fail(400, [f"The color {color} is not a valid gadget color."])
+        position = body.get("position") or {"row": len(d["gadgets"]), "column": 0}
+        g = {
+            "id": int(self._next("gadget")),
+            "color": color,
+            "position": position,
+            "title": str(body.get("title") or (known or {}).get("title") or ""),
+            "uri": uri,
+            "moduleKey": module,
+            "properties": {},
+        }
+        d["gadgets"].append(g)
+        return _json(self._render_gadget(g))
+
+    def _gadget_or_404(self, d: Obj, gid: str) -> Obj:
+        g = next((g for g in d["gadgets"] if str(g["id"]) == gid), None)
+        if g is None:
+            raise _fail(
+                404,
+                [f"The gadget with id {gid} does not exist on the dashboard with id {d['id']}."],
+            )
+        return g
+
+    def gadget(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        d = self._dashboard_or_404(req)
+        g = self._gadget_or_404(d, req.path_params["gadgetId"])
+        if req.method == "DELETE":
+            d["gadgets"].remove(g)
+            return Response(status_code=204)
+        body = self._obj_body(req)
+        if "color" in body and body["color"] not in GADGET_COLORS:
+            raise _fail(400, [f"The color {body['color']} is not a valid gadget color."])
+        for k in ("color", "position", "title"):
+            if k in body:
+                g[k] = body[k]
+        return Response(status_code=204)
+
+    def item_property_keys(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        d = self._dashboard_or_404(req)
+        g = self._gadget_or_404(d, req.path_params["itemId"])
+        base = f"{ctx.api}/dashboard/{d['id']}/items/{g['id']}/properties"
+        return _json(
+            {"keys": [{"key": k, "self": f"{base}/{quote(k, safe='')}"} for k in g["properties"]]}
+        )
+
+    def item_property(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        d = self._dashboard_or_404(req)
+        g = self._gadget_or_404(d, req.path_params["itemId"])
+        key = req.path_params["propertyKey"]
+        if req.method == "GET":
+            if key not in g["properties"]:
+                raise _fail(404, [f"The property with key '{key}' does not exist."])
+            return _json({"key": key, "value": g["properties"][key]})
+        if req.method == "DELETE":
+            if g["properties"].pop(key, None) is None:
+                raise _fail(404, [f"The property with key '{key}' does not exist."])
+            return Response(status_code=204)
+        created = key not in g["properties"]
+        g["properties"][key] = self._body(req)
+        return _json({"key": key, "value": g["properties"][key]}, 201 if created else 200)
+
+    # -- groups -------------------------------------------------------------------------------
+
+    def group(self, req: SimRequest) -> Response:
+        ctx = self._ctx(req)
+        name = req.arg("groupname") or ""
+        g = self.catalog.group(name)
+        if g is None:
+            raise _fail(404, ["Specified group does not exist."])
+        members = [
+            u for u in self.catalog.data["users"].values() if g["name"] in u.get("groups", [])
+        ]
+        items = (
+            [self.catalog.render_user(u["accountId"], ctx) for u in members]
+            if "users" in self._expand(req)
+            else []
+        )
+        return _json(
+            {
+                "name": g["name"],
+                "groupId": g["groupId"],
+                "self": f"{ctx.api}/group?groupId={g['groupId']}",
+                "users": {
+                    "size": len(members),
+                    "items": items,
+                    "max-results": 50,
+                    "start-index": 0,
+                    "end-index": max(0, len(items) - 1),
+                },
+                "expand": "users",
+            }
+        )
+
+    def groups_picker(self, req: SimRequest) -> Response:
+        self._ctx(req)
+        query = (req.arg("query") or "").lower()
+        exclude = set(req.args("exclude"))
+        rows = [
+            g
+            for g in self.catalog.data["groups"]
+            if query in g["name"].lower() and g["name"] not in exclude
+        ]
+        limit = max(0, _int_arg(req, "maxResults", 20))
+        shown = rows[:limit]
+        return _json(
+            {
+                "header": f"Showing {len(shown)} of {len(rows)} matching groups",
+                "total": len(rows),
+                "groups": [
+                    {"name": g["name"], "html": g["name"], "groupId": g["groupId"], "labels": []}
+                    for g in shown
+                ],
+            }
+        )
+
+    def viewissue_search(self, req: SimRequest) -> Response:
+        """Users who may see an issue (or a project's issues) matching ``query``."""
+        ctx = self._ctx(req)
+        if req.arg("issueKey") is None and req.arg("projectKey") is None:
+            raise _fail(400, ["Either the issueKey or the projectKey must be given."])
+        if req.arg("issueKey") is not None and self._find_issue(req.arg("issueKey")) is None:
+            raise _not_found()
+        if req.arg("projectKey") is not None:
+            self._project_or_404(str(req.arg("projectKey")))
+        query = (req.arg("query") or "").lower()
+        users = [
+            u
+            for u in self.catalog.data["users"].values()
+            if u.get("active", True)
+            and (query in u["displayName"].lower() or query in u.get("emailAddress", "").lower())
+        ]
+        start = max(0, _int_arg(req, "startAt", 0))
+        limit = max(0, _int_arg(req, "maxResults", 50))
+        return _json(
+            [self.catalog.render_user(u["accountId"], ctx) for u in users[start : start + limit]]
+        )
 
     # -- attachments --------------------------------------------------------------------------
 

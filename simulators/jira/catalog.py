@@ -617,7 +617,7 @@ class Catalog:
         if full:
             out.update(
                 description=c.get("description", ""),
-                assigneeType="PROJECT_DEFAULT",
+                assigneeType=c.get("assigneeType", "PROJECT_DEFAULT"),
                 realAssigneeType="PROJECT_DEFAULT",
                 isAssigneeTypeValid=False,
                 project=project["key"],
