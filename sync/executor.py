@@ -290,7 +290,7 @@ class Executor:
             written[path] = value
             after = self._transition(connector, ref, path, value, fields, known)
         source = target.source
-        ours, theirs = self._attribute(connector, ref, held, after, written)
+        ours, theirs, alone = self._attribute(connector, ref, held, after, written)
         read_paths = {f.path for f in target.mapping.fields if f.reads}
         shadow = {**held.held, **written}
         touched_fields = {c.field for c in ours}
@@ -299,7 +299,13 @@ class Executor:
             # priority ServiceNow derived) is ours, not a change by someone; except where the
             # incident has no value of its own (close notes ServiceNow's resolve wanted): then
             # it is read in on the next pass, rather than blanked as "not the incident's".
-            if path.split(".", 1)[0] not in touched_fields and theirs:
+            if alone:  # ours was the only update since we read it: whatever moved is ours
+                moved = normal(get_path(held.observed, path)) != normal(
+                    get_path(after.fields, path)
+                )
+            else:
+                moved = path.split(".", 1)[0] in touched_fields
+            if not moved:
                 continue
             names = {f.canonical for f in target.mapping.fields if f.reads and f.path == path}
             if any(self.values.get(name) not in (None, "", ()) for name in names):
@@ -375,11 +381,11 @@ class Executor:
         held: _Held,
         after: RemoteRecord,
         written: Mapping[str, Any],
-    ) -> tuple[list[FieldChange], list[FieldChange]]:
-        """The record's updates since our read: (ours, someone else's). The connector names
-        the updates its write made; the rest came from someone else, between our read and our
-        write. A system whose answer carries no history has an update counter: moved by one,
-        the only update was ours; by more, its history is read."""
+    ) -> tuple[list[FieldChange], list[FieldChange], bool]:
+        """The record's updates since our read: (ours, someone else's, whether ours was the
+        only one). The connector names the updates its write made; the rest came from someone
+        else, between our read and our write. A system whose answer carries no history has an
+        update counter: moved by one, the only update was ours; by more, its history is read."""
         mine = {str(u) for u in after.fields.get(OUR_UPDATES_KEY) or []}
         known_ids = {c.id for c in held.history}
         read_at = _time_of(held.observed)
@@ -389,12 +395,13 @@ class Executor:
             if c.id not in known_ids and (read_at is None or c.at > read_at)
         ]
         before, moved = list(held.version), list(after.version)
-        counted = len(before) == 1 and len(moved) == 1
-        if not new and counted and Capability.FIELD_HISTORY in connector.capabilities:
+        # An answer without history (ServiceNow's): its version is an update counter.
+        counted = FIELD_CHANGES_KEY not in after.fields and len(before) == len(moved) == 1
+        if counted and Capability.FIELD_HISTORY in connector.capabilities:
             if moved[0] == before[0]:
-                return [], []  # nothing changed: no update at all
+                return [], [], True  # nothing changed: no update at all
             if moved[0] - before[0] == 1:
-                return [_counter(after, path) for path in written], []
+                return [_counter(after, path) for path in written], [], True
             # Someone else updated it between our read and our write: whose was what.
             new = [
                 c
@@ -403,7 +410,7 @@ class Executor:
             ]
         ours = [c for c in new if c.update in mine]
         theirs = [c for c in new if c.update not in mine]
-        return ours, theirs
+        return ours, theirs, False
 
     def _observe(self, s: Any, record: RemoteRecord, history: list[FieldChange]) -> None:
         fields = {k: v for k, v in record.fields.items() if k != OUR_UPDATES_KEY}
