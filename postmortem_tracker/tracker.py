@@ -106,6 +106,10 @@ class Tracker:
             return
         severity = incident.severity.value if incident.severity else ""
         why = f"{self.settings.required_when} held"
+        with store.session_scope(self.db, readonly=True) as s:
+            row = s.get(Requirement, incident.id)
+            if row is not None and row.severity <= severity and not incident.parent:
+                return  # latched already, at this severity or a higher one: nothing to write
         with store.session_scope(self.db) as s:
             self._latch(s, incident.id, severity, why)
             if incident.parent:
