@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.base import Capability, FieldChange, RemoteComment, RemoteRef
+from connectors.base import FIELD_CHANGES_KEY, Capability, FieldChange, RemoteComment, RemoteRef
 from mapping.conditions import Condition
 from mapping.engine import (
     applies,
@@ -150,6 +150,16 @@ class Record:
         if self.observed is None:
             return False
         return self.shadow is None or list(self.version or ()) > list(self.shadow_version or ())
+
+    @property
+    def one_update(self) -> bool:
+        """The record changed by exactly one update since we looked (its update counter moved
+        by one, on a system whose records carry no history): that update's time is the time
+        of every change it holds."""
+        if FIELD_CHANGES_KEY in (self.observed or {}):
+            return False
+        now, then = list(self.version or ()), list(self.shadow_version or ())
+        return len(now) == len(then) == 1 and now[0] - then[0] == 1
 
     def ours(self) -> set[str]:
         return {str(u) for u in (self.shadow or {}).get(OURS_KEY) or []}
@@ -471,7 +481,7 @@ def _change(
         if entries:
             return Change(record, value, entries[-1].at, precise=True)
         at = record.observed_at or snap.now
-        return Change(record, value, at, precise=False)
+        return Change(record, value, at, precise=record.one_update)
     # The record shows the value we hold, but its history may tell of an edit made just
     # before our own write overwrote it: newer than our value's own change, it wins.
     stamp = snap.incident.changed.get(name)
