@@ -345,9 +345,23 @@ def test_pairs_linked_by_hand_are_linked_not_duplicated(desk: Desk) -> None:
 def test_duplicates_follow_their_parent(desk: Desk) -> None:
     parent, key = _linked_p1(desk, "Checkout down")
     child = desk.open_p1("Checkout broken for me", parent_incident=parent["sys_id"])
+    # One opened on its own first (it got its Jira issue), then found to be a duplicate.
+    late = desk.open_p1("Checkout 500s")
+    desk.sync()
+    late_key = next(
+        i["key"]
+        for i in desk.jira_issues("project = OPS AND issuetype = Incident", "summary")
+        if i["fields"]["summary"] == "Checkout 500s"
+    )
+    desk.patch(late["sys_id"], parent_incident=parent["sys_id"])
     desk.sync()
     notes = [c["body"] for c in desk.comments(key) if "Duplicate ticket" in c["body"]]
-    assert notes and child["number"] in notes[0]
+    assert len(notes) == 2 and child["number"] in notes[0] and late["number"] in notes[1]
+    links = desk.issue(key)["fields"]["issuelinks"]
+    assert [(x["type"]["name"], (x.get("inwardIssue") or x.get("outwardIssue"))["key"])
+            for x in links] == [("Duplicate", late_key)]  # fmt: skip
     desk.patch(parent["sys_id"], state="6", close_code="Solution provided", close_notes="fixed")
     desk.sync(rounds=3)
     assert desk.sn_record(child["sys_id"])["state"] == "6"
+    assert desk.sn_record(late["sys_id"])["state"] == "6"
+    assert desk.issue(late_key)["fields"]["status"]["name"] == "Resolved"
