@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+import httpx
 import pytest
 
 from connectors.servicenow.connector import plain
@@ -14,6 +15,7 @@ from mapping.engine import applies, build_incident, from_canonical, to_canonical
 from mapping.model import Comment, Impact, Incident, Severity, State
 from mapping.registry import load_mappings
 from mapping.transforms import TransformContext
+from simulators.runner import SimulatorCluster
 from tests.contracts import CONTRACTS
 
 MAPPINGS = load_mappings()
@@ -193,3 +195,22 @@ def test_statuspage_default_is_public_only() -> None:
 )
 def test_statuspage_default_skips_what_does_not_warrant_it(incident: Incident) -> None:
     assert not applies(MAPPINGS.get("statuspage"), incident)
+
+
+@pytest.mark.parametrize("severity", ["SEV1", "SEV2", "SEV3", "SEV4"])
+def test_severity_maps_to_the_priority_of_the_same_number_and_back(
+    severity: str, sims: SimulatorCluster
+) -> None:
+    """SEV1..SEV4 are P1..P4 in ServiceNow (the standard impact x urgency matrix, which the
+    instance derives the priority from), and P1..P4 read back as the same severity."""
+    mapping = load_mappings().get("servicenow")
+    ctx = TransformContext(system="servicenow")
+    patch = from_canonical(mapping, Incident(title="x", severity=Severity(severity)), ctx)
+    r = httpx.post(
+        f"{sims.urls['servicenow']}/api/now/table/incident", auth=("admin", "admin"),
+        json={"short_description": "matrix", "impact": patch["impact"], "urgency": patch["urgency"]},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    priority = r.json()["result"]["priority"]
+    assert priority == severity[-1]
+    assert to_canonical(mapping, {"priority": priority}, ctx)["severity"] == severity
