@@ -115,6 +115,26 @@ class SyncSettings(BaseModel):
     duplicates_follow_parent: bool = True
 
 
+SeverityName = Literal["SEV1", "SEV2", "SEV3", "SEV4"]
+
+
+class CommsSettings(BaseModel):
+    """The communication rhythm a major incident owes (docs/communications.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Minutes between updates an incident owes, per severity; a severity not listed owes none.
+    cadence_minutes: dict[SeverityName, float] = Field(
+        default_factory=lambda: dict[SeverityName, float]({"SEV1": 15.0, "SEV2": 30.0})
+    )
+    # Whether an internal comment (a work note, a restricted Jira comment) counts as an
+    # update; a public one (a status page update, a customer-visible comment) always does.
+    internal_updates_count: bool = False
+    # Who hears of two missed updates in a row: a group or a person (a name or an email).
+    escalate_to: str = "the incident manager on call"
+    check_seconds: float = Field(default=60.0, gt=0)  # how often `run` checks what is due
+
+
 class PostmortemSettings(BaseModel):
     """The postmortem tracker: which incidents need one, where action items come from."""
 
@@ -172,6 +192,7 @@ class Settings(BaseSettings):
     instances: Instances = Field(default_factory=Instances)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     postmortem: PostmortemSettings = Field(default_factory=PostmortemSettings)
+    comms: CommsSettings = Field(default_factory=CommsSettings)
     # ITSM_SYNC_API_TOKENS='[{"name": "desk", "token": "...", "role": "viewer"}]'
     api_tokens: list[ApiToken] = Field(default_factory=list)
     database_url: str = "sqlite:///./itsm-sync.db"

@@ -54,7 +54,7 @@ def _coerce(canonical: str, value: Any) -> Any:
         if isinstance(value, list | tuple):
             return tuple(str(v) for v in value if v not in (None, ""))
         return (str(value),)
-    if canonical == "public":
+    if canonical in ("public", "public_forced"):
         return value if isinstance(value, bool) else str(value).lower() == "true"
     if isinstance(value, dt.datetime | dt.date):
         return value
@@ -95,6 +95,10 @@ def to_canonical(
     # Main readers first, then those that refine them (``unknown: ignore``).
     for f in sorted((f for f in mapping.fields if f.reads), key=lambda f: f.refines):
         where = f"{mapping.system} {f.path} -> {f.canonical}"
+        # A refining reader's `when` is checked against what the main readers read.
+        gated = f.refines and f.when is not None
+        if gated and not f.when.evaluate({**dict.fromkeys(CANONICAL_FIELDS), **out}):  # type: ignore[union-attr]
+            continue
         raw = get_path(fields, f.path)
         try:
             value = f.transform.to_canonical(raw, _ctx(ctx, f, out)) if f.transform else raw

@@ -94,6 +94,9 @@ class Incident(Frozen):
     customer_impact: Impact = Impact.NONE
     public: bool = False
     public_message: str = ""
+    # Comms published it although it is below the status page's threshold (`public --force`,
+    # audited with the reason): the Statuspage mapping's `when` lets it through.
+    public_forced: bool = False
     labels: tuple[str, ...] = ()
     started_at: dt.datetime | None = None
     resolved_at: dt.datetime | None = None
@@ -127,6 +130,7 @@ CANONICAL_FIELDS: dict[str, tuple[str, ...] | None] = {
     "customer_impact": tuple(i.value for i in Impact),
     "public": ("true", "false"),
     "public_message": None,
+    "public_forced": ("true", "false"),
     "labels": None,
     "started_at": None,
     "resolved_at": None,

@@ -87,6 +87,9 @@ class MappingFileModel(BaseModel):
     object_type: str
     when: str | None = None
     description: str = ""
+    # For a system that mirrors only some incidents (`when`): the text its record is closed
+    # with when an incident stops matching (downgraded, made private).
+    withdraw_message: str | None = None
     fields: dict[str, list[dict[str, Any]]]  # each validated as a FieldFile on its own
 
 
@@ -196,6 +199,7 @@ class Mapping:
     source: str = ""  # the file's text, stored with every accepted version
     path: str = ""
     description: str = ""
+    withdraw_message: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -347,6 +351,7 @@ def parse_mapping(text: str, *, name: str = "<mapping>", path: str = "") -> Mapp
         source=text,
         path=path,
         description=model.description,
+        withdraw_message=model.withdraw_message or "",
     )
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from config.logging import setup_logging
 from config.settings import Settings
+from mapping.registry import MappingSet, load_mappings
 from service.cli_common import (
     ConfigOption,
     cli_errors,
@@ -31,6 +32,16 @@ from sync.pairing import pair_unlinked
 from sync.poller import POLLED, poll_all, poll_once, results_table
 from sync.queue import queue_depth
 from sync.worker import drain, notify_workers
+
+
+def mappings_or_exit(settings: Settings) -> MappingSet:
+    from mapping.spec import MappingFileError
+
+    try:
+        return load_mappings(settings.mappings_dir)
+    except MappingFileError as exc:
+        err.print(f"[red]the mappings are invalid:[/red]\n{plain(exc)}")
+        raise typer.Exit(2) from exc
 
 
 def runtime_or_exit(settings: Settings) -> Runtime:
@@ -358,15 +369,24 @@ def register(app: typer.Typer) -> None:
         incident: Annotated[str, typer.Argument(help="Canonical id or a linked key.")],
         message: Annotated[str, typer.Option(help="What customers will read.")] = "",
         off: Annotated[bool, typer.Option("--off", help="Make it private again.")] = False,
+        force: Annotated[
+            str,
+            typer.Option(
+                "--force",
+                help="Publish although it is below what the status page shows; why (audited).",
+            ),
+        ] = "",
         config_file: ConfigOption = None,
     ) -> None:
         """Approve the public status of an incident (comms): the status page follows."""
         settings = settings_or_exit(config_file)
         db = open_db(settings)
+        mappings = mappings_or_exit(settings)
         with cli_errors(), store.session_scope(db) as s:
             incidents.set_public(
-                s, ident=incident, message=message, public=not off, actor=Actor.cli()
-            )
+                s, ident=incident, message=message, public=not off, actor=Actor.cli(),
+                mappings=mappings, force=force,
+            )  # fmt: skip
         if settings.sync.pg_notify:
             notify_workers(db)
         console.print(f"{incident}: {'private' if off else 'public'}; queued for the status page")

@@ -204,19 +204,22 @@ class Executor:
                 if Capability.FIELDS_ON_TRANSITION in connector.capabilities:
                     pending = op  # goes with the transition that follows, if one does
                     continue
-                self.write(target, held, fields=op.fields)
+                self.write(target, held, fields=op.fields, reason=op.reason)
             elif isinstance(op, Transition):
                 fields = dict(pending.fields) if pending else {}
                 pending = None
-                self.write(target, held, fields=fields, state=(op.path, op.value), known=op.known)
+                self.write(
+                    target, held, fields=fields, state=(op.path, op.value), known=op.known,
+                    reason=op.reason,
+                )  # fmt: skip
             elif isinstance(op, Post):
                 if pending is not None:
-                    self.write(target, held, fields=pending.fields)
+                    self.write(target, held, fields=pending.fields, reason=pending.reason)
                     pending = None
                 self.post(op, held)
         if pending is not None:
             held = records[pending.target]
-            self.write(target, held, fields=pending.fields)  # type: ignore[arg-type]
+            self.write(target, held, fields=pending.fields, reason=pending.reason)  # type: ignore[arg-type]
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -275,6 +278,7 @@ class Executor:
         fields: Mapping[str, Any] | None = None,
         state: tuple[str, Any] | None = None,
         known: Mapping[str, Any] | None = None,
+        reason: str = "brought in line with the incident",
     ) -> None:
         """One write (an update, a transition, or both where the system takes both at once),
         then the shadow, the observation and the audit."""
@@ -331,7 +335,7 @@ class Executor:
                     s, action="transition" if state and path == state[0] else "update",
                     incident_id=self.incident_id, system=link.system, instance=link.instance,
                     remote_id=link.remote_id, field=path, before=jsonable(held.held.get(path)),
-                    after=jsonable(value), reason="brought in line with the incident",
+                    after=jsonable(value), reason=reason,
                 )  # fmt: skip
             for change in theirs:
                 store.audit(

@@ -34,6 +34,7 @@ marker, and comment bodies made inert where the target would render markup live.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -262,6 +263,7 @@ class Create(Op):
 @dataclass(frozen=True)
 class Update(Op):
     fields: Mapping[str, Any]  # flat paths -> wanted values
+    reason: str = "brought in line with the incident"
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,7 @@ class Transition(Op):
     path: str
     value: Any
     known: Mapping[str, Any] = field(default_factory=dict)
+    reason: str = "brought in line with the incident"
 
 
 @dataclass(frozen=True)
@@ -637,7 +640,10 @@ def _rank(status: Any) -> int:
 def desired(incident: Incident, target: Target, snap: Snapshot) -> dict[str, Any]:
     """The flat {path: value} this target should hold for ``incident``."""
     mapping = target.mapping
-    view = incident.model_copy(update={"parent": snap.parent_remote.get(target.key, "")})
+    update: dict[str, Any] = {"parent": snap.parent_remote.get(target.key, "")}
+    if _stale_message(incident):
+        update["public_message"] = ""  # approved for an earlier stage: this stage's own text
+    view = incident.model_copy(update=update)
     nested = from_canonical(mapping, view, target.context)
     present = _paths(nested)
     flat: dict[str, Any] = {}
@@ -656,6 +662,40 @@ def desired(incident: Incident, target: Target, snap: Snapshot) -> dict[str, Any
     return flat
 
 
+def _stale_message(incident: Incident) -> bool:
+    """The public message was approved before the incident reached its current state."""
+    message, state = incident.changed.get("public_message"), incident.changed.get("state")
+    return message is not None and state is not None and message.at < state.at
+
+
+def withdrawn(
+    incident: Incident, target: Target, snap: Snapshot, held: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What an output-only record shows once the incident no longer matches its mapping
+    (downgraded, made private): resolved, with the mapping's closing text, its components
+    back to normal (unless another open incident still affects them). Nothing once done."""
+    mapping = target.mapping
+    out: dict[str, Any] = {}
+    for f in mapping.fields:
+        if not f.writes:
+            continue
+        if f.canonical == "state" and f.values is not None:
+            out[f.path] = f.values.to_remote(State.RESOLVED.value, f"{mapping.system} {f.path}")
+        elif f.canonical == "public_message" and mapping.withdraw_message:
+            out[f.path] = mapping.withdraw_message
+        elif f.transform is not None and f.transform.name == PAGE_WIDE:
+            mine = held.get(f.path)
+            normal_status = str(f.args.get("resolved") or "operational")
+            if isinstance(mine, dict):
+                out[f.path] = _shared(
+                    dict.fromkeys(mine, normal_status), snap.shared.get(target.key) or {}
+                )
+    state_path = target.state_path()
+    if state_path and normal(held.get(state_path)) == normal(out.get(state_path)):
+        return {}  # resolved already: it stays as it is
+    return out
+
+
 def _shared(mine: Any, others: Mapping[str, str]) -> Any:
     """A page-wide status: while another open incident affects it, the worse of the two."""
     if not isinstance(mine, dict):
@@ -670,7 +710,13 @@ def _shared(mine: Any, others: Mapping[str, str]) -> Any:
 def _same(target: Target, path: str, wanted: Any, held: Any) -> bool:
     if normal(wanted) == normal(held):
         return True
-    readers = [f for f in target.mapping.fields if f.reads and f.path == path]
+    # Equal if they read as the same canonical values (a refiner's `when`, which depends on
+    # other fields, does not apply: this compares the values of this one path).
+    readers = [
+        dataclasses.replace(f, when=None)
+        for f in target.mapping.fields
+        if f.reads and f.path == path
+    ]
     if not readers or held is None:
         return False
     m = target.mapping
@@ -750,9 +796,15 @@ def _create(incident: Incident, target: Target, snap: Snapshot, policy: Policy) 
 def _writes(
     incident: Incident, target: Target, snap: Snapshot, held: Mapping[str, Any]
 ) -> list[Op]:
-    if not applies(target.mapping, incident) and not target.source:
-        return []  # an output-only target (the status page) the incident no longer matches
-    wanted = desired(incident, target, snap)
+    reason = "brought in line with the incident"
+    if applies(target.mapping, incident) or target.source:
+        wanted = desired(incident, target, snap)
+    else:
+        # An output-only target (the status page) the incident no longer matches.
+        wanted = withdrawn(incident, target, snap, held)
+        reason = (
+            "no longer matches the status page's rule (downgraded or made private): closed there"
+        )
     patch = {p: v for p, v in wanted.items() if not _same(target, p, v, held.get(p))}
     if not patch:
         return []
@@ -760,10 +812,10 @@ def _writes(
     ops: list[Op] = []
     state = patch.pop(state_path) if state_path and state_path in patch else None
     if patch:
-        ops.append(Update(target.key, patch))
+        ops.append(Update(target.key, patch, reason))
     if state is not None and state_path is not None:
         known = {p: v for p, v in wanted.items() if p != state_path and v not in (None, "")}
-        ops.append(Transition(target.key, state_path, state, known))
+        ops.append(Transition(target.key, state_path, state, known, reason))
     return ops
 
 

@@ -3,17 +3,19 @@ what customers may read about it."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from sqlmodel import Session, func, select
 
-from mapping.model import Incident
+from mapping.engine import applies
+from mapping.model import Incident, Stamp
+from mapping.registry import MappingSet
 from service.domain.errors import Conflict, Invalid, NotFound
 from service.domain.roles import Actor, Permission
 from sync import pairing, store
 from sync.queue import incident_key, mark_dirty, queue_depth
 from sync.reconcile import Reconciler
+from sync.store import utcnow
 
 MAX_PUBLIC_MESSAGE = 25_000
 
@@ -82,9 +84,14 @@ def status(s: Session, *, mapping_problems: str = "") -> dict[str, Any]:
 
 
 def set_public(
-    s: Session, *, ident: str, message: str, public: bool, actor: Actor
-) -> dict[str, Any]:
-    """Comms approves what customers read: the public flag and the public message."""
+    s: Session, *, ident: str, message: str, public: bool, actor: Actor,
+    mappings: MappingSet | None = None, force: str = "",
+) -> dict[str, Any]:  # fmt: skip
+    """Comms approves what customers read: the public flag and the public message.
+
+    An incident below what the status page shows (its mapping's ``when``: SEV1-SEV2 by
+    default) is refused with the reason, unless ``force`` gives a reason to publish it anyway
+    (audited)."""
     actor.require(Permission.PUBLISH)
     message = message.strip()
     if public and not message:
@@ -95,16 +102,36 @@ def set_public(
             field="message",
         )
     row = find(s, ident=ident)
-    current = Incident.model_validate(row.data)
-    updated = current.model_copy(update={"public": public, "public_message": message})
+    current = Incident.model_validate({**row.data, "id": row.id})
+    wanted = current.model_copy(update={"public": public, "public_message": message})
+    forced = False
+    if public and mappings is not None:
+        pages = [m for m in mappings if not any(f.reads for f in m.fields) and m.when]
+        below = [m for m in pages if not applies(m, wanted)]
+        if below and not force.strip():
+            rule = below[0].when.source if below[0].when else ""
+            raise Invalid(
+                f"{ident} is {current.severity.value if current.severity else 'without a severity'}"
+                f", below what the status page shows ({rule}); give --force with a reason "
+                "to publish it anyway",
+                field="force",
+            )
+        forced = bool(below)
+    now = utcnow()
+    stamps = {**current.changed, "public_message": Stamp(at=now, system="comms")}
+    updated = wanted.model_copy(
+        update={"public_forced": forced or (public and current.public_forced), "changed": stamps}
+    )
     store.save_incident(s, row, updated.model_dump(mode="json"))
+    reason = "public status approved" if public else "made private"
+    if forced:
+        reason = f"published below the status page's threshold: {force.strip()}"
     store.audit(
         s, action="update", incident_id=row.id, field="public_message",
-        before=current.public_message, after=message, actor=actor.label,
-        reason="public status approved" if public else "made private",
+        before=current.public_message, after=message, actor=actor.label, reason=reason,
     )  # fmt: skip
     mark_dirty(s, incident_key(row.id), reason="public message")
-    return {"incident": row.id, "public": public, "at": dt.datetime.now(dt.UTC).isoformat()}
+    return {"incident": row.id, "public": public, "forced": forced, "at": now.isoformat()}
 
 
 def link(reconciler: Reconciler, *, first: str, second: str, actor: Actor) -> dict[str, Any]:

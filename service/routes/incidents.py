@@ -21,6 +21,8 @@ class LinkBody(BaseModel):
 class PublicBody(BaseModel):
     message: str = Field(default="", max_length=incidents.MAX_PUBLIC_MESSAGE)
     public: bool = True
+    # Publish although it is below what the status page shows: why (audited).
+    force: str = Field(default="", max_length=2000)
 
 
 @router.get("/status")
@@ -41,12 +43,13 @@ def incident_history(incident_id: str, s: ReadSession, _: Reader) -> list[dict[s
 
 @router.post("/incidents/{incident_id}/public")
 def publish(
-    incident_id: str, body: PublicBody, s: WriteSession, actor: Publisher
+    incident_id: str, body: PublicBody, s: WriteSession, runtime: RuntimeDep, actor: Publisher
 ) -> dict[str, Any]:
     """Comms approves what customers read: the public flag and the public message."""
     return incidents.set_public(
-        s, ident=incident_id, message=body.message, public=body.public, actor=actor
-    )
+        s, ident=incident_id, message=body.message, public=body.public, actor=actor,
+        mappings=runtime.mappings, force=body.force,
+    )  # fmt: skip
 
 
 @router.post("/links")

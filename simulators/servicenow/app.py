@@ -41,6 +41,9 @@ TABLES: dict[str, list[str]] = {
     "incident": COMMON + TASK + [
         "caller_id", "category", "hold_reason", "resolved_at", "resolved_by",
         "parent_incident", "reopen_count", "problem_id", "incident_state",
+        # A custom choice field an admin adds for the communication stage (identified,
+        # monitoring): docs/communications.md.
+        "u_comms_status",
     ],
     "change_request": COMMON + TASK + ["type", "due_date", "start_date", "end_date"],
     # The problem table as shaped since the Madrid state model (New 101 ... Closed 107).

@@ -6,104 +6,19 @@ is ``sync`` (poll, then drain the queue), so the order of events is the test's o
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from connectors.http import reset_buckets
 from service.domain import incidents as incidents_domain
 from service.domain import parked
 from service.domain.errors import Conflict
 from service.domain.roles import Actor
-from service.harness import settings_for
-from service.runtime import Runtime
-from simulators.runner import SimulatorCluster
 from sync import store
 from sync.pairing import pair_unlinked
 from sync.poller import poll_all
-from sync.worker import drain
-from tests.systems import Systems
-
-SN_TABLE = "/api/now/table/incident"
-
-
-class Desk(Systems):
-    """People on both sides, and the engine run one round at a time."""
-
-    def __init__(self, sims: SimulatorCluster, rt: Runtime) -> None:
-        super().__init__(sims, timeout=10)
-        self.rt = rt
-
-    def sync(self, rounds: int = 2) -> None:
-        for _ in range(rounds):
-            poll_all(self.rt.db, self.rt.connectors)
-            drain(self.rt.reconciler, threads=1, timeout=60)
-
-    def patch(self, sys_id: str, **fields: Any) -> dict[str, Any]:
-        r = self.sn.patch(f"{SN_TABLE}/{sys_id}", json=fields)
-        assert r.status_code == 200, r.text
-        return dict(r.json()["result"])
-
-    def issue(self, key: str) -> dict[str, Any]:
-        return dict(self.jira.get(f"/rest/api/2/issue/{key}").json())
-
-    def edit(self, key: str, **fields: Any) -> None:
-        r = self.jira.put(f"/rest/api/2/issue/{key}", json={"fields": fields})
-        assert r.status_code == 204, r.text
-
-    def incident_issue(self) -> dict[str, Any]:
-        [issue] = self.jira_issues("project = OPS AND issuetype = Incident", "*all")
-        return issue
-
-    def journal(self, sys_id: str) -> list[dict[str, Any]]:
-        return list(
-            self.sn.get(
-                "/api/now/table/sys_journal_field",
-                params={"sysparm_query": f"element_id={sys_id}^ORDERBYsys_created_on"},
-            ).json()["result"]
-        )
-
-    def comments(self, key: str) -> list[dict[str, Any]]:
-        return list(self.jira.get(f"/rest/api/2/issue/{key}/comment").json()["comments"])
-
-    def parked(self) -> list[store.Parked]:
-        with store.session_scope(self.rt.db, readonly=True) as s:
-            return store.open_parked(s)
-
-    def fault(self, system: str, **rule: Any) -> None:
-        httpx.post(
-            f"{self.sims.urls[system]}/_sim/faults", json={"rules": [rule]}
-        ).raise_for_status()
-
-    def during_next_write(self, system: str, route: str, edit: Callable[[], None]) -> None:
-        """One round in which the engine's next ``route`` call on ``system`` takes 1.5 s to be
-        applied, and ``edit`` (a person's) lands in the middle of it."""
-        self.fault(system, route=route, latency_ms=1500, count=1)
-        worker = threading.Thread(target=drain, args=(self.rt.reconciler,), kwargs={"threads": 1})
-        worker.start()
-        time.sleep(0.7)
-        edit()
-        worker.join(timeout=60)
-
-
-@pytest.fixture
-def desk(empty_sims: SimulatorCluster, tmp_path: Path) -> Iterator[Desk]:
-    reset_buckets()
-    settings = settings_for(
-        empty_sims, f"sqlite:///{tmp_path / 'itsm-sync.db'}", statuspage={"requests_per_second": 50}
-    )
-    rt = Runtime(settings)
-    d = Desk(empty_sims, rt)
-    try:
-        yield d
-    finally:
-        rt.stop()
-        d.close()
+from tests.e2e.conftest import SN_TABLE, Desk
 
 
 def _linked_p1(desk: Desk, title: str = "Checkout down") -> tuple[dict[str, Any], str]:

@@ -1,0 +1,168 @@
+"""The update rhythm a major incident owes: reminders when an update is due, escalation when
+two are missed.
+
+Per severity (``comms.cadence_minutes``: SEV1 every 15 minutes, SEV2 every 30 by default) an
+open incident owes an update. An update is a public one — comms approving a public message
+(the status page posts it), a customer-visible comment on any side — or, with
+``comms.internal_updates_count``, an internal one too. When one is due and none came, the
+incident gets an internal reminder naming its assignee, which the engine posts as a ServiceNow
+work note and a restricted Jira comment (never a public comment, never the status page). After
+two missed updates in a row it escalates to ``comms.escalate_to``. Each reminder has an id made
+of the incident and the due time, so a check run twice (or by two processes) reminds once.
+
+Pure functions of the incident and a time, plus :func:`check`, which the worker process runs
+every ``comms.check_seconds`` with the time passed in (tests pass their own clock).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from config.settings import CommsSettings
+from mapping.model import Comment, Incident, State, Visibility
+from sync import store
+from sync.queue import incident_key, mark_dirty
+
+log = logging.getLogger("itsm_sync.cadence")
+OPEN = (State.NEW, State.INVESTIGATING, State.IDENTIFIED, State.MONITORING)
+ORIGIN = "itsm-sync:cadence"
+
+
+def period(incident: Incident, settings: CommsSettings) -> dt.timedelta | None:
+    """How often the incident owes an update (None: it owes none)."""
+    if incident.state not in OPEN or incident.severity is None:
+        return None
+    minutes = settings.cadence_minutes.get(incident.severity.value)
+    return dt.timedelta(minutes=minutes) if minutes else None
+
+
+def updates(incident: Incident, settings: CommsSettings) -> Iterable[dt.datetime]:
+    """When the incident got the updates that count."""
+    message = incident.changed.get("public_message")
+    if incident.public and message is not None:
+        yield message.at
+    for comment in incident.comments:
+        if comment.created_at is None or comment.origin.startswith("itsm-sync:"):
+            continue
+        if comment.visibility is Visibility.PUBLIC or settings.internal_updates_count:
+            yield comment.created_at
+
+
+def last_update(incident: Incident, settings: CommsSettings, opened: dt.datetime) -> dt.datetime:
+    """The newest update that counts, or the incident's start if none came yet."""
+    start = incident.started_at or opened
+    return max([start, *updates(incident, settings)])
+
+
+def next_update_due(
+    incident: Incident, settings: CommsSettings, opened: dt.datetime
+) -> dt.datetime | None:
+    every = period(incident, settings)
+    return None if every is None else last_update(incident, settings, opened) + every
+
+
+def reminders(
+    incident: Incident, settings: CommsSettings, opened: dt.datetime, now: dt.datetime
+) -> list[Comment]:
+    """The reminders the incident is owed at ``now`` and does not have yet."""
+    every = period(incident, settings)
+    if every is None:
+        return []
+    due = last_update(incident, settings, opened) + every
+    if now < due:
+        return []
+    have = {c.id for c in incident.comments}
+    who = incident.assignee or "the assignee"
+    stamp = due.isoformat(timespec="minutes")
+    severity = incident.severity.value if incident.severity else ""
+    out = [
+        Comment(
+            id=f"cadence:{incident.id}:{stamp}",
+            body=(
+                f"Update due: this {severity} incident owes an update every "
+                f"{every.total_seconds() / 60:g} minutes and the last one was at "
+                f"{(due - every).isoformat(timespec='minutes')}. {who}, please post an update "
+                "(a public message for the status page, or a comment for the customer)."
+            ),
+            visibility=Visibility.INTERNAL,
+            origin=ORIGIN,
+            created_at=now,
+        )
+    ]
+    if now >= due + every:  # the second one is missed too
+        out.append(
+            Comment(
+                id=f"cadence-escalation:{incident.id}:{stamp}",
+                body=(
+                    f"Two updates missed (due at {stamp} and "
+                    f"{(due + every).isoformat(timespec='minutes')}): escalating to "
+                    f"{settings.escalate_to}. {who} is assigned."
+                ),
+                visibility=Visibility.INTERNAL,
+                origin=ORIGIN,
+                created_at=now,
+            )
+        )
+    return [c for c in out if c.id not in have]
+
+
+def check(db: Engine, settings: CommsSettings, *, now: dt.datetime | None = None) -> int:
+    """Give every open incident the reminders it is owed; returns how many were added."""
+    now = now or store.utcnow()
+    added = 0
+    with store.session_scope(db, readonly=True) as s:
+        rows = s.exec(
+            select(
+                store.IncidentRow.id, store.IncidentRow.data, store.IncidentRow.created_at
+            ).where(col(store.IncidentRow.data)["state"].as_string().in_([x.value for x in OPEN]))
+        ).all()
+    for incident_id, data, opened in rows:
+        incident = Incident.model_validate({**data, "id": incident_id})
+        new = reminders(incident, settings, opened, now)
+        if not new:
+            continue
+        try:
+            with store.session_scope(db) as s:
+                row = store.get_incident(s, incident_id)
+                if row is None:
+                    continue
+                fresh = Incident.model_validate({**row.data, "id": incident_id})
+                new = [c for c in new if c.id not in {x.id for x in fresh.comments}]
+                if not new:
+                    continue
+                updated = fresh.model_copy(update={"comments": (*fresh.comments, *new)})
+                store.save_incident(s, row, updated.model_dump(mode="json"))
+                for comment in new:
+                    store.audit(
+                        s, action="comment", incident_id=incident_id, field="update_cadence",
+                        reason=comment.body.split(":", 1)[0].lower(),
+                    )  # fmt: skip
+                mark_dirty(s, incident_key(incident_id), reason="update due")
+        except store.StaleIncident:
+            continue  # saved meanwhile: the next check sees it
+        added += len(new)
+    if added:
+        log.info("%d update reminder(s) added", added)
+    return added
+
+
+def overdue(db: Engine, settings: CommsSettings, *, now: dt.datetime | None = None) -> int:
+    """How many open incidents owe an update now (the ``incidents_update_overdue`` gauge)."""
+    now = now or store.utcnow()
+    with store.session_scope(db, readonly=True) as s:
+        rows = s.exec(
+            select(
+                store.IncidentRow.id, store.IncidentRow.data, store.IncidentRow.created_at
+            ).where(col(store.IncidentRow.data)["state"].as_string().in_([x.value for x in OPEN]))
+        ).all()
+    count = 0
+    for incident_id, data, opened in rows:
+        incident = Incident.model_validate({**data, "id": incident_id})
+        due = next_update_due(incident, settings, opened)
+        count += due is not None and due <= now
+    return count

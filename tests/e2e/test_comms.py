@@ -1,0 +1,133 @@
+"""Incident communications (issue 18): the status page follows the incident through every
+stage, is closed when the incident stops being public, never shows an empty update, and only
+the roles that may publish can."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from service.domain import incidents
+from service.domain.errors import Invalid
+from service.domain.roles import Actor
+from sync import store
+from tests.e2e.conftest import TOKENS, Desk, World
+
+JIRA_COMMS = "customfield_10020"
+
+
+def _publish(desk: Desk, number: str, message: str, **kwargs: Any) -> dict[str, Any]:
+    with store.session_scope(desk.rt.db) as s:
+        return incidents.set_public(
+            s, ident=number, message=message, public=kwargs.pop("public", True),
+            actor=Actor.cli(), mappings=desk.rt.mappings, **kwargs,
+        )  # fmt: skip
+
+
+def _page(desk: Desk) -> dict[str, Any]:
+    [incident] = desk.sp.get("/incidents").json()  # the simulators start empty
+    return dict(incident)
+
+
+def _checkout(desk: Desk) -> str:
+    return next(c["status"] for c in desk.sp.get("/components").json() if c["name"] == "Checkout")
+
+
+def _updates(desk: Desk) -> list[tuple[str, str]]:
+    return [(u["status"], u["body"]) for u in reversed(_page(desk)["incident_updates"])]
+
+
+def test_the_page_walks_every_stage_and_never_posts_an_empty_update(desk: Desk) -> None:
+    inc = desk.open_p1("Checkout down")
+    desk.patch(inc["sys_id"], state="2")
+    desk.sync(rounds=1)
+    _publish(desk, inc["number"], "Some customers cannot check out.")
+    desk.sync()
+    assert _page(desk)["status"] == "investigating" and _checkout(desk) == "major_outage"
+    desk.patch(inc["sys_id"], u_comms_status="identified")  # the desk: cause found
+    desk.sync()
+    key = desk.incident_issue()["key"]
+    assert desk.issue(key)["fields"][JIRA_COMMS]["value"] == "Identified"
+    desk.edit(key, **{JIRA_COMMS: {"value": "Monitoring"}})  # the engineer: fix deployed
+    desk.sync()
+    assert desk.sn_record(inc["sys_id"])["u_comms_status"] == "monitoring"
+    desk.patch(inc["sys_id"], state="6", close_code="Solution provided", close_notes="rolled back")
+    desk.sync()
+    assert desk.sn_record(inc["sys_id"])["u_comms_status"] == ""  # cleared once resolved
+    assert _updates(desk) == [
+        ("investigating", "Some customers cannot check out."),
+        ("identified", "The cause has been identified and a fix is being implemented."),
+        ("monitoring", "A fix has been implemented and we are monitoring the results."),
+        ("resolved", "This incident has been resolved."),
+    ]
+    assert _checkout(desk) == "operational"
+
+
+@pytest.mark.parametrize("how", ["downgrade", "private"])
+def test_a_downgrade_or_making_it_private_closes_the_page_incident(desk: Desk, how: str) -> None:
+    inc = desk.open_p1("Checkout down")
+    desk.sync(rounds=1)
+    _publish(desk, inc["number"], "Some customers cannot check out.")
+    desk.sync()
+    assert _page(desk)["status"] == "investigating" and _checkout(desk) == "major_outage"
+    if how == "downgrade":  # SEV1 -> SEV3: below what the page shows
+        desk.patch(inc["sys_id"], impact="2", urgency="2")
+    else:
+        _publish(desk, inc["number"], "", public=False)
+    desk.sync()
+    page = _page(desk)
+    assert page["status"] == "resolved"
+    assert page["incident_updates"][0]["body"].startswith("We are no longer seeing an impact")
+    assert _checkout(desk) == "operational"
+    with store.session_scope(desk.rt.db, readonly=True) as s:
+        row = store.find_incident(s, inc["number"])
+        assert row is not None
+        why = [e.reason for e in store.history(s, row.id) if e.system == "statuspage"]
+    assert any("no longer matches the status page's rule" in r for r in why), why
+
+
+def test_publishing_below_the_threshold_is_refused_unless_forced_with_a_reason(
+    desk: Desk,
+) -> None:
+    inc = desk.open_p1("Search is slow", impact="2", urgency="2")  # SEV3
+    desk.sync(rounds=1)
+    with pytest.raises(Invalid, match=r"is SEV3, below what the status page shows"):
+        _publish(desk, inc["number"], "Search results may be slow.")
+    desk.sync()
+    assert desk.sp.get("/incidents").json() == []
+    result = _publish(
+        desk, inc["number"], "Search results may be slow.", force="customers are asking on X"
+    )
+    assert result["forced"] is True
+    desk.sync()
+    assert _page(desk)["status"] == "investigating"
+    with store.session_scope(desk.rt.db, readonly=True) as s:
+        row = store.find_incident(s, inc["number"])
+        assert row is not None
+        reasons = [e.reason for e in store.history(s, row.id)]
+    assert "published below the status page's threshold: customers are asking on X" in reasons
+
+
+def test_the_comms_role_publishes_and_does_nothing_else(world: World) -> None:
+    comms = httpx.Client(
+        base_url=world.service.url, headers={"Authorization": f"Bearer {TOKENS['comms']}"},
+        timeout=10,
+    )  # fmt: skip
+    inc = world.open_p1("Checkout down")
+    world.quiet()
+    number = inc["number"]
+    ok = comms.post(f"/api/incidents/{number}/public", json={"message": "Checkout is failing."})
+    assert ok.status_code == 200, ok.text
+    assert comms.get(f"/api/incidents/{number}").status_code == 200
+    for method, path, body in (
+        ("POST", f"/api/incidents/{number}/gate/override", {"reason": "because"}),
+        ("POST", f"/api/incidents/{number}/actions", {"title": "x"}),
+        ("GET", "/api/audit", None),
+        ("POST", "/api/parked/replay-all", None),
+        ("POST", "/api/links", {"first": number, "second": "OPS-1"}),
+    ):
+        r = comms.request(method, path, json=body)
+        assert r.status_code == 403, (path, r.status_code, r.text)
+        assert "comms" in r.json()["detail"]
