@@ -97,6 +97,9 @@ class Incident(Frozen):
     # Comms published it although it is below the status page's threshold (`public --force`,
     # audited with the reason): the Statuspage mapping's `when` lets it through.
     public_forced: bool = False
+    # The stage (the state) the public message was approved at: the status page shows it at
+    # that stage, and its own text at the next one until comms approves a new message.
+    public_message_stage: str = ""
     labels: tuple[str, ...] = ()
     started_at: dt.datetime | None = None
     resolved_at: dt.datetime | None = None

@@ -18,6 +18,8 @@ from mapping.registry import MappingSet, Reloader
 from mapping.spec import Mapping, MappingFileError
 from postmortem_tracker.tracker import Tracker
 from sync import store
+from sync.cadence import CadenceLoop
+from sync.maintenance import Maintenance
 from sync.poller import Poller
 from sync.reconcile import Reconciler
 from sync.worker import (
@@ -65,8 +67,13 @@ class Runtime:
         self.tracker = Tracker(self.db, self.connectors, settings.postmortem)
         self.reconciler.tracker = self.tracker
         self.reconciler.resolvers.append(self.tracker.owner_of)
+        self.maintenance = Maintenance(
+            self.db, self.connectors, lambda: self.mappings, self.reconciler.context
+        )
+        self.reconciler.handlers.append(self.maintenance.handle)
         reclaim_orphans(self.db)
         self.poller: Poller | None = None
+        self.cadence: CadenceLoop | None = None
         self.pool: WorkerPool | None = None
         self.listener: QueueListener | None = None
         self.worker_process: WorkerProcess | None = None
@@ -144,6 +151,8 @@ class Runtime:
                 interval = self.settings.sync.poll_interval_seconds
                 self.poller = Poller(self.db, self.connectors, interval)
                 self.poller.start()
+                self.cadence = CadenceLoop(self.db, self.settings.comms)
+                self.cadence.start()
             if workers:
                 self.pool = WorkerPool(
                     self.reconciler,
@@ -213,6 +222,8 @@ class Runtime:
             self.worker_process.stop()
         if self.poller is not None:
             self.poller.stop()
+        if self.cadence is not None:
+            self.cadence.stop()
         if self.pool is not None:
             self.pool.stop()
         if self.listener is not None:

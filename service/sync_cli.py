@@ -27,7 +27,7 @@ from service.cli_common import (
 from service.domain import incidents, parked
 from service.domain.roles import Actor
 from service.runtime import Runtime
-from sync import store
+from sync import cadence, store
 from sync.pairing import pair_unlinked
 from sync.poller import POLLED, poll_all, poll_once, results_table
 from sync.queue import queue_depth
@@ -162,6 +162,7 @@ def register(app: typer.Typer) -> None:
             results = poll_all(runtime.db, runtime.connectors)
             for line in results_table(results):
                 console.print(line, highlight=False)
+            cadence.check(runtime.db, settings.comms)  # reminders for updates that are due
             totals = drain(
                 runtime.reconciler,
                 threads=settings.sync.workers,
@@ -278,14 +279,16 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def status(config_file: ConfigOption = None) -> None:
         """The queue, parked items, links per system and the poll watermarks."""
-        db = open_db(settings_or_exit(config_file))
+        settings = settings_or_exit(config_file)
+        db = open_db(settings)
         with store.session_scope(db, readonly=True) as s:
-            data = incidents.status(s)
+            data = incidents.status(s, comms=settings.comms)
         table = Table(title="itsm-sync status")
         table.add_column("what")
         table.add_column("value")
         table.add_row("queued", str(data["queue_depth"]))
         table.add_row("parked", str(data["parked"]))
+        table.add_row("incidents owing an update", str(data["updates_overdue"]))
         for system, n in data["links"].items():
             table.add_row(f"linked {system} records", str(n))
         for name, value in data["watermarks"].items():

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Iterable
 
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from config.settings import CommsSettings
 from mapping.model import Comment, Incident, State, Visibility
@@ -151,18 +152,43 @@ def check(db: Engine, settings: CommsSettings, *, now: dt.datetime | None = None
     return added
 
 
-def overdue(db: Engine, settings: CommsSettings, *, now: dt.datetime | None = None) -> int:
+def overdue(s: Session, settings: CommsSettings, *, now: dt.datetime | None = None) -> int:
     """How many open incidents owe an update now (the ``incidents_update_overdue`` gauge)."""
     now = now or store.utcnow()
-    with store.session_scope(db, readonly=True) as s:
-        rows = s.exec(
-            select(
-                store.IncidentRow.id, store.IncidentRow.data, store.IncidentRow.created_at
-            ).where(col(store.IncidentRow.data)["state"].as_string().in_([x.value for x in OPEN]))
-        ).all()
+    rows = s.exec(
+        select(store.IncidentRow.id, store.IncidentRow.data, store.IncidentRow.created_at).where(
+            col(store.IncidentRow.data)["state"].as_string().in_([x.value for x in OPEN])
+        )
+    ).all()
     count = 0
     for incident_id, data, opened in rows:
         incident = Incident.model_validate({**data, "id": incident_id})
         due = next_update_due(incident, settings, opened)
         count += due is not None and due <= now
     return count
+
+
+class CadenceLoop:
+    """Runs :func:`check` every ``comms.check_seconds``, in a thread (the worker side)."""
+
+    def __init__(self, db: Engine, settings: CommsSettings) -> None:
+        self.db = db
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.settings.check_seconds):
+                try:
+                    check(self.db, self.settings)
+                except Exception:  # keep checking: the next round may work
+                    log.exception("update cadence check failed")
+
+        self._thread = threading.Thread(target=loop, name="cadence", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -662,10 +662,18 @@ def desired(incident: Incident, target: Target, snap: Snapshot) -> dict[str, Any
     return flat
 
 
+# Stages of the public story: what the status page calls each canonical state.
+STAGES = {"new": "investigating", "closed": "resolved", "canceled": "resolved"}
+
+
+def stage(state: str) -> str:
+    return STAGES.get(state, state)
+
+
 def _stale_message(incident: Incident) -> bool:
-    """The public message was approved before the incident reached its current state."""
-    message, state = incident.changed.get("public_message"), incident.changed.get("state")
-    return message is not None and state is not None and message.at < state.at
+    """The public message was approved at an earlier stage than the incident is at now."""
+    approved = incident.public_message_stage
+    return bool(approved) and stage(approved) != stage(incident.state.value)
 
 
 def withdrawn(
@@ -809,6 +817,12 @@ def _writes(
     if not patch:
         return []
     state_path = target.state_path()
+    if not target.source and state_path in patch:
+        # An output-only target's state change is an update people read (a status page
+        # update): it always carries the message, even one that did not change.
+        for f in target.mapping.fields:
+            if f.canonical == "public_message" and f.writes and f.path in wanted:
+                patch.setdefault(f.path, wanted[f.path])
     ops: list[Op] = []
     state = patch.pop(state_path) if state_path and state_path in patch else None
     if patch:

@@ -118,6 +118,9 @@ class Reconciler:
         self.tracker: Any = None
         # (system, object_type, remote_id) -> the incident a non-incident record belongs to.
         self.resolvers: list[Callable[[str, str, str], str | None]] = []
+        # (system, instance, object_type, remote_id) -> handled: records of their own kind
+        # (a change request shown as scheduled maintenance, sync.maintenance).
+        self.handlers: list[Callable[[str, str, str, str], bool]] = []
 
     def context(self, system: str, instance: str) -> TransformContext:
         key = (system, instance)

@@ -219,6 +219,15 @@ class Worker:
                 self.totals.parked.update(f"{rest[0]}:{t}" for t in outcome.parked)
             return outcome.retry_in
         system, instance, object_type, remote_id = rest
+        for handler in self.reconciler.handlers:
+            # Records that stand for something else than an incident (a planned change shown
+            # as maintenance on the status page).
+            try:
+                handler(system, instance, object_type, remote_id)
+            except ConnectorError as exc:
+                if exc.retriable:
+                    return 5.0
+                log.warning("%s: %s", key, exc)
         for resolver in self.reconciler.resolvers:
             # A record that belongs to an incident without being one (a change request, a
             # postmortem review, an action item): wake the incident.

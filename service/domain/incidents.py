@@ -7,12 +7,13 @@ from typing import Any
 
 from sqlmodel import Session, func, select
 
+from config.settings import CommsSettings
 from mapping.engine import applies
 from mapping.model import Incident, Stamp
 from mapping.registry import MappingSet
 from service.domain.errors import Conflict, Invalid, NotFound
 from service.domain.roles import Actor, Permission
-from sync import pairing, store
+from sync import cadence, pairing, store
 from sync.queue import incident_key, mark_dirty, queue_depth
 from sync.reconcile import Reconciler
 from sync.store import utcnow
@@ -47,13 +48,19 @@ def _link(link: store.Link) -> dict[str, Any]:
     }
 
 
-def detail(s: Session, *, ident: str) -> dict[str, Any]:
+def detail(s: Session, *, ident: str, comms: CommsSettings | None = None) -> dict[str, Any]:
     row = find(s, ident=ident)
-    return {
+    out: dict[str, Any] = {
         "id": row.id,
         "incident": row.data,
         "links": [_link(link) for link in store.links_of(s, row.id)],
     }
+    if comms is not None:
+        incident = Incident.model_validate({**row.data, "id": row.id})
+        due = cadence.next_update_due(incident, comms, row.created_at)
+        out["next_update_due"] = due.isoformat() if due else None
+        out["update_overdue"] = due is not None and due <= utcnow()
+    return out
 
 
 def history(s: Session, *, ident: str) -> dict[str, Any]:
@@ -67,8 +74,11 @@ def history(s: Session, *, ident: str) -> dict[str, Any]:
     }
 
 
-def status(s: Session, *, mapping_problems: str = "") -> dict[str, Any]:
-    """The queue, parked items, links per system and the poll watermarks."""
+def status(
+    s: Session, *, mapping_problems: str = "", comms: CommsSettings | None = None
+) -> dict[str, Any]:
+    """The queue, parked items, links per system, the poll watermarks and how many open
+    incidents owe an update."""
     links = s.exec(select(store.Link.system, func.count()).group_by(store.Link.system)).all()
     watermarks = s.exec(select(store.Watermark)).all()
     return {
@@ -80,6 +90,7 @@ def status(s: Session, *, mapping_problems: str = "") -> dict[str, Any]:
             for w in watermarks
         },
         "mappings": mapping_problems or "ok",
+        "updates_overdue": cadence.overdue(s, comms or CommsSettings()),
     }
 
 
@@ -120,7 +131,11 @@ def set_public(
     now = utcnow()
     stamps = {**current.changed, "public_message": Stamp(at=now, system="comms")}
     updated = wanted.model_copy(
-        update={"public_forced": forced or (public and current.public_forced), "changed": stamps}
+        update={
+            "public_forced": forced or (public and current.public_forced),
+            "public_message_stage": current.state.value,
+            "changed": stamps,
+        }
     )
     store.save_incident(s, row, updated.model_dump(mode="json"))
     reason = "public status approved" if public else "made private"

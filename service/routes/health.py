@@ -14,7 +14,7 @@ from sqlmodel import func, select
 
 from service.routes.deps import RuntimeDep
 from service.runtime import Runtime
-from sync import store
+from sync import cadence, store
 from sync.queue import queue_depth
 
 router = APIRouter(tags=["health"])
@@ -31,10 +31,16 @@ class _Collector(Collector):
             depth = queue_depth(s)
             parked = len(store.open_parked(s))
             watermarks = s.exec(select(store.Watermark)).all()
+            overdue = cadence.overdue(s, self.runtime.settings.comms)
         yield GaugeMetricFamily(
             "itsm_sync_queue_depth", "incidents waiting to be reconciled", value=depth
         )
         yield GaugeMetricFamily("itsm_sync_parked", "(incident, target) pairs parked", value=parked)
+        yield GaugeMetricFamily(
+            "itsm_sync_incidents_update_overdue",
+            "open incidents that owe an update by their severity's cadence",
+            value=overdue,
+        )
         lag = GaugeMetricFamily(
             "itsm_sync_poll_lag_seconds",  # since the last poll stored something
             "age of the poll watermark",

@@ -27,12 +27,14 @@ class PublicBody(BaseModel):
 
 @router.get("/status")
 def status(s: ReadSession, runtime: RuntimeDep, _: Reader) -> dict[str, Any]:
-    return incidents.status(s, mapping_problems=runtime.mapping_problems)
+    return incidents.status(
+        s, mapping_problems=runtime.mapping_problems, comms=runtime.settings.comms
+    )
 
 
 @router.get("/incidents/{incident_id}")
-def incident(incident_id: str, s: ReadSession, _: Reader) -> dict[str, Any]:
-    return incidents.detail(s, ident=incident_id)
+def incident(incident_id: str, s: ReadSession, runtime: RuntimeDep, _: Reader) -> dict[str, Any]:
+    return incidents.detail(s, ident=incident_id, comms=runtime.settings.comms)
 
 
 @router.get("/incidents/{incident_id}/history")

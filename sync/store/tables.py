@@ -206,3 +206,18 @@ class MappingVersion(StoreModel, table=True):
     diff: str = Field(default="", sa_type=Text)
     accepted_at: dt.datetime = _now_field()
     accepted_by: str = ""
+
+
+class MaintenanceWindow(StoreModel, table=True):
+    """A planned change shown as scheduled maintenance on the status page (sync.maintenance)."""
+
+    __tablename__ = "maintenance_window"
+
+    change_key: str = Field(primary_key=True)  # system:instance:sys_id of the change request
+    change_number: str = ""
+    page_system: str = ""
+    page_instance: str = ""
+    page_id: str = ""  # the scheduled incident on the page
+    fields: dict[str, Any] = Field(default_factory=dict, sa_type=JSONValue)  # what we wrote
+    ended: bool = False  # cancelled on the page (the change was canceled): nothing more to do
+    updated_at: dt.datetime = _now_field()

@@ -4,6 +4,7 @@ the roles that may publish can."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 from service.domain import incidents
 from service.domain.errors import Invalid
 from service.domain.roles import Actor
-from sync import store
+from sync import cadence, store
 from tests.e2e.conftest import TOKENS, Desk, World
 
 JIRA_COMMS = "customfield_10020"
@@ -131,3 +132,72 @@ def test_the_comms_role_publishes_and_does_nothing_else(world: World) -> None:
         r = comms.request(method, path, json=body)
         assert r.status_code == 403, (path, r.status_code, r.text)
         assert "comms" in r.json()["detail"]
+
+
+CHECKOUT_SN = "5e000000000000000000000000000001"
+
+
+def test_a_planned_change_is_scheduled_maintenance_that_follows_the_change(desk: Desk) -> None:
+    def change(**fields: Any) -> dict[str, Any]:
+        r = desk.sn.post("/api/now/table/change_request", json=fields)
+        assert r.status_code == 201, r.text
+        return dict(r.json()["result"])
+
+    planned = change(
+        type="normal", short_description="Swap the checkout DB to the new cluster (internal)",
+        business_service=CHECKOUT_SN, start_date="2026-12-20 22:00:00",
+        end_date="2026-12-20 23:30:00",
+    )  # fmt: skip
+    change(type="normal", short_description="An action item, no window", due_date="2026-12-30")
+    desk.sync()
+    [page] = desk.sp.get("/incidents").json()
+    assert page["status"] == "scheduled" and page["name"] == "Planned maintenance: Checkout"
+    assert (page["scheduled_for"], page["scheduled_until"]) == (
+        "2026-12-20T22:00:00.000Z", "2026-12-20T23:30:00.000Z",
+    )  # fmt: skip
+    assert [c["id"] for c in page["components"]] == ["cmpcheckout1"]
+    assert page["scheduled_auto_in_progress"] and page["scheduled_auto_completed"]
+    assert "internal" not in page["incident_updates"][0]["body"]  # never the change's own text
+    # The window moves: the page follows.
+    r = desk.sn.patch(
+        f"/api/now/table/change_request/{planned['sys_id']}",
+        json={"start_date": "2026-12-21 22:00:00", "end_date": "2026-12-21 23:00:00"},
+    )
+    assert r.status_code == 200, r.text
+    desk.sync()
+    [page] = desk.sp.get("/incidents").json()
+    assert page["scheduled_for"] == "2026-12-21T22:00:00.000Z"
+    # The change is canceled: so is the maintenance.
+    r = desk.sn.patch(f"/api/now/table/change_request/{planned['sys_id']}", json={"state": "4"})
+    assert r.status_code == 200, r.text
+    desk.sync()
+    [page] = desk.sp.get("/incidents").json()
+    assert page["status"] == "completed"
+    assert "has been cancelled" in page["incident_updates"][0]["body"]
+
+
+def test_a_missed_update_reminds_both_sides_internally_then_escalates(desk: Desk) -> None:
+    inc = desk.open_p1("Checkout down")
+    desk.sync()
+    key = desk.incident_issue()["key"]
+    comms = desk.rt.settings.comms.model_copy(update={"escalate_to": "incident-managers"})
+    with store.session_scope(desk.rt.db, readonly=True) as s:
+        detail = incidents.detail(s, ident=inc["number"], comms=comms)
+        row = store.find_incident(s, inc["number"])
+        assert row is not None
+    due = dt.datetime.fromisoformat(detail["next_update_due"])
+    opened = row.data["started_at"] or row.created_at.isoformat()
+    assert due - dt.datetime.fromisoformat(str(opened).replace("Z", "+00:00")) == dt.timedelta(
+        minutes=15
+    )
+    assert cadence.check(desk.rt.db, comms, now=due - dt.timedelta(seconds=1)) == 0
+    assert cadence.check(desk.rt.db, comms, now=due + dt.timedelta(minutes=16)) == 2
+    desk.sync()
+    notes = [e for e in desk.journal(inc["sys_id"]) if "Update due" in e["value"]]
+    escalations = [e for e in desk.journal(inc["sys_id"]) if "escalating to" in e["value"]]
+    assert [n["element"] for n in notes + escalations] == ["work_notes", "work_notes"]
+    jira = [c for c in desk.comments(key) if "Update due" in c["body"] or "escalat" in c["body"]]
+    assert len(jira) == 2 and all(c.get("visibility") for c in jira)  # restricted
+    assert desk.sp.get("/incidents").json() == []  # never the status page
+    # Checked again later: nothing twice.
+    assert cadence.check(desk.rt.db, comms, now=due + dt.timedelta(minutes=40)) == 0

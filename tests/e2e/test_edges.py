@@ -193,7 +193,8 @@ def test_an_incident_resolved_at_once_still_gets_its_records(desk: Desk) -> None
     assert desk.incident_issue()["fields"]["status"]["name"] == "Resolved"
     [page] = desk.sp.get("/incidents").json()  # the only one: the sims start empty
     assert page["status"] == "resolved"
-    assert page["incident_updates"][0]["body"] == "Login is failing for some customers."
+    # Created at the resolved stage: its text (the message was approved while it was open).
+    assert page["incident_updates"][0]["body"] == "This incident has been resolved."
 
 
 def test_quick_resolve_before_any_record_existed(desk: Desk) -> None:

@@ -89,7 +89,8 @@ def test_check_adds_each_reminder_once_and_queues_the_incident(tmp_path: Path) -
         resolved = store.create_incident(s, p1(state=State.RESOLVED).model_dump(mode="json"))
     assert cadence.check(db, SETTINGS, now=minutes(16)) == 1
     assert cadence.check(db, SETTINGS, now=minutes(17)) == 0  # not twice
-    assert cadence.overdue(db, SETTINGS, now=minutes(17)) == 1
+    with store.session_scope(db, readonly=True) as s:
+        assert cadence.overdue(s, SETTINGS, now=minutes(17)) == 1
     assert cadence.check(db, SETTINGS, now=minutes(31)) == 1  # the escalation
     with store.session_scope(db, readonly=True) as s:
         fresh = store.get_incident(s, row.id)
