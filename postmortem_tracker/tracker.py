@@ -19,16 +19,18 @@ reason, and the override is audited.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from config.settings import PostmortemSettings
-from connectors.base import Connector, RemoteRef
+from connectors.base import Capability, Connector, RemoteRef
 from connectors.errors import ConnectorError, NotFound
 from connectors.jira import JiraConnector
 from mapping.conditions import parse_condition
@@ -64,6 +66,21 @@ class GateState:
 
 def _ref(link: store.Link) -> RemoteRef:
     return RemoteRef(link.system, link.instance, link.object_type, link.remote_id, link.remote_key)
+
+
+def idempotency_key(title: str, client_key: str = "") -> str:
+    """What makes adding an item idempotent: the client's key, else the title with case and
+    runs of spaces folded (the natural key, with the incident)."""
+    if client_key.strip():
+        return f"key:{client_key.strip()}"
+    return "title:" + " ".join(title.casefold().split())
+
+
+def item_key(incident_id: str, idem_key: str) -> str:
+    """The item's change-request correlation key: stable for one incident and idempotency key,
+    and safe in a ServiceNow query (no ``^``)."""
+    digest = hashlib.sha256(f"{incident_id}\0{idem_key}".encode()).hexdigest()[:24]
+    return f"itsm-ai-{digest}"
 
 
 def _date(value: Any) -> dt.date | None:
@@ -314,7 +331,7 @@ class Tracker:
                 continue  # linked to the incident for another reason
             owner = str((fields.get("assignee") or {}).get("emailAddress") or "").lower()
             self._upsert_item(
-                incident, key=f"itsm-ai-jira-{issue.ref.id}",
+                incident, key=f"itsm-ai-jira-{issue.ref.id}", idem_key=f"jira:{issue.ref.id}",
                 title=str(fields.get("summary") or key),
                 description=str(fields.get("description") or ""), owner=owner,
                 due=_date(fields.get("duedate")), source=f"jira:{key}", source_id=issue.ref.id,
@@ -322,49 +339,62 @@ class Tracker:
             )  # fmt: skip
 
     def _upsert_item(
-        self, incident: Incident, *, key: str, title: str, description: str, owner: str,
-        due: dt.date | None, source: str, source_id: str = "", source_url: str = "",
+        self, incident: Incident, *, key: str, idem_key: str, title: str, description: str,
+        owner: str, due: dt.date | None, source: str, source_id: str = "", source_url: str = "",
         from_source: bool = False,
-    ) -> ActionItem:  # fmt: skip
-        with store.session_scope(self.db) as s:
-            item = s.exec(select(ActionItem).where(col(ActionItem.key) == key)).first()
+    ) -> tuple[ActionItem, bool]:  # fmt: skip
+        """The item with ``key`` (made if there is none): returns it and whether it is new.
+
+        Safe under concurrency: two adds with the same key, in threads or processes, meet at
+        the unique constraints; the one that loses reads the winner's row."""
+        try:
+            with store.session_scope(self.db) as s:
+                item = s.exec(select(ActionItem).where(col(ActionItem.key) == key)).first()
+                if item is None:
+                    item = ActionItem(
+                        key=key, idem_key=idem_key, incident_id=incident.id, title=title,
+                        description=description, owner=owner, due_date=due, source=source,
+                        source_id=source_id, source_url=source_url,
+                    )  # fmt: skip
+                    s.add(item)
+                    s.flush()
+                    store.audit(
+                        s, action="create", incident_id=incident.id, field="action_item",
+                        after={"title": title, "owner": owner, "due": str(due or "")},
+                        reason=f"from {source}",
+                    )  # fmt: skip
+                    return item, True
+                if from_source and (item.owner, item.due_date, item.title) != (owner, due, title):
+                    store.audit(
+                        s, action="update", incident_id=incident.id, field="action_item",
+                        before={"owner": item.owner, "due": str(item.due_date or "")},
+                        after={"owner": owner, "due": str(due or "")},
+                        reason=f"changed in {source}",
+                    )  # fmt: skip
+                    item.owner, item.due_date, item.title = owner, due, title
+                    item.updated_at = store.utcnow()
+                return item, False
+        except IntegrityError:
+            with store.session_scope(self.db, readonly=True) as s:
+                item = s.exec(select(ActionItem).where(col(ActionItem.key) == key)).first()
             if item is None:
-                item = ActionItem(
-                    key=key, incident_id=incident.id, title=title, description=description,
-                    owner=owner, due_date=due, source=source, source_id=source_id,
-                    source_url=source_url,
-                )  # fmt: skip
-                s.add(item)
-                s.flush()
-                store.audit(
-                    s, action="create", incident_id=incident.id, field="action_item",
-                    after={"title": title, "owner": owner, "due": str(due or "")},
-                    reason=f"from {source}",
-                )  # fmt: skip
-            elif from_source and (item.owner, item.due_date, item.title) != (owner, due, title):
-                store.audit(
-                    s, action="update", incident_id=incident.id, field="action_item",
-                    before={"owner": item.owner, "due": str(item.due_date or "")},
-                    after={"owner": owner, "due": str(due or "")}, reason=f"changed in {source}",
-                )  # fmt: skip
-                item.owner, item.due_date, item.title = owner, due, title
-                item.updated_at = store.utcnow()
-            return item
+                raise
+            return item, False
 
     def add_action(
         self, incident_id: str, *, title: str, owner: str, due: dt.date | None,
-        description: str = "", source: str = "cli",
-    ) -> ActionItem:  # fmt: skip
+        description: str = "", source: str = "cli", client_key: str = "",
+    ) -> tuple[ActionItem, bool]:  # fmt: skip
+        """Add an item, idempotently: the client's key, else the incident and the title, name
+        it; adding it again (a retry, a double click, a second process) returns the first."""
         with store.session_scope(self.db, readonly=True) as s:
             row = store.get_incident(s, incident_id)
             if row is None:
                 raise KeyError(incident_id)
-            count = len(
-                s.exec(select(ActionItem).where(col(ActionItem.incident_id) == incident_id)).all()
-            )
         incident = Incident.model_validate({**row.data, "id": incident_id})
+        idem_key = idempotency_key(title, client_key)
         return self._upsert_item(
-            incident, key=f"itsm-ai-{incident_id[:12]}-{count + 1}", title=title,
+            incident, key=item_key(incident_id, idem_key), idem_key=idem_key, title=title,
             description=description, owner=owner.strip().lower(), due=due, source=source,
         )  # fmt: skip
 
@@ -494,6 +524,25 @@ class Tracker:
             },
         )
         return True
+
+    def change_system(self) -> Connector | None:
+        """The connector change requests are made in (the one with that capability)."""
+        return next(
+            (c for c in self.connectors.values() if Capability.CHANGE_REQUESTS in c.capabilities),
+            None,
+        )
+
+    def owner_problem(self, owner: str) -> str:
+        """Why ``owner`` cannot own a change request ("" when they can, or when no change
+        system is configured to ask). A system that cannot answer raises ConnectorError."""
+        changes = self.change_system()
+        if changes is None or not owner:
+            return ""
+        try:
+            changes.person_by_email(owner)
+        except NotFound as exc:
+            return str(exc)
+        return ""
 
     def _blockers(self, sn: Connector, owner: str, due: dt.date | None) -> str:
         problems = []

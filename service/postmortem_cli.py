@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from connectors.registry import build_connectors
 from postmortem_tracker.report import to_csv, to_dicts
 from postmortem_tracker.tracker import Tracker
 from service.cli_common import (
@@ -27,8 +28,10 @@ KPI_COLUMNS = ("severity", "team", "acknowledged", "mtta_minutes", "resolved", "
 
 
 def _tracker(config_file: Path | None) -> Tracker:
+    """The tracker over the database, with the connectors (built lazily: no call is made
+    until a command asks a system, such as whether an owner is a user of it)."""
     settings = settings_or_exit(config_file)
-    return Tracker(open_db(settings), {}, settings.postmortem)
+    return Tracker(open_db(settings), build_connectors(settings), settings.postmortem)
 
 
 def register(app: typer.Typer) -> None:
@@ -42,6 +45,9 @@ def register(app: typer.Typer) -> None:
         owner: Annotated[str, typer.Option(help="The owner's email.")] = "",
         due: Annotated[str | None, typer.Option(help="Due date, YYYY-MM-DD.")] = None,
         description: Annotated[str, typer.Option()] = "",
+        key: Annotated[
+            str, typer.Option(help="Idempotency key (else the title): adding again is a no-op.")
+        ] = "",
         config_file: ConfigOption = None,
     ) -> None:
         """Add an action item; it becomes a change request on the next reconcile."""
@@ -50,11 +56,12 @@ def register(app: typer.Typer) -> None:
             item = postmortems.add_action(
                 tracker, ident=incident, title=title, owner=owner,
                 due=postmortems.parse_date(due, field="--due"), description=description,
-                actor=Actor.cli(), source="cli",
+                actor=Actor.cli(), source="cli", key=key,
             )  # fmt: skip
         missing = item["still_needs"]
         note = f" (it still needs {' and '.join(missing)})" if missing else ""
-        console.print(f"action item {item['key']} added to {incident}{note}", highlight=False)
+        verb = "added to" if item["created"] else "already on"
+        console.print(f"action item {item['key']} {verb} {incident}{note}", highlight=False)
 
     @pm.command("show")
     def show(

@@ -7,17 +7,19 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from connectors.errors import ConnectorError
 from mapping.model import Incident
 from postmortem_tracker.models import ActionItem, Postmortem
 from postmortem_tracker.report import AuditRow, audit_rows, kpis
 from postmortem_tracker.tracker import Tracker
-from service.domain.errors import Invalid
+from service.domain.errors import Invalid, Unavailable
 from service.domain.incidents import find
 from service.domain.roles import Actor, Permission
 from sync import store
 from sync.queue import incident_key, mark_dirty
 
 MAX_TITLE = 160
+MAX_KEY = 200
 
 
 def _incident(row: store.IncidentRow) -> Incident:
@@ -72,27 +74,71 @@ def show(tracker: Tracker, *, ident: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def add_action(
-    tracker: Tracker, *, ident: str, title: str, owner: str, due: dt.date | None,
-    description: str = "", actor: Actor, source: str = "",
-) -> dict[str, Any]:  # fmt: skip
-    """Add an action item; it becomes a change request on the next reconcile."""
-    actor.require(Permission.POSTMORTEM)
+def _today() -> dt.date:
+    return store.utcnow().date()
+
+
+def _check_owner(tracker: Tracker, owner: str) -> str:
+    owner = owner.strip().lower()
+    if not owner:
+        return ""
+    if "@" not in owner:
+        raise Invalid(f"owner {owner!r}: give the owner's email address", field="owner")
+    try:
+        problem = tracker.owner_problem(owner)
+    except ConnectorError as exc:
+        raise Unavailable(f"owner {owner!r} could not be checked: {exc}", field="owner") from exc
+    if problem:
+        raise Invalid(f"owner {owner!r} cannot own a change request: {problem}", field="owner")
+    return owner
+
+
+def _check_due(due: dt.date | None, today: dt.date | None) -> None:
+    today = today or _today()
+    if due is not None and due < today:
+        raise Invalid(f"due {due}: the due date is in the past (today is {today})", field="due")
+
+
+def _check_title(title: str) -> str:
     title = title.strip()
     if not title:
         raise Invalid("the action item needs a title", field="title")
     if len(title) > MAX_TITLE:
         raise Invalid(f"the title has {len(title)} characters; at most {MAX_TITLE}", field="title")
+    return title
+
+
+def add_action(
+    tracker: Tracker, *, ident: str, title: str, owner: str, due: dt.date | None,
+    description: str = "", actor: Actor, source: str = "", key: str = "",
+    today: dt.date | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Add an action item; it becomes a change request on the next reconcile.
+
+    Idempotent: ``key`` (the client's), else the incident and the title, name the item; the
+    same add again returns the first (``created`` false). Every input is checked before
+    anything is written: an unknown incident, a due date in the past or an owner who is no
+    user of the change system is refused, naming the field."""
+    actor.require(Permission.POSTMORTEM)
+    title = _check_title(title)
+    if len(key) > MAX_KEY:
+        raise Invalid(f"the key has {len(key)} characters; at most {MAX_KEY}", field="key")
     with store.session_scope(tracker.db, readonly=True) as s:
         row = find(s, ident=ident)
-    item = tracker.add_action(
+    _check_due(due, today)
+    owner = _check_owner(tracker, owner)
+    item, created = tracker.add_action(
         row.id, title=title, owner=owner, due=due, description=description,
-        source=source or actor.label,
+        source=source or actor.label, client_key=key,
     )  # fmt: skip
-    with store.session_scope(tracker.db) as s:
-        mark_dirty(s, incident_key(row.id), reason="action item added")
+    if created:
+        with store.session_scope(tracker.db) as s:
+            mark_dirty(s, incident_key(row.id), reason="action item added")
     missing = [w for w, ok in (("an owner", item.owner), ("a due date", item.due_date)) if not ok]
-    return {"key": item.key, "title": item.title, "incident": row.id, "still_needs": missing}
+    return {
+        "key": item.key, "title": item.title, "incident": row.id, "still_needs": missing,
+        "created": created,
+    }  # fmt: skip
 
 
 def complete(tracker: Tracker, *, ident: str, actor: Actor) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -25,6 +25,8 @@ class ActionBody(BaseModel):
     owner: str = ""
     due: dt.date | None = None
     description: str = ""
+    # Makes the add idempotent (else the title does): a retry with it returns the first item.
+    key: str = Field(default="", max_length=postmortems.MAX_KEY)
 
 
 @router.get("/incidents/{incident_id}/gate")
@@ -46,11 +48,17 @@ def gate_override(
 
 @router.post("/incidents/{incident_id}/actions")
 def add_action(
-    incident_id: str, body: ActionBody, tracker: TrackerDep, actor: ChangeManager
+    incident_id: str,
+    body: ActionBody,
+    tracker: TrackerDep,
+    actor: ChangeManager,
+    idempotency_key: Annotated[str, Header(max_length=postmortems.MAX_KEY)] = "",
 ) -> dict[str, Any]:
+    """Add an action item (``created`` false: it existed, with the same key or title)."""
     return postmortems.add_action(
         tracker, ident=incident_id, title=body.title, owner=body.owner, due=body.due,
         description=body.description, actor=actor, source=f"api:{actor.label}",
+        key=body.key or idempotency_key,
     )  # fmt: skip
 
 

@@ -238,7 +238,7 @@ def test_a_crash_between_creating_the_change_and_recording_it_leaves_one(
         json={"state": "6", "close_code": "Solution provided", "close_notes": "ok"},
     )
     added = subprocess.run(
-        [*cli, "postmortem", "add-action", inc["number"], "--title", "Add replicas", "--owner", "bob@example.com", "--due", "2026-12-01"],
+        [*cli, "postmortem", "add-action", inc["number"], "--title", "Add replicas", "--owner", "bob@example.com", "--due", "2099-12-01"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert added.returncode == 0, added.stdout + added.stderr
@@ -303,12 +303,16 @@ def test_overdue_changes_are_flagged_and_reminded_once(world: World) -> None:
         json={
             "title": "Rotate the db01 certificates",
             "owner": "bob@example.com",
-            "due": "2026-11-01",
+            "due": "2099-11-01",
         },
         headers=manager,
     )
     assert r.status_code == 200, r.text
     [cr] = wait_for(lambda: change_requests(world), "the change request")
+    # A due date in the past is refused on the API; on the change request, it can be moved.
+    world.sn.patch(
+        f"/api/now/table/change_request/{cr['sys_id']}", json={"due_date": "2026-11-01 00:00:00"}
+    ).raise_for_status()
     reminders = wait_for(
         lambda: [n for n in journal(world, cr["sys_id"]) if n["value"].startswith("Reminder:")],
         "the overdue reminder",
@@ -317,7 +321,7 @@ def test_overdue_changes_are_flagged_and_reminded_once(world: World) -> None:
     # Another reconcile inside the reminder period sends no second reminder.
     world.api.post(
         f"/api/incidents/{inc['number']}/actions",
-        json={"title": "Document the failover", "owner": "carol@example.com", "due": "2027-01-15"},
+        json={"title": "Document the failover", "owner": "carol@example.com", "due": "2099-01-15"},
         headers=manager,
     ).raise_for_status()
     wait_for(lambda: len(change_requests(world)) == 2, "the second change request")
