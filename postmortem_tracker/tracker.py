@@ -41,6 +41,7 @@ from sync import store
 
 log = logging.getLogger("itsm_sync.postmortem")
 CR_CLOSED = "3"
+OPEN, DONE, WITHDRAWN = "open", "done", "withdrawn"  # an action item's status
 CR_DONE_CODES = ("successful", "successful_issues")
 
 
@@ -62,6 +63,19 @@ class GateState:
         if not self.missing:
             return "the postmortem is complete and every action item has its change request"
         return "; ".join(self.missing)
+
+
+def active_override(s: Any, incident_id: str) -> GateEvent | None:
+    """The newest override of the incident that was not revoked."""
+    return s.exec(
+        select(GateEvent)
+        .where(
+            col(GateEvent.incident_id) == incident_id,
+            col(GateEvent.kind) == "override",
+            col(GateEvent.revoked_at).is_(None),
+        )
+        .order_by(col(GateEvent.id).desc())
+    ).first()
 
 
 def _ref(link: store.Link) -> RemoteRef:
@@ -187,29 +201,41 @@ class Tracker:
         if not state.required:
             return state
         with store.session_scope(self.db, readonly=True) as s:
-            override = s.exec(
-                select(GateEvent)
-                .where(col(GateEvent.incident_id) == incident.id, col(GateEvent.kind) == "override")
-                .order_by(col(GateEvent.id).desc())
-            ).first()
+            override = active_override(s, incident.id)
             postmortem = s.exec(
                 select(Postmortem).where(col(Postmortem.incident_id) == incident.id)
             ).first()
             items = list(
                 s.exec(select(ActionItem).where(col(ActionItem.incident_id) == incident.id)).all()
             )
+            highest = self.highest_severity(s, incident)
         if override is not None:
-            state.overridden = f"{override.reason} (by {override.actor})"
+            if override.severity and highest and highest < override.severity:  # SEV1 < SEV2
+                state.missing.append(
+                    f"the override by {override.actor} was given at {override.severity}; the "
+                    f"incident has been {highest} since, which it does not cover"
+                )
+            else:
+                state.overridden = f"{override.reason} (by {override.actor})"
         if postmortem is None:
             state.missing.append("the postmortem has not been started")
         elif postmortem.completed_at is None:
             where = f" (Jira {postmortem.jira_key})" if postmortem.jira_key else ""
             state.missing.append(f"the postmortem{where} is not complete")
         for item in items:
+            if item.status != OPEN:
+                continue  # done (its change closed successful) or withdrawn: it blocks nothing
             if not item.change_request_number:
                 why = item.blocked or "no change request yet"
                 state.missing.append(f"action item {item.title!r} ({item.source}): {why}")
         return state
+
+    def highest_severity(self, s: Any, incident: Incident) -> str:
+        """The highest severity the incident ever had while it needed a postmortem (the
+        latch's), or has now: what overrides and the KPIs count it by. "" if none."""
+        row = s.get(Requirement, incident.id)
+        now = incident.severity.value if incident.severity else ""
+        return min((x for x in (row.severity if row else "", now) if x), default="")
 
     def record_blocked(self, incident: Incident, gate: GateState, by: str, *, before: str) -> str:
         """Audit a refused end (close, cancel); returns the note to leave on the records."""
@@ -230,15 +256,46 @@ class Tracker:
             )  # fmt: skip
         return note
 
-    def override(self, incident_id: str, *, reason: str, actor: str) -> None:
+    def override(self, incident: Incident, *, reason: str, actor: str) -> GateEvent:
+        """Let the incident end although the gate is shut; it holds at the severity it is
+        given at (the highest ever): raised above that later, the gate shuts again."""
         if not reason.strip():
             raise ValueError("an override needs a reason")
         with store.session_scope(self.db) as s:
-            s.add(GateEvent(incident_id=incident_id, kind="override", reason=reason, actor=actor))
-            store.audit(
-                s, action="override", incident_id=incident_id, actor=actor,
-                reason=f"closure gate overridden: {reason}",
+            severity = self.highest_severity(s, incident)
+            event = GateEvent(
+                incident_id=incident.id, kind="override", reason=reason, actor=actor,
+                severity=severity,
             )  # fmt: skip
+            s.add(event)
+            s.flush()
+            store.audit(
+                s, action="override", incident_id=incident.id, actor=actor, field="gate",
+                after={"override": event.id, "severity": severity},
+                reason=f"closure gate overridden at {severity or 'no severity'}: {reason}",
+            )  # fmt: skip
+        return event
+
+    def revoke_override(self, incident_id: str, *, reason: str, actor: str) -> GateEvent:
+        """Take back the override in force: the gate is armed again (audited). LookupError
+        when there is none."""
+        if not reason.strip():
+            raise ValueError("revoking an override needs a reason")
+        with store.session_scope(self.db) as s:
+            event = active_override(s, incident_id)
+            if event is None:
+                raise LookupError(incident_id)
+            now = store.utcnow()
+            while (older := active_override(s, incident_id)) is not None:  # all, newest first
+                older.revoked_at, older.revoked_by, older.revoke_reason = now, actor, reason
+                s.add(older)
+                s.flush()
+            store.audit(
+                s, action="override", incident_id=incident_id, actor=actor, field="gate",
+                before={"override": event.id, "by": event.actor}, after="revoked",
+                reason=f"closure gate override by {event.actor} revoked: {reason}",
+            )  # fmt: skip
+        return event
 
     # -- the work, on every reconcile of a resolved incident -------------------------------
 

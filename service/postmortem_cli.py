@@ -113,6 +113,9 @@ def register(app: typer.Typer) -> None:
     def gate(
         incident: Annotated[str, typer.Argument(help="INC0010001, OPS-12 or the canonical id.")],
         override: Annotated[bool, typer.Option("--override", help="Let it close anyway.")] = False,
+        revoke: Annotated[
+            bool, typer.Option("--revoke", help="Take back the override in force.")
+        ] = False,
         reason: Annotated[str, typer.Option(help="Why (required to override).")] = "",
         actor: Annotated[str, typer.Option("--as", help="Who overrides (audited).")] = "",
         config_file: ConfigOption = None,
@@ -120,11 +123,18 @@ def register(app: typer.Typer) -> None:
         """Whether the incident may close, and why not; a change manager may override."""
         tracker = _tracker(config_file)
         with cli_errors():
-            if override:
+            if override and revoke:
+                err.print("--override and --revoke: give one of them")
+                raise typer.Exit(2)
+            if override or revoke:
                 if not reason.strip() or not actor.strip():
-                    err.print("an override needs --reason and --as (it is audited)")
+                    what = "an override" if override else "--revoke"
+                    err.print(f"{what} needs --reason and --as (it is audited)")
                     raise typer.Exit(2)
-                postmortems.override(tracker, ident=incident, reason=reason, actor=Actor.cli(actor))
+                act = postmortems.override if override else postmortems.revoke_override
+                act(tracker, ident=incident, reason=reason, actor=Actor.cli(actor))
+                if revoke:
+                    console.print(f"the override of {plain(incident)} is revoked", highlight=False)
             state = postmortems.gate(tracker, ident=incident)
         verdict = "may close" if state["can_close"] else "may NOT close"
         console.print(f"{plain(incident)}: {verdict}", highlight=False)

@@ -11,8 +11,8 @@ from connectors.errors import ConnectorError
 from mapping.model import Incident
 from postmortem_tracker.models import ActionItem, Postmortem
 from postmortem_tracker.report import AuditRow, audit_rows, kpis
-from postmortem_tracker.tracker import Tracker
-from service.domain.errors import Invalid, Unavailable
+from postmortem_tracker.tracker import Tracker, active_override
+from service.domain.errors import Conflict, Invalid, Unavailable
 from service.domain.incidents import find
 from service.domain.roles import Actor, Permission
 from sync import store
@@ -31,14 +31,22 @@ def gate(tracker: Tracker, *, ident: str) -> dict[str, Any]:
     with store.session_scope(tracker.db, readonly=True) as s:
         row = find(s, ident=ident)
     state = tracker.gate(_incident(row))
+    with store.session_scope(tracker.db, readonly=True) as s:
+        event = active_override(s, row.id)
     return {
         "incident": row.id,
         "can_close": state.open,
         "required": state.required,
         "missing": state.missing,
         "overridden": state.overridden,
+        "override": None
+        if event is None
+        else {
+            "by": event.actor, "reason": event.reason, "severity": event.severity,
+            "at": event.at.isoformat(), "in_force": bool(state.overridden),
+        },
         "why": state.explain(),
-    }
+    }  # fmt: skip
 
 
 def show(tracker: Tracker, *, ident: str) -> dict[str, Any]:
@@ -159,17 +167,47 @@ def complete(tracker: Tracker, *, ident: str, actor: Actor) -> dict[str, Any]:
     return {"incident": row.id, "complete": True}
 
 
+def _reason(reason: str, what: str) -> str:
+    reason = reason.strip()
+    if len(reason) < 3:
+        raise Invalid(
+            f"{what} needs a reason of 3 characters or more (it is audited)", field="reason"
+        )
+    return reason
+
+
 def override(tracker: Tracker, *, ident: str, reason: str, actor: Actor) -> dict[str, Any]:
-    """Let the incident close although the gate is shut: on the record, with a reason."""
+    """Let the incident close although the gate is shut: on the record, with who and why, at
+    the severity it has (raised above it later, the gate shuts again)."""
     actor.require(Permission.POSTMORTEM)
-    if len(reason.strip()) < 3:
-        raise Invalid("an override needs a reason (it is audited)", field="reason")
+    reason = _reason(reason, "an override")
     with store.session_scope(tracker.db, readonly=True) as s:
         row = find(s, ident=ident)
-    tracker.override(row.id, reason=reason.strip(), actor=actor.label)
+    event = tracker.override(_incident(row), reason=reason, actor=actor.label)
     with store.session_scope(tracker.db) as s:
         mark_dirty(s, incident_key(row.id), reason="gate override")
-    return {"incident": row.id, "overridden": True}
+    return {
+        "incident": row.id, "overridden": True, "by": event.actor, "reason": event.reason,
+        "severity": event.severity,
+    }  # fmt: skip
+
+
+def revoke_override(tracker: Tracker, *, ident: str, reason: str, actor: Actor) -> dict[str, Any]:
+    """Take back the override in force: the gate is armed again (audited). 409 if none."""
+    actor.require(Permission.POSTMORTEM)
+    reason = _reason(reason, "revoking an override")
+    with store.session_scope(tracker.db, readonly=True) as s:
+        row = find(s, ident=ident)
+    try:
+        event = tracker.revoke_override(row.id, reason=reason, actor=actor.label)
+    except LookupError:
+        raise Conflict(f"{ident} has no override in force to revoke", field="incident") from None
+    with store.session_scope(tracker.db) as s:
+        mark_dirty(s, incident_key(row.id), reason="gate override revoked")
+    return {
+        "incident": row.id, "revoked": True, "override_by": event.actor, "by": actor.label,
+        "reason": reason,
+    }  # fmt: skip
 
 
 def audit(

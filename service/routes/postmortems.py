@@ -46,6 +46,14 @@ def gate_override(
     return postmortems.override(tracker, ident=incident_id, reason=body.reason, actor=actor)
 
 
+@router.post("/incidents/{incident_id}/gate/override/revoke")
+def gate_override_revoke(
+    incident_id: str, body: OverrideBody, tracker: TrackerDep, actor: ChangeManager
+) -> dict[str, Any]:
+    """Take back the override in force; the gate is armed again (audited)."""
+    return postmortems.revoke_override(tracker, ident=incident_id, reason=body.reason, actor=actor)
+
+
 @router.post("/incidents/{incident_id}/actions")
 def add_action(
     incident_id: str,
