@@ -148,6 +148,19 @@ class PostmortemSettings(BaseModel):
     action_label: str = "postmortem-action"  # ... or linked and carrying this label
     change_type: str = "normal"
     reminder_hours: float = Field(default=24.0, ge=0)  # overdue reminder period; 0: none
+    # A change request closed (state 3) with one of these close codes implements its item:
+    # the item is done. Closed with another code, or in one of change_failed_states
+    # (Canceled), it re-opens the item, which gets a new change request.
+    change_done_codes: tuple[str, ...] = ("successful", "successful_issues")
+    change_failed_states: tuple[str, ...] = ("4",)
+    # Where an action item's issue goes when its change is done, with what fields.
+    action_done_status: str = "Resolved"
+    action_done_fields: dict[str, Any] = Field(
+        default_factory=lambda: {"resolution": {"name": "Done"}}
+    )
+    # A resolved incident that needs a postmortem gets a ServiceNow problem; its change
+    # requests name the problem as well as the incident.
+    problem_record: bool = False
 
 
 # What a token may do is decided in service.domain.roles; comms may publish and read only.

@@ -61,7 +61,7 @@ def _event(e: GateEvent) -> str:
 
 
 def _incident_name(links: list[store.Link], fallback: str) -> str:
-    keys = [x.remote_key for x in links if x.system == "servicenow" and x.remote_key]
+    keys = [x.remote_key for x in links if x.object_type == "incident" and x.remote_key]
     return keys[0] if keys else fallback
 
 

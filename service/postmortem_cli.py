@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -63,6 +63,47 @@ def register(app: typer.Typer) -> None:
         verb = "added to" if item["created"] else "already on"
         console.print(f"action item {item['key']} {verb} {incident}{note}", highlight=False)
 
+    @pm.command("edit-action")
+    def edit_action(
+        incident: Annotated[str, typer.Argument(help="INC0010001, OPS-12 or the canonical id.")],
+        item: Annotated[str, typer.Argument(help="The item's key (postmortem show --json).")],
+        title: Annotated[str | None, typer.Option(help="The new title.")] = None,
+        owner: Annotated[str | None, typer.Option(help="The new owner's email.")] = None,
+        due: Annotated[str | None, typer.Option(help="New due date, YYYY-MM-DD.")] = None,
+        actor: Annotated[str, typer.Option("--as", help="Who edits (audited).")] = "",
+        config_file: ConfigOption = None,
+    ) -> None:
+        """Change an action item's title, owner or due date; its change request follows."""
+        tracker = _tracker(config_file)
+        with cli_errors():
+            changes: dict[str, Any] = {"title": title, "owner": owner}
+            if due is not None:
+                changes["due"] = postmortems.parse_date(due, field="--due")
+            out = postmortems.edit_action(
+                tracker, ident=incident, item=item, actor=Actor.cli(actor), **changes
+            )
+        console.print(
+            f"action item {plain(out['key'])}: {plain(out['title'])}, owner "
+            f"{plain(out['owner']) or '(none)'}, due {out['due'] or '(none)'}",
+            highlight=False,
+        )
+
+    @pm.command("withdraw-action")
+    def withdraw_action(
+        incident: Annotated[str, typer.Argument(help="INC0010001, OPS-12 or the canonical id.")],
+        item: Annotated[str, typer.Argument(help="The item's key (postmortem show --json).")],
+        reason: Annotated[str, typer.Option(help="Why (required; audited).")] = "",
+        actor: Annotated[str, typer.Option("--as", help="Who withdraws it (audited).")] = "",
+        config_file: ConfigOption = None,
+    ) -> None:
+        """Withdraw an action item: it no longer blocks the gate."""
+        tracker = _tracker(config_file)
+        with cli_errors():
+            out = postmortems.withdraw_action(
+                tracker, ident=incident, item=item, reason=reason, actor=Actor.cli(actor)
+            )
+        console.print(f"action item {plain(out['key'])} is withdrawn", highlight=False)
+
     @pm.command("show")
     def show(
         incident: Annotated[str, typer.Argument(help="INC0010001, OPS-12 or the canonical id.")],
@@ -83,12 +124,15 @@ def register(app: typer.Typer) -> None:
             highlight=False,
         )
         table = Table(title=f"action items of {plain(incident)}")
-        for column in ("title", "owner", "due", "source", "change request", "blocked by"):
+        for column in ("key", "title", "owner", "due", "source", "status", "change request",
+                       "blocked by"):  # fmt: skip
             table.add_column(column, overflow="fold")
         for i in data["action_items"]:
+            status = i["status"] + (f": {i['status_reason']}" if i["status_reason"] else "")
             table.add_row(
-                plain(i["title"]), plain(i["owner"]), i["due"], plain(i["source"]),
-                i["change_request"], "" if i["change_request"] else plain(i["blocked"]),
+                i["key"], plain(i["title"]), plain(i["owner"]), i["due"], plain(i["source"]),
+                plain(status), i["change_request"],
+                "" if i["change_request"] else plain(i["blocked"]),
             )  # fmt: skip
         console.print(table)
         gate = data["gate"]

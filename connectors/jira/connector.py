@@ -109,6 +109,7 @@ class JiraConnector:
             Capability.WEBHOOKS,
             Capability.FIELD_HISTORY,
             Capability.ISSUE_LINKS,
+            Capability.MENTIONS,
         }
     )
 
@@ -753,6 +754,10 @@ class JiraConnector:
             f"no Jira user has the email {email!r} (or its email is hidden from the API user)",
             system=SYSTEM,
         )
+
+    def mention(self, person: Person) -> str:
+        """A mention by account id (wiki markup; the v3 API reads it as an ADF mention)."""
+        return f"[~accountid:{person.id}]"
 
     def person_by_id(self, person_id: str) -> Person:
         if person_id in self._people_by_id:

@@ -112,6 +112,7 @@ class ServiceNowConnector:
             Capability.CHANGE_REQUESTS,
             Capability.FIELD_HISTORY,
             Capability.FIELDS_ON_TRANSITION,
+            Capability.MENTIONS,
         }
     )
 
@@ -523,6 +524,10 @@ class ServiceNowConnector:
         if not rows:
             raise NotFound(f"no active ServiceNow user has the email {email!r}", system=SYSTEM)
         return self._remember(rows[0])
+
+    def mention(self, person: Person) -> str:
+        """The user as a journal names them: ``@Name`` and the sys_user it is."""
+        return f"@{person.name or person.email} (sys_user {person.id}, {person.email})"
 
     def person_by_id(self, person_id: str) -> Person:
         with self._people_lock:

@@ -11,8 +11,8 @@ from connectors.errors import ConnectorError
 from mapping.model import Incident
 from postmortem_tracker.models import ActionItem, Postmortem
 from postmortem_tracker.report import AuditRow, audit_rows, kpis
-from postmortem_tracker.tracker import Tracker, active_override
-from service.domain.errors import Conflict, Invalid, Unavailable
+from postmortem_tracker.tracker import WITHDRAWN, Tracker, active_override
+from service.domain.errors import Conflict, Invalid, NotFound, Unavailable
 from service.domain.incidents import find
 from service.domain.roles import Actor, Permission
 from sync import store
@@ -70,14 +70,7 @@ def show(tracker: Tracker, *, ident: str) -> dict[str, Any]:
             "complete": postmortem.completed_at is not None,
             "completed_by": postmortem.completed_by,
         },
-        "action_items": [
-            {
-                "key": i.key, "title": i.title, "owner": i.owner, "due": str(i.due_date or ""),
-                "source": i.source, "change_request": i.change_request_number,
-                "change_request_state": i.change_request_state, "blocked": i.blocked,
-            }
-            for i in items
-        ],
+        "action_items": [_item_dict(i) for i in items],
         "gate": gate(tracker, ident=row.id),
     }  # fmt: skip
 
@@ -146,6 +139,78 @@ def add_action(
     return {
         "key": item.key, "title": item.title, "incident": row.id, "still_needs": missing,
         "created": created,
+    }  # fmt: skip
+
+
+def _item(s: Any, incident_id: str, item: str) -> ActionItem:
+    row = s.exec(
+        select(ActionItem).where(
+            col(ActionItem.incident_id) == incident_id, col(ActionItem.key) == item.strip()
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"no action item {item!r} on this incident", field="item")
+    return row
+
+
+UNSET: Any = object()  # edit_action: the due date was not given
+
+
+def edit_action(
+    tracker: Tracker, *, ident: str, item: str, title: str | None = None,
+    owner: str | None = None, due: dt.date | None = UNSET, actor: Actor,
+    today: dt.date | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Change an item's title, owner or due date (``None``/unset: unchanged; ``due=None``
+    clears it). Checked as an add is, before anything is written; the change request follows
+    on the next reconcile (and an item from Jira is changed in Jira first)."""
+    actor.require(Permission.POSTMORTEM)
+    with store.session_scope(tracker.db, readonly=True) as s:
+        row = find(s, ident=ident)
+        current = _item(s, row.id, item)
+    if current.status == WITHDRAWN:
+        raise Conflict(f"action item {item} is withdrawn; add a new one", field="item")
+    new_title = None if title is None else _check_title(title)
+    due_given = due is not UNSET
+    if due_given:
+        _check_due(due, today)
+    new_owner = None if owner is None else _check_owner(tracker, owner)
+    try:
+        edited = tracker.edit_item(
+            current.id or 0, title=new_title, owner=new_owner, due=due if due_given else None,
+            due_given=due_given, actor=actor.label,
+        )  # fmt: skip
+    except ConnectorError as exc:
+        raise Unavailable(f"{current.source} could not be changed: {exc}", field="item") from exc
+    with store.session_scope(tracker.db) as s:
+        mark_dirty(s, incident_key(row.id), reason="action item edited")
+    return _item_dict(edited)
+
+
+def withdraw_action(
+    tracker: Tracker, *, ident: str, item: str, reason: str, actor: Actor
+) -> dict[str, Any]:
+    """Withdraw an item with a reason: it no longer blocks the gate (audited)."""
+    actor.require(Permission.POSTMORTEM)
+    reason = _reason(reason, "withdrawing an action item")
+    with store.session_scope(tracker.db, readonly=True) as s:
+        row = find(s, ident=ident)
+        current = _item(s, row.id, item)
+    if current.status == WITHDRAWN:
+        return _item_dict(current)
+    withdrawn = tracker.withdraw_item(current.id or 0, reason=reason, actor=actor.label)
+    with store.session_scope(tracker.db) as s:
+        mark_dirty(s, incident_key(row.id), reason="action item withdrawn")
+    return _item_dict(withdrawn)
+
+
+def _item_dict(i: ActionItem) -> dict[str, Any]:
+    return {
+        "key": i.key, "title": i.title, "owner": i.owner, "due": str(i.due_date or ""),
+        "source": i.source, "status": i.status, "status_reason": i.status_reason,
+        "status_by": i.status_by, "change_request": i.change_request_number,
+        "change_request_state": i.change_request_state, "blocked": i.blocked,
+        "attempt": i.attempt,
     }  # fmt: skip
 
 

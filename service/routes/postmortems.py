@@ -70,6 +70,40 @@ def add_action(
     )  # fmt: skip
 
 
+class EditBody(BaseModel):
+    """Only the fields given change; ``"due": null`` clears the due date."""
+
+    title: str | None = Field(default=None, min_length=1, max_length=postmortems.MAX_TITLE)
+    owner: str | None = None
+    due: dt.date | None = None
+
+
+class WithdrawBody(BaseModel):
+    reason: str = Field(min_length=3, max_length=2000)
+
+
+@router.patch("/incidents/{incident_id}/actions/{item}")
+def edit_action(
+    incident_id: str, item: str, body: EditBody, tracker: TrackerDep, actor: ChangeManager
+) -> dict[str, Any]:
+    """Edit an action item's title, owner or due date; its change request follows."""
+    due: Any = body.due if "due" in body.model_fields_set else postmortems.UNSET
+    return postmortems.edit_action(
+        tracker, ident=incident_id, item=item, title=body.title, owner=body.owner, due=due,
+        actor=actor,
+    )  # fmt: skip
+
+
+@router.post("/incidents/{incident_id}/actions/{item}/withdraw")
+def withdraw_action(
+    incident_id: str, item: str, body: WithdrawBody, tracker: TrackerDep, actor: ChangeManager
+) -> dict[str, Any]:
+    """Withdraw an action item with a reason: it no longer blocks the gate (audited)."""
+    return postmortems.withdraw_action(
+        tracker, ident=incident_id, item=item, reason=body.reason, actor=actor
+    )
+
+
 @router.get("/audit")
 def audit_report(
     tracker: TrackerDep,
