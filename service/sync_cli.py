@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from config.logging import setup_logging
-from config.settings import Settings
+from config.settings import Settings, missing_for_run
 from mapping.registry import MappingSet, load_mappings
 from service.cli_common import (
     ConfigOption,
@@ -84,6 +84,15 @@ def register(app: typer.Typer) -> None:
             err.print(f"[red]error:[/red] --role {role}: use all, http or workers")
             raise typer.Exit(2)
         settings = settings_or_exit(config_file)
+        missing = missing_for_run(settings)
+        if missing:
+            err.print(
+                f"[red]error:[/red] itsm-sync run needs {', '.join(missing)}: set them in the "
+                "environment or the config file (docs/operations.md, Configuration)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(2)
         setup_logging(settings.log_level)
         worker_process = None
         if role == "all" and not workers_in_process:

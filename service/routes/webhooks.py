@@ -22,6 +22,8 @@ async def _webhook(system: str, instance: str, request: Request) -> Response:
     connector = runtime.connectors.get((system, instance))
     if connector is None:
         return JSONResponse({"error": f"no {system}/{instance} configured"}, status_code=404)
+    if not getattr(getattr(connector, "settings", None), "webhooks", True):
+        return JSONResponse({"error": f"webhooks of {system}/{instance} are off"}, status_code=404)
     body = await request.body()
     # On the event loop's own thread: no thread hand-off to pay, and one delivery at a time is
     # what the database takes anyway on SQLite. (Measured: a pool of threads made each delivery
