@@ -120,6 +120,24 @@ class SyncSettings(BaseModel):
     duplicates_follow_parent: bool = True
 
 
+class IntakeSettings(BaseModel):
+    """What unauthenticated callers of the webhook routes can cost (docs/operations.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Rejected and malformed deliveries are kept for diagnosis, the oldest dropped beyond
+    # either cap (itsm_sync_rejected_deliveries_dropped counts them); each body cut to a size.
+    rejected_keep: int = Field(default=200, ge=0)
+    rejected_max_bytes: int = Field(default=2 * 1024 * 1024, ge=0)
+    rejected_body_bytes: int = Field(default=16 * 1024, ge=0)
+    # Per source address and route: every delivery, and (much fewer) the ones refused for a
+    # bad signature or body; beyond either, 429 with Retry-After.
+    requests_per_second: float = Field(default=200.0, gt=0)
+    burst: float = Field(default=400.0, ge=1)
+    rejections_per_minute: float = Field(default=6.0, gt=0)
+    rejection_burst: float = Field(default=10.0, ge=1)
+
+
 SeverityName = Literal["SEV1", "SEV2", "SEV3", "SEV4"]
 
 
@@ -198,6 +216,7 @@ class Settings(BaseSettings):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     postmortem: PostmortemSettings = Field(default_factory=PostmortemSettings)
     comms: CommsSettings = Field(default_factory=CommsSettings)
+    intake: IntakeSettings = Field(default_factory=IntakeSettings)
     # ITSM_SYNC_API_TOKENS='[{"name": "desk", "token": "...", "role": "viewer"}]'
     api_tokens: list[ApiToken] = Field(default_factory=list)
     database_url: str = "sqlite:///./itsm-sync.db"

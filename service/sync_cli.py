@@ -170,7 +170,7 @@ def register(app: typer.Typer) -> None:
         try:
             results = poll_all(runtime.db, runtime.connectors)
             for line in results_table(results):
-                console.print(line, highlight=False)
+                console.print(plain(line), highlight=False)
             cadence.check(runtime.db, settings.comms)  # reminders for updates that are due
             totals = drain(
                 runtime.reconciler,
@@ -187,7 +187,10 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
             )
             for item in parked:
-                console.print(f"  parked #{item.id} {item.target}: {item.error}", highlight=False)
+                console.print(
+                    f"  parked #{item.id} {plain(item.target)}: {plain(item.error)}",
+                    highlight=False,
+                )
         finally:
             runtime.stop()
         if parked:
@@ -239,7 +242,7 @@ def register(app: typer.Typer) -> None:
                             progress=advance,
                         )
                         if result.error:
-                            err.print(f"[red]{system} {object_type}:[/red] {result.error}")
+                            err.print(f"[red]{system} {object_type}:[/red] {plain(result.error)}")
                 # Pairs linked by hand before us become one incident before anything is
                 # reconciled, so that neither record gets a new counterpart.
                 task = progress.add_task("link existing pairs", total=None)

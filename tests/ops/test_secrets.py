@@ -118,7 +118,7 @@ def running(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*CLI, "run", "--port", str(port), "--workers-in-process"],
-            env=configured(tmp_path), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+            env=configured(tmp_path, ITSM_SYNC_INTAKE__REJECTION_BURST="1000"), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
