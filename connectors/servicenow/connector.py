@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import pysnow
 import pysnow.exceptions
 
-from config.settings import ServiceNowSettings
+from config.settings import ServiceNowSettings, reveal
 from connectors.base import (
     FIELD_CHANGES_KEY,
     JOURNAL_KEY,
@@ -133,7 +133,7 @@ class ServiceNowConnector:
             raise ValueError(f"servicenow.url: not an http(s) URL: {settings.url!r}")
         self.base_url = f"{parts.scheme}://{parts.netloc}"
         session = TimeoutSession(SYSTEM, settings.timeout_seconds)
-        session.auth = (settings.username, settings.password.get_secret_value())
+        session.auth = (settings.username, reveal(settings.password))
         if settings.ca_bundle:
             session.verify = settings.ca_bundle
         self._client = pysnow.Client(
@@ -549,9 +549,9 @@ class ServiceNowConnector:
     ) -> list[Observation]:
         """Verify a business-rule delivery (shared secret header) and read the record in it."""
         lower = {k.lower(): v for k, v in headers.items()}
-        expected = self.settings.webhook_secret.get_secret_value().encode()
+        expected = reveal(self.settings.webhook_secret).encode()
         given = lower.get("x-servicenow-secret", "").encode()
-        if not given or not hmac.compare_digest(given, expected):
+        if not expected or not given or not hmac.compare_digest(given, expected):
             raise AuthFailed("webhook secret missing or wrong", system=SYSTEM, status=401)
         try:
             payload = json.loads(body)
