@@ -45,6 +45,8 @@ class ServiceNowSettings(BaseModel):
     )
     change_request_query: str = ""
     requests_per_second: float | None = Field(default=None, gt=0)
+    # Calls in flight at once (workers beyond it wait for a slot; rate stays the buckets' job).
+    max_concurrency: int = Field(default=16, ge=1, le=256)
     ca_bundle: str | None = None  # a CA file for a private certificate (the --tls simulator)
 
 
@@ -65,6 +67,7 @@ class JiraSettings(BaseModel):
     # Jira refuses more than 20 writes to one issue in 2 s: burst 10 + 5/s * 2 s stays at 20.
     issue_writes_per_second: float = Field(default=5.0, gt=0)
     issue_write_burst: float = Field(default=10.0, ge=1)
+    max_concurrency: int = Field(default=16, ge=1, le=256)  # calls in flight at once
     ca_bundle: str | None = None
     # A custom field (customfield_NNNNN) where people keep the ServiceNow incident number: an
     # issue that names one is linked to that incident, never given a second one.
@@ -85,6 +88,8 @@ class StatuspageSettings(BaseModel):
     timeout_seconds: float = Field(default=30.0, gt=0)
     requests_per_second: float = Field(default=1.0, gt=0)  # the documented budget
     burst: float = Field(default=1.0, ge=1)
+    # At 1 request/s more than two in flight only queue behind the bucket.
+    max_concurrency: int = Field(default=2, ge=1, le=256)
     ca_bundle: str | None = None
 
 

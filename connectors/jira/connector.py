@@ -56,8 +56,9 @@ from connectors.http import (
     bucket_for,
     call_with_retries,
     credential_fingerprint,
+    limit_concurrency,
 )
-from connectors.requests_errors import translate
+from connectors.requests_errors import size_pool, translate
 
 SYSTEM = "jira"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
@@ -139,6 +140,7 @@ class JiraConnector:
         self._issue_writes = KeyedBuckets(
             settings.issue_writes_per_second, settings.issue_write_burst
         )
+        limit_concurrency(SYSTEM, settings.max_concurrency)
         self._people_by_email: dict[str, Person] = {}
         self._people_by_id: dict[str, Person] = {}
         self._time_zone: ZoneInfo | None = None
@@ -176,6 +178,7 @@ class JiraConnector:
             timeout=self.settings.timeout_seconds,
             get_server_info=False,  # no call at construction; we use REST v2 paths directly
         )
+        size_pool(client._session, self.settings.max_concurrency)
         client._session.hooks["response"].append(
             lambda r, *a, **k: CALLS.add(SYSTEM, r.request.method or "", r.status_code)
         )

@@ -49,6 +49,7 @@ from connectors.http import (
     bucket_for,
     call_with_retries,
     credential_fingerprint,
+    limit_concurrency,
 )
 from connectors.requests_errors import TimeoutSession, translate
 
@@ -132,7 +133,7 @@ class ServiceNowConnector:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"servicenow.url: not an http(s) URL: {settings.url!r}")
         self.base_url = f"{parts.scheme}://{parts.netloc}"
-        session = TimeoutSession(SYSTEM, settings.timeout_seconds)
+        session = TimeoutSession(SYSTEM, settings.timeout_seconds, settings.max_concurrency)
         session.auth = (settings.username, reveal(settings.password))
         if settings.ca_bundle:
             session.verify = settings.ca_bundle
@@ -144,6 +145,7 @@ class ServiceNowConnector:
             credential_fingerprint(f"{self.base_url}|{settings.username}"),
             RatePolicy(requests_per_second=settings.requests_per_second, burst=1.0),
         )
+        limit_concurrency(SYSTEM, settings.max_concurrency)
         self._people_lock = threading.Lock()
         self._people_by_email: dict[str, Person] = {}
         self._people_by_id: dict[str, Person] = {}
