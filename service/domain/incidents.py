@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, func, select
 
 from config.settings import CommsSettings
 from mapping.engine import applies
@@ -81,8 +81,19 @@ def status(
     incidents owe an update."""
     links = s.exec(select(store.Link.system, func.count()).group_by(store.Link.system)).all()
     watermarks = s.exec(select(store.Watermark)).all()
+    oldest = s.exec(
+        select(func.min(func.coalesce(store.Dirty.first_marked_at, store.Dirty.due_at)))
+    ).one()
+    now = utcnow()
     return {
         "queue_depth": queue_depth(s),
+        # The change waiting longest: when it was first marked (a string, as JSON has it).
+        "oldest_queued_at": oldest.isoformat() if oldest else None,
+        "poll_lag_seconds": {
+            f"{w.system}/{w.instance}/{w.object_type}": round((now - w.updated_at).total_seconds())
+            for w in watermarks
+            if w.value is not None
+        },
         "parked": len(store.open_parked(s)),
         "links": {system: n for system, n in links},
         "watermarks": {
@@ -91,6 +102,47 @@ def status(
         },
         "mappings": mapping_problems or "ok",
         "updates_overdue": cadence.overdue(s, comms or CommsSettings()),
+    }
+
+
+OPEN_STATES = ("new", "investigating", "identified", "monitoring")
+
+
+def in_flight(s: Session, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+    """Open incidents, the most recently changed first, each with its links (a page of them)."""
+    state = col(store.IncidentRow.data)["state"].as_string()
+    is_open = state.in_(OPEN_STATES)
+    total = s.exec(select(func.count()).select_from(store.IncidentRow).where(is_open)).one()
+    rows = s.exec(
+        select(store.IncidentRow)
+        .where(is_open)
+        .order_by(col(store.IncidentRow.updated_at).desc(), col(store.IncidentRow.id))
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    links: dict[str, list[dict[str, Any]]] = {row.id: [] for row in rows}
+    if rows:
+        for link in s.exec(
+            select(store.Link)
+            .where(col(store.Link.incident_id).in_(list(links)))
+            .order_by(col(store.Link.system), col(store.Link.id))
+        ):
+            links[link.incident_id].append(_link(link))
+    return {
+        "total": total,
+        "incidents": [
+            {
+                "id": row.id,
+                "title": str(row.data.get("title", "")),
+                "severity": row.data.get("severity") or "",
+                "state": row.data.get("state", ""),
+                "team": row.data.get("team", ""),
+                "public": bool(row.data.get("public")),
+                "updated_at": row.updated_at.isoformat(),
+                "links": links[row.id],
+            }
+            for row in rows
+        ],
     }
 
 

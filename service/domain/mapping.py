@@ -86,8 +86,15 @@ def version_source(s: Session, *, version_id: int) -> dict[str, Any]:
     return {**_version(row, False), "source": row.source}
 
 
+def normalise(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def check(text: str, *, name: str = "pasted.yaml") -> Mapping:
-    """The spec parsed, or :class:`MappingFileError` with every problem and its line."""
+    """The spec parsed, or :class:`MappingFileError` with every problem and its line. Line
+    ends are made ``\n`` (a browser posts a textarea with ``\r\n``; the file, read back by
+    the reloader, must have the digest the version was stored with)."""
+    text = normalise(text)
     if len(text) > MAX_SPEC:
         raise Invalid(f"the spec has {len(text)} characters; at most {MAX_SPEC}", field="spec")
     if not text.strip():
@@ -264,7 +271,7 @@ def save(
         accepted_by=actor.label,
     )
     s.flush()
-    _write(path, text)
+    _write(path, spec.source)
     return {
         "system": spec.system,
         "instance": spec.instance,

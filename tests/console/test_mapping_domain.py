@@ -97,3 +97,20 @@ def test_only_an_admin_saves(db: Engine, tmp_path: Path) -> None:
 def test_without_a_mappings_dir_save_says_so(db: Engine) -> None:
     with store.session_scope(db) as s, pytest.raises(Invalid, match="mappings_dir"):
         mapping.save(s, text=JIRA, directory=None, mappings=load_mappings(None), actor=ADMIN)
+
+
+def test_a_spec_posted_from_a_browser_is_stored_as_the_reloader_reads_it(
+    db: Engine, tmp_path: Path
+) -> None:
+    """A textarea posts CRLF line ends; the file and the stored version must agree, or the
+    reloader, which reads the file back, stores the same mapping again as someone else's."""
+    with store.session_scope(db) as s:
+        saved = mapping.save(
+            s,
+            text=JIRA.replace("\n", "\r\n"),
+            directory=str(tmp_path),
+            mappings=load_mappings(None),
+            actor=ADMIN,
+        )
+    assert Path(saved["file"]).read_bytes() == JIRA.encode()
+    assert saved["digest"] == load_mappings(tmp_path).get("jira").digest
