@@ -75,7 +75,11 @@ def history(s: Session, *, ident: str) -> dict[str, Any]:
 
 
 def status(
-    s: Session, *, mapping_problems: str = "", comms: CommsSettings | None = None
+    s: Session,
+    *,
+    mapping_problems: str = "",
+    comms: CommsSettings | None = None,
+    overdue: int | None = None,
 ) -> dict[str, Any]:
     """The queue, parked items, links per system, the poll watermarks and how many open
     incidents owe an update."""
@@ -101,26 +105,59 @@ def status(
             for w in watermarks
         },
         "mappings": mapping_problems or "ok",
-        "updates_overdue": cadence.overdue(s, comms or CommsSettings()),
+        "updates_overdue": cadence.overdue(s, comms or CommsSettings())
+        if overdue is None
+        else overdue,
     }
 
 
 OPEN_STATES = ("new", "investigating", "identified", "monitoring")
 
 
+def _open_rows(s: Session) -> list[Any]:
+    """(id, data, created_at, updated_at) of every open incident, the latest changed first."""
+    state = col(store.IncidentRow.data)["state"].as_string()
+    return list(
+        s.exec(
+            select(
+                store.IncidentRow.id,
+                store.IncidentRow.data,
+                store.IncidentRow.created_at,
+                store.IncidentRow.updated_at,
+            )
+            .where(state.in_(OPEN_STATES))
+            .order_by(col(store.IncidentRow.updated_at).desc(), col(store.IncidentRow.id))
+        ).all()
+    )
+
+
+def overview(
+    s: Session,
+    *,
+    mapping_problems: str = "",
+    comms: CommsSettings | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """:func:`status` and a page of :func:`in_flight`, from one scan of the open incidents
+    (finding them reads every incident's JSON: the console's overview does it once)."""
+    rows = _open_rows(s)
+    comms = comms or CommsSettings()
+    overdue = cadence.count_overdue(((i, d, c) for i, d, c, _ in rows), comms)
+    out = status(s, mapping_problems=mapping_problems, comms=comms, overdue=overdue)
+    page = rows[offset : offset + limit]
+    out["in_flight"] = {"total": len(rows), "incidents": _flight(s, page)}
+    return out
+
+
 def in_flight(s: Session, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
     """Open incidents, the most recently changed first, each with its links (a page of them)."""
-    state = col(store.IncidentRow.data)["state"].as_string()
-    is_open = state.in_(OPEN_STATES)
-    total = s.exec(select(func.count()).select_from(store.IncidentRow).where(is_open)).one()
-    rows = s.exec(
-        select(store.IncidentRow)
-        .where(is_open)
-        .order_by(col(store.IncidentRow.updated_at).desc(), col(store.IncidentRow.id))
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    links: dict[str, list[dict[str, Any]]] = {row.id: [] for row in rows}
+    rows = _open_rows(s)
+    return {"total": len(rows), "incidents": _flight(s, rows[offset : offset + limit])}
+
+
+def _flight(s: Session, rows: Any) -> list[dict[str, Any]]:
+    links: dict[str, list[dict[str, Any]]] = {row[0]: [] for row in rows}
     if rows:
         for link in s.exec(
             select(store.Link)
@@ -128,22 +165,19 @@ def in_flight(s: Session, *, limit: int = 50, offset: int = 0) -> dict[str, Any]
             .order_by(col(store.Link.system), col(store.Link.id))
         ):
             links[link.incident_id].append(_link(link))
-    return {
-        "total": total,
-        "incidents": [
-            {
-                "id": row.id,
-                "title": str(row.data.get("title", "")),
-                "severity": row.data.get("severity") or "",
-                "state": row.data.get("state", ""),
-                "team": row.data.get("team", ""),
-                "public": bool(row.data.get("public")),
-                "updated_at": row.updated_at.isoformat(),
-                "links": links[row.id],
-            }
-            for row in rows
-        ],
-    }
+    return [
+        {
+            "id": incident_id,
+            "title": str(data.get("title", "")),
+            "severity": data.get("severity") or "",
+            "state": data.get("state", ""),
+            "team": data.get("team", ""),
+            "public": bool(data.get("public")),
+            "updated_at": updated.isoformat(),
+            "links": links[incident_id],
+        }
+        for incident_id, data, _, updated in rows
+    ]
 
 
 def set_public(

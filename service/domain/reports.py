@@ -12,6 +12,8 @@ import datetime as dt
 from collections import Counter, defaultdict
 from typing import Any
 
+from sqlalchemy import and_, func, not_
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from postmortem_tracker.models import ActionItem, GateEvent, Requirement
@@ -80,8 +82,8 @@ def kpis(
     - ``on_time``: per week of due date, the share of action items due that week whose change
       request is implemented or still within its date (percent, None for a week with none);
     - ``overdue``: action items past their due date without an implemented change, by severity;
-    - ``days_to_cr``: per severity, mean days from the action item to its change request
-      (its record's last update when the change request was recorded);
+    - ``days_to_cr``: per severity, mean days from an action item (created in the window) to
+      its change request (the item's last update once the change request is recorded);
     - ``overrides``: gate overrides per week.
     """
     actor.require(Permission.POSTMORTEM)
@@ -93,32 +95,46 @@ def kpis(
     overdue: Counter[str] = Counter()
     to_cr: dict[str, list[float]] = defaultdict(list)
     overrides: Counter[dt.date] = Counter()
+    window = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
+    implemented = and_(
+        col(ActionItem.change_request_state) == "3",
+        col(ActionItem.change_request_close_code).in_(("successful", "successful_issues")),
+    )
+    late = and_(
+        col(ActionItem.due_date) < today,
+        not_(implemented),
+        col(ActionItem.change_request_state) != "4",
+    )
     with store.session_scope(tracker.db, readonly=True) as s:
-        severity = dict(s.exec(select(Requirement.incident_id, Requirement.severity)).all())
-        for item in s.exec(select(ActionItem)):
-            sev = severity.get(item.incident_id) or "-"
-            implemented = item.change_request_state == "3" and item.change_request_close_code in (
-                "successful",
-                "successful_issues",
+        # Counted in SQL (overdue items can be of any age); the rest reads the window only.
+        for sev, n in s.execute(
+            sa_select(col(Requirement.severity), func.count())
+            .select_from(ActionItem)
+            .outerjoin(Requirement, col(Requirement.incident_id) == col(ActionItem.incident_id))
+            .where(late)
+            .group_by(Requirement.severity)
+        ):
+            overdue[sev or "-"] += n
+        for due_date, is_late in s.execute(
+            sa_select(col(ActionItem.due_date), late).where(
+                col(ActionItem.due_date) >= first, col(ActionItem.due_date) <= today
             )
-            late = (
-                item.due_date is not None
-                and item.due_date < today
-                and not implemented
-                and item.change_request_state != "4"
+        ):
+            due[_week(due_date)] += 1
+            kept[_week(due_date)] += not is_late
+        for sev, created, updated in s.execute(
+            sa_select(
+                col(Requirement.severity), col(ActionItem.created_at), col(ActionItem.updated_at)
             )
-            if late:
-                overdue[sev] += 1
-            if item.due_date is not None and item.due_date >= first:
-                week = _week(item.due_date)
-                if week <= labels[-1] and item.due_date <= today:
-                    due[week] += 1
-                    kept[week] += not late
-            if item.change_request_number:
-                to_cr[sev].append((item.updated_at - item.created_at).total_seconds() / 86400)
-        since = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
+            .select_from(ActionItem)
+            .outerjoin(Requirement, col(Requirement.incident_id) == col(ActionItem.incident_id))
+            .where(
+                col(ActionItem.change_request_number) != "", col(ActionItem.created_at) >= window
+            )
+        ):
+            to_cr[sev or "-"].append((updated - created).total_seconds() / 86400)
         for event in s.exec(
-            select(GateEvent).where(col(GateEvent.kind) == "override", col(GateEvent.at) >= since)
+            select(GateEvent).where(col(GateEvent.kind) == "override", col(GateEvent.at) >= window)
         ):
             overrides[_week(event.at.date())] += 1
     return {

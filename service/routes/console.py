@@ -205,10 +205,14 @@ def _systems(status: dict[str, Any], stats: dict[str, Any]) -> list[dict[str, An
 def overview(request: Request, runtime: RuntimeDep, session: Viewer, page: int = 1) -> Response:
     page = max(page, 1)
     with store.session_scope(runtime.db, readonly=True) as s:
-        status = incidents.status(
-            s, mapping_problems=runtime.mapping_problems, comms=runtime.settings.comms
+        status = incidents.overview(
+            s,
+            mapping_problems=runtime.mapping_problems,
+            comms=runtime.settings.comms,
+            limit=PAGE_SIZE,
+            offset=(page - 1) * PAGE_SIZE,
         )
-        flight = incidents.in_flight(s, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    flight = status["in_flight"]
     healthy, workers = runtime.health()
     stats = runtime.stats()
     return render(
