@@ -74,6 +74,13 @@ from sync.queue import clear_backoff, incident_key, mark_dirty, next_backoff
 
 log = logging.getLogger("itsm_sync.executor")
 MAX_HISTORY = 100  # field changes kept with an observation
+WRITES_KEY = "_writes_at"  # in a shadow: when we wrote the record lately
+LOOP_LIMIT = 30
+LOOP_SECONDS = 60
+
+
+class WriteLoop(Fatal):
+    """The same record keeps being written: parked, not written forever."""
 
 
 @dataclass
@@ -316,6 +323,16 @@ class Executor:
                 shadow[path] = get_path(after.fields, path)
         mine = sorted({c.update for c in ours})
         shadow[OURS_KEY] = [*held.held.get(OURS_KEY, []), *mine][-MAX_OURS:]
+        # A circuit breaker: a record written over and over (two values that read the same to
+        # the mapping but never compare equal, a system that changes what we write) is parked
+        # after LOOP_LIMIT writes in LOOP_SECONDS, rather than written forever.
+        now = store.utcnow()
+        recent = [
+            at for at in held.held.get(WRITES_KEY, [])
+            if (now - dt.datetime.fromisoformat(at)).total_seconds() < LOOP_SECONDS
+        ]  # fmt: skip
+        shadow[WRITES_KEY] = [*recent, now.isoformat()][-LOOP_LIMIT:]
+        looping = len(recent) + 1 >= LOOP_LIMIT
         through = held.held.get(THROUGH_KEY)
         if not theirs and isinstance(through, list) and through == held.version:
             shadow[THROUGH_KEY] = list(after.version)  # no comment came in between
@@ -351,6 +368,14 @@ class Executor:
         held.version = list(after.version)
         held.observed = dict(after.fields)
         held.history = [*held.history, *ours, *theirs]
+        if looping:
+            raise WriteLoop(
+                f"{link.system} {link.remote_key or link.remote_id} was written {LOOP_LIMIT} "
+                f"times in {LOOP_SECONDS} s ({', '.join(sorted(written))}): the mapping "
+                "probably writes a value the system keeps in another form; check it, then "
+                "replay",
+                system=link.system,
+            )
 
     def _transition(
         self,

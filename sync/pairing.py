@@ -10,20 +10,34 @@ counterpart. ``itsm-sync link`` links a pair by hand.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
+from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from connectors.base import RemoteRecord, RemoteRef
+from connectors.base import Connector, RemoteRecord, RemoteRef
 from connectors.errors import ConnectorError
+from mapping.registry import MappingSet
 from sync import store
 from sync.planner import REF_KEY
 from sync.queue import incident_key, mark_dirty
 
-if TYPE_CHECKING:
-    from sync.reconcile import Reconciler
-
 log = logging.getLogger("itsm_sync.pairing")
+
+
+class Reconciler(Protocol):
+    """What pairing needs of :class:`sync.reconcile.Reconciler` (which calls pairing)."""
+
+    db: Engine
+    connectors: Mapping[tuple[str, str], Connector]
+    mappings: Callable[[], MappingSet]
+
+    def observe(self, record: RemoteRecord, *, source: str) -> bool: ...
+
+    def adopt(
+        self, system: str, instance: str, object_type: str, remote_id: str, *, pairing: bool = True
+    ) -> str | None: ...
 
 
 class PairConflict(ValueError):
