@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-peer lint fmt simulate bench chaos clean
+.PHONY: demo test test-peer lint fmt simulate bench chaos chaos-crash clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,9 +28,12 @@ bench: $(STAMP)
 # The chaos run (tests/chaos/run.py, docs/operations.md "Chaos run"): >=100 incidents on
 # PostgreSQL, two services, a quarter of API calls failing, webhooks dropped/delayed/duplicated,
 # SIGKILLs; prints six counts that must all be 0 (exit status 1 otherwise). CHAOS_ARGS=--help.
-# Then the large crash-safety runs (kill -9 mid-sync, two processes on PostgreSQL).
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.run $(CHAOS_ARGS)
+
+# The older large crash-safety tests (kill -9 mid-sync, 200 incidents, no API faults): their
+# fixed 30 s start-up and HTTP timeouts fail on a loaded 2-core machine, so they run apart.
+chaos-crash: $(STAMP)
 	$(BIN)/python -m pytest -m slow tests/chaos -q
 
 # The client libraries' own live-API suites (pycontribs/jira, PySNC) against the simulators,
