@@ -635,7 +635,10 @@ class Tracker:
             store.audit(
                 s, action="create", incident_id=incident.id, system=cr.ref.system,
                 instance=change_link.instance, remote_id=cr.ref.id, field="change_request",
-                after={"number": cr.ref.key, "owner": item.owner, "due": str(item.due_date)},
+                after={
+                    "number": cr.ref.key, "owner": item.owner, "due": str(item.due_date),
+                    "item": item.key,
+                },
                 reason=f"action item {item.title!r} from {item.source}",
             )  # fmt: skip
         source_of = self._source(item)
