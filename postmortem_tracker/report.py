@@ -19,7 +19,7 @@ from sqlmodel import col, select
 
 from mapping.model import Incident
 from postmortem_tracker.models import ActionItem, GateEvent, Postmortem, Requirement
-from postmortem_tracker.tracker import DONE, OPEN, WITHDRAWN, active_override
+from postmortem_tracker.tracker import DONE, OPEN, WITHDRAWN
 from sync import store
 
 COLUMNS = (
@@ -82,10 +82,10 @@ def _ended(incident: Incident, row: store.IncidentRow) -> dt.date | None:
     return (incident.closed_at or row.updated_at).date()
 
 
-def _highest(s: Any, incident: Incident) -> str:
-    latched = s.get(Requirement, incident.id)
+def _highest(latched: str, incident: Incident) -> str:
+    """The higher of the latched severity and the incident's own now (SEV1 < SEV2)."""
     now = incident.severity.value if incident.severity else ""
-    return min((x for x in (latched.severity if latched else "", now) if x), default="")
+    return min((x for x in (latched, now) if x), default="")
 
 
 def _in_window(
@@ -107,41 +107,71 @@ def audit_rows(
     today: dt.date | None = None,
 ) -> list[AuditRow]:
     """One row per action item (and one per postmortem without items, so gaps show), of the
-    incidents whose postmortem was open at some time in [since, until]: started by ``until``
-    and not ended before ``since``."""
+    incidents whose postmortem started in [since, until]."""
     today = today or dt.datetime.now(dt.UTC).date()
     rows: list[AuditRow] = []
     with store.session_scope(db, readonly=True) as s:
-        postmortems = s.exec(select(Postmortem).order_by(col(Postmortem.created_at))).all()
+        chosen = select(Postmortem).order_by(col(Postmortem.created_at))
+        # The window in SQL: a month's audit must not read every postmortem ever written.
+        if since:
+            chosen = chosen.where(
+                col(Postmortem.created_at) >= dt.datetime.combine(since, dt.time(), dt.UTC)
+            )
+        if until:
+            chosen = chosen.where(
+                col(Postmortem.created_at)
+                < dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.UTC)
+            )
+        postmortems = s.exec(chosen).all()
+        # Each table read once for the whole window, not four queries per postmortem.
+        ids = [pm.incident_id for pm in postmortems]
+        incidents = {
+            r.id: r
+            for r in s.exec(select(store.IncidentRow).where(col(store.IncidentRow.id).in_(ids)))
+        }
+        links_by: dict[str, list[store.Link]] = defaultdict(list)
+        for link in s.exec(
+            select(store.Link)
+            .where(col(store.Link.incident_id).in_(ids))
+            .order_by(col(store.Link.id))
+        ):
+            links_by[link.incident_id].append(link)
+        events_by: dict[str, list[GateEvent]] = defaultdict(list)
+        for event in s.exec(
+            select(GateEvent).where(col(GateEvent.incident_id).in_(ids)).order_by(col(GateEvent.id))
+        ):
+            events_by[event.incident_id].append(event)
+        latched = {
+            r.incident_id: r.severity
+            for r in s.exec(select(Requirement).where(col(Requirement.incident_id).in_(ids)))
+        }
+        items_by: dict[str, list[ActionItem]] = defaultdict(list)
+        for each in s.exec(
+            select(ActionItem)
+            .where(col(ActionItem.incident_id).in_(ids))
+            .order_by(col(ActionItem.id))
+        ):
+            items_by[each.incident_id].append(each)
         for pm in postmortems:
-            row = store.get_incident(s, pm.incident_id)
+            row = incidents.get(pm.incident_id)
             if row is None:
                 continue
             incident = Incident.model_validate({**row.data, "id": row.id})
             ended = _ended(incident, row)
-            if not _in_window(pm.created_at.date(), ended, since, until):
-                continue
             if team and incident.team != team:
                 continue
-            links = store.links_of(s, row.id)
-            events = s.exec(
-                select(GateEvent)
-                .where(col(GateEvent.incident_id) == row.id)
-                .order_by(col(GateEvent.id))
-            ).all()
-            override = active_override(s, row.id)
+            links = links_by[row.id]
+            events = events_by[row.id]
+            overrides = [e for e in events if e.kind == "override" and e.revoked_at is None]
+            override = overrides[-1] if overrides else None
             pm_state = "complete" if pm.completed_at else "open"
             if pm.jira_key:
                 pm_state += f" ({pm.jira_key})"
-            items = s.exec(
-                select(ActionItem)
-                .where(col(ActionItem.incident_id) == row.id)
-                .order_by(col(ActionItem.id))
-            ).all()
+            items = items_by[row.id]
             base = dict(
                 incident=_incident_name(links, row.id), title=incident.title,
                 severity=incident.severity.value if incident.severity else "",
-                highest_severity=_highest(s, incident), team=incident.team,
+                highest_severity=_highest(latched.get(row.id, ""), incident), team=incident.team,
                 state=incident.state.value, ended=str(ended or ""), postmortem=pm_state,
                 overridden_by=override.actor if override else "",
                 override_reason=override.reason if override else "",
@@ -225,7 +255,8 @@ def item_kpis(
             if row is None:
                 continue
             incident = Incident.model_validate({**row.data, "id": row.id})
-            key = (_highest(s, incident) if group_by == "severity" else incident.team) or "-"
+            highest = _highest(req.severity, incident)
+            key = (highest if group_by == "severity" else incident.team) or "-"
             g = groups.setdefault(
                 key,
                 {

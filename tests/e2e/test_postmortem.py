@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from service.harness import WEBHOOK_SECRETS
+from service.harness import simulator_env
 from simulators.runner import SimulatorCluster
 from tests.e2e.conftest import TOKENS, World, _people_only, wait_for
 
@@ -226,11 +226,7 @@ def test_a_crash_between_creating_the_change_and_recording_it_leaves_one(
         httpx.post(f"{url}/_sim/seed", json=_people_only(name)).raise_for_status()
     env = {
         **os.environ,
-        "ITSM_SYNC_SERVICENOW__URL": sims.urls["servicenow"],
-        "ITSM_SYNC_JIRA__URL": sims.urls["jira"],
-        "ITSM_SYNC_STATUSPAGE__URL": sims.urls["statuspage"] + "/v1",
-        "ITSM_SYNC_SERVICENOW__WEBHOOK_SECRET": WEBHOOK_SECRETS["servicenow"],
-        "ITSM_SYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'crash.db'}",
+        **simulator_env(sims, f"sqlite:///{tmp_path / 'crash.db'}"),
         "ITSM_SYNC_POSTMORTEM__REVIEW_ISSUE_TYPE": "",
         "COLUMNS": "200",
     }
