@@ -57,7 +57,8 @@ SYSTEM = "servicenow"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 SYS_ID = re.compile(r"^[0-9a-f]{32}$")
 ISSUE_KEY = re.compile(r"^[A-Z][A-Z0-9_]+-[1-9][0-9]*$")
-OBJECT_TYPES = ("incident", "change_request")
+OBJECT_TYPES = ("incident", "change_request")  # what is polled and synced
+TABLES = (*OBJECT_TYPES, "problem")  # what can be read and written (the postmortem's problem)
 RESOLVED, CLOSED, ON_HOLD = "6", "7", "3"
 # What ServiceNow requires to enter a state (base data policy and the hold rule).
 STATE_NEEDS: dict[str, tuple[str, ...]] = {
@@ -237,8 +238,8 @@ class ServiceNowConnector:
         return RemoteRecord(ref=ref, version=version, updated_at=updated, fields=row, url=url)
 
     def _table(self, object_type: str) -> str:
-        if object_type not in OBJECT_TYPES:
-            raise ValueError(f"servicenow serves {', '.join(OBJECT_TYPES)}, not {object_type!r}")
+        if object_type not in TABLES:
+            raise ValueError(f"servicenow serves {', '.join(TABLES)}, not {object_type!r}")
         return object_type
 
     # -- reading ------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ def show(tracker: Tracker, *, ident: str) -> dict[str, Any]:
             "review": postmortem.jira_key,
             "complete": postmortem.completed_at is not None,
             "completed_by": postmortem.completed_by,
+            "problem": postmortem.problem_number,
         },
         "action_items": [_item_dict(i) for i in items],
         "gate": gate(tracker, ident=row.id),
