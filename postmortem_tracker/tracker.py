@@ -743,7 +743,23 @@ class Tracker:
 
     def _done(self, incident: Incident, item: ActionItem, cr: RemoteRecord, code: str) -> None:
         """The change closed successful: the item is done, and so is its issue (with a
-        comment that links the change)."""
+        comment that links the change). The issue first, then the record: a failure on the
+        issue tracker is tried again on the next reconcile, not lost."""
+        source = self._source(item)
+        if source is not None:
+            connector, ref = source
+            status = connector.get(ref.object_type, ref.id).fields.get("status") or {}
+            if (status.get("statusCategory") or {}).get("key") != "done":  # never reopen one
+                connector.transition(
+                    ref, self.settings.action_done_status, dict(self.settings.action_done_fields)
+                )
+                connector.add_comment(
+                    ref,
+                    f"Done: the change request {cr.ref.key} that implements this action item "
+                    f"was closed {code}: {cr.url}",
+                    visibility=Visibility.PUBLIC,
+                    origin="itsm-sync:postmortem",
+                )
         with store.session_scope(self.db) as s:
             row = s.get(ActionItem, item.id)
             assert row is not None
@@ -755,20 +771,6 @@ class Tracker:
                 system=cr.ref.system, remote_id=cr.ref.id,
                 reason=f"action item {item.title!r} done: {cr.ref.key} closed {code}",
             )  # fmt: skip
-        source = self._source(item)
-        if source is None:
-            return
-        connector, ref = source
-        connector.add_comment(
-            ref,
-            f"Done: the change request {cr.ref.key} that implements this action item was "
-            f"closed {code}: {cr.url}",
-            visibility=Visibility.PUBLIC,
-            origin="itsm-sync:postmortem",
-        )
-        connector.transition(
-            ref, self.settings.action_done_status, dict(self.settings.action_done_fields)
-        )
 
     def _reopen(
         self, incident: Incident, item: ActionItem, cr: RemoteRecord, links: list[store.Link]

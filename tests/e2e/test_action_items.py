@@ -111,7 +111,10 @@ def test_a_successful_change_makes_the_item_done_and_its_jira_issue_too(world: W
         "the action item's issue to be done",
     )
     assert issue["fields"]["resolution"]["name"] == "Done"
-    [comment] = [c for c in world.jira_comments(task) if cr["number"] in c["body"]]
+    [comment] = wait_for(
+        lambda: [c for c in world.jira_comments(task) if cr["number"] in c["body"]],
+        "the comment linking the change",
+    )
     assert "closed successful" in comment["body"] and cr["sys_id"] in comment["body"]
     [item] = wait_for(
         lambda: [i for i in _items(world, inc["number"]) if i["status"] == "done"], "done"
