@@ -238,7 +238,7 @@ def _reason(reason: str, what: str) -> str:
     reason = reason.strip()
     if len(reason) < 3:
         raise Invalid(
-            f"{what} needs a reason (it is audited): 3 characters or more", field="reason"
+            f"{what} needs a reason of 3 characters or more (it is audited)", field="reason"
         )
     return reason
 
