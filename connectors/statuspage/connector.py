@@ -38,6 +38,7 @@ from connectors.errors import (
     Fatal,
     Retriable,
     classify_response,
+    network_cause,
 )
 from connectors.http import (
     CALLS,
@@ -132,9 +133,7 @@ class StatuspageConnector:
             raise Retriable(f"{what} timed out", system=SYSTEM) from exc
         except httpx.TransportError as exc:
             CALLS.add(SYSTEM, method, type(exc).__name__)
-            raise Retriable(
-                f"{what}: connection failed ({type(exc).__name__})", system=SYSTEM
-            ) from exc
+            raise Retriable(f"{what}: {network_cause(exc, system=SYSTEM)}", system=SYSTEM) from exc
         if response.status_code >= 400:
             raise classify_response(
                 system=SYSTEM,
