@@ -45,6 +45,8 @@ class ServiceNowSettings(BaseModel):
     )
     change_request_query: str = ""
     requests_per_second: float | None = Field(default=None, gt=0)
+    # Calls in flight at once (workers beyond it wait for a slot; rate stays the buckets' job).
+    max_concurrency: int = Field(default=16, ge=1, le=256)
     ca_bundle: str | None = None  # a CA file for a private certificate (the --tls simulator)
 
 
@@ -65,6 +67,7 @@ class JiraSettings(BaseModel):
     # Jira refuses more than 20 writes to one issue in 2 s: burst 10 + 5/s * 2 s stays at 20.
     issue_writes_per_second: float = Field(default=5.0, gt=0)
     issue_write_burst: float = Field(default=10.0, ge=1)
+    max_concurrency: int = Field(default=16, ge=1, le=256)  # calls in flight at once
     ca_bundle: str | None = None
     # A custom field (customfield_NNNNN) where people keep the ServiceNow incident number: an
     # issue that names one is linked to that incident, never given a second one.
@@ -85,6 +88,8 @@ class StatuspageSettings(BaseModel):
     timeout_seconds: float = Field(default=30.0, gt=0)
     requests_per_second: float = Field(default=1.0, gt=0)  # the documented budget
     burst: float = Field(default=1.0, ge=1)
+    # At 1 request/s more than two in flight only queue behind the bucket.
+    max_concurrency: int = Field(default=2, ge=1, le=256)
     ca_bundle: str | None = None
 
 
@@ -171,6 +176,19 @@ class PostmortemSettings(BaseModel):
     action_label: str = "postmortem-action"  # ... or linked and carrying this label
     change_type: str = "normal"
     reminder_hours: float = Field(default=24.0, ge=0)  # overdue reminder period; 0: none
+    # A change request closed (state 3) with one of these close codes implements its item:
+    # the item is done. Closed with another code, or in one of change_failed_states
+    # (Canceled), it re-opens the item, which gets a new change request.
+    change_done_codes: tuple[str, ...] = ("successful", "successful_issues")
+    change_failed_states: tuple[str, ...] = ("4",)
+    # Where an action item's issue goes when its change is done, with what fields.
+    action_done_status: str = "Resolved"
+    action_done_fields: dict[str, Any] = Field(
+        default_factory=lambda: {"resolution": {"name": "Done"}}
+    )
+    # A resolved incident that needs a postmortem gets a ServiceNow problem; its change
+    # requests name the problem as well as the incident.
+    problem_record: bool = False
 
 
 # What a token may do is decided in service.domain.roles; comms may publish and read only.

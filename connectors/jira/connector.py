@@ -56,8 +56,9 @@ from connectors.http import (
     bucket_for,
     call_with_retries,
     credential_fingerprint,
+    limit_concurrency,
 )
-from connectors.requests_errors import translate
+from connectors.requests_errors import size_pool, translate
 
 SYSTEM = "jira"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
@@ -109,6 +110,7 @@ class JiraConnector:
             Capability.WEBHOOKS,
             Capability.FIELD_HISTORY,
             Capability.ISSUE_LINKS,
+            Capability.MENTIONS,
         }
     )
 
@@ -138,6 +140,7 @@ class JiraConnector:
         self._issue_writes = KeyedBuckets(
             settings.issue_writes_per_second, settings.issue_write_burst
         )
+        limit_concurrency(SYSTEM, settings.max_concurrency)
         self._people_by_email: dict[str, Person] = {}
         self._people_by_id: dict[str, Person] = {}
         self._time_zone: ZoneInfo | None = None
@@ -175,6 +178,7 @@ class JiraConnector:
             timeout=self.settings.timeout_seconds,
             get_server_info=False,  # no call at construction; we use REST v2 paths directly
         )
+        size_pool(client._session, self.settings.max_concurrency)
         client._session.hooks["response"].append(
             lambda r, *a, **k: CALLS.add(SYSTEM, r.request.method or "", r.status_code)
         )
@@ -753,6 +757,10 @@ class JiraConnector:
             f"no Jira user has the email {email!r} (or its email is hidden from the API user)",
             system=SYSTEM,
         )
+
+    def mention(self, person: Person) -> str:
+        """A mention by account id (wiki markup; the v3 API reads it as an ADF mention)."""
+        return f"[~accountid:{person.id}]"
 
     def person_by_id(self, person_id: str) -> Person:
         if person_id in self._people_by_id:

@@ -47,6 +47,7 @@ from connectors.http import (
     bucket_for,
     call_with_retries,
     credential_fingerprint,
+    limit_concurrency,
 )
 
 SYSTEM = "statuspage"
@@ -106,6 +107,7 @@ class StatuspageConnector:
             credential_fingerprint(f"{self.base_url}|{key}"),
             RatePolicy(requests_per_second=settings.requests_per_second, burst=settings.burst),
         )
+        limit_concurrency(SYSTEM, settings.max_concurrency)
 
     def __repr__(self) -> str:  # never the key
         return f"StatuspageConnector({self.instance!r}, {self.base_url!r}, page={self.page!r})"
