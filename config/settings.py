@@ -265,6 +265,13 @@ def reveal(secret: SecretStr | None) -> str:
     return "" if secret is None else secret.get_secret_value()
 
 
+def env_prefix(system: str, instance: str = "default") -> str:
+    """The environment name prefix of one system instance's settings."""
+    if instance == "default":
+        return f"ITSM_SYNC_{system.upper()}__"
+    return f"ITSM_SYNC_INSTANCES__{system.upper()}__{instance.upper()}__"
+
+
 # The credential each system cannot work without (webhook secrets are checked apart).
 _CREDENTIAL = {"servicenow": "password", "jira": "api_token", "statuspage": "api_key"}
 
@@ -275,15 +282,15 @@ def missing_for_run(settings: Settings) -> list[str]:
     is on, and at least one API token (the JSON API is never open)."""
     missing: list[str] = []
     systems: list[tuple[str, str, ServiceNowSettings | JiraSettings | StatuspageSettings]] = [
-        ("servicenow", "", settings.servicenow),
-        ("jira", "", settings.jira),
-        ("statuspage", "", settings.statuspage),
+        ("servicenow", "default", settings.servicenow),
+        ("jira", "default", settings.jira),
+        ("statuspage", "default", settings.statuspage),
     ]
     for system in ("servicenow", "jira", "statuspage"):
         for name, section in getattr(settings.instances, system).items():
-            systems.append((system, f"INSTANCES__{system.upper()}__{name.upper()}__", section))
-    for system, prefix, section in systems:
-        head = f"ITSM_SYNC_{prefix or system.upper() + '__'}"
+            systems.append((system, name, section))
+    for system, instance, section in systems:
+        head = env_prefix(system, instance)
         if not reveal(getattr(section, _CREDENTIAL[system])):
             missing.append(f"{head}{_CREDENTIAL[system].upper()}")
         if section.webhooks and not reveal(section.webhook_secret):

@@ -289,6 +289,32 @@ def register(app: typer.Typer) -> None:
         )
 
     @app.command()
+    def check(config_file: ConfigOption = None) -> None:
+        """Verify the configuration end to end without writing: one line per check."""
+        from service.check import run_checks
+
+        settings = settings_or_exit(config_file)
+        mappings = mappings_or_exit(settings)
+        failed = 0
+        for probe in run_checks(settings, mappings):
+            mark = "[green]✓[/green]" if probe.ok else "[red]✗[/red]"
+            failed += not probe.ok
+            detail = f": {plain(probe.detail)}" if probe.detail else ""
+            console.print(f"{mark} {plain(probe.what)}{detail}", highlight=False)
+        if failed:
+            console.print(f"{failed} check(s) failed", highlight=False)
+            raise typer.Exit(1)
+
+    @app.command()
+    def migrate(config_file: ConfigOption = None) -> None:
+        """Bring the database schema to this version (back it up first)."""
+        settings = settings_or_exit(config_file)
+        db = store.make_engine(settings.database_url)
+        before, head = store.schema_revisions(db)
+        store.migrate(db)
+        console.print(f"database schema: {before or 'empty'} -> {head}", highlight=False)
+
+    @app.command()
     def status(config_file: ConfigOption = None) -> None:
         """The queue, parked items, links per system and the poll watermarks."""
         settings = settings_or_exit(config_file)

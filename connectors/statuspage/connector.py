@@ -21,12 +21,13 @@ from typing import Any, TypeVar
 
 import httpx
 
-from config.settings import StatuspageSettings, reveal
+from config.settings import StatuspageSettings, env_prefix, reveal
 from connectors.base import (
     Capability,
     FieldChange,
     Observation,
     Person,
+    Probe,
     RemoteComment,
     RemoteRecord,
     RemoteRef,
@@ -36,6 +37,7 @@ from connectors.errors import (
     AuthFailed,
     ConnectorError,
     Fatal,
+    NotFound,
     Retriable,
     classify_response,
     network_cause,
@@ -128,7 +130,10 @@ class StatuspageConnector:
               params: Mapping[str, Any] | None = None) -> Any:  # fmt: skip
         try:
             response = self._http.request(
-                method, f"/pages/{self.page}/{path}", json=body, params=dict(params or {})
+                method,
+                f"/pages/{self.page}/{path}".rstrip("/"),
+                json=body,
+                params=dict(params or {}),
             )
         except httpx.TimeoutException as exc:
             CALLS.add(SYSTEM, method, "Timeout")
@@ -401,6 +406,50 @@ class StatuspageConnector:
 
     def person_by_id(self, person_id: str) -> Person:
         raise Fatal("Statuspage has no people to look up", system=SYSTEM)
+
+    # -- preflight (itsm-sync check) ---------------------------------------------------------
+
+    def preflight(self, fields: Mapping[str, Sequence[str]]) -> list[Probe]:
+        """The page (key valid, page id right) and its components; nothing written."""
+        env = env_prefix(SYSTEM, self.instance)
+        where = f"statuspage/{self.instance}"
+        try:
+            page = self._once("read page", "GET", "")
+        except AuthFailed:
+            return [
+                Probe(f"{where}: sign in", False, f"API key refused (HTTP 401): fix {env}API_KEY")
+            ]
+        except NotFound:
+            return [
+                Probe(
+                    f"{where}: page {self.page}",
+                    False,
+                    f"no such page for this key: fix {env}PAGE_ID",
+                )
+            ]
+        except ConnectorError as exc:
+            return [Probe(f"{where}: reach {self.base_url}", False, str(exc))]
+        name = page.get("name", self.page) if isinstance(page, dict) else self.page
+        probes = [Probe(f"{where}: page {self.page} ({name})", True)]
+        try:
+            components = self._once("read components", "GET", "components")
+        except ConnectorError as exc:
+            probes.append(Probe(f"{where}: components", False, str(exc)))
+        else:
+            ids = {str(c.get("id")) for c in components}
+            wanted = sorted(set(fields.get("component", ())))
+            missing = [c for c in wanted if c not in ids]
+            probes.append(
+                Probe(
+                    f"{where}: components ({len(ids)} on the page)",
+                    not missing,
+                    f"no component {', '.join(missing)} on the page: fix the mapping's component "
+                    "ids (Statuspage > Components > the id in the URL)"
+                    if missing
+                    else "",
+                )
+            )
+        return probes
 
     # -- webhooks -----------------------------------------------------------------------------
 
