@@ -143,6 +143,17 @@ class IntakeSettings(BaseModel):
     rejection_burst: float = Field(default=10.0, ge=1)
 
 
+class HealthSettings(BaseModel):
+    """What ``/readyz`` calls ready (docs/operations.md, Health)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Not ready when the oldest due change has waited longer than this.
+    max_queue_age_seconds: float = Field(default=600.0, gt=0)
+    # Each system's sign-in is checked at most this often (answers are cached between).
+    remote_check_seconds: float = Field(default=60.0, gt=0)
+
+
 SeverityName = Literal["SEV1", "SEV2", "SEV3", "SEV4"]
 
 
@@ -235,6 +246,7 @@ class Settings(BaseSettings):
     postmortem: PostmortemSettings = Field(default_factory=PostmortemSettings)
     comms: CommsSettings = Field(default_factory=CommsSettings)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     # ITSM_SYNC_API_TOKENS='[{"name": "desk", "token": "...", "role": "viewer"}]'
     api_tokens: list[ApiToken] = Field(default_factory=list)
     database_url: str = "sqlite:///./itsm-sync.db"

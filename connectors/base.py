@@ -305,6 +305,10 @@ class Preflight(Protocol):
     credentials valid, its container (table, project, page) there, the fields a mapping names
     there, webhooks registered where its API tells."""
 
+    def signin(self) -> Probe:
+        """Reachable with valid credentials: one cheap call (``/readyz``)."""
+        ...
+
     def preflight(self, fields: Mapping[str, Sequence[str]]) -> list[Probe]:
         """``fields``: per object type, the remote field names the mappings read or write."""
         ...

@@ -185,7 +185,7 @@ class Runtime:
 
     def local_stats(self) -> dict[str, Any]:
         """This process's worker totals and remote calls (what the worker process reports)."""
-        from connectors.http import CALLS
+        from connectors.http import CALLS, RATE_WAITS
 
         totals = self.pool.totals() if self.pool is not None else Totals()
         return {
@@ -195,6 +195,7 @@ class Runtime:
             "conflicts": totals.conflicts,
             "failures": totals.failures,
             "calls": CALLS.snapshot(),
+            "rate_waits": RATE_WAITS.snapshot(),
             "wakeups": self.wakeup.notified,  # marks this process heard of
             "woken": self.wakeup.woken,  # idle workers woken by one (not by their timer)
         }
@@ -214,6 +215,10 @@ class Runtime:
                 for label, n in child["calls"].items():
                     calls[label] = calls.get(label, 0) + n
                 out["calls"] = calls
+                waits = dict(out["rate_waits"])
+                for system, seconds in child.get("rate_waits", {}).items():
+                    waits[system] = waits.get(system, 0.0) + seconds
+                out["rate_waits"] = waits
         return out
 
     def stop(self) -> None:

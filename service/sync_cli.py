@@ -24,6 +24,7 @@ from service.cli_common import (
     plain,
     settings_or_exit,
 )
+from service.domain import health as health_data
 from service.domain import incidents, parked
 from service.domain.roles import Actor
 from service.runtime import Runtime
@@ -321,12 +322,25 @@ def register(app: typer.Typer) -> None:
         db = open_db(settings)
         with store.session_scope(db, readonly=True) as s:
             data = incidents.status(s, comms=settings.comms)
+            stuck = health_data.stuck(s)
         table = Table(title="itsm-sync status")
         table.add_column("what")
         table.add_column("value")
         table.add_row("queued", str(data["queue_depth"]))
         table.add_row("parked", str(data["parked"]))
         table.add_row("incidents owing an update", str(data["updates_overdue"]))
+        table.add_row("oldest change waiting", f"{stuck['oldest_change_age_seconds']:.0f} s")
+        table.add_row("changes failing to apply", str(stuck["failing"]))
+        for item in stuck["failing_examples"]:
+            table.add_row(
+                f"  {plain(item['key'])}",
+                plain(f"{item['attempts']} attempt(s): {item['error']}"),
+            )
+        for target, info in stuck["backoff"].items():
+            table.add_row(
+                f"target {plain(target)} in backoff",
+                f"{info['incidents']} incident(s), next try in {info['max_wait_seconds']:.0f} s",
+            )
         for system, n in data["links"].items():
             table.add_row(f"linked {system} records", str(n))
         for name, value in data["watermarks"].items():

@@ -770,25 +770,32 @@ class JiraConnector:
 
     # -- preflight (itsm-sync check) ---------------------------------------------------------
 
-    def preflight(self, fields: Mapping[str, Sequence[str]]) -> list[Probe]:
-        """Sign in (myself), the project and the issue types the settings name, the mapped
-        fields in the field list, webhooks when the account may list them; nothing written."""
+    def signin(self) -> Probe:
+        """Reachable and the credentials valid (GET myself)."""
         env = env_prefix(SYSTEM, self.instance)
         where = f"jira/{self.instance}"
         who = self.settings.email
         try:
             self._once("sign in", lambda: self._get("myself"))
         except AuthFailed:
-            return [
-                Probe(
-                    f"{where}: sign in as {who}",
-                    False,
-                    f"credentials refused (HTTP 401): fix {env}EMAIL / {env}API_TOKEN",
-                )
-            ]
+            return Probe(
+                f"{where}: sign in as {who}",
+                False,
+                f"credentials refused (HTTP 401): fix {env}EMAIL / {env}API_TOKEN",
+            )
         except ConnectorError as exc:
-            return [Probe(f"{where}: reach {self.base_url}", False, str(exc))]
-        probes = [Probe(f"{where}: signed in as {who}", True)]
+            return Probe(f"{where}: reach {self.base_url}", False, str(exc))
+        return Probe(f"{where}: signed in as {who}", True)
+
+    def preflight(self, fields: Mapping[str, Sequence[str]]) -> list[Probe]:
+        """Sign in (myself), the project and the issue types the settings name, the mapped
+        fields in the field list, webhooks when the account may list them; nothing written."""
+        env = env_prefix(SYSTEM, self.instance)
+        where = f"jira/{self.instance}"
+        signed_in = self.signin()
+        probes = [signed_in]
+        if not signed_in.ok:
+            return probes
         key = self.settings.project
         try:
             project = self._once("read project", lambda: self._get(f"project/{key}"))

@@ -547,27 +547,32 @@ class ServiceNowConnector:
 
     # -- preflight (itsm-sync check) ---------------------------------------------------------
 
-    def preflight(self, fields: Mapping[str, Sequence[str]]) -> list[Probe]:
-        """Sign in (the integration user's own sys_user row), each synced table readable, the
-        mapped columns in the table dictionary; one call each, no retries, nothing written."""
+    def signin(self) -> Probe:
+        """Reachable and the credentials valid: the integration user's own sys_user row."""
         env = env_prefix(SYSTEM, self.instance)
         where = f"servicenow/{self.instance}"
         user = self.settings.username
         try:
             me = self._once("sign in", self._fetch("sys_user", f"user_name={user}", limit=1))
         except AuthFailed:
-            return [
-                Probe(
-                    f"{where}: sign in as {user}",
-                    False,
-                    f"credentials refused (HTTP 401): fix {env}USERNAME / {env}PASSWORD",
-                )
-            ]
+            return Probe(
+                f"{where}: sign in as {user}",
+                False,
+                f"credentials refused (HTTP 401): fix {env}USERNAME / {env}PASSWORD",
+            )
         except ConnectorError as exc:
-            return [Probe(f"{where}: reach {self.base_url}", False, str(exc))]
-        probes = [
-            Probe(f"{where}: signed in as {user}" + ("" if me else " (no sys_user row)"), True)
-        ]
+            return Probe(f"{where}: reach {self.base_url}", False, str(exc))
+        return Probe(f"{where}: signed in as {user}" + ("" if me else " (no sys_user row)"), True)
+
+    def preflight(self, fields: Mapping[str, Sequence[str]]) -> list[Probe]:
+        """Sign in (the integration user's own sys_user row), each synced table readable, the
+        mapped columns in the table dictionary; one call each, no retries, nothing written."""
+        env = env_prefix(SYSTEM, self.instance)
+        where = f"servicenow/{self.instance}"
+        signed_in = self.signin()
+        probes = [signed_in]
+        if not signed_in.ok:
+            return probes
         for table in OBJECT_TYPES:
             try:
                 self._once(f"read {table}", self._fetch(table, "", limit=1, fields=("sys_id",)))

@@ -409,28 +409,32 @@ class StatuspageConnector:
 
     # -- preflight (itsm-sync check) ---------------------------------------------------------
 
-    def preflight(self, fields: Mapping[str, Sequence[str]]) -> list[Probe]:
-        """The page (key valid, page id right) and its components; nothing written."""
+    def signin(self) -> Probe:
+        """Reachable, the API key valid and the page id right (GET the page)."""
         env = env_prefix(SYSTEM, self.instance)
         where = f"statuspage/{self.instance}"
         try:
             page = self._once("read page", "GET", "")
         except AuthFailed:
-            return [
-                Probe(f"{where}: sign in", False, f"API key refused (HTTP 401): fix {env}API_KEY")
-            ]
+            return Probe(
+                f"{where}: sign in", False, f"API key refused (HTTP 401): fix {env}API_KEY"
+            )
         except NotFound:
-            return [
-                Probe(
-                    f"{where}: page {self.page}",
-                    False,
-                    f"no such page for this key: fix {env}PAGE_ID",
-                )
-            ]
+            return Probe(
+                f"{where}: page {self.page}", False, f"no such page for this key: fix {env}PAGE_ID"
+            )
         except ConnectorError as exc:
-            return [Probe(f"{where}: reach {self.base_url}", False, str(exc))]
+            return Probe(f"{where}: reach {self.base_url}", False, str(exc))
         name = page.get("name", self.page) if isinstance(page, dict) else self.page
-        probes = [Probe(f"{where}: page {self.page} ({name})", True)]
+        return Probe(f"{where}: page {self.page} ({name})", True)
+
+    def preflight(self, fields: Mapping[str, Sequence[str]]) -> list[Probe]:
+        """The page (key valid, page id right) and its components; nothing written."""
+        where = f"statuspage/{self.instance}"
+        signed_in = self.signin()
+        probes = [signed_in]
+        if not signed_in.ok:
+            return probes
         try:
             components = self._once("read components", "GET", "components")
         except ConnectorError as exc:
