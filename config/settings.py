@@ -154,6 +154,21 @@ class HealthSettings(BaseModel):
     remote_check_seconds: float = Field(default=60.0, gt=0)
 
 
+class RetentionSettings(BaseModel):
+    """How long the store keeps what only explains the past (``itsm-sync prune``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Webhook deliveries (duplicate detection; Jira redelivers up to a few hours late) and
+    # refused deliveries kept for diagnosis.
+    events_days: float = Field(default=14.0, gt=0)
+    # The audit log (every remote write, conflict, park, gate decision) and resolved parked
+    # items: kept longer, for reviews and audits.
+    audit_days: float = Field(default=400.0, gt=0)
+    # `itsm-sync run` prunes this often (its worker side); 0: never (prune from cron instead).
+    every_hours: float = Field(default=6.0, ge=0)
+
+
 SeverityName = Literal["SEV1", "SEV2", "SEV3", "SEV4"]
 
 
@@ -247,6 +262,7 @@ class Settings(BaseSettings):
     comms: CommsSettings = Field(default_factory=CommsSettings)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     # ITSM_SYNC_API_TOKENS='[{"name": "desk", "token": "...", "role": "viewer"}]'
     api_tokens: list[ApiToken] = Field(default_factory=list)
     database_url: str = "sqlite:///./itsm-sync.db"

@@ -22,6 +22,7 @@ from sync.cadence import CadenceLoop
 from sync.maintenance import Maintenance
 from sync.poller import Poller
 from sync.reconcile import Reconciler
+from sync.retention import PruneLoop
 from sync.worker import (
     QueueListener,
     QueueNotifier,
@@ -74,6 +75,7 @@ class Runtime:
         reclaim_orphans(self.db)
         self.poller: Poller | None = None
         self.cadence: CadenceLoop | None = None
+        self.pruner: PruneLoop | None = None
         self.pool: WorkerPool | None = None
         self.listener: QueueListener | None = None
         self.worker_process: WorkerProcess | None = None
@@ -153,6 +155,8 @@ class Runtime:
                 self.poller.start()
                 self.cadence = CadenceLoop(self.db, self.settings.comms)
                 self.cadence.start()
+                self.pruner = PruneLoop(self.db, self.settings.retention)
+                self.pruner.start()
             if workers:
                 self.pool = WorkerPool(
                     self.reconciler,
@@ -229,6 +233,8 @@ class Runtime:
             self.poller.stop()
         if self.cadence is not None:
             self.cadence.stop()
+        if self.pruner is not None:
+            self.pruner.stop()
         if self.pool is not None:
             self.pool.stop()
         if self.listener is not None:

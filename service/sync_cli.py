@@ -307,6 +307,28 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @app.command()
+    def prune(
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")
+        ] = False,
+        config_file: ConfigOption = None,
+    ) -> None:
+        """Delete what is past retention (retention.events_days, retention.audit_days)."""
+        from sync.retention import prune as prune_store
+
+        settings = settings_or_exit(config_file)
+        db = open_db(settings)
+        counts = prune_store(db, settings.retention, dry_run=dry_run)
+        verb = "would delete" if dry_run else "deleted"
+        r = settings.retention
+        console.print(
+            f"{verb}: "
+            + ", ".join(f"{n} {what}" for what, n in counts.items())
+            + f" (events over {r.events_days:g} days old, audit over {r.audit_days:g} days old)",
+            highlight=False,
+        )
+
+    @app.command()
     def migrate(config_file: ConfigOption = None) -> None:
         """Bring the database schema to this version (back it up first)."""
         settings = settings_or_exit(config_file)
