@@ -192,6 +192,7 @@ def populate(
                 items.append(
                     {
                         "key": f"pm-{n}-{k}",
+                        "idem_key": f"jira:OPS-{count * 2 + 2 * n + k}",  # as the tracker keys it
                         "incident_id": iid,
                         "title": what,
                         "owner": owner,
