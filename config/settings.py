@@ -39,6 +39,8 @@ class ServiceNowSettings(BaseModel):
     # What the business rule sends in X-ServiceNow-Secret; required while `webhooks` is on.
     webhook_secret: SecretStr | None = None
     webhooks: bool = True  # False: POST /webhooks/servicenow answers 404 (poll only)
+    # While rotating: the old secret, still accepted until every sender has the new one.
+    webhook_secret_previous: SecretStr | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
     incident_query: str = Field(
         default="", description="encoded query that selects the incidents to sync"
@@ -62,6 +64,8 @@ class JiraSettings(BaseModel):
     jql: str = Field(default="", description="extra JQL ANDed to 'project = <project>'")
     webhook_secret: SecretStr | None = None  # the HMAC key of X-Hub-Signature
     webhooks: bool = True
+    # While rotating: the old secret, still accepted until every sender has the new one.
+    webhook_secret_previous: SecretStr | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
     requests_per_second: float | None = Field(default=None, gt=0)
     # Jira refuses more than 20 writes to one issue in 2 s: burst 10 + 5/s * 2 s stays at 20.
@@ -85,6 +89,8 @@ class StatuspageSettings(BaseModel):
     # Statuspage signs nothing: the webhook URL we register carries ?token=<this>.
     webhook_secret: SecretStr | None = None
     webhooks: bool = True
+    # While rotating: the old secret, still accepted until every sender has the new one.
+    webhook_secret_previous: SecretStr | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
     requests_per_second: float = Field(default=1.0, gt=0)  # the documented budget
     burst: float = Field(default=1.0, ge=1)
@@ -298,6 +304,13 @@ def env_prefix(system: str, instance: str = "default") -> str:
     if instance == "default":
         return f"ITSM_SYNC_{system.upper()}__"
     return f"ITSM_SYNC_INSTANCES__{system.upper()}__{instance.upper()}__"
+
+
+def webhook_secrets(section: ServiceNowSettings | JiraSettings | StatuspageSettings) -> list[bytes]:
+    """The webhook secrets a delivery may prove itself with: the current one and, while a
+    rotation is under way, the previous one (never an empty one)."""
+    values = (reveal(section.webhook_secret), reveal(section.webhook_secret_previous))
+    return [v.encode() for v in values if v]
 
 
 # The credential each system cannot work without (webhook secrets are checked apart).

@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jira import JIRA
 from jira.exceptions import JIRAError
 
-from config.settings import JiraSettings, env_prefix, reveal
+from config.settings import JiraSettings, env_prefix, reveal, webhook_secrets
 from connectors.base import (
     COMMENT_EVENT_KEY,
     FIELD_CHANGES_KEY,
@@ -877,12 +877,12 @@ class JiraConnector:
     ) -> list[Observation]:
         """Verify ``X-Hub-Signature`` (HMAC-SHA256 of the raw body) and read the issue in it."""
         lower = {k.lower(): v for k, v in headers.items()}
-        secret = reveal(self.settings.webhook_secret).encode()
-        if not secret:  # no secret configured: nothing can prove itself
-            raise AuthFailed("no webhook secret configured", system=SYSTEM, status=401)
-        expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-        given = lower.get("x-hub-signature", "")
-        if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        given = lower.get("x-hub-signature", "").encode()
+        signatures = [
+            b"sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+            for secret in webhook_secrets(self.settings)  # none configured: nothing matches
+        ]
+        if not given or not any(hmac.compare_digest(given, s) for s in signatures):
             raise AuthFailed("webhook signature missing or wrong", system=SYSTEM, status=401)
         try:
             payload = json.loads(body)

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import pysnow
 import pysnow.exceptions
 
-from config.settings import ServiceNowSettings, env_prefix, reveal
+from config.settings import ServiceNowSettings, env_prefix, reveal, webhook_secrets
 from connectors.base import (
     FIELD_CHANGES_KEY,
     JOURNAL_KEY,
@@ -638,9 +638,9 @@ class ServiceNowConnector:
     ) -> list[Observation]:
         """Verify a business-rule delivery (shared secret header) and read the record in it."""
         lower = {k.lower(): v for k, v in headers.items()}
-        expected = reveal(self.settings.webhook_secret).encode()
         given = lower.get("x-servicenow-secret", "").encode()
-        if not expected or not given or not hmac.compare_digest(given, expected):
+        secrets = webhook_secrets(self.settings)  # none configured: nothing matches
+        if not given or not any(hmac.compare_digest(given, secret) for secret in secrets):
             raise AuthFailed("webhook secret missing or wrong", system=SYSTEM, status=401)
         try:
             payload = json.loads(body)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from config.settings import StatuspageSettings, env_prefix, reveal
+from config.settings import StatuspageSettings, env_prefix, reveal, webhook_secrets
 from connectors.base import (
     Capability,
     FieldChange,
@@ -462,9 +462,9 @@ class StatuspageConnector:
     ) -> list[Observation]:
         """Verify the ``token`` in the subscriber URL (Statuspage signs nothing) and read the
         incident or component in the notification."""
-        expected = reveal(self.settings.webhook_secret).encode()
         given = str((query or {}).get("token", "")).encode()
-        if not expected or not given or not hmac.compare_digest(given, expected):
+        secrets = webhook_secrets(self.settings)  # none configured: nothing matches
+        if not given or not any(hmac.compare_digest(given, secret) for secret in secrets):
             raise AuthFailed("webhook token missing or wrong", system=SYSTEM, status=401)
         try:
             payload = json.loads(body)
