@@ -147,6 +147,9 @@ class IntakeSettings(BaseModel):
     burst: float = Field(default=400.0, ge=1)
     rejections_per_minute: float = Field(default=6.0, gt=0)
     rejection_burst: float = Field(default=10.0, ge=1)
+    # Behind a reverse proxy: the source is the last address the proxy appended to
+    # X-Forwarded-For (only trust this when the proxy sets it), not the proxy's own.
+    forwarded_for: bool = False
 
 
 class HealthSettings(BaseModel):

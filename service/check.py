@@ -50,13 +50,20 @@ def database(settings: Settings) -> Probe:
 
 
 def wanted_fields(mappings: MappingSet, system: str, instance: str) -> dict[str, list[str]]:
-    """Per object type, the remote fields a system's mappings name (the path's first part)."""
+    """Per object type, the remote fields a system's mappings name (the path's first part);
+    per ``values:<path>``, the remote values they write there."""
     out: dict[str, list[str]] = {}
     for mapping in mappings:
         if (mapping.system, mapping.instance) != (system, instance):
             continue
         roots = {f.path.split(".", 1)[0] for f in mapping.fields if f.path}
         out.setdefault(mapping.object_type, []).extend(sorted(roots))
+        # The remote values a mapping writes to a path ("values:components": the status page's
+        # component ids), for systems whose preflight can check that they exist.
+        for f in mapping.fields:
+            if f.values is not None and f.direction in ("out", "both"):
+                known = out.setdefault(f"values:{f.path}", [])
+                known.extend(v for v in f.values.out.values() if v and v not in known)
     return out
 
 

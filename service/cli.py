@@ -207,8 +207,11 @@ def _print_cluster(cluster: SimulatorCluster) -> None:
     console.print(table)
     if cluster.cert is not None:
         console.print(f"TLS certificate (trust it in clients): {cluster.cert.cert}")
-    console.print("Point itsm-sync at them with:")
+    console.print("Point itsm-sync at them with (the simulator profile; never use these for real):")
     console.print(f"  export ITSM_SYNC_SERVICENOW__URL={cluster.urls['servicenow']}")
+    console.print(f"  export ITSM_SYNC_SERVICENOW__PASSWORD={c.servicenow_password}")
     console.print(f"  export ITSM_SYNC_JIRA__URL={cluster.urls['jira']}")
+    console.print(f"  export ITSM_SYNC_JIRA__API_TOKEN={c.jira_api_token}")
     console.print(f"  export ITSM_SYNC_STATUSPAGE__URL={cluster.urls['statuspage']}/v1")
+    console.print(f"  export ITSM_SYNC_STATUSPAGE__API_KEY={c.statuspage_api_key}")
     console.print("Test controls live under /_sim/ on each (see docs/simulators.md).")

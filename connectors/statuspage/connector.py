@@ -441,7 +441,7 @@ class StatuspageConnector:
             probes.append(Probe(f"{where}: components", False, str(exc)))
         else:
             ids = {str(c.get("id")) for c in components}
-            wanted = sorted(set(fields.get("component", ())))
+            wanted = sorted(set(fields.get("values:components", ())))
             missing = [c for c in wanted if c not in ids]
             probes.append(
                 Probe(

@@ -163,3 +163,18 @@ def test_a_jira_webhook_without_issue_link_events(
     assert "✗ jira/default: webhook registered with issue-link events: register one" in (
         result.stdout
     )
+
+
+def test_a_component_id_the_mapping_names_that_the_page_lacks(
+    good: dict[str, str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    shipped = (Path(__file__).resolve().parents[2] / "mapping/defaults/statuspage.yaml").read_text()
+    assert "cmpsearch001" in shipped
+    (folder / "statuspage.yaml").write_text(shipped.replace("cmpsearch001", "cmpgone00001"))
+    result = check(tmp_path, {**good, "ITSM_SYNC_MAPPINGS_DIR": str(folder)})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "✗ statuspage/default: components (4 on the page): no component cmpgone00001 on " in (
+        result.stdout
+    ), result.stdout
