@@ -24,6 +24,7 @@ from service.cli_common import (
     plain,
     settings_or_exit,
 )
+from service.domain import health as health_data
 from service.domain import incidents, parked
 from service.domain.roles import Actor
 from service.runtime import Runtime
@@ -289,18 +290,79 @@ def register(app: typer.Typer) -> None:
         )
 
     @app.command()
+    def check(config_file: ConfigOption = None) -> None:
+        """Verify the configuration end to end without writing: one line per check."""
+        from service.check import run_checks
+
+        settings = settings_or_exit(config_file)
+        mappings = mappings_or_exit(settings)
+        failed = 0
+        for probe in run_checks(settings, mappings):
+            mark = "[green]✓[/green]" if probe.ok else "[red]✗[/red]"
+            failed += not probe.ok
+            detail = f": {plain(probe.detail)}" if probe.detail else ""
+            console.print(f"{mark} {plain(probe.what)}{detail}", highlight=False)
+        if failed:
+            console.print(f"{failed} check(s) failed", highlight=False)
+            raise typer.Exit(1)
+
+    @app.command()
+    def prune(
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")
+        ] = False,
+        config_file: ConfigOption = None,
+    ) -> None:
+        """Delete what is past retention (retention.events_days, retention.audit_days)."""
+        from sync.retention import prune as prune_store
+
+        settings = settings_or_exit(config_file)
+        db = open_db(settings)
+        counts = prune_store(db, settings.retention, dry_run=dry_run)
+        verb = "would delete" if dry_run else "deleted"
+        r = settings.retention
+        console.print(
+            f"{verb}: "
+            + ", ".join(f"{n} {what}" for what, n in counts.items())
+            + f" (events over {r.events_days:g} days old, audit over {r.audit_days:g} days old)",
+            highlight=False,
+        )
+
+    @app.command()
+    def migrate(config_file: ConfigOption = None) -> None:
+        """Bring the database schema to this version (back it up first)."""
+        settings = settings_or_exit(config_file)
+        db = store.make_engine(settings.database_url)
+        before, head = store.schema_revisions(db)
+        store.migrate(db)
+        console.print(f"database schema: {before or 'empty'} -> {head}", highlight=False)
+
+    @app.command()
     def status(config_file: ConfigOption = None) -> None:
         """The queue, parked items, links per system and the poll watermarks."""
         settings = settings_or_exit(config_file)
         db = open_db(settings)
         with store.session_scope(db, readonly=True) as s:
             data = incidents.status(s, comms=settings.comms)
+            stuck = health_data.stuck(s)
         table = Table(title="itsm-sync status")
         table.add_column("what")
         table.add_column("value")
         table.add_row("queued", str(data["queue_depth"]))
         table.add_row("parked", str(data["parked"]))
         table.add_row("incidents owing an update", str(data["updates_overdue"]))
+        table.add_row("oldest change waiting", f"{stuck['oldest_change_age_seconds']:.0f} s")
+        table.add_row("changes failing to apply", str(stuck["failing"]))
+        for item in stuck["failing_examples"]:
+            table.add_row(
+                f"  {plain(item['key'])}",
+                plain(f"{item['attempts']} attempt(s): {item['error']}"),
+            )
+        for target, info in stuck["backoff"].items():
+            table.add_row(
+                f"target {plain(target)} in backoff",
+                f"{info['incidents']} incident(s), next try in {info['max_wait_seconds']:.0f} s",
+            )
         for system, n in data["links"].items():
             table.add_row(f"linked {system} records", str(n))
         for name, value in data["watermarks"].items():

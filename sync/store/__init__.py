@@ -49,6 +49,7 @@ from sync.store.db import (
     metadata,
     migrate,
     prepared,
+    schema_revisions,
     session_scope,
     utcnow,
 )
@@ -180,6 +181,7 @@ __all__ = [
     "replace_incident_data",
     "resolve_parked",
     "save_incident",
+    "schema_revisions",
     "session_scope",
     "set_shadow",
     "set_watermark",

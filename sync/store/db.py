@@ -416,6 +416,17 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+def schema_revisions(engine: Engine) -> tuple[str | None, str]:
+    """(the database's current revision or None, the newest shipped one); writes nothing."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head() or ""
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    return current, head
+
+
 def lock_for_migration(connection: Connection) -> None:
     """Serialise migrators until the transaction ends (SQLite: BEGIN IMMEDIATE already did)."""
     if connection.dialect.name == "postgresql":
