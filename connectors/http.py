@@ -83,6 +83,19 @@ class TokenBucket:
             self._sleep(delay)
             waited += delay
 
+    def try_acquire(self, cost: float = 1.0, *, take: bool = True) -> float:
+        """Never blocks: 0.0 when ``cost`` tokens are there (taken unless ``take`` is False),
+        else how many seconds until they will be (nothing taken)."""
+        with self._lock:
+            now = self._clock()
+            self._refill(now)
+            pause = self._paused_until - now
+            if pause <= 0 and self._tokens >= cost:
+                if take:
+                    self._tokens -= cost
+                return 0.0
+            return max(pause, (cost - self._tokens) / self.rate)
+
     def idle(self) -> bool:
         """Full and not paused: in the same state as a new bucket (so it may be forgotten)."""
         with self._lock:

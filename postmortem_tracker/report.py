@@ -50,8 +50,18 @@ class AuditRow:
     gate: str
 
 
+def _event(e: GateEvent) -> str:
+    """A refused end or an override, as the audit shows it (with its revocation, if any)."""
+    at = f" at {e.severity}" if e.severity else ""
+    text = f"{e.kind}{at if e.kind == 'override' else ''} {e.at:%Y-%m-%d %H:%M} by {e.actor}: "
+    text += e.reason
+    if e.revoked_at is not None:
+        text += f" (revoked {e.revoked_at:%Y-%m-%d %H:%M} by {e.revoked_by}: {e.revoke_reason})"
+    return text
+
+
 def _incident_name(links: list[store.Link], fallback: str) -> str:
-    keys = [x.remote_key for x in links if x.system == "servicenow" and x.remote_key]
+    keys = [x.remote_key for x in links if x.object_type == "incident" and x.remote_key]
     return keys[0] if keys else fallback
 
 
@@ -68,9 +78,45 @@ def audit_rows(
     today = today or dt.datetime.now(dt.UTC).date()
     rows: list[AuditRow] = []
     with store.session_scope(db, readonly=True) as s:
-        postmortems = s.exec(select(Postmortem).order_by(col(Postmortem.created_at))).all()
+        chosen = select(Postmortem).order_by(col(Postmortem.created_at))
+        # The window in SQL: a month's audit must not read every postmortem ever written.
+        if since:
+            chosen = chosen.where(
+                col(Postmortem.created_at) >= dt.datetime.combine(since, dt.time(), dt.UTC)
+            )
+        if until:
+            chosen = chosen.where(
+                col(Postmortem.created_at)
+                < dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.UTC)
+            )
+        postmortems = s.exec(chosen).all()
+        # Each table read once for the whole window, not four queries per postmortem.
+        ids = [pm.incident_id for pm in postmortems]
+        incidents = {
+            r.id: r
+            for r in s.exec(select(store.IncidentRow).where(col(store.IncidentRow.id).in_(ids)))
+        }
+        links_by: dict[str, list[store.Link]] = defaultdict(list)
+        for link in s.exec(
+            select(store.Link)
+            .where(col(store.Link.incident_id).in_(ids))
+            .order_by(col(store.Link.id))
+        ):
+            links_by[link.incident_id].append(link)
+        events_by: dict[str, list[GateEvent]] = defaultdict(list)
+        for event in s.exec(
+            select(GateEvent).where(col(GateEvent.incident_id).in_(ids)).order_by(col(GateEvent.id))
+        ):
+            events_by[event.incident_id].append(event)
+        items_by: dict[str, list[ActionItem]] = defaultdict(list)
+        for each in s.exec(
+            select(ActionItem)
+            .where(col(ActionItem.incident_id).in_(ids))
+            .order_by(col(ActionItem.id))
+        ):
+            items_by[each.incident_id].append(each)
         for pm in postmortems:
-            row = store.get_incident(s, pm.incident_id)
+            row = incidents.get(pm.incident_id)
             if row is None:
                 continue
             incident = Incident.model_validate({**row.data, "id": row.id})
@@ -79,23 +125,13 @@ def audit_rows(
                 continue
             if team and incident.team != team:
                 continue
-            links = store.links_of(s, row.id)
-            events = s.exec(
-                select(GateEvent)
-                .where(col(GateEvent.incident_id) == row.id)
-                .order_by(col(GateEvent.id))
-            ).all()
-            gate = "; ".join(
-                f"{e.kind} {e.at:%Y-%m-%d %H:%M} by {e.actor}: {e.reason}" for e in events
-            )
+            links = links_by[row.id]
+            events = events_by[row.id]
+            gate = "; ".join(_event(e) for e in events)
             pm_state = "complete" if pm.completed_at else "open"
             if pm.jira_key:
                 pm_state += f" ({pm.jira_key})"
-            items = s.exec(
-                select(ActionItem)
-                .where(col(ActionItem.incident_id) == row.id)
-                .order_by(col(ActionItem.id))
-            ).all()
+            items = items_by[row.id]
             base = dict(
                 incident=_incident_name(links, row.id), title=incident.title,
                 severity=incident.severity.value if incident.severity else "", team=incident.team,

@@ -4,7 +4,8 @@ Webhooks, ``/healthz`` and ``/metrics`` are open (webhooks prove themselves with
 signature or secret); every other route needs ``Authorization: Bearer <token>`` for a token
 whose role grants what the route does (:mod:`service.domain.roles`). The routes live in one
 router per domain (:mod:`service.routes`) and call the service layer (:mod:`service.domain`);
-this module only assembles them.
+this module only assembles them. The web console (:mod:`service.routes.console`) is served at
+``/`` with its own sign-in (a token exchanged for a session cookie).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from service.domain.errors import ServiceError
-from service.routes import health, incidents, parked, postmortems, webhooks
+from service.routes import console, health, incidents, parked, postmortems, webhooks
 from service.routes.deps import token_table
 from service.runtime import Runtime
 
@@ -26,11 +27,13 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.runtime = runtime
     app.state.tokens = token_table(runtime)
     app.state.metrics = health.Metrics(runtime)
+    app.state.intake = webhooks.Intake(runtime.settings.intake)
     app.add_middleware(RequestId)
     app.add_exception_handler(ServiceError, _service_error)
     for router in (webhooks.router, health.router, incidents.router, parked.router):
         app.include_router(router)
     app.include_router(postmortems.router)
+    console.install(app)
     return app
 
 

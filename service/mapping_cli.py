@@ -16,7 +16,10 @@ from connectors.registry import build_connectors
 from mapping.engine import applies, build_incident, from_canonical, to_canonical
 from mapping.registry import MappingSet, diff_mappings, load_mappings
 from mapping.spec import MappingError, MappingFileError, load_mapping
-from service.cli_common import settings_or_exit
+from service.cli_common import cli_errors, open_db, plain, settings_or_exit
+from service.domain import mapping as domain
+from service.domain.roles import Actor
+from sync import store
 from sync.people import context_for
 
 app = typer.Typer(help="Check, show, preview and compare field mappings.", no_args_is_help=True)
@@ -47,17 +50,15 @@ def validate(
     """Check mapping files; print every problem; exit 1 if there is any."""
     if files:
         problems = 0
-        for path in files:
-            try:
-                mapping = load_mapping(path)
-            except MappingFileError as exc:
-                problems += len(exc.problems)
-                for problem in exc.problems:
-                    console.print(f"[red]✗[/red] {problem}", highlight=False)
+        for result in domain.validate_files(files):
+            if not result["ok"]:
+                problems += len(result["problems"])
+                for problem in result["problems"]:
+                    console.print(f"[red]✗[/red] {problem['text']}", highlight=False)
                 continue
             console.print(
-                f"[green]✓[/green] {path}: {mapping.system}/{mapping.instance}, "
-                f"{len(mapping.fields)} field mappings",
+                f"[green]✓[/green] {result['file']}: {result['system']}/{result['instance']}, "
+                f"{result['fields']} field mappings",
                 highlight=False,
             )
         if problems:
@@ -185,3 +186,75 @@ def diff(
         )
     for line in lines or ["no change for users"]:
         console.print(line, highlight=False)
+
+
+@app.command()
+def versions(
+    system: Annotated[str | None, typer.Option(help="Only this system.")] = None,
+    instance: Annotated[str, typer.Option(help="The instance name.")] = "default",
+    config_file: ConfigOption = None,
+) -> None:
+    """Every stored mapping version, newest first: who accepted it, when, what changed."""
+    db = open_db(settings_or_exit(config_file))
+    with store.session_scope(db, readonly=True) as s:
+        rows = domain.versions(s, system=system, instance=instance)
+    for v in rows:
+        mark = " (current)" if v["current"] else ""
+        console.print(
+            f"[bold]{v['id']}[/bold] {v['system']}/{v['instance']} {v['digest']}{mark} "
+            f"{v['accepted_at'][:19]} by {plain(v['accepted_by'])}",
+            highlight=False,
+        )
+        for line in v["diff"]:
+            console.print(f"    {plain(line)}", highlight=False)
+
+
+@app.command()
+def save(
+    file: Annotated[Path, typer.Argument(help="The mapping file to put in use.")],
+    as_: Annotated[str, typer.Option("--as", help="Who saves it (for the record).")] = "",
+    config_file: ConfigOption = None,
+) -> None:
+    """Check a mapping file and put it in use (copied into mappings_dir, stored as a version)."""
+    settings = settings_or_exit(config_file)
+    mappings = _mappings(settings)
+    db = open_db(settings)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot read {file}: {exc.strerror}")
+        raise typer.Exit(2) from exc
+    with cli_errors(), store.session_scope(db) as s:
+        result = domain.save(
+            s, text=text, directory=settings.mappings_dir, mappings=mappings,
+            actor=Actor.cli(as_),
+        )  # fmt: skip
+    _saved(result)
+
+
+@app.command()
+def rollback(
+    version: Annotated[int, typer.Argument(help="The version id (itsm-sync mapping versions).")],
+    as_: Annotated[str, typer.Option("--as", help="Who rolls back (for the record).")] = "",
+    config_file: ConfigOption = None,
+) -> None:
+    """Put an earlier mapping version in use again (stored as a new version)."""
+    settings = settings_or_exit(config_file)
+    mappings = _mappings(settings)
+    db = open_db(settings)
+    with cli_errors(), store.session_scope(db) as s:
+        result = domain.rollback(
+            s, version_id=version, directory=settings.mappings_dir, mappings=mappings,
+            actor=Actor.cli(as_),
+        )  # fmt: skip
+    _saved(result)
+
+
+def _saved(result: dict[str, Any]) -> None:
+    console.print(
+        f"[green]✓[/green] {result['system']}/{result['instance']} {result['digest']} saved to "
+        f"{result['file']}; a running service picks it up within seconds",
+        highlight=False,
+    )
+    for line in result["changes"]:
+        console.print(f"    {plain(line)}", highlight=False)

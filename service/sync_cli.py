@@ -21,7 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from config.logging import setup_logging
-from config.settings import Settings
+from config.settings import Settings, missing_for_run
 from mapping.registry import MappingSet, load_mappings
 from service.cli_common import (
     ConfigOption,
@@ -93,6 +93,15 @@ def register(app: typer.Typer) -> None:
             err.print(f"[red]error:[/red] --role {role}: use all, http or workers")
             raise typer.Exit(2)
         settings = settings_or_exit(config_file)
+        missing = missing_for_run(settings)
+        if missing:
+            err.print(
+                f"[red]error:[/red] itsm-sync run needs {', '.join(missing)}: set them in the "
+                "environment or the config file (docs/operations.md, Configuration)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(2)
         setup_logging(settings.log_level)
         worker_process = None
         if role == "all" and not workers_in_process:
@@ -170,7 +179,7 @@ def register(app: typer.Typer) -> None:
         try:
             results = poll_all(runtime.db, runtime.connectors)
             for line in results_table(results):
-                console.print(line, highlight=False)
+                console.print(plain(line), highlight=False)
             cadence.check(runtime.db, settings.comms)  # reminders for updates that are due
             totals = drain(
                 runtime.reconciler,
@@ -187,7 +196,10 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
             )
             for item in parked:
-                console.print(f"  parked #{item.id} {item.target}: {item.error}", highlight=False)
+                console.print(
+                    f"  parked #{item.id} {plain(item.target)}: {plain(item.error)}",
+                    highlight=False,
+                )
         finally:
             runtime.stop()
         if parked:
@@ -438,7 +450,7 @@ def _backfill(runtime: Runtime, settings: Settings, start: dt.datetime) -> None:
                 )  # fmt: skip
                 progress.update(task, total=result.read, completed=result.read)
                 if result.error:
-                    err.print(f"[red]{system} {object_type}:[/red] {result.error}")
+                    err.print(f"[red]{system} {object_type}:[/red] {plain(result.error)}")
         # Pairs linked by hand before us become one incident before anything is reconciled,
         # so that neither record gets a new counterpart.
         task = progress.add_task("link existing pairs", total=None)
@@ -474,9 +486,9 @@ def _backfill(runtime: Runtime, settings: Settings, start: dt.datetime) -> None:
 def _backfill_dry_run(runtime: Runtime, start: dt.datetime) -> None:
     plan = dry_run(runtime.reconciler, start)
     for intent in plan.intents:
-        console.print(intent.line(), highlight=False, markup=False)
+        console.print(plain(intent.line()), highlight=False)
     for error in plan.errors:
-        err.print(f"[red]error:[/red] {error}")
+        err.print(f"[red]error:[/red] {plain(error)}")
     console.print(
         f"dry run: {len(plan.intents)} records since {start.isoformat()}: "
         f"{plan.count('create')} new incidents ({plan.creates()} records to create), "

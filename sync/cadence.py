@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -154,12 +155,22 @@ def check(db: Engine, settings: CommsSettings, *, now: dt.datetime | None = None
 
 def overdue(s: Session, settings: CommsSettings, *, now: dt.datetime | None = None) -> int:
     """How many open incidents owe an update now (the ``incidents_update_overdue`` gauge)."""
-    now = now or store.utcnow()
     rows = s.exec(
         select(store.IncidentRow.id, store.IncidentRow.data, store.IncidentRow.created_at).where(
             col(store.IncidentRow.data)["state"].as_string().in_([x.value for x in OPEN])
         )
     ).all()
+    return count_overdue(rows, settings, now=now)
+
+
+def count_overdue(
+    rows: Iterable[tuple[str, Any, dt.datetime]],
+    settings: CommsSettings,
+    *,
+    now: dt.datetime | None = None,
+) -> int:
+    """How many of these (id, data, opened) open incidents owe an update now."""
+    now = now or store.utcnow()
     count = 0
     for incident_id, data, opened in rows:
         incident = Incident.model_validate({**data, "id": incident_id})

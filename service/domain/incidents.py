@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, func, select
 
 from config.settings import CommsSettings
 from mapping.engine import applies
@@ -75,14 +75,29 @@ def history(s: Session, *, ident: str) -> dict[str, Any]:
 
 
 def status(
-    s: Session, *, mapping_problems: str = "", comms: CommsSettings | None = None
+    s: Session,
+    *,
+    mapping_problems: str = "",
+    comms: CommsSettings | None = None,
+    overdue: int | None = None,
 ) -> dict[str, Any]:
     """The queue, parked items, links per system, the poll watermarks and how many open
     incidents owe an update."""
     links = s.exec(select(store.Link.system, func.count()).group_by(store.Link.system)).all()
     watermarks = s.exec(select(store.Watermark)).all()
+    oldest = s.exec(
+        select(func.min(func.coalesce(store.Dirty.first_marked_at, store.Dirty.due_at)))
+    ).one()
+    now = utcnow()
     return {
         "queue_depth": queue_depth(s),
+        # The change waiting longest: when it was first marked (a string, as JSON has it).
+        "oldest_queued_at": oldest.isoformat() if oldest else None,
+        "poll_lag_seconds": {
+            f"{w.system}/{w.instance}/{w.object_type}": round((now - w.updated_at).total_seconds())
+            for w in watermarks
+            if w.value is not None
+        },
         "parked": len(store.open_parked(s)),
         "links": {system: n for system, n in links},
         "watermarks": {
@@ -90,8 +105,79 @@ def status(
             for w in watermarks
         },
         "mappings": mapping_problems or "ok",
-        "updates_overdue": cadence.overdue(s, comms or CommsSettings()),
+        "updates_overdue": cadence.overdue(s, comms or CommsSettings())
+        if overdue is None
+        else overdue,
     }
+
+
+OPEN_STATES = ("new", "investigating", "identified", "monitoring")
+
+
+def _open_rows(s: Session) -> list[Any]:
+    """(id, data, created_at, updated_at) of every open incident, the latest changed first."""
+    state = col(store.IncidentRow.data)["state"].as_string()
+    return list(
+        s.exec(
+            select(
+                store.IncidentRow.id,
+                store.IncidentRow.data,
+                store.IncidentRow.created_at,
+                store.IncidentRow.updated_at,
+            )
+            .where(state.in_(OPEN_STATES))
+            .order_by(col(store.IncidentRow.updated_at).desc(), col(store.IncidentRow.id))
+        ).all()
+    )
+
+
+def overview(
+    s: Session,
+    *,
+    mapping_problems: str = "",
+    comms: CommsSettings | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """:func:`status` and a page of :func:`in_flight`, from one scan of the open incidents
+    (finding them reads every incident's JSON: the console's overview does it once)."""
+    rows = _open_rows(s)
+    comms = comms or CommsSettings()
+    overdue = cadence.count_overdue(((i, d, c) for i, d, c, _ in rows), comms)
+    out = status(s, mapping_problems=mapping_problems, comms=comms, overdue=overdue)
+    page = rows[offset : offset + limit]
+    out["in_flight"] = {"total": len(rows), "incidents": _flight(s, page)}
+    return out
+
+
+def in_flight(s: Session, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+    """Open incidents, the most recently changed first, each with its links (a page of them)."""
+    rows = _open_rows(s)
+    return {"total": len(rows), "incidents": _flight(s, rows[offset : offset + limit])}
+
+
+def _flight(s: Session, rows: Any) -> list[dict[str, Any]]:
+    links: dict[str, list[dict[str, Any]]] = {row[0]: [] for row in rows}
+    if rows:
+        for link in s.exec(
+            select(store.Link)
+            .where(col(store.Link.incident_id).in_(list(links)))
+            .order_by(col(store.Link.system), col(store.Link.id))
+        ):
+            links[link.incident_id].append(_link(link))
+    return [
+        {
+            "id": incident_id,
+            "title": str(data.get("title", "")),
+            "severity": data.get("severity") or "",
+            "state": data.get("state", ""),
+            "team": data.get("team", ""),
+            "public": bool(data.get("public")),
+            "updated_at": updated.isoformat(),
+            "links": links[incident_id],
+        }
+        for incident_id, data, _, updated in rows
+    ]
 
 
 def set_public(
