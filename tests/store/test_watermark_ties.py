@@ -38,7 +38,9 @@ def test_500_records_in_one_second_are_read_once(sims: SimulatorCluster, tmp_pat
     stamp = tick.strftime("%Y-%m-%d %H:%M:%S")
     db = make_engine(f"sqlite:///{tmp_path / 'ties.db'}")
     migrate(db)
-    connector = ServiceNowConnector(ServiceNowSettings.model_validate({"url": url}))
+    connector = ServiceNowConnector(
+        ServiceNowSettings.model_validate({"url": url, "username": "admin", "password": "admin"})
+    )
     with httpx.Client(base_url=url, auth=("admin", "admin"), timeout=10) as sn:
         sn.post("/_sim/clock", json={"now": stamp}).raise_for_status()
         try:
