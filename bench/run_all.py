@@ -33,6 +33,7 @@ def benchmarks(small: bool, postgres: bool) -> list[tuple[str, list[str]]]:
         ("bench.latency", []),
         ("bench.ack", [] if postgres else ["--no-postgres"]),
         ("bench.memory", []),
+        ("bench.buckets", []),  # 2,000 writes at the real limits: 0 x 429
         # Idle over a whole poll interval, so that the calls per minute count its polls.
         ("bench.idle", ["--seconds", "20" if small else "60"]),
         (
