@@ -216,8 +216,8 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option(
                 "--dry-run",
-                help="Read the records and print what would be created and linked; "
-                "write nothing (not to the store, not to any system).",
+                help="Read the records and print what would be created and linked; write "
+                "nothing to any system and nothing about incidents to the store.",
             ),
         ] = False,
         config_file: ConfigOption = None,

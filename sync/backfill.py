@@ -1,8 +1,10 @@
 """What a backfill would do, without doing it (``itsm-sync backfill --dry-run``).
 
-Reads every record updated since the given time (the same reads a backfill makes, nothing
-written anywhere: not to the store, not to a remote system) and says, per record, what the
-backfill would do with it, as the engine would decide it:
+Reads every record updated since the given time (the same reads a backfill makes; nothing is
+written to a remote system, and nothing about incidents to the store: no observation, link,
+incident or queue row; the CLI's start-up still migrates the database and records the mapping
+versions, as every command does) and says, per record, what the backfill would do with it, as
+the engine would decide it:
 
 - ``linked``: it is linked already (the backfill only brings it in line);
 - ``link``: it names its counterpart on another system (linked by hand before us): the two
