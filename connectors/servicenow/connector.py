@@ -294,13 +294,20 @@ class ServiceNowConnector:
     # -- writing ------------------------------------------------------------------------------
 
     def create(
-        self, object_type: str, fields: Mapping[str, Any], *, correlation_key: str
+        self,
+        object_type: str,
+        fields: Mapping[str, Any],
+        *,
+        correlation_key: str,
+        look_first: bool = True,
     ) -> RemoteRecord:
         """Create, unless a record with ``correlation_key`` exists already (then return it).
 
-        Every attempt looks first, so a create whose response was lost (timeout after the
-        remote stored it) is found instead of being repeated.
+        Every retry looks first, so a create whose response was lost (timeout after the
+        remote stored it) is found instead of being repeated; so does the first attempt unless
+        the caller knows there was none before (``look_first=False``).
         """
+        tries = 0
         table = self._table(object_type)
         payload = {
             **fields,
@@ -310,16 +317,19 @@ class ServiceNowConnector:
 
         def find_or_create() -> RemoteRecord:
             # One attempt = look, then create; the retry layer wraps the pair, never each half.
-            rows = self._once(
-                f"find {table}",
-                self._fetch(
-                    table, f"correlation_id={correlation_key}^ORDERBYsys_created_on", limit=1
-                ),
-            )
-            if rows:
-                return self._record(table, rows[0])
-            if self._bucket is not None:
-                self._bucket.acquire()
+            nonlocal tries
+            tries += 1
+            if look_first or tries > 1:
+                rows = self._once(
+                    f"find {table}",
+                    self._fetch(
+                        table, f"correlation_id={correlation_key}^ORDERBYsys_created_on", limit=1
+                    ),
+                )
+                if rows:
+                    return self._record(table, rows[0])
+                if self._bucket is not None:
+                    self._bucket.acquire()
             row = self._once(
                 f"create {table}", lambda: self._resource(table).create(payload=payload).one()
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from sync.store.audit_log import (
     add_mapping_version,
     audit,
+    create_intent,
     get_parked,
     history,
     mapping_versions,
@@ -150,6 +151,7 @@ __all__ = [
     "comment_links",
     "confirm_comment",
     "create_incident",
+    "create_intent",
     "dialect_insert",
     "engine_hooks",
     "find_comment_link",
