@@ -211,7 +211,7 @@ def populate(
                             else "waiting for approval"
                         ),
                         "created_at": at + dt.timedelta(days=1),
-                        "updated_at": at + dt.timedelta(days=2),
+                        "updated_at": at + dt.timedelta(days=2 + (n + 3 * k) % 9),
                     }
                 )
             if not done or n % 4 == 0 or n % 5 in (0, 4):

@@ -122,6 +122,13 @@ def test_change_manager_overrides_with_a_reason_and_sees_it_in_the_audit(
     assert "hotfix verified" in text_of(browser, "#timeline")
     browser.get(f"{console.url}/changes?since=2000-01-01")
     shot(browser, "changes")
+    row = next(
+        r
+        for r in browser.find_elements(By.CSS_SELECTOR, "#audit-rows tbody tr")
+        if r.text.startswith(number)
+    )
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", row)
+    shot(browser, "changes-override-in-audit")
 
 
 def test_admin_previews_a_bad_mapping_fixes_it_saves_and_rolls_back(
