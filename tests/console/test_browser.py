@@ -47,6 +47,13 @@ def click(driver: Any, button: Any) -> None:
     WebDriverWait(driver, 5).until(gone, "the next page")
 
 
+def show(driver: Any, css: str) -> None:
+    """Scroll the part a screenshot is about to the top."""
+    driver.execute_script(
+        "document.querySelector(arguments[0]).scrollIntoView({block: 'start'});", css
+    )
+
+
 def text_of(driver: Any, css: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, css).text)
 
@@ -173,6 +180,7 @@ def test_admin_previews_a_bad_mapping_fixes_it_saves_and_rolls_back(
     current = browser.find_element(By.CSS_SELECTOR, "#versions tbody tr.current")
     assert f"rolled back to version {target}" in current.text
     assert console.service.runtime.mappings.get("jira").source != fixed
+    show(browser, "#versions")
     shot(browser, "admin-mapping-versions")
 
 
@@ -181,6 +189,7 @@ def test_admin_replays_a_parked_item(browser: Any, console: Console) -> None:
     rows = browser.find_elements(By.CSS_SELECTOR, "#parked-items tbody tr")
     before = len(rows)
     assert before >= 1
+    show(browser, "#parked")
     shot(browser, "admin-parked")
     first = rows[0]
     parked_id = first.find_element(By.TAG_NAME, "td").text
