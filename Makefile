@@ -25,8 +25,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
-# The large crash-safety runs (kill -9 mid-sync, two processes on PostgreSQL).
+# The chaos run (tests/chaos/run.py, docs/operations.md "Chaos run"): >=100 incidents on
+# PostgreSQL, two services, a quarter of API calls failing, webhooks dropped/delayed/duplicated,
+# SIGKILLs; prints six counts that must all be 0 (exit status 1 otherwise). CHAOS_ARGS=--help.
+# Then the large crash-safety runs (kill -9 mid-sync, two processes on PostgreSQL).
 chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.run $(CHAOS_ARGS)
 	$(BIN)/python -m pytest -m slow tests/chaos -q
 
 # The client libraries' own live-API suites (pycontribs/jira, PySNC) against the simulators,

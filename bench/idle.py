@@ -34,6 +34,7 @@ from bench.common import (
     table,
 )
 from service.harness import WEBHOOK_SECRETS
+from simulators.runner import Credentials
 
 MODULE = "bench.idle"
 GOAL = 0.05  # of one core
@@ -65,14 +66,19 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 def environment(urls: dict[str, str], database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ITSM_SYNC_")}
+    creds = Credentials()  # the simulators' (bench runs them with the simulator profile)
     env.update(
         {
             "ITSM_SYNC_SERVICENOW__URL": urls["servicenow"],
+            "ITSM_SYNC_SERVICENOW__PASSWORD": creds.servicenow_password,
             "ITSM_SYNC_SERVICENOW__WEBHOOK_SECRET": WEBHOOK_SECRETS["servicenow"],
             "ITSM_SYNC_JIRA__URL": urls["jira"],
+            "ITSM_SYNC_JIRA__API_TOKEN": creds.jira_api_token,
             "ITSM_SYNC_JIRA__WEBHOOK_SECRET": WEBHOOK_SECRETS["jira"],
             "ITSM_SYNC_STATUSPAGE__URL": urls["statuspage"] + "/v1",
+            "ITSM_SYNC_STATUSPAGE__API_KEY": creds.statuspage_api_key,
             "ITSM_SYNC_STATUSPAGE__WEBHOOK_SECRET": WEBHOOK_SECRETS["statuspage"],
+            "ITSM_SYNC_API_TOKENS": '[{"name": "bench", "token": "bench-idle", "role": "viewer"}]',
             "ITSM_SYNC_DATABASE_URL": database_url,
             "ITSM_SYNC_LOG_LEVEL": "WARNING",
         }

@@ -28,39 +28,46 @@ CONFIG_FILE_ENV = "ITSM_SYNC_CONFIG_FILE"
 
 
 class ServiceNowSettings(BaseModel):
-    """A ServiceNow instance. Defaults point at the local simulator."""
+    """A ServiceNow instance. The URL defaults to the local simulator; no secret has a default
+    (the simulator's are in the simulator profile: ``service.harness.settings_for``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     url: str = "http://127.0.0.1:8701"
     username: str = "admin"
-    password: SecretStr = SecretStr("admin")
-    webhook_secret: SecretStr = SecretStr("sim-servicenow-secret")
+    password: SecretStr | None = None
+    # What the business rule sends in X-ServiceNow-Secret; required while `webhooks` is on.
+    webhook_secret: SecretStr | None = None
+    webhooks: bool = True  # False: POST /webhooks/servicenow answers 404 (poll only)
     timeout_seconds: float = Field(default=30.0, gt=0)
     incident_query: str = Field(
         default="", description="encoded query that selects the incidents to sync"
     )
     change_request_query: str = ""
     requests_per_second: float | None = Field(default=None, gt=0)
+    # Calls in flight at once (workers beyond it wait for a slot; rate stays the buckets' job).
+    max_concurrency: int = Field(default=16, ge=1, le=256)
     ca_bundle: str | None = None  # a CA file for a private certificate (the --tls simulator)
 
 
 class JiraSettings(BaseModel):
-    """A Jira Cloud site. Defaults point at the local simulator."""
+    """A Jira Cloud site. The URL defaults to the local simulator; no secret has a default."""
 
     model_config = ConfigDict(extra="forbid")
 
     url: str = "http://127.0.0.1:8702"
     email: str = "admin@example.com"
-    api_token: SecretStr = SecretStr("sim-token")
+    api_token: SecretStr | None = None
     project: str = "OPS"
     jql: str = Field(default="", description="extra JQL ANDed to 'project = <project>'")
-    webhook_secret: SecretStr = SecretStr("sim-jira-secret")
+    webhook_secret: SecretStr | None = None  # the HMAC key of X-Hub-Signature
+    webhooks: bool = True
     timeout_seconds: float = Field(default=30.0, gt=0)
     requests_per_second: float | None = Field(default=None, gt=0)
     # Jira refuses more than 20 writes to one issue in 2 s: burst 10 + 5/s * 2 s stays at 20.
     issue_writes_per_second: float = Field(default=5.0, gt=0)
     issue_write_burst: float = Field(default=10.0, ge=1)
+    max_concurrency: int = Field(default=16, ge=1, le=256)  # calls in flight at once
     ca_bundle: str | None = None
     # A custom field (customfield_NNNNN) where people keep the ServiceNow incident number: an
     # issue that names one is linked to that incident, never given a second one.
@@ -68,18 +75,21 @@ class JiraSettings(BaseModel):
 
 
 class StatuspageSettings(BaseModel):
-    """A Statuspage page. Defaults point at the local simulator."""
+    """A Statuspage page. The URL defaults to the local simulator; no secret has a default."""
 
     model_config = ConfigDict(extra="forbid")
 
     url: str = "http://127.0.0.1:8703/v1"
-    api_key: SecretStr = SecretStr("sim-key")
+    api_key: SecretStr | None = None
     page_id: str = "simpage0001"
     # Statuspage signs nothing: the webhook URL we register carries ?token=<this>.
-    webhook_secret: SecretStr = SecretStr("sim-statuspage-secret")
+    webhook_secret: SecretStr | None = None
+    webhooks: bool = True
     timeout_seconds: float = Field(default=30.0, gt=0)
     requests_per_second: float = Field(default=1.0, gt=0)  # the documented budget
     burst: float = Field(default=1.0, ge=1)
+    # At 1 request/s more than two in flight only queue behind the bucket.
+    max_concurrency: int = Field(default=2, ge=1, le=256)
     ca_bundle: str | None = None
 
 
@@ -115,6 +125,24 @@ class SyncSettings(BaseModel):
     duplicates_follow_parent: bool = True
 
 
+class IntakeSettings(BaseModel):
+    """What unauthenticated callers of the webhook routes can cost (docs/operations.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Rejected and malformed deliveries are kept for diagnosis, the oldest dropped beyond
+    # either cap (itsm_sync_rejected_deliveries_dropped counts them); each body cut to a size.
+    rejected_keep: int = Field(default=200, ge=0)
+    rejected_max_bytes: int = Field(default=2 * 1024 * 1024, ge=0)
+    rejected_body_bytes: int = Field(default=16 * 1024, ge=0)
+    # Per source address and route: every delivery, and (much fewer) the ones refused for a
+    # bad signature or body; beyond either, 429 with Retry-After.
+    requests_per_second: float = Field(default=200.0, gt=0)
+    burst: float = Field(default=400.0, ge=1)
+    rejections_per_minute: float = Field(default=6.0, gt=0)
+    rejection_burst: float = Field(default=10.0, ge=1)
+
+
 SeverityName = Literal["SEV1", "SEV2", "SEV3", "SEV4"]
 
 
@@ -148,6 +176,19 @@ class PostmortemSettings(BaseModel):
     action_label: str = "postmortem-action"  # ... or linked and carrying this label
     change_type: str = "normal"
     reminder_hours: float = Field(default=24.0, ge=0)  # overdue reminder period; 0: none
+    # A change request closed (state 3) with one of these close codes implements its item:
+    # the item is done. Closed with another code, or in one of change_failed_states
+    # (Canceled), it re-opens the item, which gets a new change request.
+    change_done_codes: tuple[str, ...] = ("successful", "successful_issues")
+    change_failed_states: tuple[str, ...] = ("4",)
+    # Where an action item's issue goes when its change is done, with what fields.
+    action_done_status: str = "Resolved"
+    action_done_fields: dict[str, Any] = Field(
+        default_factory=lambda: {"resolution": {"name": "Done"}}
+    )
+    # A resolved incident that needs a postmortem gets a ServiceNow problem; its change
+    # requests name the problem as well as the incident.
+    problem_record: bool = False
 
 
 # What a token may do is decided in service.domain.roles; comms may publish and read only.
@@ -193,6 +234,7 @@ class Settings(BaseSettings):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     postmortem: PostmortemSettings = Field(default_factory=PostmortemSettings)
     comms: CommsSettings = Field(default_factory=CommsSettings)
+    intake: IntakeSettings = Field(default_factory=IntakeSettings)
     # ITSM_SYNC_API_TOKENS='[{"name": "desk", "token": "...", "role": "viewer"}]'
     api_tokens: list[ApiToken] = Field(default_factory=list)
     database_url: str = "sqlite:///./itsm-sync.db"
@@ -216,6 +258,39 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         sources.append(file_secret_settings)
         return tuple(sources)
+
+
+def reveal(secret: SecretStr | None) -> str:
+    """A secret's value, "" when it is not set (for the one place that sends or compares it)."""
+    return "" if secret is None else secret.get_secret_value()
+
+
+# The credential each system cannot work without (webhook secrets are checked apart).
+_CREDENTIAL = {"servicenow": "password", "jira": "api_token", "statuspage": "api_key"}
+
+
+def missing_for_run(settings: Settings) -> list[str]:
+    """The settings ``itsm-sync run`` refuses to start without, as environment variable names:
+    each configured system's credential, the webhook secret of each system whose webhook route
+    is on, and at least one API token (the JSON API is never open)."""
+    missing: list[str] = []
+    systems: list[tuple[str, str, ServiceNowSettings | JiraSettings | StatuspageSettings]] = [
+        ("servicenow", "", settings.servicenow),
+        ("jira", "", settings.jira),
+        ("statuspage", "", settings.statuspage),
+    ]
+    for system in ("servicenow", "jira", "statuspage"):
+        for name, section in getattr(settings.instances, system).items():
+            systems.append((system, f"INSTANCES__{system.upper()}__{name.upper()}__", section))
+    for system, prefix, section in systems:
+        head = f"ITSM_SYNC_{prefix or system.upper() + '__'}"
+        if not reveal(getattr(section, _CREDENTIAL[system])):
+            missing.append(f"{head}{_CREDENTIAL[system].upper()}")
+        if section.webhooks and not reveal(section.webhook_secret):
+            missing.append(f"{head}WEBHOOK_SECRET")
+    if not settings.api_tokens:
+        missing.append("ITSM_SYNC_API_TOKENS")
+    return missing
 
 
 class ConfigFileError(ValueError):

@@ -32,6 +32,7 @@ class Capability(StrEnum):
     FIELDS_ON_TRANSITION = "fields_on_transition"  # a transition writes other fields with it
     FIELD_HISTORY = "field_history"  # field_changes() reads who changed which field when
     ISSUE_LINKS = "issue_links"  # links between records of the system (Jira issue links)
+    MENTIONS = "mentions"  # text can name a user so the system notifies them (Mentions)
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,29 @@ class Connector(Protocol):
     def parse_webhook(
         self, headers: Mapping[str, str], body: bytes, query: Mapping[str, str] | None = None
     ) -> list[Observation]: ...
+
+
+class IssueLinks(Connector, Protocol):
+    """What a connector with :attr:`Capability.ISSUE_LINKS` also does (the postmortem tracker
+    collects action items through it): links between its records, and links to elsewhere."""
+
+    def linked_issues(self, ref: RemoteRef, link_type: str) -> list[str]:
+        """Keys of the records linked to ``ref`` with ``link_type`` (either direction)."""
+        ...
+
+    def link_issues(self, link_type: str, inward_key: str, outward_key: str) -> None: ...
+
+    def add_remote_link(self, ref: RemoteRef, *, global_id: str, url: str, title: str) -> None:
+        """Create or update (by ``global_id``) a link from the record to a page elsewhere."""
+        ...
+
+
+class Mentions(Connector, Protocol):
+    """What a connector with :attr:`Capability.MENTIONS` also does."""
+
+    def mention(self, person: Person) -> str:
+        """Text that names ``person`` in a comment so that the system notifies them."""
+        ...
 
 
 # Comments itsm-sync writes show people where they came from (a visible attribution line), and

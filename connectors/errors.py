@@ -198,14 +198,16 @@ _SECRET_PARAMS = re.compile(
     r"(?i)((?:api_key|apikey|token|access_token|refresh_token|password|secret|client_secret)=)"
     r"[^&\s\"']+"
 )
-_URL_USERINFO = re.compile(r"(?i)(https?://)[^/@\s]+@")
+# Any scheme: https://bob:pw@, postgresql+psycopg://sync:pw@ (the user stays, the password goes).
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/@\s:]+:)?[^/@\s]+@")
 _AUTH_HEADER = re.compile(
-    r"(?i)((?:authorization|x-hub-signature)['\"]?\s*[:=]\s*['\"]?)[^'\",}\n]+"
+    r"(?i)((?:authorization|x-hub-signature|x-servicenow-secret)['\"]?\s*[:=]\s*['\"]?)"
+    r"[^'\",}\n]+"
 )
 
 
 def redact(text: str) -> str:
     """Scrub credentials from a message: query secrets, URL user-info, auth headers."""
     text = _SECRET_PARAMS.sub(r"\1***", text)
-    text = _URL_USERINFO.sub(r"\1***@", text)
+    text = _URL_USERINFO.sub(r"\1\2***@", text)
     return _AUTH_HEADER.sub(r"\1***", text)

@@ -9,6 +9,9 @@
   :class:`~connectors.errors.Retriable` errors, waits at least what ``Retry-After`` asked, and
   gives up (re-raising the last error) after ``max_attempts`` or when the remote asks for a wait
   longer than ``max_wait``, so a worker is never parked in a sleep for an hour.
+- :class:`Slots` bounds how many calls to one system are in flight at once (``max_concurrency``
+  of its settings): workers wait for a slot *before* they wait for a token, so tokens are never
+  saved up by waiting threads and spent in a burst; the token buckets stay the only rate gate.
 - :class:`CallCounter` counts every call by system, method and status, for metrics.
 """
 
@@ -19,7 +22,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -78,6 +82,19 @@ class TokenBucket:
                 delay = max(pause, (cost - self._tokens) / self.rate)
             self._sleep(delay)
             waited += delay
+
+    def try_acquire(self, cost: float = 1.0, *, take: bool = True) -> float:
+        """Never blocks: 0.0 when ``cost`` tokens are there (taken unless ``take`` is False),
+        else how many seconds until they will be (nothing taken)."""
+        with self._lock:
+            now = self._clock()
+            self._refill(now)
+            pause = self._paused_until - now
+            if pause <= 0 and self._tokens >= cost:
+                if take:
+                    self._tokens -= cost
+                return 0.0
+            return max(pause, (cost - self._tokens) / self.rate)
 
     def idle(self) -> bool:
         """Full and not paused: in the same state as a new bucket (so it may be forgotten)."""
@@ -183,6 +200,58 @@ def reset_buckets() -> None:
         _buckets.clear()
 
 
+class Slots:
+    """At most ``limit`` calls to one system in flight at once, from any thread.
+
+    Re-entrant per thread: a call made while this thread already holds a slot of the same
+    system (a create that looks first, inside one attempt) takes no second slot, so a full set
+    of holders can never wait on each other."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        self.limit = limit
+        self._sem = threading.BoundedSemaphore(limit)
+        self._mine = threading.local()
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.peak = 0  # the most in flight at once (tests, diagnostics)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        depth = getattr(self._mine, "depth", 0)
+        if depth == 0:
+            self._sem.acquire()
+            with self._lock:
+                self.in_flight += 1
+                self.peak = max(self.peak, self.in_flight)
+        self._mine.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._mine.depth = depth
+            if depth == 0:
+                with self._lock:
+                    self.in_flight -= 1
+                self._sem.release()
+
+
+_slots: dict[str, Slots] = {}
+
+
+def limit_concurrency(system: str, limit: int) -> Slots:
+    """The slots of ``system`` (created, or replaced when the limit changed)."""
+    with _registry_lock:
+        slots = _slots.get(system)
+        if slots is None or slots.limit != limit:
+            slots = _slots[system] = Slots(limit)
+        return slots
+
+
+def slots_for(system: str) -> Slots | None:
+    return _slots.get(system)
+
+
 class CallCounter:
     """Counts remote calls by (system, method, status); status is an int or an error name."""
 
@@ -228,10 +297,16 @@ def call_with_retries(
         if key_bucket is not None:
             key_bucket.acquire()
 
+    slots = _slots.get(system)
+
     def attempt() -> T:
-        before_attempt()
         try:
-            return fn()
+            if slots is None:
+                before_attempt()
+                return fn()
+            with slots.hold():  # a slot first, then a token (see the module's doc)
+                before_attempt()
+                return fn()
         except RateLimited as exc:
             if bucket is not None:
                 bucket.pause_for(exc.retry_after)

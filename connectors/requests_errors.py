@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from connectors.errors import ConnectorError, Fatal, Retriable, classify_response
 from connectors.http import CALLS
@@ -20,9 +21,10 @@ class TimeoutSession(requests.Session):
     """A session that puts a timeout on every request, whatever the library passes, and counts
     every response by (system, method, status) in :data:`connectors.http.CALLS`."""
 
-    def __init__(self, system: str, timeout: float) -> None:
+    def __init__(self, system: str, timeout: float, connections: int = 10) -> None:
         super().__init__()
         self.default_timeout = timeout
+        size_pool(self, connections)
         self.hooks["response"].append(self._count)
         self._system = system
 
@@ -33,6 +35,13 @@ class TimeoutSession(requests.Session):
         if kwargs.get("timeout") is None or kwargs["timeout"] > self.default_timeout:
             kwargs["timeout"] = self.default_timeout
         return super().request(method, url, *args, **kwargs)
+
+
+def size_pool(session: requests.Session, connections: int) -> None:
+    """Keep up to ``connections`` connections per host alive (requests keeps 10: the 11th
+    concurrent call would open, then drop, a connection of its own every time)."""
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, HTTPAdapter(pool_maxsize=max(10, connections)))
 
 
 def from_response(system: str, response: requests.Response, what: str) -> ConnectorError:

@@ -31,17 +31,31 @@ class Postmortem(StoreModel, table=True):
     # Done: its review issue reached a done status, or someone completed it (CLI/API).
     completed_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     completed_by: str = ""
+    problem_id: str = ""  # the ServiceNow problem (postmortem.problem_record)
+    problem_number: str = ""
 
 
 class ActionItem(StoreModel, table=True):
     """A fix the postmortem decided on; it must become a change request with owner and date."""
 
     __tablename__ = "action_item"
-    __table_args__ = (UniqueConstraint("key", name="uq_action_item_key"),)
+    __table_args__ = (
+        UniqueConstraint("key", name="uq_action_item_key"),
+        # One item per idempotency key per incident: a retried or concurrent add finds it.
+        UniqueConstraint("incident_id", "idem_key", name="uq_action_item_idem"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     key: str  # the change request's correlation key: stable, unique
     incident_id: str = Field(index=True)
+    # What makes an add idempotent: the client's key ("key:<it>"), else the natural key
+    # ("title:<the title, case and spaces folded>"); a Jira item: "jira:<issue id>".
+    idem_key: str = ""
+    status: str = "open"  # open | done (its change closed successful) | withdrawn
+    status_reason: str = Field(default="", sa_type=Text)  # why withdrawn / re-opened
+    status_by: str = ""
+    status_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
+    attempt: int = 0  # change requests it had that failed (each re-open makes a new one)
     title: str
     description: str = Field(default="", sa_type=Text)
     owner: str = ""  # email
@@ -56,6 +70,7 @@ class ActionItem(StoreModel, table=True):
     blocked: str = Field(default="", sa_type=Text)  # why it has no complete change request
     synced_owner: str = ""  # owner and due date as last agreed by both sides
     synced_due: dt.date | None = Field(default=None, sa_type=Date)
+    synced_title: str = ""
     reminded_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: dt.datetime = Field(default_factory=_now, sa_type=UTCDateTime)
     updated_at: dt.datetime = Field(default_factory=_now, sa_type=UTCDateTime)
@@ -72,6 +87,12 @@ class GateEvent(StoreModel, table=True):
     reason: str = Field(default="", sa_type=Text)
     actor: str = ""
     at: dt.datetime = Field(default_factory=_now, sa_type=UTCDateTime)
+    # An override holds for the severity it was given at (the latched highest, SEV1 < SEV2):
+    # raised above that later, the gate is shut again.
+    severity: str = ""
+    revoked_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_by: str = ""
+    revoke_reason: str = Field(default="", sa_type=Text)
 
 
 class Requirement(StoreModel, table=True):

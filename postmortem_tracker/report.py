@@ -50,8 +50,18 @@ class AuditRow:
     gate: str
 
 
+def _event(e: GateEvent) -> str:
+    """A refused end or an override, as the audit shows it (with its revocation, if any)."""
+    at = f" at {e.severity}" if e.severity else ""
+    text = f"{e.kind}{at if e.kind == 'override' else ''} {e.at:%Y-%m-%d %H:%M} by {e.actor}: "
+    text += e.reason
+    if e.revoked_at is not None:
+        text += f" (revoked {e.revoked_at:%Y-%m-%d %H:%M} by {e.revoked_by}: {e.revoke_reason})"
+    return text
+
+
 def _incident_name(links: list[store.Link], fallback: str) -> str:
-    keys = [x.remote_key for x in links if x.system == "servicenow" and x.remote_key]
+    keys = [x.remote_key for x in links if x.object_type == "incident" and x.remote_key]
     return keys[0] if keys else fallback
 
 
@@ -117,9 +127,7 @@ def audit_rows(
                 continue
             links = links_by[row.id]
             events = events_by[row.id]
-            gate = "; ".join(
-                f"{e.kind} {e.at:%Y-%m-%d %H:%M} by {e.actor}: {e.reason}" for e in events
-            )
+            gate = "; ".join(_event(e) for e in events)
             pm_state = "complete" if pm.completed_at else "open"
             if pm.jira_key:
                 pm_state += f" ({pm.jira_key})"

@@ -19,18 +19,27 @@ reason, and the override is audited.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from config.settings import PostmortemSettings
-from connectors.base import Connector, RemoteRef
+from connectors.base import (
+    Capability,
+    Connector,
+    IssueLinks,
+    Mentions,
+    RemoteRecord,
+    RemoteRef,
+    Visibility,
+)
 from connectors.errors import ConnectorError, NotFound
-from connectors.jira import JiraConnector
 from mapping.conditions import parse_condition
 from mapping.engine import canonical_values
 from mapping.model import CANONICAL_FIELDS, Incident, State
@@ -39,6 +48,7 @@ from sync import store
 
 log = logging.getLogger("itsm_sync.postmortem")
 CR_CLOSED = "3"
+OPEN, DONE, WITHDRAWN = "open", "done", "withdrawn"  # an action item's status
 CR_DONE_CODES = ("successful", "successful_issues")
 
 
@@ -62,8 +72,36 @@ class GateState:
         return "; ".join(self.missing)
 
 
+def active_override(s: Any, incident_id: str) -> GateEvent | None:
+    """The newest override of the incident that was not revoked."""
+    return s.exec(
+        select(GateEvent)
+        .where(
+            col(GateEvent.incident_id) == incident_id,
+            col(GateEvent.kind) == "override",
+            col(GateEvent.revoked_at).is_(None),
+        )
+        .order_by(col(GateEvent.id).desc())
+    ).first()
+
+
 def _ref(link: store.Link) -> RemoteRef:
     return RemoteRef(link.system, link.instance, link.object_type, link.remote_id, link.remote_key)
+
+
+def idempotency_key(title: str, client_key: str = "") -> str:
+    """What makes adding an item idempotent: the client's key, else the title with case and
+    runs of spaces folded (the natural key, with the incident)."""
+    if client_key.strip():
+        return f"key:{client_key.strip()}"
+    return "title:" + " ".join(title.casefold().split())
+
+
+def item_key(incident_id: str, idem_key: str) -> str:
+    """The item's change-request correlation key: stable for one incident and idempotency key,
+    and safe in a ServiceNow query (no ``^``)."""
+    digest = hashlib.sha256(f"{incident_id}\0{idem_key}".encode()).hexdigest()[:24]
+    return f"itsm-ai-{digest}"
 
 
 def _date(value: Any) -> dt.date | None:
@@ -130,22 +168,21 @@ class Tracker:
     def owner_of(self, system: str, object_type: str, remote_id: str) -> str | None:
         """The incident a change request, review issue or action item issue belongs to."""
         with store.session_scope(self.db, readonly=True) as s:
-            if system == "servicenow" and object_type == "change_request":
-                item = s.exec(
-                    select(ActionItem).where(col(ActionItem.change_request_id) == remote_id)
-                ).first()
-                return item.incident_id if item else None
-            if system == "jira":
-                review = s.exec(
-                    select(Postmortem).where(col(Postmortem.jira_id) == remote_id)
-                ).first()
-                if review is not None:
-                    return review.incident_id
-                item = s.exec(
-                    select(ActionItem).where(col(ActionItem.source_id) == remote_id)
-                ).first()
-                return item.incident_id if item else None
-        return None
+            item = s.exec(
+                select(ActionItem).where(col(ActionItem.change_request_id) == remote_id)
+            ).first()
+            if item is not None:
+                return item.incident_id
+            review = s.exec(
+                select(Postmortem).where(
+                    (col(Postmortem.jira_id) == remote_id)
+                    | (col(Postmortem.problem_id) == remote_id)
+                )
+            ).first()
+            if review is not None:
+                return review.incident_id
+            item = s.exec(select(ActionItem).where(col(ActionItem.source_id) == remote_id)).first()
+            return item.incident_id if item else None
 
     # -- the gate -----------------------------------------------------------------------------
 
@@ -170,29 +207,41 @@ class Tracker:
         if not state.required:
             return state
         with store.session_scope(self.db, readonly=True) as s:
-            override = s.exec(
-                select(GateEvent)
-                .where(col(GateEvent.incident_id) == incident.id, col(GateEvent.kind) == "override")
-                .order_by(col(GateEvent.id).desc())
-            ).first()
+            override = active_override(s, incident.id)
             postmortem = s.exec(
                 select(Postmortem).where(col(Postmortem.incident_id) == incident.id)
             ).first()
             items = list(
                 s.exec(select(ActionItem).where(col(ActionItem.incident_id) == incident.id)).all()
             )
+            highest = self.highest_severity(s, incident)
         if override is not None:
-            state.overridden = f"{override.reason} (by {override.actor})"
+            if override.severity and highest and highest < override.severity:  # SEV1 < SEV2
+                state.missing.append(
+                    f"the override by {override.actor} was given at {override.severity}; the "
+                    f"incident has been {highest} since, which it does not cover"
+                )
+            else:
+                state.overridden = f"{override.reason} (by {override.actor})"
         if postmortem is None:
             state.missing.append("the postmortem has not been started")
         elif postmortem.completed_at is None:
             where = f" (Jira {postmortem.jira_key})" if postmortem.jira_key else ""
             state.missing.append(f"the postmortem{where} is not complete")
         for item in items:
+            if item.status != OPEN:
+                continue  # done (its change closed successful) or withdrawn: it blocks nothing
             if not item.change_request_number:
                 why = item.blocked or "no change request yet"
                 state.missing.append(f"action item {item.title!r} ({item.source}): {why}")
         return state
+
+    def highest_severity(self, s: Any, incident: Incident) -> str:
+        """The highest severity the incident ever had while it needed a postmortem (the
+        latch's), or has now: what overrides and the KPIs count it by. "" if none."""
+        row = s.get(Requirement, incident.id)
+        now = incident.severity.value if incident.severity else ""
+        return min((x for x in (row.severity if row else "", now) if x), default="")
 
     def record_blocked(self, incident: Incident, gate: GateState, by: str, *, before: str) -> str:
         """Audit a refused end (close, cancel); returns the note to leave on the records."""
@@ -213,17 +262,65 @@ class Tracker:
             )  # fmt: skip
         return note
 
-    def override(self, incident_id: str, *, reason: str, actor: str) -> None:
+    def override(self, incident: Incident, *, reason: str, actor: str) -> GateEvent:
+        """Let the incident end although the gate is shut; it holds at the severity it is
+        given at (the highest ever): raised above that later, the gate shuts again."""
         if not reason.strip():
             raise ValueError("an override needs a reason")
         with store.session_scope(self.db) as s:
-            s.add(GateEvent(incident_id=incident_id, kind="override", reason=reason, actor=actor))
-            store.audit(
-                s, action="override", incident_id=incident_id, actor=actor,
-                reason=f"closure gate overridden: {reason}",
+            severity = self.highest_severity(s, incident)
+            event = GateEvent(
+                incident_id=incident.id, kind="override", reason=reason, actor=actor,
+                severity=severity,
             )  # fmt: skip
+            s.add(event)
+            s.flush()
+            store.audit(
+                s, action="override", incident_id=incident.id, actor=actor, field="gate",
+                after={"override": event.id, "severity": severity},
+                reason=f"closure gate overridden at {severity or 'no severity'}: {reason}",
+            )  # fmt: skip
+        return event
+
+    def revoke_override(self, incident_id: str, *, reason: str, actor: str) -> GateEvent:
+        """Take back the override in force: the gate is armed again (audited). LookupError
+        when there is none."""
+        if not reason.strip():
+            raise ValueError("revoking an override needs a reason")
+        with store.session_scope(self.db) as s:
+            event = active_override(s, incident_id)
+            if event is None:
+                raise LookupError(incident_id)
+            now = store.utcnow()
+            while (older := active_override(s, incident_id)) is not None:  # all, newest first
+                older.revoked_at, older.revoked_by, older.revoke_reason = now, actor, reason
+                s.add(older)
+                s.flush()
+            store.audit(
+                s, action="override", incident_id=incident_id, actor=actor, field="gate",
+                before={"override": event.id, "by": event.actor}, after="revoked",
+                reason=f"closure gate override by {event.actor} revoked: {reason}",
+            )  # fmt: skip
+        return event
 
     # -- the work, on every reconcile of a resolved incident -------------------------------
+
+    def _connector(self, link: store.Link) -> Connector | None:
+        return self.connectors.get((link.system, link.instance))
+
+    def _with(self, links: list[store.Link], capability: Capability) -> store.Link | None:
+        """The first of the incident's links whose system can do ``capability``."""
+        for link in links:
+            connector = self._connector(link)
+            if connector is not None and capability in connector.capabilities:
+                return link
+        return None
+
+    def _linker(self, link: store.Link | None) -> IssueLinks | None:
+        connector = self._connector(link) if link is not None else None
+        if connector is None or Capability.ISSUE_LINKS not in connector.capabilities:
+            return None
+        return cast(IssueLinks, connector)
 
     def work(self, incident: Incident, links: list[store.Link]) -> None:
         """Bring the postmortem, its items and their change requests up to date."""
@@ -231,19 +328,15 @@ class Tracker:
             return  # a duplicate's postmortem is its parent's
         if not self.required(incident):
             return
-        jira_link = next((x for x in links if x.system == "jira"), None)
-        sn_link = next((x for x in links if x.system == "servicenow"), None)
-        postmortem = self._ensure_postmortem(incident, jira_link)
-        if jira_link is not None:
-            self._collect_from_jira(incident, jira_link, postmortem)
-        if sn_link is not None:
-            self._change_requests(incident, sn_link)
+        issue_link = self._with(links, Capability.ISSUE_LINKS)
+        change_link = self._with(links, Capability.CHANGE_REQUESTS)
+        postmortem = self._ensure_postmortem(incident, issue_link)
+        if issue_link is not None:
+            self._collect_from_issues(incident, issue_link, postmortem)
+        if change_link is not None:
+            self._change_requests(incident, change_link, links)
 
-    def _jira(self, link: store.Link) -> JiraConnector | None:
-        connector = self.connectors.get(("jira", link.instance))
-        return connector if isinstance(connector, JiraConnector) else None
-
-    def _ensure_postmortem(self, incident: Incident, jira_link: store.Link | None) -> Postmortem:
+    def _ensure_postmortem(self, incident: Incident, issue_link: store.Link | None) -> Postmortem:
         with store.session_scope(self.db) as s:
             pm = s.exec(
                 select(Postmortem).where(col(Postmortem.incident_id) == incident.id)
@@ -255,179 +348,255 @@ class Tracker:
                 store.audit(
                     s, action="create", incident_id=incident.id, reason="postmortem required"
                 )
-        jira = self._jira(jira_link) if jira_link else None
-        if jira is None or not self.settings.review_issue_type or jira_link is None:
+        linker = self._linker(issue_link)
+        if linker is None or not self.settings.review_issue_type or issue_link is None:
             return pm
         if not pm.jira_id:
-            review = jira.create(
+            review = linker.create(
                 "issue",
                 {
                     "summary": f"Post-incident review: {incident.title}",
                     "issuetype": {"name": self.settings.review_issue_type},
-                    "description": f"Postmortem of {jira_link.remote_key}. Link the fixes to "
+                    "description": f"Postmortem of {issue_link.remote_key}. Link the fixes to "
                     f"this issue ({self.settings.action_link_type}).",
                 },
                 correlation_key=f"itsm-pm-{incident.id}",
             )
-            jira.link_issues(self.settings.action_link_type, jira_link.remote_key, review.ref.key)
+            linker.link_issues(
+                self.settings.action_link_type, issue_link.remote_key, review.ref.key
+            )
             with store.session_scope(self.db) as s:
                 row = s.get(Postmortem, pm.id)
                 assert row is not None
                 row.jira_id, row.jira_key = review.ref.id, review.ref.key
                 pm = row
                 store.audit(
-                    s, action="create", incident_id=incident.id, system="jira",
+                    s, action="create", incident_id=incident.id, system=review.ref.system,
                     remote_id=review.ref.id, reason=f"postmortem review {review.ref.key}",
                 )  # fmt: skip
         elif pm.completed_at is None:
-            review_ref = RemoteRef("jira", jira_link.instance, "issue", pm.jira_id, pm.jira_key)
-            status = jira.get("issue", review_ref.id).fields.get("status") or {}
+            status = linker.get("issue", pm.jira_id).fields.get("status") or {}
             if (status.get("statusCategory") or {}).get("key") == "done":
                 with store.session_scope(self.db) as s:
                     row = s.get(Postmortem, pm.id)
                     assert row is not None
-                    row.completed_at, row.completed_by = store.utcnow(), f"jira:{pm.jira_key}"
+                    row.completed_at = store.utcnow()
+                    row.completed_by = f"{issue_link.system}:{pm.jira_key}"
                     pm = row
                     store.audit(
-                        s, action="update", incident_id=incident.id, system="jira",
+                        s, action="update", incident_id=incident.id, system=issue_link.system,
                         field="postmortem", after="complete", reason=f"{pm.jira_key} is done",
                     )  # fmt: skip
         return pm
 
-    def _collect_from_jira(self, incident: Incident, link: store.Link, pm: Postmortem) -> None:
+    def _collect_from_issues(self, incident: Incident, link: store.Link, pm: Postmortem) -> None:
         """Action items: issues linked to the review issue, and issues linked to the incident's
         issue that carry the action label (the link type is configured)."""
-        jira = self._jira(link)
-        if jira is None:
+        linker = self._linker(link)
+        if linker is None:
             return
         link_type = self.settings.action_link_type
         from_review: set[str] = set()
         if pm.jira_id:
-            review = RemoteRef("jira", link.instance, "issue", pm.jira_id, pm.jira_key)
-            from_review = set(jira.linked_issues(review, link_type))
-        from_incident = set(jira.linked_issues(_ref(link), link_type))
+            review = RemoteRef(link.system, link.instance, "issue", pm.jira_id, pm.jira_key)
+            from_review = set(linker.linked_issues(review, link_type))
+        from_incident = set(linker.linked_issues(_ref(link), link_type))
         for key in sorted((from_review | from_incident) - {pm.jira_key, link.remote_key}):
-            issue = jira.get("issue", key)
+            issue = linker.get("issue", key)
             fields = issue.fields
             labels = {str(x) for x in fields.get("labels") or []}
             if key not in from_review and self.settings.action_label not in labels:
                 continue  # linked to the incident for another reason
             owner = str((fields.get("assignee") or {}).get("emailAddress") or "").lower()
             self._upsert_item(
-                incident, key=f"itsm-ai-jira-{issue.ref.id}",
+                incident, key=f"itsm-ai-{link.system}-{issue.ref.id}",
+                idem_key=f"{link.system}:{issue.ref.id}",
                 title=str(fields.get("summary") or key),
                 description=str(fields.get("description") or ""), owner=owner,
-                due=_date(fields.get("duedate")), source=f"jira:{key}", source_id=issue.ref.id,
-                source_url=issue.url, from_source=True,
+                due=_date(fields.get("duedate")), source=f"{link.system}:{key}",
+                source_id=issue.ref.id, source_url=issue.url, from_source=True,
             )  # fmt: skip
 
     def _upsert_item(
-        self, incident: Incident, *, key: str, title: str, description: str, owner: str,
-        due: dt.date | None, source: str, source_id: str = "", source_url: str = "",
+        self, incident: Incident, *, key: str, idem_key: str, title: str, description: str,
+        owner: str, due: dt.date | None, source: str, source_id: str = "", source_url: str = "",
         from_source: bool = False,
-    ) -> ActionItem:  # fmt: skip
-        with store.session_scope(self.db) as s:
-            item = s.exec(select(ActionItem).where(col(ActionItem.key) == key)).first()
+    ) -> tuple[ActionItem, bool]:  # fmt: skip
+        """The item with ``key`` (made if there is none): returns it and whether it is new.
+
+        Safe under concurrency: two adds with the same key, in threads or processes, meet at
+        the unique constraints; the one that loses reads the winner's row."""
+        try:
+            with store.session_scope(self.db) as s:
+                item = s.exec(select(ActionItem).where(col(ActionItem.key) == key)).first()
+                if item is None:
+                    item = ActionItem(
+                        key=key, idem_key=idem_key, incident_id=incident.id, title=title,
+                        description=description, owner=owner, due_date=due, source=source,
+                        source_id=source_id, source_url=source_url,
+                    )  # fmt: skip
+                    s.add(item)
+                    s.flush()
+                    store.audit(
+                        s, action="create", incident_id=incident.id, field="action_item",
+                        after={"title": title, "owner": owner, "due": str(due or "")},
+                        reason=f"from {source}",
+                    )  # fmt: skip
+                    return item, True
+                if from_source and (item.owner, item.due_date, item.title) != (owner, due, title):
+                    store.audit(
+                        s, action="update", incident_id=incident.id, field="action_item",
+                        before={"owner": item.owner, "due": str(item.due_date or "")},
+                        after={"owner": owner, "due": str(due or "")},
+                        reason=f"changed in {source}",
+                    )  # fmt: skip
+                    item.owner, item.due_date, item.title = owner, due, title
+                    item.updated_at = store.utcnow()
+                return item, False
+        except IntegrityError:
+            with store.session_scope(self.db, readonly=True) as s:
+                item = s.exec(select(ActionItem).where(col(ActionItem.key) == key)).first()
             if item is None:
-                item = ActionItem(
-                    key=key, incident_id=incident.id, title=title, description=description,
-                    owner=owner, due_date=due, source=source, source_id=source_id,
-                    source_url=source_url,
-                )  # fmt: skip
-                s.add(item)
-                s.flush()
-                store.audit(
-                    s, action="create", incident_id=incident.id, field="action_item",
-                    after={"title": title, "owner": owner, "due": str(due or "")},
-                    reason=f"from {source}",
-                )  # fmt: skip
-            elif from_source and (item.owner, item.due_date, item.title) != (owner, due, title):
-                store.audit(
-                    s, action="update", incident_id=incident.id, field="action_item",
-                    before={"owner": item.owner, "due": str(item.due_date or "")},
-                    after={"owner": owner, "due": str(due or "")}, reason=f"changed in {source}",
-                )  # fmt: skip
-                item.owner, item.due_date, item.title = owner, due, title
-                item.updated_at = store.utcnow()
-            return item
+                raise
+            return item, False
 
     def add_action(
         self, incident_id: str, *, title: str, owner: str, due: dt.date | None,
-        description: str = "", source: str = "cli",
-    ) -> ActionItem:  # fmt: skip
+        description: str = "", source: str = "cli", client_key: str = "",
+    ) -> tuple[ActionItem, bool]:  # fmt: skip
+        """Add an item, idempotently: the client's key, else the incident and the title, name
+        it; adding it again (a retry, a double click, a second process) returns the first."""
         with store.session_scope(self.db, readonly=True) as s:
             row = store.get_incident(s, incident_id)
             if row is None:
                 raise KeyError(incident_id)
-            count = len(
-                s.exec(select(ActionItem).where(col(ActionItem.incident_id) == incident_id)).all()
-            )
         incident = Incident.model_validate({**row.data, "id": incident_id})
+        idem_key = idempotency_key(title, client_key)
         return self._upsert_item(
-            incident, key=f"itsm-ai-{incident_id[:12]}-{count + 1}", title=title,
+            incident, key=item_key(incident_id, idem_key), idem_key=idem_key, title=title,
             description=description, owner=owner.strip().lower(), due=due, source=source,
         )  # fmt: skip
 
-    def _change_requests(self, incident: Incident, sn_link: store.Link) -> None:
-        sn = self.connectors.get(("servicenow", sn_link.instance))
-        if sn is None:
+    def change_system(self) -> Connector | None:
+        """The connector change requests are made in (the one with that capability)."""
+        return next(
+            (c for c in self.connectors.values() if Capability.CHANGE_REQUESTS in c.capabilities),
+            None,
+        )
+
+    def owner_problem(self, owner: str) -> str:
+        """Why ``owner`` cannot own a change request ("" when they can, or when no change
+        system is configured to ask). A system that cannot answer raises ConnectorError."""
+        changes = self.change_system()
+        if changes is None or not owner:
+            return ""
+        try:
+            changes.person_by_email(owner)
+        except NotFound as exc:
+            return str(exc)
+        return ""
+
+    # -- action items: edits and withdrawals ------------------------------------------------
+
+    def edit_item(
+        self, item_id: int, *, title: str | None, owner: str | None, due: dt.date | None,
+        due_given: bool, actor: str,
+    ) -> ActionItem:  # fmt: skip
+        """Change an item's title, owner or due date (audited); the change request follows
+        on the next reconcile, and an item from an issue tracker is changed there first (else
+        the next collection would put the old values back)."""
+        with store.session_scope(self.db, readonly=True) as s:
+            item = s.get(ActionItem, item_id)
+            assert item is not None
+        new_title = item.title if title is None else title
+        new_owner = item.owner if owner is None else owner
+        new_due = due if due_given else item.due_date
+        source = self._source(item)
+        if source is not None:
+            connector, ref = source
+            fields: dict[str, Any] = {"summary": new_title, "duedate": str(new_due or "") or None}
+            fields["assignee"] = (
+                {"accountId": connector.person_by_email(new_owner).id} if new_owner else None
+            )
+            connector.update(ref, fields)
+        with store.session_scope(self.db) as s:
+            row = s.get(ActionItem, item_id)
+            assert row is not None
+            before = {"title": row.title, "owner": row.owner, "due": str(row.due_date or "")}
+            row.title, row.owner, row.due_date = new_title, new_owner, new_due
+            row.updated_at = store.utcnow()
+            s.add(row)
+            store.audit(
+                s, action="update", incident_id=row.incident_id, field="action_item",
+                before=before, after={"title": new_title, "owner": new_owner,
+                                      "due": str(new_due or "")},
+                actor=actor, reason=f"action item {row.key} edited",
+            )  # fmt: skip
+            return row
+
+    def withdraw_item(self, item_id: int, *, reason: str, actor: str) -> ActionItem:
+        """Withdraw an item: it blocks the gate no more, and it is on the record who and why."""
+        with store.session_scope(self.db) as s:
+            row = s.get(ActionItem, item_id)
+            assert row is not None
+            before = row.status
+            row.status, row.status_reason, row.status_by = WITHDRAWN, reason, actor
+            row.status_at = row.updated_at = store.utcnow()
+            s.add(row)
+            store.audit(
+                s, action="update", incident_id=row.incident_id, field="action_item",
+                before={"key": row.key, "status": before}, after={"status": WITHDRAWN},
+                actor=actor, reason=f"action item {row.title!r} withdrawn: {reason}",
+            )  # fmt: skip
+            return row
+
+    # -- change requests ----------------------------------------------------------------------
+
+    def _change_requests(
+        self, incident: Incident, change_link: store.Link, links: list[store.Link]
+    ) -> None:
+        changes = self._connector(change_link)
+        if changes is None:
             return
         with store.session_scope(self.db, readonly=True) as s:
             items = list(
-                s.exec(select(ActionItem).where(col(ActionItem.incident_id) == incident.id)).all()
+                s.exec(
+                    select(ActionItem)
+                    .where(col(ActionItem.incident_id) == incident.id)
+                    .order_by(col(ActionItem.id))
+                ).all()
             )
         for item in items:
+            if item.status == WITHDRAWN:
+                continue
             try:
-                self._one_change_request(incident, sn_link, sn, item)
+                self._one_change_request(incident, change_link, changes, item, links)
             except ConnectorError as exc:
                 log.warning("action item %s: %s", item.key, exc)
                 with store.session_scope(self.db) as s:
                     row = s.get(ActionItem, item.id)
                     if row is not None and not row.change_request_number:
-                        row.blocked = f"ServiceNow refused the change request: {exc}"
+                        row.blocked = f"the change request was refused: {exc}"
+
+    def _correlation(self, item: ActionItem) -> str:
+        """The change request's correlation key: the item's, and a new one per re-open."""
+        return item.key if not item.attempt else f"{item.key}-{item.attempt + 1}"
 
     def _one_change_request(
-        self, incident: Incident, sn_link: store.Link, sn: Connector, item: ActionItem
-    ) -> None:
-        # Changes made on the change request follow back to the item (and its Jira source).
+        self, incident: Incident, change_link: store.Link, sn: Connector, item: ActionItem,
+        links: list[store.Link],
+    ) -> None:  # fmt: skip
         if item.change_request_id:
             cr = sn.get("change_request", item.change_request_id)
-            cr_owner = (
-                sn.person_by_id(str(cr.fields["assigned_to"])).email
-                if cr.fields.get("assigned_to")
-                else ""
-            )
-            cr_due = _date(cr.fields.get("due_date"))
             state, code = str(cr.fields.get("state", "")), str(cr.fields.get("close_code", ""))
-            owner, due = item.owner, item.due_date
-            cr_changed = (cr_owner, cr_due) != (item.synced_owner, item.synced_due)
-            item_changed = (item.owner, item.due_date) != (item.synced_owner, item.synced_due)
-            if cr_changed and not item_changed:
-                owner, due = cr_owner, cr_due
-                self._to_source(item, owner, due)
-            elif item_changed:
-                patch: dict[str, Any] = {}
-                if item.owner != cr_owner:
-                    patch["assigned_to"] = sn.person_by_email(item.owner).id if item.owner else ""
-                if item.due_date != cr_due:
-                    patch["due_date"] = f"{item.due_date} 00:00:00" if item.due_date else ""
-                if patch:
-                    sn.update(cr.ref, patch)
-            reminded = self._remind(sn, cr.ref, item, due, state)
-            with store.session_scope(self.db) as s:
-                row = s.get(ActionItem, item.id)
-                assert row is not None
-                row.owner, row.due_date = owner, due
-                row.synced_owner, row.synced_due = owner, due
-                row.change_request_state, row.change_request_close_code = state, code
-                row.blocked = self._blockers(sn, owner, due)
-                if reminded:
-                    row.reminded_at = store.utcnow()
-                    store.audit(
-                        s, action="comment", incident_id=incident.id, system="servicenow",
-                        remote_id=cr.ref.id, reason=f"overdue reminder on {cr.ref.key}",
-                    )  # fmt: skip
-            return
+            outcome = self._outcome(state, code)
+            if outcome == "failed" and item.status in (OPEN, DONE):
+                item = self._reopen(incident, item, cr, links)  # and make a new change below
+            else:
+                self._follow(incident, sn, cr, item, state, code)
+                if outcome == "done" and item.status == OPEN:
+                    self._done(incident, item, cr, code)
+                return
         blocked = self._blockers(sn, item.owner, item.due_date)
         if blocked:
             with store.session_scope(self.db) as s:
@@ -437,48 +606,182 @@ class Tracker:
             return
         owner_id = sn.person_by_email(item.owner).id
         source = f"\nSource: {item.source_url or item.source}"
+        again = ""
+        if item.attempt:
+            again = f"\n\nA new change: the last one was closed {item.status_reason}."
         cr = sn.create(
             "change_request",
             {
                 "type": self.settings.change_type,
                 "short_description": item.title,
                 "description": (
-                    f"Action item from the postmortem of {sn_link.remote_key} "
-                    f"({incident.title}).{source}\n\n{item.description}"
+                    f"Action item from the postmortem of {change_link.remote_key} "
+                    f"({incident.title}).{source}{again}\n\n{item.description}"
                 ).strip(),
                 "assigned_to": owner_id,
                 "due_date": f"{item.due_date} 00:00:00",
-                "parent": sn_link.remote_id,
+                "parent": change_link.remote_id,
             },
-            correlation_key=item.key,
+            correlation_key=self._correlation(item),
         )
         with store.session_scope(self.db) as s:
             row = s.get(ActionItem, item.id)
             assert row is not None
             row.change_request_id, row.change_request_number = cr.ref.id, cr.ref.key
             row.change_request_state = str(cr.fields.get("state", ""))
+            row.change_request_close_code = ""
             row.synced_owner, row.synced_due, row.blocked = item.owner, item.due_date, ""
+            row.synced_title = item.title
             store.audit(
-                s, action="create", incident_id=incident.id, system="servicenow",
-                instance=sn_link.instance, remote_id=cr.ref.id, field="change_request",
+                s, action="create", incident_id=incident.id, system=cr.ref.system,
+                instance=change_link.instance, remote_id=cr.ref.id, field="change_request",
                 after={"number": cr.ref.key, "owner": item.owner, "due": str(item.due_date)},
                 reason=f"action item {item.title!r} from {item.source}",
             )  # fmt: skip
-        if item.source.startswith("jira:") and item.source_id:
-            jira = next((c for c in self.connectors.values() if isinstance(c, JiraConnector)), None)
-            if jira is not None:
-                ref = RemoteRef("jira", jira.instance, "issue", item.source_id, item.source[5:])
-                base = getattr(sn, "base_url", "")
-                jira.add_remote_link(
-                    ref, global_id=f"itsm-sync:change_request:{cr.ref.id}",
-                    url=f"{base}/nav_to.do?uri=change_request.do?sys_id={cr.ref.id}",
-                    title=f"{cr.ref.key}: {item.title}",
+        source_of = self._source(item)
+        if source_of is not None:
+            connector, ref = source_of
+            cast(IssueLinks, connector).add_remote_link(
+                ref, global_id=f"itsm-sync:change_request:{cr.ref.id}", url=cr.url,
+                title=f"{cr.ref.key}: {item.title}",
+            )  # fmt: skip
+
+    def _outcome(self, state: str, code: str) -> str:
+        """What a change request's state says of its item: "done", "failed" or "" (going)."""
+        if state == CR_CLOSED and code.lower() in self.settings.change_done_codes:
+            return "done"
+        if state == CR_CLOSED or state in self.settings.change_failed_states:
+            return "failed"
+        return ""
+
+    def _follow(
+        self, incident: Incident, sn: Connector, cr: RemoteRecord, item: ActionItem, state: str,
+        code: str,
+    ) -> None:  # fmt: skip
+        """Owner, due date and title between the item and its change request, either way
+        (a change made on the change request follows back to the item and its source)."""
+        cr_owner = (
+            sn.person_by_id(str(cr.fields["assigned_to"])).email
+            if cr.fields.get("assigned_to")
+            else ""
+        )
+        cr_due = _date(cr.fields.get("due_date"))
+        owner, due = item.owner, item.due_date
+        cr_changed = (cr_owner, cr_due) != (item.synced_owner, item.synced_due)
+        item_changed = (item.owner, item.due_date) != (item.synced_owner, item.synced_due)
+        patch: dict[str, Any] = {}
+        if cr_changed and not item_changed:
+            owner, due = cr_owner, cr_due
+            self._to_source(item, owner, due)
+        elif item_changed:
+            if item.owner != cr_owner:
+                patch["assigned_to"] = sn.person_by_email(item.owner).id if item.owner else ""
+            if item.due_date != cr_due:
+                patch["due_date"] = f"{item.due_date} 00:00:00" if item.due_date else ""
+        if item.synced_title and item.title != item.synced_title:
+            patch["short_description"] = item.title
+        if patch:
+            sn.update(cr.ref, patch)
+        reminded = self._remind(sn, cr.ref, item, owner, due, state)
+        with store.session_scope(self.db) as s:
+            row = s.get(ActionItem, item.id)
+            assert row is not None
+            row.owner, row.due_date = owner, due
+            row.synced_owner, row.synced_due, row.synced_title = owner, due, item.title
+            row.change_request_state, row.change_request_close_code = state, code
+            row.blocked = self._blockers(sn, owner, due)
+            if reminded:
+                row.reminded_at = store.utcnow()
+                store.audit(
+                    s, action="comment", incident_id=incident.id, system=cr.ref.system,
+                    remote_id=cr.ref.id, reason=f"overdue reminder on {cr.ref.key}",
                 )  # fmt: skip
 
+    def _done(self, incident: Incident, item: ActionItem, cr: RemoteRecord, code: str) -> None:
+        """The change closed successful: the item is done, and so is its issue (with a
+        comment that links the change)."""
+        with store.session_scope(self.db) as s:
+            row = s.get(ActionItem, item.id)
+            assert row is not None
+            row.status, row.status_reason, row.status_by = DONE, f"{cr.ref.key} {code}", "change"
+            row.status_at = row.updated_at = store.utcnow()
+            store.audit(
+                s, action="update", incident_id=incident.id, field="action_item",
+                before={"key": item.key, "status": item.status}, after={"status": DONE},
+                system=cr.ref.system, remote_id=cr.ref.id,
+                reason=f"action item {item.title!r} done: {cr.ref.key} closed {code}",
+            )  # fmt: skip
+        source = self._source(item)
+        if source is None:
+            return
+        connector, ref = source
+        connector.add_comment(
+            ref,
+            f"Done: the change request {cr.ref.key} that implements this action item was "
+            f"closed {code}: {cr.url}",
+            visibility=Visibility.PUBLIC,
+            origin="itsm-sync:postmortem",
+        )
+        connector.transition(
+            ref, self.settings.action_done_status, dict(self.settings.action_done_fields)
+        )
+
+    def _reopen(
+        self, incident: Incident, item: ActionItem, cr: RemoteRecord, links: list[store.Link]
+    ) -> ActionItem:
+        """The change closed unsuccessful or was canceled: the item is open again (and gets a
+        new change request), and the incident says so in an internal note."""
+        code = str(cr.fields.get("close_code") or "") or "canceled"
+        with store.session_scope(self.db) as s:
+            row = s.get(ActionItem, item.id)
+            assert row is not None
+            before = row.status
+            row.status, row.status_reason, row.status_by = OPEN, f"{cr.ref.key} {code}", "change"
+            row.status_at = row.updated_at = store.utcnow()
+            row.attempt += 1
+            row.change_request_id = row.change_request_number = ""
+            row.change_request_state = row.change_request_close_code = ""
+            row.synced_owner, row.synced_due, row.synced_title = "", None, ""
+            store.audit(
+                s, action="update", incident_id=incident.id, field="action_item",
+                before={"key": item.key, "status": before, "change_request": cr.ref.key},
+                after={"status": OPEN}, system=cr.ref.system, remote_id=cr.ref.id,
+                reason=f"action item {item.title!r} re-opened: {cr.ref.key} closed {code}",
+            )  # fmt: skip
+            item = row
+        note = (
+            f"Postmortem action item {item.title!r}: its change request {cr.ref.key} was closed "
+            f"{code}. The item is open again and gets a new change request; the incident "
+            f"cannot close until it has one."
+        )
+        for link in links:
+            connector = self._connector(link)
+            if connector is None or Capability.INTERNAL_COMMENTS not in connector.capabilities:
+                continue
+            try:
+                connector.add_comment(
+                    _ref(link), note, visibility=Visibility.INTERNAL, origin="itsm-sync:postmortem"
+                )
+            except ConnectorError as exc:
+                log.warning("the re-open note on %s: %s", link.remote_key, exc)
+        return item
+
+    def _source(self, item: ActionItem) -> tuple[Connector, RemoteRef] | None:
+        """The issue an item came from, and its system's connector (None for CLI/API items)."""
+        system, _, key = item.source.partition(":")
+        if not item.source_id or not key:
+            return None
+        for (sys_name, instance), connector in self.connectors.items():
+            if sys_name == system and Capability.ISSUE_LINKS in connector.capabilities:
+                return connector, RemoteRef(system, instance, "issue", item.source_id, key)
+        return None
+
     def _remind(
-        self, sn: Connector, ref: RemoteRef, item: ActionItem, due: dt.date | None, state: str
-    ) -> bool:
-        """A work note on an overdue change request, once per reminder period."""
+        self, sn: Connector, ref: RemoteRef, item: ActionItem, owner: str, due: dt.date | None,
+        state: str,
+    ) -> bool:  # fmt: skip
+        """A note on an overdue change request (and on the item's issue), once per reminder
+        period, naming the owner as each system knows them."""
         period = self.settings.reminder_hours
         today = dt.datetime.now(dt.UTC).date()
         if not period or due is None or due >= today or state in (CR_CLOSED, "4"):
@@ -486,14 +789,34 @@ class Tracker:
         now = store.utcnow()
         if item.reminded_at is not None and now - item.reminded_at < dt.timedelta(hours=period):
             return False
-        sn.update(
-            ref,
-            {
-                "work_notes": f"Reminder: this change implements the postmortem action item "
-                f"{item.title!r} and was due on {due} ({(today - due).days} days ago)."
-            },
+        text = (
+            f"Reminder{{owner}}: this change implements the postmortem action item "
+            f"{item.title!r} and was due on {due} ({(today - due).days} days ago)."
         )
+        sn.update(ref, {"work_notes": text.format(owner=self._mention(sn, owner))})
+        source = self._source(item)
+        if source is not None:
+            connector, issue = source
+            try:
+                connector.add_comment(
+                    issue, text.format(owner=self._mention(connector, owner)),
+                    visibility=Visibility.PUBLIC, origin="itsm-sync:postmortem",
+                )  # fmt: skip
+            except ConnectorError as exc:
+                log.warning("the reminder on %s: %s", issue.key, exc)
         return True
+
+    def _mention(self, connector: Connector, owner: str) -> str:
+        """ " for <the owner, as the system names its users>", or "" when unknown."""
+        if not owner:
+            return ""
+        try:
+            person = connector.person_by_email(owner)
+        except ConnectorError:
+            return f" for {owner}"
+        if Capability.MENTIONS in connector.capabilities:
+            return f" for {cast(Mentions, connector).mention(person)}"
+        return f" for {person.name or owner} ({owner})"
 
     def _blockers(self, sn: Connector, owner: str, due: dt.date | None) -> str:
         problems = []
@@ -503,18 +826,16 @@ class Tracker:
             try:
                 sn.person_by_email(owner)
             except NotFound:
-                problems.append(f"the owner {owner} is not a ServiceNow user")
+                problems.append(f"the owner {owner} is not a user of {sn.system}")
         if due is None:
             problems.append("no due date")
         return "; ".join(problems)
 
     def _to_source(self, item: ActionItem, owner: str, due: dt.date | None) -> None:
-        if not (item.source.startswith("jira:") and item.source_id):
+        source = self._source(item)
+        if source is None:
             return
-        jira = next((c for c in self.connectors.values() if isinstance(c, JiraConnector)), None)
-        if jira is None:
-            return
-        ref = RemoteRef("jira", jira.instance, "issue", item.source_id, item.source[5:])
+        connector, ref = source
         fields: dict[str, Any] = {"duedate": str(due) if due else None}
-        fields["assignee"] = {"accountId": jira.person_by_email(owner).id} if owner else None
-        jira.update(ref, fields)
+        fields["assignee"] = {"accountId": connector.person_by_email(owner).id} if owner else None
+        connector.update(ref, fields)

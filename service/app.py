@@ -27,6 +27,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.runtime = runtime
     app.state.tokens = token_table(runtime)
     app.state.metrics = health.Metrics(runtime)
+    app.state.intake = webhooks.Intake(runtime.settings.intake)
     app.add_middleware(RequestId)
     app.add_exception_handler(ServiceError, _service_error)
     for router in (webhooks.router, health.router, incidents.router, parked.router):

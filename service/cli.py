@@ -6,13 +6,14 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from config.settings import ConfigFileError, load_settings
+from config.settings import ConfigFileError, Settings, load_settings
+from connectors.errors import redact
 from service.mapping_cli import app as mapping_app
 from service.postmortem_cli import register as register_postmortem_commands
 from service.sync_cli import register as register_sync_commands
@@ -128,7 +129,15 @@ def show_config(
     except ValueError as exc:  # pydantic's ValidationError names the field and the problem
         console.print(f"[red]error:[/red] invalid settings: {exc}")
         raise typer.Exit(2) from exc
-    console.print_json(json.dumps(settings.model_dump(mode="json")))
+    console.print_json(json.dumps(masked_settings(settings)))
+
+
+def masked_settings(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON data with every secret masked: SecretStr fields (pydantic prints
+    ``**********``) and the password inside ``database_url``."""
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    data["database_url"] = redact(data["database_url"])
+    return data
 
 
 def _start_cluster(config: ClusterConfig) -> SimulatorCluster:

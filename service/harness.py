@@ -4,6 +4,7 @@ end-to-end tests and the benchmarks. Everything between the parts is real HTTP."
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -77,6 +78,36 @@ def settings_for(cluster: SimulatorCluster, database_url: str, **overrides: Any)
         else:
             data[key] = value
     return Settings.model_validate(data)
+
+
+def simulator_env(
+    cluster: SimulatorCluster, database_url: str | None = None, *, api_token: str = ""
+) -> dict[str, str]:
+    """The simulator profile as ``ITSM_SYNC_*`` variables, for ``itsm-sync`` in a subprocess:
+    the cluster's URLs and credentials and the demo webhook secrets (no setting has a secret
+    by default), the database and, with ``api_token``, an admin API token."""
+    creds = cluster.config.credentials
+    env = {
+        "ITSM_SYNC_SERVICENOW__URL": cluster.urls["servicenow"],
+        "ITSM_SYNC_SERVICENOW__USERNAME": creds.servicenow_username,
+        "ITSM_SYNC_SERVICENOW__PASSWORD": creds.servicenow_password,
+        "ITSM_SYNC_SERVICENOW__WEBHOOK_SECRET": WEBHOOK_SECRETS["servicenow"],
+        "ITSM_SYNC_JIRA__URL": cluster.urls["jira"],
+        "ITSM_SYNC_JIRA__EMAIL": creds.jira_email,
+        "ITSM_SYNC_JIRA__API_TOKEN": creds.jira_api_token,
+        "ITSM_SYNC_JIRA__WEBHOOK_SECRET": WEBHOOK_SECRETS["jira"],
+        "ITSM_SYNC_STATUSPAGE__URL": cluster.urls["statuspage"] + "/v1",
+        "ITSM_SYNC_STATUSPAGE__API_KEY": creds.statuspage_api_key,
+        "ITSM_SYNC_STATUSPAGE__PAGE_ID": creds.statuspage_page_id,
+        "ITSM_SYNC_STATUSPAGE__WEBHOOK_SECRET": WEBHOOK_SECRETS["statuspage"],
+    }
+    if database_url is not None:
+        env["ITSM_SYNC_DATABASE_URL"] = database_url
+    if api_token:
+        env["ITSM_SYNC_API_TOKENS"] = json.dumps(
+            [{"name": "sim", "token": api_token, "role": "admin"}]
+        )
+    return env
 
 
 class Service:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from connectors.registry import build_connectors
 from postmortem_tracker.report import to_csv, to_dicts
 from postmortem_tracker.tracker import Tracker
 from service.cli_common import (
@@ -27,8 +28,10 @@ KPI_COLUMNS = ("severity", "team", "acknowledged", "mtta_minutes", "resolved", "
 
 
 def _tracker(config_file: Path | None) -> Tracker:
+    """The tracker over the database, with the connectors (built lazily: no call is made
+    until a command asks a system, such as whether an owner is a user of it)."""
     settings = settings_or_exit(config_file)
-    return Tracker(open_db(settings), {}, settings.postmortem)
+    return Tracker(open_db(settings), build_connectors(settings), settings.postmortem)
 
 
 def register(app: typer.Typer) -> None:
@@ -42,6 +45,9 @@ def register(app: typer.Typer) -> None:
         owner: Annotated[str, typer.Option(help="The owner's email.")] = "",
         due: Annotated[str | None, typer.Option(help="Due date, YYYY-MM-DD.")] = None,
         description: Annotated[str, typer.Option()] = "",
+        key: Annotated[
+            str, typer.Option(help="Idempotency key (else the title): adding again is a no-op.")
+        ] = "",
         config_file: ConfigOption = None,
     ) -> None:
         """Add an action item; it becomes a change request on the next reconcile."""
@@ -50,11 +56,53 @@ def register(app: typer.Typer) -> None:
             item = postmortems.add_action(
                 tracker, ident=incident, title=title, owner=owner,
                 due=postmortems.parse_date(due, field="--due"), description=description,
-                actor=Actor.cli(), source="cli",
+                actor=Actor.cli(), source="cli", key=key,
             )  # fmt: skip
         missing = item["still_needs"]
         note = f" (it still needs {' and '.join(missing)})" if missing else ""
-        console.print(f"action item {item['key']} added to {incident}{note}", highlight=False)
+        verb = "added to" if item["created"] else "already on"
+        console.print(f"action item {item['key']} {verb} {incident}{note}", highlight=False)
+
+    @pm.command("edit-action")
+    def edit_action(
+        incident: Annotated[str, typer.Argument(help="INC0010001, OPS-12 or the canonical id.")],
+        item: Annotated[str, typer.Argument(help="The item's key (postmortem show --json).")],
+        title: Annotated[str | None, typer.Option(help="The new title.")] = None,
+        owner: Annotated[str | None, typer.Option(help="The new owner's email.")] = None,
+        due: Annotated[str | None, typer.Option(help="New due date, YYYY-MM-DD.")] = None,
+        actor: Annotated[str, typer.Option("--as", help="Who edits (audited).")] = "",
+        config_file: ConfigOption = None,
+    ) -> None:
+        """Change an action item's title, owner or due date; its change request follows."""
+        tracker = _tracker(config_file)
+        with cli_errors():
+            changes: dict[str, Any] = {"title": title, "owner": owner}
+            if due is not None:
+                changes["due"] = postmortems.parse_date(due, field="--due")
+            out = postmortems.edit_action(
+                tracker, ident=incident, item=item, actor=Actor.cli(actor), **changes
+            )
+        console.print(
+            f"action item {plain(out['key'])}: {plain(out['title'])}, owner "
+            f"{plain(out['owner']) or '(none)'}, due {out['due'] or '(none)'}",
+            highlight=False,
+        )
+
+    @pm.command("withdraw-action")
+    def withdraw_action(
+        incident: Annotated[str, typer.Argument(help="INC0010001, OPS-12 or the canonical id.")],
+        item: Annotated[str, typer.Argument(help="The item's key (postmortem show --json).")],
+        reason: Annotated[str, typer.Option(help="Why (required; audited).")] = "",
+        actor: Annotated[str, typer.Option("--as", help="Who withdraws it (audited).")] = "",
+        config_file: ConfigOption = None,
+    ) -> None:
+        """Withdraw an action item: it no longer blocks the gate."""
+        tracker = _tracker(config_file)
+        with cli_errors():
+            out = postmortems.withdraw_action(
+                tracker, ident=incident, item=item, reason=reason, actor=Actor.cli(actor)
+            )
+        console.print(f"action item {plain(out['key'])} is withdrawn", highlight=False)
 
     @pm.command("show")
     def show(
@@ -76,12 +124,15 @@ def register(app: typer.Typer) -> None:
             highlight=False,
         )
         table = Table(title=f"action items of {plain(incident)}")
-        for column in ("title", "owner", "due", "source", "change request", "blocked by"):
+        for column in ("key", "title", "owner", "due", "source", "status", "change request",
+                       "blocked by"):  # fmt: skip
             table.add_column(column, overflow="fold")
         for i in data["action_items"]:
+            status = i["status"] + (f": {i['status_reason']}" if i["status_reason"] else "")
             table.add_row(
-                plain(i["title"]), plain(i["owner"]), i["due"], plain(i["source"]),
-                i["change_request"], "" if i["change_request"] else plain(i["blocked"]),
+                i["key"], plain(i["title"]), plain(i["owner"]), i["due"], plain(i["source"]),
+                plain(status), i["change_request"],
+                "" if i["change_request"] else plain(i["blocked"]),
             )  # fmt: skip
         console.print(table)
         gate = data["gate"]
@@ -106,6 +157,9 @@ def register(app: typer.Typer) -> None:
     def gate(
         incident: Annotated[str, typer.Argument(help="INC0010001, OPS-12 or the canonical id.")],
         override: Annotated[bool, typer.Option("--override", help="Let it close anyway.")] = False,
+        revoke: Annotated[
+            bool, typer.Option("--revoke", help="Take back the override in force.")
+        ] = False,
         reason: Annotated[str, typer.Option(help="Why (required to override).")] = "",
         actor: Annotated[str, typer.Option("--as", help="Who overrides (audited).")] = "",
         config_file: ConfigOption = None,
@@ -113,11 +167,18 @@ def register(app: typer.Typer) -> None:
         """Whether the incident may close, and why not; a change manager may override."""
         tracker = _tracker(config_file)
         with cli_errors():
-            if override:
+            if override and revoke:
+                err.print("--override and --revoke: give one of them")
+                raise typer.Exit(2)
+            if override or revoke:
                 if not reason.strip() or not actor.strip():
-                    err.print("an override needs --reason and --as (it is audited)")
+                    what = "an override" if override else "--revoke"
+                    err.print(f"{what} needs --reason and --as (it is audited)")
                     raise typer.Exit(2)
-                postmortems.override(tracker, ident=incident, reason=reason, actor=Actor.cli(actor))
+                act = postmortems.override if override else postmortems.revoke_override
+                act(tracker, ident=incident, reason=reason, actor=Actor.cli(actor))
+                if revoke:
+                    console.print(f"the override of {plain(incident)} is revoked", highlight=False)
             state = postmortems.gate(tracker, ident=incident)
         verdict = "may close" if state["can_close"] else "may NOT close"
         console.print(f"{plain(incident)}: {verdict}", highlight=False)

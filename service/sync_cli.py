@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from config.logging import setup_logging
-from config.settings import Settings
+from config.settings import Settings, missing_for_run
 from mapping.registry import MappingSet, load_mappings
 from service.cli_common import (
     ConfigOption,
@@ -84,6 +84,15 @@ def register(app: typer.Typer) -> None:
             err.print(f"[red]error:[/red] --role {role}: use all, http or workers")
             raise typer.Exit(2)
         settings = settings_or_exit(config_file)
+        missing = missing_for_run(settings)
+        if missing:
+            err.print(
+                f"[red]error:[/red] itsm-sync run needs {', '.join(missing)}: set them in the "
+                "environment or the config file (docs/operations.md, Configuration)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(2)
         setup_logging(settings.log_level)
         worker_process = None
         if role == "all" and not workers_in_process:
@@ -161,7 +170,7 @@ def register(app: typer.Typer) -> None:
         try:
             results = poll_all(runtime.db, runtime.connectors)
             for line in results_table(results):
-                console.print(line, highlight=False)
+                console.print(plain(line), highlight=False)
             cadence.check(runtime.db, settings.comms)  # reminders for updates that are due
             totals = drain(
                 runtime.reconciler,
@@ -178,7 +187,10 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
             )
             for item in parked:
-                console.print(f"  parked #{item.id} {item.target}: {item.error}", highlight=False)
+                console.print(
+                    f"  parked #{item.id} {plain(item.target)}: {plain(item.error)}",
+                    highlight=False,
+                )
         finally:
             runtime.stop()
         if parked:
@@ -230,7 +242,7 @@ def register(app: typer.Typer) -> None:
                             progress=advance,
                         )
                         if result.error:
-                            err.print(f"[red]{system} {object_type}:[/red] {result.error}")
+                            err.print(f"[red]{system} {object_type}:[/red] {plain(result.error)}")
                 # Pairs linked by hand before us become one incident before anything is
                 # reconciled, so that neither record gets a new counterpart.
                 task = progress.add_task("link existing pairs", total=None)

@@ -160,9 +160,14 @@ class FaultRule:
     timeout_when: str = "after"  # "after": the write is applied, then the answer never comes
     reset_rate: float = 0.0
     count: int | None = None
+    # Requests whose User-Agent contains this are spared (a test's own calls, made through
+    # the same API as the client under test); empty: none is.
+    except_agent: str = ""
     hits: int = 0
 
-    def matches(self, method: str, route: str) -> bool:
+    def matches(self, method: str, route: str, agent: str = "") -> bool:
+        if self.except_agent and self.except_agent in agent:
+            return False
         if self.route == "*":
             return True
         want_method, _, want_route = self.route.partition(" ")
@@ -218,6 +223,12 @@ class WebhookTarget:
     delay_seconds: float = 0.0  # deliver late
     duplicate: bool = False  # deliver twice
     max_attempts: int = 5
+    # Per delivery, drawn from the dispatcher's seeded RNG: never sent, sent twice, or late by
+    # up to ``delay_jitter_seconds`` more (so deliveries also arrive out of order).
+    drop_rate: float = 0.0
+    duplicate_rate: float = 0.0
+    delay_rate: float = 0.0
+    delay_jitter_seconds: float = 0.0
 
     def public(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -238,9 +249,14 @@ class Delivery:
 class WebhookDispatcher:
     """Delivers outbound webhooks from a background thread, retrying failures with backoff."""
 
-    def __init__(self, name: str, sign: Callable[[WebhookTarget, bytes], dict[str, str]]) -> None:
+    def __init__(
+        self, name: str, sign: Callable[[WebhookTarget, bytes], dict[str, str]], seed: int = 0
+    ) -> None:
         self.name = name
         self._sign = sign
+        self.rng = random.Random(seed)
+        # What the per-delivery rates did: dropped, duplicated, delayed (since the last clear).
+        self.faults: Counter[str] = Counter()
         self._queue: queue.Queue[Delivery | None] = queue.Queue()
         self._pending: list[Delivery] = []
         self._thread: threading.Thread | None = None
@@ -270,6 +286,7 @@ class WebhookDispatcher:
         with self._lock:
             self._pending.clear()
             self._outstanding = 0
+            self.faults.clear()
         while True:
             try:
                 self._queue.get_nowait()
@@ -290,6 +307,16 @@ class WebhookDispatcher:
             }
             not_before = time.monotonic() + target.delay_seconds
             copies = 2 if target.duplicate else 1
+            with self._lock:
+                if target.drop_rate and self.rng.random() < target.drop_rate:
+                    self.faults["dropped"] += 1
+                    continue
+                if target.duplicate_rate and self.rng.random() < target.duplicate_rate:
+                    self.faults["duplicated"] += 1
+                    copies = 2
+                if target.delay_rate and self.rng.random() < target.delay_rate:
+                    self.faults["delayed"] += 1
+                    not_before += self.rng.uniform(0.0, target.delay_jitter_seconds)
             for _ in range(copies):
                 with self._lock:
                     self._outstanding += 1
@@ -363,7 +390,7 @@ class Simulator:
         self.faults = Faults(seed=seed)
         self.rng = random.Random(seed)
         self.webhook_targets: list[WebhookTarget] = []
-        self.webhooks = WebhookDispatcher(self.name, self.sign_webhook)
+        self.webhooks = WebhookDispatcher(self.name, self.sign_webhook, seed)
         self.dirty = False  # set on every state change; the runner snapshots dirty state
         self.register_routes()
         self.reset()
@@ -467,7 +494,7 @@ class Simulator:
             base_url=f"{request.url.scheme}://{request.url.netloc}",
         )
         key = f"{req.method} {template}"
-        decision = self._decide_faults(req.method, template)
+        decision = self._decide_faults(req.method, template, req.headers.get("user-agent", ""))
         if decision.reset:
             self._record(req, key, 0, b"", "reset")
             return await self._reset_connection(request)
@@ -517,14 +544,14 @@ class Simulator:
         self._record(req, key, response.status_code, resp_body, fault, response)
         return response
 
-    def _decide_faults(self, method: str, template: str) -> FaultDecision:
+    def _decide_faults(self, method: str, template: str, agent: str = "") -> FaultDecision:
         decision = FaultDecision()
         with self.lock:
             if self.faults.down:
                 decision.reset = True
                 return decision
             for rule in self.faults.rules:
-                if not rule.matches(method, template):
+                if not rule.matches(method, template, agent):
                     continue
                 if rule.count is not None and rule.hits >= rule.count:
                     continue
@@ -672,7 +699,13 @@ class Simulator:
             return JSONResponse({"targets": [t.public() for t in self.webhook_targets]})
 
     async def _sim_webhook_log(self, request: Request) -> Response:
-        return JSONResponse({"deliveries": list(self.webhooks.log), "idle": self.webhooks.idle()})
+        return JSONResponse(
+            {
+                "deliveries": list(self.webhooks.log),
+                "idle": self.webhooks.idle(),
+                "faults": dict(self.webhooks.faults),
+            }
+        )
 
     async def _sim_requests(self, request: Request) -> Response:
         with self.lock:

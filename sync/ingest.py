@@ -3,7 +3,9 @@
 A webhook is a trigger: verify it, store the delivery and what it says durably, and only then
 answer 2xx; the work happens later, from the newest state. A delivery id seen before changes
 nothing (Jira redelivers, sometimes 30 minutes late); a bad signature stores nothing but the
-rejected delivery for inspection; a malformed body is kept for inspection too.
+rejected delivery for inspection; a malformed body is kept for inspection too. What is kept of
+refused deliveries is capped (:class:`RejectedLimits`): an unauthenticated caller cannot fill
+the database.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class Ack:
     status: int  # the HTTP status to answer
     message: str
     delivery_id: str = ""
+    rejected: bool = False  # refused (bad signature, malformed, too big): kept for diagnosis
+    dropped: int = 0  # older refused deliveries dropped to keep within the caps
 
 
 def _safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -62,6 +66,36 @@ def mark_for(
     mark_dirty(session, key, debounce=delay or None, reason=reason)
 
 
+@dataclass(frozen=True)
+class RejectedLimits:
+    """How much of the rejected and malformed deliveries is kept (``intake`` settings)."""
+
+    keep: int = 200
+    max_bytes: int = 2 * 1024 * 1024
+    body_bytes: int = 16 * 1024
+
+
+def _keep_rejected(
+    db: Engine, system: str, status: store.DeliveryStatus, reason: str, body: bytes,
+    headers: Mapping[str, str], limits: RejectedLimits,
+) -> int:  # fmt: skip
+    """Store a refused delivery for diagnosis (its body cut to ``limits.body_bytes``) and drop
+    the oldest beyond the caps, in one transaction; returns how many were dropped."""
+    cut = body[: limits.body_bytes].decode("utf-8", "ignore")
+    if len(body) > limits.body_bytes:
+        reason = f"{reason} (body of {len(body)} bytes, first {limits.body_bytes} kept)"
+    with store.session_scope(db) as s:
+        store.record_delivery(
+            s, system=system, delivery_id=f"{status}:{dt.datetime.now(dt.UTC).isoformat()}",
+            status=status, reason=reason, body=cut, headers=_safe_headers(headers),
+        )  # fmt: skip
+        dropped = store.cap_rejected(s, keep=limits.keep, max_bytes=limits.max_bytes)
+    if dropped:
+        log.warning("dropped %d oldest rejected deliveries (caps: %d, %d bytes)",
+                    dropped, limits.keep, limits.max_bytes)  # fmt: skip
+    return dropped
+
+
 def ingest_webhook(
     db: Engine,
     connector: Connector,
@@ -70,34 +104,24 @@ def ingest_webhook(
     query: Mapping[str, str] | None = None,
     *,
     coalesce: float = 0.2,
+    limits: RejectedLimits | None = None,
 ) -> Ack:
     system = connector.system
+    limits = limits or RejectedLimits()
     if len(body) > MAX_BODY:
-        with store.session_scope(db) as s:
-            store.record_delivery(
-                s, system=system, delivery_id=f"oversized:{dt.datetime.now(dt.UTC).isoformat()}",
-                status="malformed", reason=f"body of {len(body)} bytes is over {MAX_BODY}",
-                body=body[:MAX_BODY].decode("utf-8", "replace"), headers=_safe_headers(headers),
-            )  # fmt: skip
-        return Ack(413, f"body over {MAX_BODY} bytes")
+        dropped = _keep_rejected(
+            db, system, "malformed", f"body of {len(body)} bytes is over {MAX_BODY}", body,
+            headers, limits,
+        )  # fmt: skip
+        return Ack(413, f"body over {MAX_BODY} bytes", rejected=True, dropped=dropped)
     try:
         observations = connector.parse_webhook(headers, body, query)
     except AuthFailed as exc:
-        with store.session_scope(db) as s:
-            store.record_delivery(
-                s, system=system, delivery_id=f"rejected:{dt.datetime.now(dt.UTC).isoformat()}",
-                status="rejected", reason=str(exc), body=body.decode("utf-8", "replace"),
-                headers=_safe_headers(headers),
-            )  # fmt: skip
-        return Ack(401, "signature or secret missing or wrong")
+        dropped = _keep_rejected(db, system, "rejected", str(exc), body, headers, limits)
+        return Ack(401, "signature or secret missing or wrong", rejected=True, dropped=dropped)
     except ConnectorError as exc:
-        with store.session_scope(db) as s:
-            store.record_delivery(
-                s, system=system, delivery_id=f"malformed:{dt.datetime.now(dt.UTC).isoformat()}",
-                status="malformed", reason=str(exc), body=body.decode("utf-8", "replace"),
-                headers=_safe_headers(headers),
-            )  # fmt: skip
-        return Ack(400, f"malformed delivery: {exc}")
+        dropped = _keep_rejected(db, system, "malformed", str(exc), body, headers, limits)
+        return Ack(400, f"malformed delivery: {exc}", rejected=True, dropped=dropped)
     if not observations:
         return Ack(202, "nothing to do for this delivery")
     delivery = observations[0].delivery_id

@@ -3,6 +3,15 @@
 Per (system, instance, object type) a watermark; each poll reads what changed since it (the
 connector applies an overlap and de-duplicates), stores it, and only then advances the
 watermark, never past the moment the poll started.
+
+Ties: remote times have a coarse grain (ServiceNow's ``sys_updated_on`` is to the second, JQL
+to the minute), so the connector reads from the watermark minus its overlap, and records of
+the watermark's own second come back. Were the watermark left at the newest record read, those
+records would be read again at every poll for as long as nothing newer came (500 records
+stamped in one second: 500 reads per poll, forever). After a poll that read everything, the
+watermark moves on to :data:`SETTLE_SECONDS` before the poll began: what was updated before
+then and is not committed yet is covered by the connector's overlap, as before; what was read
+at the boundary is read once more at most, by a poll within the settling time, and never after.
 """
 
 from __future__ import annotations
@@ -24,6 +33,9 @@ log = logging.getLogger("itsm_sync.poller")
 # Statuspage is output only; change requests are polled for the postmortem tracker.
 POLLED = {"servicenow": ("incident", "change_request"), "jira": ("issue",)}
 BATCH = 200
+# A complete poll moves the watermark to this long before it began (see the module's doc): the
+# allowance for the remote's clock being behind ours, on top of the connector's own overlap.
+SETTLE_SECONDS = 5.0
 
 
 @dataclass
@@ -45,17 +57,20 @@ def poll_once(
     since: dt.datetime | None = None,
     watermark_key: str | None = None,
     progress: Callable[[int], None] | None = None,
+    clock: Callable[[], dt.datetime] = store.utcnow,
 ) -> PollResult:
     """Read what changed since the watermark (or ``since``, whichever is later), store it,
     and advance the watermark batch by batch (records come oldest first), never past the
-    poll's start: a poll killed half-way resumes where its last stored batch ended."""
+    poll's start: a poll killed half-way resumes where its last stored batch ended. A poll
+    that read everything moves it to :data:`SETTLE_SECONDS` before its start at least, so a
+    quiet system's last records are not read again at every poll."""
     key = dict(
         system=connector.system,
         instance=connector.instance,
         object_type=watermark_key or object_type,
     )
     result = PollResult(connector.system, connector.instance, object_type)
-    started = dt.datetime.now(dt.UTC)
+    started = clock()
     with store.session_scope(db) as s:
         stored = store.get_watermark(s, **key)
     watermark = max((w for w in (since, stored) if w is not None), default=None)
@@ -78,6 +93,10 @@ def poll_once(
             if len(batch) >= BATCH:
                 flush()
         flush()
+        settled = started - dt.timedelta(seconds=SETTLE_SECONDS)
+        if watermark is None or settled > watermark:
+            with store.session_scope(db) as s:
+                result.watermark = store.set_watermark(s, **key, value=settled)
     except ConnectorError as exc:
         result.error = str(exc)
         log.warning(

@@ -47,7 +47,7 @@ from mapping.spec import Mapping as FieldMap
 from mapping.transforms import TransformContext
 from sync import pairing as pairing_module
 from sync import planner, store
-from sync.executor import Executor, Outcome, held_records, ref_of
+from sync.executor import Executor, Outcome, _revert, held_records, ref_of
 from sync.people import context_for
 from sync.planner import (
     CORRELATION_PREFIX,
@@ -161,7 +161,7 @@ class Reconciler:
             )
             if obs is None:
                 return None
-            fields = dict(obs.fields)
+            fields, version = dict(obs.fields), list(obs.version)
             owner = self._stamped_incident(s, system, instance, fields)
         try:
             mapping = mapping_set.get(system, instance)
@@ -199,14 +199,29 @@ class Reconciler:
             stamps = {name: Stamp(at=at, system=system) for name in values}
             incident = Incident.model_validate({**nested_values(values), "changed": stamps})
             data = incident.model_dump(mode="json")
+        held: tuple[dict[str, Any], list[int]] | None = None
+        if owner is not None:
+            # A record we made whose create failed after it was made (an answer lost, a kill):
+            # the values it was created with are ours, as the executor's own create records
+            # them; only later changes by others are changes (weighed on the next pass).
+            human = field_changes_of(fields)
+            as_created = _revert(fields, human)
+            paths = {f.path for f in mapping.fields if f.reads}
+            held = (
+                {p: get_path(as_created, p) for p in paths},
+                [] if human else version,
+            )
         try:
-            return self._link_adopted(system, instance, object_type, remote_id, owner, fields, data)
+            return self._link_adopted(
+                system, instance, object_type, remote_id, owner, fields, data, held
+            )
         except _AlreadyLinked as linked:
             return linked.incident_id
 
     def _link_adopted(
         self, system: str, instance: str, object_type: str, remote_id: str,
         owner: str | None, fields: Mapping[str, Any], data: Mapping[str, Any] | None,
+        held: tuple[dict[str, Any], list[int]] | None = None,
     ) -> str:  # fmt: skip
         with store.session_scope(self.db) as s:
             if owner is None:
@@ -226,6 +241,8 @@ class Reconciler:
             except store.LinkConflict as conflict:
                 # Someone linked it first: roll back the incident made here, use theirs.
                 raise _AlreadyLinked(conflict.existing.incident_id) from conflict
+            if held is not None:
+                store.set_shadow(s, link.id or 0, *held)
             store.audit(
                 s, action="create" if "new" in reason else "skip", incident_id=owner,
                 system=system, instance=instance, remote_id=remote_id, reason=reason,

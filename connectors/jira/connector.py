@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jira import JIRA
 from jira.exceptions import JIRAError
 
-from config.settings import JiraSettings
+from config.settings import JiraSettings, reveal
 from connectors.base import (
     COMMENT_EVENT_KEY,
     FIELD_CHANGES_KEY,
@@ -56,8 +56,9 @@ from connectors.http import (
     bucket_for,
     call_with_retries,
     credential_fingerprint,
+    limit_concurrency,
 )
-from connectors.requests_errors import translate
+from connectors.requests_errors import size_pool, translate
 
 SYSTEM = "jira"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
@@ -109,6 +110,7 @@ class JiraConnector:
             Capability.WEBHOOKS,
             Capability.FIELD_HISTORY,
             Capability.ISSUE_LINKS,
+            Capability.MENTIONS,
         }
     )
 
@@ -138,6 +140,7 @@ class JiraConnector:
         self._issue_writes = KeyedBuckets(
             settings.issue_writes_per_second, settings.issue_write_burst
         )
+        limit_concurrency(SYSTEM, settings.max_concurrency)
         self._people_by_email: dict[str, Person] = {}
         self._people_by_id: dict[str, Person] = {}
         self._time_zone: ZoneInfo | None = None
@@ -169,12 +172,13 @@ class JiraConnector:
             options["verify"] = self.settings.ca_bundle
         client = JIRA(
             server=self.base_url,
-            basic_auth=(self.settings.email, self.settings.api_token.get_secret_value()),
+            basic_auth=(self.settings.email, reveal(self.settings.api_token)),
             options=options,
             max_retries=0,  # one retry layer: ours
             timeout=self.settings.timeout_seconds,
             get_server_info=False,  # no call at construction; we use REST v2 paths directly
         )
+        size_pool(client._session, self.settings.max_concurrency)
         client._session.hooks["response"].append(
             lambda r, *a, **k: CALLS.add(SYSTEM, r.request.method or "", r.status_code)
         )
@@ -754,6 +758,10 @@ class JiraConnector:
             system=SYSTEM,
         )
 
+    def mention(self, person: Person) -> str:
+        """A mention by account id (wiki markup; the v3 API reads it as an ADF mention)."""
+        return f"[~accountid:{person.id}]"
+
     def person_by_id(self, person_id: str) -> Person:
         if person_id in self._people_by_id:
             return self._people_by_id[person_id]
@@ -766,7 +774,9 @@ class JiraConnector:
     ) -> list[Observation]:
         """Verify ``X-Hub-Signature`` (HMAC-SHA256 of the raw body) and read the issue in it."""
         lower = {k.lower(): v for k, v in headers.items()}
-        secret = self.settings.webhook_secret.get_secret_value().encode()
+        secret = reveal(self.settings.webhook_secret).encode()
+        if not secret:  # no secret configured: nothing can prove itself
+            raise AuthFailed("no webhook secret configured", system=SYSTEM, status=401)
         expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
         given = lower.get("x-hub-signature", "")
         if not given or not hmac.compare_digest(given.encode(), expected.encode()):

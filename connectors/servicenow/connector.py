@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import pysnow
 import pysnow.exceptions
 
-from config.settings import ServiceNowSettings
+from config.settings import ServiceNowSettings, reveal
 from connectors.base import (
     FIELD_CHANGES_KEY,
     JOURNAL_KEY,
@@ -49,6 +49,7 @@ from connectors.http import (
     bucket_for,
     call_with_retries,
     credential_fingerprint,
+    limit_concurrency,
 )
 from connectors.requests_errors import TimeoutSession, translate
 
@@ -112,6 +113,7 @@ class ServiceNowConnector:
             Capability.CHANGE_REQUESTS,
             Capability.FIELD_HISTORY,
             Capability.FIELDS_ON_TRANSITION,
+            Capability.MENTIONS,
         }
     )
 
@@ -131,8 +133,8 @@ class ServiceNowConnector:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"servicenow.url: not an http(s) URL: {settings.url!r}")
         self.base_url = f"{parts.scheme}://{parts.netloc}"
-        session = TimeoutSession(SYSTEM, settings.timeout_seconds)
-        session.auth = (settings.username, settings.password.get_secret_value())
+        session = TimeoutSession(SYSTEM, settings.timeout_seconds, settings.max_concurrency)
+        session.auth = (settings.username, reveal(settings.password))
         if settings.ca_bundle:
             session.verify = settings.ca_bundle
         self._client = pysnow.Client(
@@ -143,6 +145,7 @@ class ServiceNowConnector:
             credential_fingerprint(f"{self.base_url}|{settings.username}"),
             RatePolicy(requests_per_second=settings.requests_per_second, burst=1.0),
         )
+        limit_concurrency(SYSTEM, settings.max_concurrency)
         self._people_lock = threading.Lock()
         self._people_by_email: dict[str, Person] = {}
         self._people_by_id: dict[str, Person] = {}
@@ -524,6 +527,10 @@ class ServiceNowConnector:
             raise NotFound(f"no active ServiceNow user has the email {email!r}", system=SYSTEM)
         return self._remember(rows[0])
 
+    def mention(self, person: Person) -> str:
+        """The user as a journal names them: ``@Name`` and the sys_user it is."""
+        return f"@{person.name or person.email} (sys_user {person.id}, {person.email})"
+
     def person_by_id(self, person_id: str) -> Person:
         with self._people_lock:
             if person_id in self._people_by_id:
@@ -544,9 +551,9 @@ class ServiceNowConnector:
     ) -> list[Observation]:
         """Verify a business-rule delivery (shared secret header) and read the record in it."""
         lower = {k.lower(): v for k, v in headers.items()}
-        expected = self.settings.webhook_secret.get_secret_value().encode()
+        expected = reveal(self.settings.webhook_secret).encode()
         given = lower.get("x-servicenow-secret", "").encode()
-        if not given or not hmac.compare_digest(given, expected):
+        if not expected or not given or not hmac.compare_digest(given, expected):
             raise AuthFailed("webhook secret missing or wrong", system=SYSTEM, status=401)
         try:
             payload = json.loads(body)

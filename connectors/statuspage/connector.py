@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from config.settings import StatuspageSettings
+from config.settings import StatuspageSettings, reveal
 from connectors.base import (
     Capability,
     FieldChange,
@@ -46,6 +46,7 @@ from connectors.http import (
     bucket_for,
     call_with_retries,
     credential_fingerprint,
+    limit_concurrency,
 )
 
 SYSTEM = "statuspage"
@@ -92,7 +93,7 @@ class StatuspageConnector:
         self.poll_overlap = poll_overlap
         self.base_url = settings.url.rstrip("/")
         self.page = settings.page_id
-        key = settings.api_key.get_secret_value()
+        key = reveal(settings.api_key)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"OAuth {key}", "Accept": "application/json"},
@@ -105,6 +106,7 @@ class StatuspageConnector:
             credential_fingerprint(f"{self.base_url}|{key}"),
             RatePolicy(requests_per_second=settings.requests_per_second, burst=settings.burst),
         )
+        limit_concurrency(SYSTEM, settings.max_concurrency)
 
     def __repr__(self) -> str:  # never the key
         return f"StatuspageConnector({self.instance!r}, {self.base_url!r}, page={self.page!r})"
@@ -408,9 +410,9 @@ class StatuspageConnector:
     ) -> list[Observation]:
         """Verify the ``token`` in the subscriber URL (Statuspage signs nothing) and read the
         incident or component in the notification."""
-        expected = self.settings.webhook_secret.get_secret_value().encode()
+        expected = reveal(self.settings.webhook_secret).encode()
         given = str((query or {}).get("token", "")).encode()
-        if not given or not hmac.compare_digest(given, expected):
+        if not expected or not given or not hmac.compare_digest(given, expected):
             raise AuthFailed("webhook token missing or wrong", system=SYSTEM, status=401)
         try:
             payload = json.loads(body)

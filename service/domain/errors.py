@@ -28,3 +28,9 @@ class Forbidden(ServiceError):
 
 class Conflict(ServiceError):
     status = 409
+
+
+class Unavailable(ServiceError):
+    """A remote system the request depends on did not answer; nothing was written."""
+
+    status = 503

@@ -90,6 +90,17 @@ class Metrics:
             ["system", "status"],
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "itsm_sync_rejected_deliveries",
+            "webhook deliveries refused (bad signature or secret, malformed, too big)",
+            ["system"],
+            registry=self.registry,
+        )
+        self.rejected_dropped = Counter(
+            "itsm_sync_rejected_deliveries_dropped",
+            "refused deliveries dropped from the store to keep within intake.rejected_* caps",
+            registry=self.registry,
+        )
 
 
 @router.get("/healthz")

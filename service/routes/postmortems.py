@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -25,6 +25,8 @@ class ActionBody(BaseModel):
     owner: str = ""
     due: dt.date | None = None
     description: str = ""
+    # Makes the add idempotent (else the title does): a retry with it returns the first item.
+    key: str = Field(default="", max_length=postmortems.MAX_KEY)
 
 
 @router.get("/incidents/{incident_id}/gate")
@@ -44,14 +46,62 @@ def gate_override(
     return postmortems.override(tracker, ident=incident_id, reason=body.reason, actor=actor)
 
 
+@router.post("/incidents/{incident_id}/gate/override/revoke")
+def gate_override_revoke(
+    incident_id: str, body: OverrideBody, tracker: TrackerDep, actor: ChangeManager
+) -> dict[str, Any]:
+    """Take back the override in force; the gate is armed again (audited)."""
+    return postmortems.revoke_override(tracker, ident=incident_id, reason=body.reason, actor=actor)
+
+
 @router.post("/incidents/{incident_id}/actions")
 def add_action(
-    incident_id: str, body: ActionBody, tracker: TrackerDep, actor: ChangeManager
+    incident_id: str,
+    body: ActionBody,
+    tracker: TrackerDep,
+    actor: ChangeManager,
+    idempotency_key: Annotated[str, Header(max_length=postmortems.MAX_KEY)] = "",
 ) -> dict[str, Any]:
+    """Add an action item (``created`` false: it existed, with the same key or title)."""
     return postmortems.add_action(
         tracker, ident=incident_id, title=body.title, owner=body.owner, due=body.due,
         description=body.description, actor=actor, source=f"api:{actor.label}",
+        key=body.key or idempotency_key,
     )  # fmt: skip
+
+
+class EditBody(BaseModel):
+    """Only the fields given change; ``"due": null`` clears the due date."""
+
+    title: str | None = Field(default=None, min_length=1, max_length=postmortems.MAX_TITLE)
+    owner: str | None = None
+    due: dt.date | None = None
+
+
+class WithdrawBody(BaseModel):
+    reason: str = Field(min_length=3, max_length=2000)
+
+
+@router.patch("/incidents/{incident_id}/actions/{item}")
+def edit_action(
+    incident_id: str, item: str, body: EditBody, tracker: TrackerDep, actor: ChangeManager
+) -> dict[str, Any]:
+    """Edit an action item's title, owner or due date; its change request follows."""
+    due: Any = body.due if "due" in body.model_fields_set else postmortems.UNSET
+    return postmortems.edit_action(
+        tracker, ident=incident_id, item=item, title=body.title, owner=body.owner, due=due,
+        actor=actor,
+    )  # fmt: skip
+
+
+@router.post("/incidents/{incident_id}/actions/{item}/withdraw")
+def withdraw_action(
+    incident_id: str, item: str, body: WithdrawBody, tracker: TrackerDep, actor: ChangeManager
+) -> dict[str, Any]:
+    """Withdraw an action item with a reason: it no longer blocks the gate (audited)."""
+    return postmortems.withdraw_action(
+        tracker, ident=incident_id, item=item, reason=body.reason, actor=actor
+    )
 
 
 @router.get("/audit")

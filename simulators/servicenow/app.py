@@ -128,7 +128,13 @@ DATA_POLICY = (
 )
 
 
+# ``/_sim/clock``: a frozen time (tests that need many records stamped in one second).
+_FROZEN: list[str] = []
+
+
 def now() -> str:
+    if _FROZEN:
+        return _FROZEN[0]
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -168,6 +174,7 @@ class ServiceNowSimulator(Simulator):
     # -- state --------------------------------------------------------------------------------
 
     def reset(self) -> None:
+        _FROZEN.clear()
         self.tables: dict[str, dict[str, Record]] = {t: {} for t in TABLES}
         self.properties = dict(PROPERTIES)
         self.files: dict[str, str] = {}  # attachment sys_id -> content, base64
@@ -318,6 +325,7 @@ class ServiceNowSimulator(Simulator):
         self.route("/oauth_token.do", ["POST"])(self.oauth)
         self.route("/_sim/ratelimit", ["POST", "GET"])(self.ratelimit)
         self.route("/_sim/properties", ["POST", "GET"])(self.sim_properties)
+        self.route("/_sim/clock", ["POST", "GET", "DELETE"])(self.sim_clock)
 
     # -- Attachment API -----------------------------------------------------------------------
 
@@ -492,6 +500,23 @@ class ServiceNowSimulator(Simulator):
             self.requests_per_hour = int(n) if n else None
             self._window = []
         return JSONResponse({"requests_per_hour": self.requests_per_hour})
+
+    def sim_clock(self, req: SimRequest) -> Response:
+        """POST ``{"now": "YYYY-MM-DD HH:MM:SS"}`` stamps every write with that time (UTC) until
+        DELETE (or a reset) lets the clock run again; GET says which time is in force."""
+        if req.method == "POST":
+            body = req.json()
+            value = body.get("now") if isinstance(body, dict) else None
+            try:
+                frozen = datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S")
+            except ValueError:
+                raise SimHTTPError(
+                    400, "Invalid clock", "expected {'now': 'YYYY-MM-DD HH:MM:SS'}"
+                ) from None
+            _FROZEN[:] = [frozen.strftime("%Y-%m-%d %H:%M:%S")]
+        elif req.method == "DELETE":
+            _FROZEN.clear()
+        return JSONResponse({"now": now(), "frozen": bool(_FROZEN)})
 
     def sim_properties(self, req: SimRequest) -> Response:
         """System properties: POST a JSON object of the known ones (booleans) to change them."""

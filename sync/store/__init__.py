@@ -82,6 +82,7 @@ from sync.store.links import (
 from sync.store.observations import (
     MAX_COMMENT_EVENTS,
     add_comment_events,
+    cap_rejected,
     get_watermark,
     latest_observation,
     record_delivery,
@@ -146,6 +147,7 @@ __all__ = [
     "add_mapping_version",
     "alembic_config",
     "audit",
+    "cap_rejected",
     "comment_links",
     "confirm_comment",
     "create_incident",

@@ -6,7 +6,8 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import bindparam, case
+from sqlalchemy import LargeBinary, bindparam, case, delete, func
+from sqlalchemy import cast as cast_
 from sqlmodel import Session, col, select, update
 
 from connectors.base import COMMENT_EVENT_KEY, JOURNAL_KEY
@@ -246,3 +247,37 @@ def record_delivery(
         .scalar_one_or_none()
     )
     return inserted is not None
+
+
+KEPT_FOR_DIAGNOSIS = ("rejected", "malformed")
+
+
+def cap_rejected(session: Session, *, keep: int, max_bytes: int) -> int:
+    """Drop the oldest rejected and malformed deliveries beyond ``keep`` of them or beyond
+    ``max_bytes`` of bodies together; returns how many were dropped. Accepted deliveries (the
+    duplicate-detection record) are never touched."""
+    body = col(WebhookDelivery.body)
+    octets = (
+        func.octet_length(body)
+        if session.get_bind().dialect.name == "postgresql"
+        else func.length(cast_(body, LargeBinary))  # SQLite: length of a BLOB is in bytes
+    )
+    size = func.coalesce(octets, 0)
+    rows = session.exec(
+        select(col(WebhookDelivery.system), col(WebhookDelivery.delivery_id), size)
+        .where(col(WebhookDelivery.status).in_(KEPT_FOR_DIAGNOSIS))
+        .order_by(col(WebhookDelivery.received_at).desc(), col(WebhookDelivery.delivery_id).desc())
+    ).all()
+    total, drop = 0, []
+    for n, (system, delivery_id, length) in enumerate(rows):
+        total += int(length)
+        if n >= keep or total > max_bytes:
+            drop.append((system, delivery_id))
+    for system, delivery_id in drop:
+        session.exec(
+            delete(WebhookDelivery).where(
+                col(WebhookDelivery.system) == system,
+                col(WebhookDelivery.delivery_id) == delivery_id,
+            )
+        )
+    return len(drop)

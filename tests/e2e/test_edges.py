@@ -81,6 +81,29 @@ def test_a_transition_whose_answer_is_lost_is_no_park(desk: Desk) -> None:
     assert desk.issue(key)["fields"]["status"]["name"] == "In Progress"
 
 
+def test_a_record_found_by_its_correlation_key_holds_our_values_not_a_newer_edit(
+    desk: Desk,
+) -> None:
+    """The Jira issue is made, then its create fails (here the correlation property write; in
+    the chaos run a SIGKILL right after the POST): a poll finds the issue by its correlation
+    label and links it. The status it was created in (Open) is ours, not an engineer's move
+    newer than the desk's: it used to send the incident back to New in ServiceNow."""
+    inc = desk.open_p1("Checkout down")
+    desk.patch(inc["sys_id"], state="2")
+    desk.fault(
+        "jira", route="PUT /rest/api/{version}/issue/{issueIdOrKey}/properties/{propertyKey}",
+        error_rate=1.0, error_status=503, count=5,
+    )  # fmt: skip
+    desk.sync(rounds=1)
+    [issue] = desk.jira_issues()  # made, not linked
+    desk.sync(rounds=1)  # the poll finds it and links it
+    assert desk.sn_record(inc["sys_id"])["state"] == "2"
+    time.sleep(2.0)  # the failed target's backoff (at most BACKOFF_BASE_SECONDS the first time)
+    desk.sync()
+    assert desk.sn_record(inc["sys_id"])["state"] == "2"
+    assert desk.issue(issue["key"])["fields"]["status"]["name"] == "In Progress"
+
+
 def test_hostile_text_is_cleaned_cut_and_inert_and_parks_nothing(desk: Desk) -> None:
     """A NUL byte, a 5 MB description and markup that the other side would render live."""
     huge = "All card payments fail. " * 220_000  # 5 MB

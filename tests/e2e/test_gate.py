@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.e2e.conftest import World, wait_for
+from tests.e2e.conftest import TOKENS, World, wait_for
 from tests.e2e.test_postmortem import close_in_servicenow, journal, resolve_in_servicenow
 
 
@@ -64,7 +64,7 @@ def test_a_downgrade_before_closing_does_not_lift_the_gate(world: World) -> None
     world.quiet()
     r = world.api.post(
         f"/api/incidents/{inc['number']}/actions",
-        json={"title": "Add a disk alert", "owner": "nobody@example.com", "due": "2026-12-24"},
+        json={"title": "Add a disk alert", "due": "2099-12-24"},
     )
     assert r.status_code == 200, r.text
     world.quiet()
@@ -82,3 +82,34 @@ def test_a_downgrade_before_closing_does_not_lift_the_gate(world: World) -> None
     assert gate["required"] is True and gate["can_close"] is False
     items = world.api.get(f"/api/incidents/{inc['number']}/postmortem").json()["action_items"]
     assert [i["title"] for i in items] == ["Add a disk alert"]
+
+
+def test_an_override_revoked_over_the_api_rearms_the_gate(world: World) -> None:
+    inc = world.open_p1()
+    _jira_issue(world)
+    resolve_in_servicenow(world, inc["sys_id"])
+    world.quiet()
+    cm = {"Authorization": f"Bearer {TOKENS['change-manager']}"}
+    base = f"/api/incidents/{inc['number']}/gate/override"
+    empty = world.api.post(base, json={"reason": " "}, headers=cm)
+    assert empty.status_code == 422 and "reason" in empty.text
+    r = world.api.post(base, json={"reason": "fixes tracked by the vendor"}, headers=cm)
+    assert r.status_code == 200 and r.json()["by"] == "token:change-manager", r.text
+    gate = world.api.get(f"/api/incidents/{inc['number']}/gate").json()
+    assert gate["can_close"] and gate["override"]["severity"] == "SEV1"
+    viewer = {"Authorization": f"Bearer {TOKENS['viewer']}"}
+    assert (
+        world.api.post(f"{base}/revoke", json={"reason": "no"}, headers=viewer).status_code == 403
+    )
+    r = world.api.post(f"{base}/revoke", json={"reason": "the vendor backed out"}, headers=cm)
+    assert r.status_code == 200, r.text
+    assert world.api.post(f"{base}/revoke", json={"reason": "again"}, headers=cm).status_code == 409
+    world.quiet()
+    close_in_servicenow(world, inc["sys_id"])
+    wait_for(lambda: _gate_notes(world, inc["sys_id"], "closed"), "the gate's note")
+    wait_for(lambda: world.sn_record(inc["sys_id"])["state"] == "6", "ServiceNow back to Resolved")
+    history = world.api.get(f"/api/incidents/{inc['number']}/history").json()
+    assert any(
+        h["action"] == "override" and h["after"] == "revoked" and "backed out" in h["reason"]
+        and h["actor"] == "token:change-manager" for h in history
+    )  # fmt: skip

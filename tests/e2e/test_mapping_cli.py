@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from mapping.registry import DEFAULTS
+from service.harness import simulator_env
 from simulators.runner import SimulatorCluster
 
 CLI = [sys.executable, "-m", "service", "mapping"]
@@ -30,11 +31,7 @@ def run(
 
 
 def sim_env(sims: SimulatorCluster) -> dict[str, str]:
-    return {
-        "ITSM_SYNC_SERVICENOW__URL": sims.urls["servicenow"],
-        "ITSM_SYNC_JIRA__URL": sims.urls["jira"],
-        "ITSM_SYNC_STATUSPAGE__URL": sims.urls["statuspage"] + "/v1",
-    }
+    return simulator_env(sims)
 
 
 def test_validate_reports_every_problem_and_fails(tmp_path: Path) -> None:

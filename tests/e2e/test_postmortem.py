@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from service.harness import WEBHOOK_SECRETS
+from service.harness import simulator_env
 from simulators.runner import SimulatorCluster
 from tests.e2e.conftest import TOKENS, World, _people_only, wait_for
 
@@ -107,6 +107,17 @@ def test_action_items_become_change_requests_and_gate_the_close(world: World) ->
         lambda: world.jira.get(f"/rest/api/2/issue/{fixed}/remotelink").json(), "the back-link"
     )
     assert links[0]["object"]["title"] == f"{cr['number']}: Add a disk alert on db01"
+    # Overdue (due 2026-12-01): the reminder names the owner as each system knows them.
+    [sn_note] = wait_for(
+        lambda: [n for n in journal(world, cr["sys_id"]) if n["value"].startswith("Reminder")],
+        "the reminder on the change request",
+    )
+    assert f"sys_user {BOB_SN}" in sn_note["value"] and sn_note["element"] == "work_notes"
+    bob = jira_user(world, "bob@example.com")
+    wait_for(
+        lambda: [c for c in world.jira_comments(fixed) if f"[~accountid:{bob}]" in c["body"]],
+        "the reminder on the Jira action item, naming its assignee",
+    )
 
     # The service desk closes: refused, with a note that says exactly what is missing.
     close_in_servicenow(world, inc["sys_id"])
@@ -215,11 +226,7 @@ def test_a_crash_between_creating_the_change_and_recording_it_leaves_one(
         httpx.post(f"{url}/_sim/seed", json=_people_only(name)).raise_for_status()
     env = {
         **os.environ,
-        "ITSM_SYNC_SERVICENOW__URL": sims.urls["servicenow"],
-        "ITSM_SYNC_JIRA__URL": sims.urls["jira"],
-        "ITSM_SYNC_STATUSPAGE__URL": sims.urls["statuspage"] + "/v1",
-        "ITSM_SYNC_SERVICENOW__WEBHOOK_SECRET": WEBHOOK_SECRETS["servicenow"],
-        "ITSM_SYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'crash.db'}",
+        **simulator_env(sims, f"sqlite:///{tmp_path / 'crash.db'}"),
         "ITSM_SYNC_POSTMORTEM__REVIEW_ISSUE_TYPE": "",
         "COLUMNS": "200",
     }
@@ -238,7 +245,7 @@ def test_a_crash_between_creating_the_change_and_recording_it_leaves_one(
         json={"state": "6", "close_code": "Solution provided", "close_notes": "ok"},
     )
     added = subprocess.run(
-        [*cli, "postmortem", "add-action", inc["number"], "--title", "Add replicas", "--owner", "bob@example.com", "--due", "2026-12-01"],
+        [*cli, "postmortem", "add-action", inc["number"], "--title", "Add replicas", "--owner", "bob@example.com", "--due", "2099-12-01"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert added.returncode == 0, added.stdout + added.stderr
@@ -303,26 +310,35 @@ def test_overdue_changes_are_flagged_and_reminded_once(world: World) -> None:
         json={
             "title": "Rotate the db01 certificates",
             "owner": "bob@example.com",
-            "due": "2026-11-01",
+            "due": "2099-11-01",
         },
         headers=manager,
     )
     assert r.status_code == 200, r.text
     [cr] = wait_for(lambda: change_requests(world), "the change request")
+    # A due date in the past is refused on the API; on the change request, it can be moved.
+    world.sn.patch(
+        f"/api/now/table/change_request/{cr['sys_id']}", json={"due_date": "2026-11-01 00:00:00"}
+    ).raise_for_status()
     reminders = wait_for(
-        lambda: [n for n in journal(world, cr["sys_id"]) if n["value"].startswith("Reminder:")],
+        lambda: [
+            n for n in journal(world, cr["sys_id"]) if n["value"].startswith("Reminder for @")
+        ],
         "the overdue reminder",
     )
     assert "was due on 2026-11-01" in reminders[0]["value"]
     # Another reconcile inside the reminder period sends no second reminder.
     world.api.post(
         f"/api/incidents/{inc['number']}/actions",
-        json={"title": "Document the failover", "owner": "carol@example.com", "due": "2027-01-15"},
+        json={"title": "Document the failover", "owner": "carol@example.com", "due": "2099-01-15"},
         headers=manager,
     ).raise_for_status()
     wait_for(lambda: len(change_requests(world)) == 2, "the second change request")
     world.quiet()
-    assert len([n for n in journal(world, cr["sys_id"]) if n["value"].startswith("Reminder:")]) == 1
+    assert (
+        len([n for n in journal(world, cr["sys_id"]) if n["value"].startswith("Reminder for @")])
+        == 1
+    )
     overdue = world.api.get("/api/audit", params={"overdue": "true"}, headers=manager).json()
     assert [row["action_item"] for row in overdue] == ["Rotate the db01 certificates"]
     assert overdue[0]["days_overdue"] > 0 and overdue[0]["change_request"] == cr["number"]

@@ -166,6 +166,37 @@ def test_webhooks_are_signed_retried_and_can_be_duplicated(
     assert all(r.json() == {"id": "a"} for r in received)
 
 
+def test_a_fault_rule_spares_the_user_agent_it_names(toy: tuple[Toy, str]) -> None:
+    _, url = toy
+    rule = {"route": "*", "error_rate": 1.0, "error_status": 503, "except_agent": "my-tests"}
+    httpx.post(f"{url}/_sim/faults", json=rule).raise_for_status()
+    assert httpx.put(f"{url}/things/a", json={"n": 1}).status_code == 503
+    spared = httpx.put(f"{url}/things/a", json={"n": 2}, headers={"User-Agent": "my-tests/1"})
+    assert spared.status_code == 200
+    [listed] = httpx.get(f"{url}/_sim/faults").json()["rules"]
+    assert listed["hits"] == 1  # the spared request is no hit
+
+
+def test_webhook_rates_drop_duplicate_and_delay_deliveries_and_count_them(
+    toy: tuple[Toy, str], webhook_receiver: WebhookReceiver
+) -> None:
+    _, url = toy
+    rates = {"drop_rate": 0.3, "duplicate_rate": 0.3, "delay_rate": 0.3}
+    target = {"url": webhook_receiver.url, "delay_jitter_seconds": 0.2, **rates}
+    httpx.post(f"{url}/_sim/webhooks", json=target).raise_for_status()
+    for n in range(40):
+        httpx.put(f"{url}/things/t{n}", json={"n": n})
+    deadline = time.monotonic() + 10
+    while not httpx.get(f"{url}/_sim/webhooks/log").json()["idle"]:
+        assert time.monotonic() < deadline, "deliveries still outstanding"
+        time.sleep(0.05)
+    faults = httpx.get(f"{url}/_sim/webhooks/log").json()["faults"]
+    assert faults["dropped"] > 0 and faults["duplicated"] > 0 and faults["delayed"] > 0
+    ids = [r.json()["id"] for r in webhook_receiver.received]
+    assert len(ids) == 40 - faults["dropped"] + faults["duplicated"]
+    assert len(set(ids)) == 40 - faults["dropped"]
+
+
 def test_snapshot_survives_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     sim = Toy()
