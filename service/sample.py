@@ -192,6 +192,8 @@ def populate(
                 items.append(
                     {
                         "key": f"pm-{n}-{k}",
+                        "idem_key": f"pm-{n}-{k}",
+                        "status": "done" if cr_state == "3" else "open",
                         "incident_id": iid,
                         "title": what,
                         "owner": owner,
@@ -224,6 +226,7 @@ def populate(
                         "actor": "token:dana",
                         "reason": "customer-facing fix shipped; the review meets next week",
                         "at": at + dt.timedelta(days=3),
+                        "severity": severity,
                     }
                 )
     watermarks = [

@@ -408,6 +408,21 @@ async def override(
     return back(here, done=f"gate of {ident} overridden: {form.get('reason', '').strip()}")
 
 
+@router.post("/incidents/{ident}/override/revoke")
+async def revoke(
+    request: Request, ident: str, runtime: RuntimeDep, session: ChangeManagerPage
+) -> Response:
+    form = await checked_form(request, session)
+    here = f"/incidents/{quote(ident)}"
+    try:
+        postmortems.revoke_override(
+            runtime.tracker, ident=ident, reason=form.get("reason", ""), actor=session.actor
+        )
+    except ServiceError as exc:
+        return back(here, error=exc.message)
+    return back(here, done=f"override of {ident} revoked: the gate is armed again")
+
+
 @router.post("/incidents/{ident}/actions")
 async def add_action(
     request: Request, ident: str, runtime: RuntimeDep, session: ChangeManagerPage

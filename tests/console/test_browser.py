@@ -127,7 +127,17 @@ def test_change_manager_overrides_with_a_reason_and_sees_it_in_the_audit(
     browser.get(f"{console.url}/incidents/{number}")
     assert text_of(browser, "#gate h2") == "Closure gate: open"
     assert "hotfix verified" in text_of(browser, "#timeline")
+    # ... and takes it back: the gate is armed again, and the audit says who and why.
+    browser.find_element(By.ID, "revoke-reason").send_keys("the hotfix was rolled back")
+    click(browser, browser.find_element(By.XPATH, "//button[text()='Revoke the override']"))
+    assert "revoked: the gate is armed again" in text_of(browser, ".flash.ok")
+    assert text_of(browser, "#gate h2") == "Closure gate: shut"
     browser.get(f"{console.url}/changes?since=2000-01-01")
+    assert "revoked" in next(
+        r.text
+        for r in browser.find_elements(By.CSS_SELECTOR, "#audit-rows tbody tr")
+        if r.text.startswith(number)
+    )
     shot(browser, "changes")
     row = next(
         r
