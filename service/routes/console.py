@@ -280,12 +280,24 @@ def incident(request: Request, ident: str, runtime: RuntimeDep, session: Viewer)
     )
 
 
+@router.post("/publish")
+async def publish_any(request: Request, runtime: RuntimeDep, session: PublisherPage) -> Response:
+    """The admin page's form: the incident is a field, and the answer goes back there."""
+    form = await checked_form(request, session)
+    return _publish(runtime, session, form, form.get("incident", "").strip(), "/admin")
+
+
 @router.post("/incidents/{ident}/publish")
 async def publish(
     request: Request, ident: str, runtime: RuntimeDep, session: PublisherPage
 ) -> Response:
     form = await checked_form(request, session)
-    here = f"/incidents/{quote(ident)}"
+    return _publish(runtime, session, form, ident, f"/incidents/{quote(ident)}")
+
+
+def _publish(runtime: Any, session: Any, form: dict[str, str], ident: str, here: str) -> Response:
+    if not ident:
+        return back(here, error="name the incident to publish (INC number, Jira key or id)")
     try:
         with store.session_scope(runtime.db) as s:
             result = incidents.set_public(
@@ -300,7 +312,7 @@ async def publish(
     except ServiceError as exc:
         return back(here, error=exc.message)
     what = "published to the status page" if result["public"] else "made private"
-    return back(here, done=f"{what}; the status page follows within seconds")
+    return back(here, done=f"{ident} {what}; the status page follows within seconds")
 
 
 # -- change manager ------------------------------------------------------------------------------

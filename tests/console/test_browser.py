@@ -87,6 +87,15 @@ def test_overview_links_every_record(browser: Any, console: Console) -> None:
     assert "incident.do?sys_id=" in hrefs[number]
     assert hrefs[key].endswith(f"/browse/{key}")
     shot(browser, "overview")
+    # Nothing on the pages needs a script: with scripts off, the same rows are there.
+    browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+    try:
+        browser.get(f"{console.url}/incidents/{console.sample.open_numbers[0]}")
+        assert browser.find_elements(By.CSS_SELECTOR, "#timeline li")
+        browser.get(f"{console.url}/")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#in-flight tbody tr")) == len(rows)
+    finally:
+        browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
 
 
 def test_viewer_sees_the_gate_but_cannot_override(browser: Any, console: Console) -> None:

@@ -218,3 +218,25 @@ def test_comms_publishes_but_cannot_see_the_audit(console: Console) -> None:
         row = store.get_incident(s, _incident_id(console, number))
         assert row is not None and row.data["public_message"] == "We are on it."
     assert client.get("/changes").status_code == 403
+
+
+def test_an_admin_publishes_from_the_admin_page(console: Console) -> None:
+    client = signed_in(console, "admin")
+    number = console.sample.open_numbers[-2]
+    page = client.get("/admin")
+    answer = client.post(
+        "/publish",
+        data={
+            "csrf": csrf_of(page.text),
+            "incident": number,
+            "message": "Fixed soon.",
+            "public": "yes",
+            "force": "asked by support",
+        },
+    )
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/admin?done=")
+    with store.session_scope(console.service.runtime.db, readonly=True) as s:
+        row = store.get_incident(s, _incident_id(console, number))
+        assert row is not None and row.data["public_message"] == "Fixed soon."
+    missing = client.post("/publish", data={"csrf": csrf_of(page.text), "message": "x"})
+    assert "name+the+incident+to+publish" in missing.headers["location"]
