@@ -122,6 +122,7 @@ def signin_form(request: Request) -> Response:
         pre=pre,
         next=_safe_next(request.query_params.get("next", "/")),
         expired=request.query_params.get("expired") == "1",
+        signed_out=request.query_params.get("signed_out") == "1",
     )
     set_cookie(response, request, PRE_COOKIE, pre, max_age=3600)
     return response

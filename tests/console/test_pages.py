@@ -91,6 +91,7 @@ def test_sign_out_ends_the_session(console: Console) -> None:
     assert client.post("/signout", data={"csrf": csrf_of(page.text)}).status_code == 303
     again = httpx.get(f"{console.url}/", cookies={COOKIE: cookie}, follow_redirects=False)
     assert again.status_code == 303 and again.headers["location"].startswith("/signin")
+    assert "You are signed out." in client.get("/signin?signed_out=1").text
 
 
 def test_sessions_expire_when_idle_and_after_their_lifetime() -> None:
