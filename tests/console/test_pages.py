@@ -7,6 +7,7 @@ import datetime as dt
 import io
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import col, select
 
@@ -15,7 +16,7 @@ from postmortem_tracker.report import COLUMNS
 from service.domain.roles import Actor
 from service.routes.console_auth import COOKIE, Sessions
 from sync import store
-from tests.console.conftest import TOKENS, Console, csrf_of, signed_in
+from tests.console.conftest import NAMES, TOKENS, Console, csrf_of, signed_in
 
 
 def test_every_page_renders_for_an_admin(console: Console) -> None:
@@ -145,12 +146,14 @@ def test_the_server_refuses_a_viewer_override(console: Console) -> None:
     assert _gate_events(console, _incident_id(console, number)) == before
 
 
-def test_a_viewer_may_not_replay_or_save_mappings(console: Console) -> None:
-    client = signed_in(console, "viewer")
+@pytest.mark.parametrize("role", ["viewer", "comms", "change-manager"])
+def test_only_an_admin_replays_or_saves_mappings(console: Console, role: str) -> None:
+    client = signed_in(console, role)
     token = csrf_of(client.get("/").text)
     for path in ("/admin/parked/replay-all", "/admin/mappings/save", "/admin"):
         answer = client.post(path, data={"csrf": token}) if path != "/admin" else client.get(path)
         assert answer.status_code == 403, path
+        assert f"needs the admin role; {NAMES[role]} has {role}" in answer.text
     with store.session_scope(console.service.runtime.db, readonly=True) as s:
         assert len(store.open_parked(s)) >= 1
 
