@@ -244,3 +244,11 @@ def test_an_admin_publishes_from_the_admin_page(console: Console) -> None:
         assert row is not None and row.data["public_message"] == "Fixed soon."
     missing = client.post("/publish", data={"csrf": csrf_of(page.text), "message": "x"})
     assert "name+the+incident+to+publish" in missing.headers["location"]
+
+
+def test_a_mapping_version_shows_its_source_who_and_when(console: Console) -> None:
+    client = signed_in(console, "admin")
+    page = client.get("/admin/mappings/1")
+    assert page.status_code == 200
+    assert "system: " in page.text and "Accepted " in page.text
+    assert client.get("/admin/mappings/9999").status_code == 404
