@@ -134,18 +134,22 @@ def kpis(
         ):
             due[_week(due_date)] += 1
             kept[_week(due_date)] += status == "done" and (done_at or window).date() <= due_date
-        created: dict[str, tuple[str, dt.datetime]] = {
-            key: (sev or "-", at)
-            for key, sev, at in s.execute(
-                with_severity(col(ActionItem.key), severity_of, col(ActionItem.created_at)).where(
-                    col(ActionItem.created_at) >= window
-                )
-            )
-        }
+        created: dict[str, tuple[str, dt.datetime]] = {}
+        incidents: set[str] = set()
+        for key, incident_id, sev, at in s.execute(
+            with_severity(
+                col(ActionItem.key), col(ActionItem.incident_id), severity_of,
+                col(ActionItem.created_at),
+            ).where(col(ActionItem.created_at) >= window)
+        ):  # fmt: skip
+            created[key] = (sev or "-", at)
+            incidents.add(incident_id)
         firsts: dict[str, dt.datetime] = {}
         for after, at in s.execute(
             sa_select(col(store.AuditEntry.after), col(store.AuditEntry.at))
             .where(
+                # Those incidents' entries only (indexed), not the whole audit log.
+                col(store.AuditEntry.incident_id).in_(incidents),
                 col(store.AuditEntry.action) == "create",
                 col(store.AuditEntry.field) == "change_request",
                 col(store.AuditEntry.at) >= window,

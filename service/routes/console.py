@@ -22,7 +22,7 @@ from postmortem_tracker.report import CR_STATES, AuditRow, to_csv
 from service import charts
 from service.domain import incidents, mapping, parked, postmortems, reports
 from service.domain.errors import ServiceError
-from service.domain.roles import Actor
+from service.domain.roles import Actor, Permission
 from service.routes.console_auth import (
     COOKIE,
     LIFETIME,
@@ -54,6 +54,7 @@ PAGE_SIZE = 50
 def install(app: FastAPI) -> None:
     """Add the console to ``app``: its routes, its assets, its sessions and error pages."""
     app.state.console_sessions = Sessions()
+    app.state.console_kpis = {}
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(SignInNeeded, _sign_in_needed)
@@ -336,6 +337,22 @@ def _audit(runtime: Any, session: Any, f: dict[str, str]) -> list[dict[str, Any]
     )
 
 
+KPI_TTL = dt.timedelta(seconds=60)
+
+
+def _kpis(request: Request, runtime: Any, session: Any) -> dict[str, Any]:
+    """The KPI series, computed at most once a minute (weekly figures; the page says as of
+    when). The role is checked on every call, cached or not."""
+    cache: dict[str, Any] = request.app.state.console_kpis
+    now = store.utcnow()
+    if cache.get("at") is None or now - cache["at"] > KPI_TTL:
+        cache["value"] = reports.kpis(runtime.tracker, actor=session.actor)
+        cache["at"] = now
+    else:
+        session.actor.require(Permission.POSTMORTEM)
+    return {**cache["value"], "as_of": cache["at"].strftime("%H:%M:%S")}
+
+
 @router.get("/changes", response_class=HTMLResponse)
 def changes(request: Request, runtime: RuntimeDep, session: ChangeManagerPage) -> Response:
     f = _filters(request)
@@ -347,7 +364,7 @@ def changes(request: Request, runtime: RuntimeDep, session: ChangeManagerPage) -
         rows = _audit(runtime, session, f)
     except ServiceError as exc:
         error = exc.message
-    k = reports.kpis(runtime.tracker, actor=session.actor)
+    k = _kpis(request, runtime, session)
     weeks = [w[5:] for w in k["weeks"]]
     sevs = list(reports.SEVERITIES)
     kpi_charts = [

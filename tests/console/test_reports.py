@@ -49,7 +49,7 @@ def test_kpis_by_week_and_severity(tmp_path: Path) -> None:
             )  # fmt: skip
         for key, days in (("a1", 2), ("a2", 4), ("b1", 6), ("b3", 1)):
             store.audit(
-                s, action="create", incident_id="x", field="change_request",
+                s, action="create", incident_id=key[0], field="change_request",
                 after={"number": "CHG1", "item": key},
                 at=_at(dt.date(2026, 11, 10)) + dt.timedelta(days=days),
             )  # fmt: skip
