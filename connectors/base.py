@@ -149,6 +149,9 @@ class Observation:
     source: str  # "webhook" | "poll"
     delivery_id: str = ""
     observed_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    # False when the delivery carries only part of the record (a trigger to read it afresh),
+    # as Jira's comment events do with their trimmed issue.
+    complete: bool = True
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,7 @@ def populate(
                 items.append(
                     {
                         "key": f"pm-{n}-{k}",
-                        "idem_key": f"pm-{n}-{k}",
+                        "idem_key": f"jira:OPS-{count * 2 + 2 * n + k}",  # as the tracker keys it
                         "status": "done" if cr_state == "3" else "open",
                         "status_at": at + dt.timedelta(days=8 + (n + k) % 12)
                         if cr_state == "3"

@@ -43,12 +43,6 @@ def _safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: ("***" if k.lower() in SECRET_HEADERS else v) for k, v in headers.items()}
 
 
-def _complete(obs: Observation) -> bool:
-    """Whether a delivery carries the whole record (Jira comment events carry a trimmed issue:
-    only a trigger to read it)."""
-    return not (obs.ref.system == "jira" and "updated" not in obs.fields)
-
-
 def mark_for(
     session: Session, system: str, instance: str, object_type: str, remote_id: str,
     *, delay: float, reason: str, refresh: bool = False,
@@ -140,7 +134,7 @@ def ingest_webhook(
                     delay=coalesce, reason=f"webhook {delivery}",
                 )  # fmt: skip
                 continue
-            complete = _complete(obs)
+            complete = obs.complete
             if complete and not store.record_observation(
                     s, system=obs.ref.system, instance=obs.ref.instance,
                     object_type=obs.ref.object_type, remote_id=obs.ref.id,

@@ -9,13 +9,40 @@ from typing import Any
 
 import httpx
 
-from simulators.runner import SimulatorCluster
+from config.settings import JiraSettings, ServiceNowSettings, StatuspageSettings
+from simulators.runner import Credentials, SimulatorCluster
 
 ALICE_SN = "a11ce000000000000000000000000001"  # alice@example.com in the ServiceNow fixtures
 CHECKOUT_SN = "5e000000000000000000000000000001"  # the Checkout business service
 FIXTURES = Path(__file__).resolve().parents[1] / "simulators" / "fixtures"
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 TEST_AGENT = "itsm-sync-tests"  # the tests' own requests, told apart from the service's
+
+
+def sn_settings(url: str, **more: Any) -> ServiceNowSettings:
+    """A ServiceNow connector's settings for a simulator started with default credentials."""
+    creds = Credentials()
+    return ServiceNowSettings.model_validate(
+        {"url": url, "username": creds.servicenow_username,
+         "password": creds.servicenow_password, **more}
+    )  # fmt: skip
+
+
+def jira_settings(url: str, **more: Any) -> JiraSettings:
+    """A Jira connector's settings for a simulator started with default credentials."""
+    creds = Credentials()
+    return JiraSettings.model_validate(
+        {"url": url, "email": creds.jira_email, "api_token": creds.jira_api_token, **more}
+    )
+
+
+def statuspage_settings(url: str, **more: Any) -> StatuspageSettings:
+    """A Statuspage connector's settings (``url`` with ``/v1``) for a default simulator."""
+    creds = Credentials()
+    return StatuspageSettings.model_validate(
+        {"url": url, "api_key": creds.statuspage_api_key,
+         "page_id": creds.statuspage_page_id, **more}
+    )  # fmt: skip
 
 
 def people_only(system: str) -> Any:

@@ -814,6 +814,7 @@ class JiraConnector:
                 fields=fields,
                 source="webhook",
                 delivery_id=delivery or hashlib.sha256(body).hexdigest(),
+                complete="updated" in fields,  # comment events carry a trimmed issue
             )
         ]
 

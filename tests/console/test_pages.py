@@ -167,7 +167,7 @@ def test_an_override_needs_a_reason(console: Console) -> None:
     )
     assert answer.status_code == 303
     shown = client.get(answer.headers["location"])
-    assert "an override needs a reason of 3 characters or more" in shown.text
+    assert "an override needs a reason of 3 characters or more (it is audited)" in shown.text
     assert not [
         e for e in _gate_events(console, _incident_id(console, number)) if e.kind == "override"
     ]

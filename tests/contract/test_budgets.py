@@ -7,10 +7,10 @@ import itertools
 import httpx
 import pytest
 
-from config.settings import JiraSettings, StatuspageSettings
 from connectors.jira import JiraConnector
 from connectors.statuspage import StatuspageConnector
 from simulators.runner import SimulatorCluster
+from tests.systems import jira_settings, statuspage_settings
 
 
 def statuspage(sims: SimulatorCluster) -> tuple[str, StatuspageConnector]:
@@ -19,7 +19,7 @@ def statuspage(sims: SimulatorCluster) -> tuple[str, StatuspageConnector]:
     # budget (1 request/s, burst 1).
     httpx.delete(f"{url}/_sim/ratelimit").raise_for_status()
     httpx.delete(f"{url}/_sim/requests").raise_for_status()
-    settings = StatuspageSettings.model_validate({"url": f"{url}/v1"})
+    settings = statuspage_settings(f"{url}/v1")
     assert settings.requests_per_second == 1.0 and settings.burst == 1.0
     return url, StatuspageConnector(settings)
 
@@ -51,7 +51,7 @@ def test_statuspage_never_sees_a_420_over_a_full_window(sims: SimulatorCluster) 
 
 def test_jira_per_issue_write_limit_is_never_hit(sims: SimulatorCluster) -> None:
     url = sims.urls["jira"]
-    connector = JiraConnector(JiraSettings.model_validate({"url": url}))
+    connector = JiraConnector(jira_settings(url))
     issue = connector.create(
         "issue", {"summary": "busy", "issuetype": {"name": "Incident"}}, correlation_key="budget-1"
     )

@@ -6,19 +6,17 @@ import datetime as dt
 
 import pytest
 
-from config.settings import ServiceNowSettings
 from connectors.errors import Fatal
 from connectors.servicenow import ServiceNowConnector
 from simulators.runner import SimulatorCluster
 from tests.contract.harness import FAST_RETRY
+from tests.systems import sn_settings
 
 ALICE = "a11ce000000000000000000000000001"
 
 
 def test_change_request_lifecycle(sims: SimulatorCluster) -> None:
-    sn = ServiceNowConnector(
-        ServiceNowSettings.model_validate({"url": sims.urls["servicenow"]}), retry=FAST_RETRY
-    )
+    sn = ServiceNowConnector(sn_settings(sims.urls["servicenow"]), retry=FAST_RETRY)
     incident = sn.create(
         "incident", {"short_description": "checkout down"}, correlation_key="inc-1"
     )

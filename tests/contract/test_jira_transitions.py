@@ -9,10 +9,9 @@ from typing import Any
 
 import httpx
 
-from config.settings import JiraSettings
 from connectors.jira.connector import JiraConnector
 from simulators.runner import SimulatorCluster
-from tests.systems import FIXTURES
+from tests.systems import FIXTURES, jira_settings
 
 FIXTURES_JIRA = FIXTURES / "jira.json"
 
@@ -29,7 +28,7 @@ def _issue(connector: JiraConnector) -> Any:
 
 def test_the_workflow_is_read_once_per_status(sims: SimulatorCluster) -> None:
     url = sims.urls["jira"]
-    connector = JiraConnector(JiraSettings.model_validate({"url": url}))
+    connector = JiraConnector(jira_settings(url))
     first, second = _issue(connector), _issue(connector)
     assert connector.transition(first.ref, "In Progress").fields["status"]["name"] == "In Progress"
     httpx.delete(f"{url}/_sim/requests").raise_for_status()
@@ -44,7 +43,7 @@ def test_the_workflow_is_read_once_per_status(sims: SimulatorCluster) -> None:
 
 def test_a_changed_workflow_is_learned_again(sims: SimulatorCluster) -> None:
     url = sims.urls["jira"]
-    connector = JiraConnector(JiraSettings.model_validate({"url": url}))
+    connector = JiraConnector(jira_settings(url))
     first, second = _issue(connector), _issue(connector)
     connector.transition(first.ref, "In Progress")  # learns "Start Progress" is id 11
     workflow = json.loads(FIXTURES_JIRA.read_text())["workflow"]

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import httpx
 
-from config.settings import ServiceNowSettings
 from connectors.servicenow import ServiceNowConnector
 from simulators.runner import SimulatorCluster
 from sync import store
 from sync.poller import SETTLE_SECONDS, poll_once
 from sync.store import make_engine, migrate
+from tests.systems import sn_settings
 
 
 def _count(db: object) -> int:
@@ -38,7 +38,7 @@ def test_500_records_in_one_second_are_read_once(sims: SimulatorCluster, tmp_pat
     stamp = tick.strftime("%Y-%m-%d %H:%M:%S")
     db = make_engine(f"sqlite:///{tmp_path / 'ties.db'}")
     migrate(db)
-    connector = ServiceNowConnector(ServiceNowSettings.model_validate({"url": url}))
+    connector = ServiceNowConnector(sn_settings(url))
     with httpx.Client(base_url=url, auth=("admin", "admin"), timeout=10) as sn:
         sn.post("/_sim/clock", json={"now": stamp}).raise_for_status()
         try:
