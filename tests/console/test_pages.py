@@ -252,3 +252,10 @@ def test_a_mapping_version_shows_its_source_who_and_when(console: Console) -> No
     assert page.status_code == 200
     assert "system: " in page.text and "Accepted " in page.text
     assert client.get("/admin/mappings/9999").status_code == 404
+
+
+def test_audit_values_read_as_words_not_python() -> None:
+    from service.routes.console_auth import shown
+
+    assert shown({"number": "CHG1", "owner": "", "due": None}) == "number: CHG1, owner: ∅, due: ∅"
+    assert shown(["a", 1]) == "a, 1" and shown(None) == "∅" and shown(0) == "0"
