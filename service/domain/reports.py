@@ -72,7 +72,9 @@ def audit(
     rows = postmortems.audit(tracker, since=since, until=until, team=team or None, actor=actor)
     out = []
     for row in rows:
-        if severity and row.severity != severity:
+        # By the highest severity the incident ever had, where the audit row says it (as the
+        # KPIs count), else by its severity now.
+        if severity and (getattr(row, "highest_severity", "") or row.severity) != severity:
             continue
         became = outcome(row)
         if outcome_is and became != outcome_is:
