@@ -44,6 +44,7 @@ from sync.store.db import (
     alembic_config,
     dialect_insert,
     engine_hooks,
+    include_object,
     insert_for,
     lock_for_migration,
     make_engine,
@@ -65,6 +66,7 @@ from sync.store.incidents import (
     replace_incident_data,
     save_incident,
     set_shadow,
+    state_of,
 )
 from sync.store.links import (
     PENDING_COMMENT,
@@ -163,6 +165,7 @@ __all__ = [
     "get_watermark",
     "history",
     "incident_state",
+    "include_object",
     "insert_for",
     "latest_observation",
     "link_comment",
@@ -187,5 +190,6 @@ __all__ = [
     "session_scope",
     "set_shadow",
     "set_watermark",
+    "state_of",
     "utcnow",
 ]
