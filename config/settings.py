@@ -39,6 +39,8 @@ class ServiceNowSettings(BaseModel):
     # What the business rule sends in X-ServiceNow-Secret; required while `webhooks` is on.
     webhook_secret: SecretStr | None = None
     webhooks: bool = True  # False: POST /webhooks/servicenow answers 404 (poll only)
+    # While rotating: the old secret, still accepted until every sender has the new one.
+    webhook_secret_previous: SecretStr | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
     incident_query: str = Field(
         default="", description="encoded query that selects the incidents to sync"
@@ -62,6 +64,8 @@ class JiraSettings(BaseModel):
     jql: str = Field(default="", description="extra JQL ANDed to 'project = <project>'")
     webhook_secret: SecretStr | None = None  # the HMAC key of X-Hub-Signature
     webhooks: bool = True
+    # While rotating: the old secret, still accepted until every sender has the new one.
+    webhook_secret_previous: SecretStr | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
     requests_per_second: float | None = Field(default=None, gt=0)
     # Jira refuses more than 20 writes to one issue in 2 s: burst 10 + 5/s * 2 s stays at 20.
@@ -85,6 +89,8 @@ class StatuspageSettings(BaseModel):
     # Statuspage signs nothing: the webhook URL we register carries ?token=<this>.
     webhook_secret: SecretStr | None = None
     webhooks: bool = True
+    # While rotating: the old secret, still accepted until every sender has the new one.
+    webhook_secret_previous: SecretStr | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
     requests_per_second: float = Field(default=1.0, gt=0)  # the documented budget
     burst: float = Field(default=1.0, ge=1)
@@ -141,6 +147,35 @@ class IntakeSettings(BaseModel):
     burst: float = Field(default=400.0, ge=1)
     rejections_per_minute: float = Field(default=6.0, gt=0)
     rejection_burst: float = Field(default=10.0, ge=1)
+    # Behind a reverse proxy: the source is the last address the proxy appended to
+    # X-Forwarded-For (only trust this when the proxy sets it), not the proxy's own.
+    forwarded_for: bool = False
+
+
+class HealthSettings(BaseModel):
+    """What ``/readyz`` calls ready (docs/operations.md, Health)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Not ready when the oldest due change has waited longer than this.
+    max_queue_age_seconds: float = Field(default=600.0, gt=0)
+    # Each system's sign-in is checked at most this often (answers are cached between).
+    remote_check_seconds: float = Field(default=60.0, gt=0)
+
+
+class RetentionSettings(BaseModel):
+    """How long the store keeps what only explains the past (``itsm-sync prune``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Webhook deliveries (duplicate detection; Jira redelivers up to a few hours late) and
+    # refused deliveries kept for diagnosis.
+    events_days: float = Field(default=14.0, gt=0)
+    # The audit log (every remote write, conflict, park, gate decision) and resolved parked
+    # items: kept longer, for reviews and audits.
+    audit_days: float = Field(default=400.0, gt=0)
+    # `itsm-sync run` prunes this often (its worker side); 0: never (prune from cron instead).
+    every_hours: float = Field(default=6.0, ge=0)
 
 
 SeverityName = Literal["SEV1", "SEV2", "SEV3", "SEV4"]
@@ -235,6 +270,8 @@ class Settings(BaseSettings):
     postmortem: PostmortemSettings = Field(default_factory=PostmortemSettings)
     comms: CommsSettings = Field(default_factory=CommsSettings)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     # ITSM_SYNC_API_TOKENS='[{"name": "desk", "token": "...", "role": "viewer"}]'
     api_tokens: list[ApiToken] = Field(default_factory=list)
     database_url: str = "sqlite:///./itsm-sync.db"
@@ -265,6 +302,20 @@ def reveal(secret: SecretStr | None) -> str:
     return "" if secret is None else secret.get_secret_value()
 
 
+def env_prefix(system: str, instance: str = "default") -> str:
+    """The environment name prefix of one system instance's settings."""
+    if instance == "default":
+        return f"ITSM_SYNC_{system.upper()}__"
+    return f"ITSM_SYNC_INSTANCES__{system.upper()}__{instance.upper()}__"
+
+
+def webhook_secrets(section: ServiceNowSettings | JiraSettings | StatuspageSettings) -> list[bytes]:
+    """The webhook secrets a delivery may prove itself with: the current one and, while a
+    rotation is under way, the previous one (never an empty one)."""
+    values = (reveal(section.webhook_secret), reveal(section.webhook_secret_previous))
+    return [v.encode() for v in values if v]
+
+
 # The credential each system cannot work without (webhook secrets are checked apart).
 _CREDENTIAL = {"servicenow": "password", "jira": "api_token", "statuspage": "api_key"}
 
@@ -275,15 +326,15 @@ def missing_for_run(settings: Settings) -> list[str]:
     is on, and at least one API token (the JSON API is never open)."""
     missing: list[str] = []
     systems: list[tuple[str, str, ServiceNowSettings | JiraSettings | StatuspageSettings]] = [
-        ("servicenow", "", settings.servicenow),
-        ("jira", "", settings.jira),
-        ("statuspage", "", settings.statuspage),
+        ("servicenow", "default", settings.servicenow),
+        ("jira", "default", settings.jira),
+        ("statuspage", "default", settings.statuspage),
     ]
     for system in ("servicenow", "jira", "statuspage"):
         for name, section in getattr(settings.instances, system).items():
-            systems.append((system, f"INSTANCES__{system.upper()}__{name.upper()}__", section))
-    for system, prefix, section in systems:
-        head = f"ITSM_SYNC_{prefix or system.upper() + '__'}"
+            systems.append((system, name, section))
+    for system, instance, section in systems:
+        head = env_prefix(system, instance)
         if not reveal(getattr(section, _CREDENTIAL[system])):
             missing.append(f"{head}{_CREDENTIAL[system].upper()}")
         if section.webhooks and not reveal(section.webhook_secret):

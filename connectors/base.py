@@ -181,8 +181,19 @@ class Connector(Protocol):
     ) -> RemoteRecord | None: ...
 
     def create(
-        self, object_type: str, fields: Mapping[str, Any], *, correlation_key: str
-    ) -> RemoteRecord: ...
+        self,
+        object_type: str,
+        fields: Mapping[str, Any],
+        *,
+        correlation_key: str,
+        look_first: bool = True,
+    ) -> RemoteRecord:
+        """Create the record, or return the one that carries ``correlation_key`` already.
+
+        ``look_first=False``: the caller knows that no earlier attempt was ever made (its
+        intent is on record), so the first attempt creates without looking; a retry of it
+        (its answer may have been lost) always looks first."""
+        ...
 
     def update(self, ref: RemoteRef, fields: Mapping[str, Any]) -> RemoteRecord: ...
 
@@ -290,3 +301,28 @@ def unattributed(body: str, origin: str) -> str:
     """``body`` without the attribution line of ``origin`` (our own comment read back)."""
     prefix = ATTRIBUTION.format(origin=origin)
     return body[len(prefix) :] if origin and body.startswith(prefix) else body
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One preflight check of a system (``itsm-sync check``): what was checked, whether it
+    holds, and (when it does not) what to do about it."""
+
+    what: str
+    ok: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class Preflight(Protocol):
+    """A connector that can verify its configuration without writing anything: reachable,
+    credentials valid, its container (table, project, page) there, the fields a mapping names
+    there, webhooks registered where its API tells."""
+
+    def signin(self) -> Probe:
+        """Reachable with valid credentials: one cheap call (``/readyz``)."""
+        ...
+
+    def preflight(self, fields: Mapping[str, Sequence[str]]) -> list[Probe]:
+        """``fields``: per object type, the remote field names the mappings read or write."""
+        ...

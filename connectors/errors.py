@@ -211,3 +211,58 @@ def redact(text: str) -> str:
     text = _SECRET_PARAMS.sub(r"\1***", text)
     text = _URL_USERINFO.sub(r"\1\2***@", text)
     return _AUTH_HEADER.sub(r"\1***", text)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception it was raised from or during, plus what urllib3 and httpcore
+    keep in ``args`` (the reason of a MaxRetryError), outermost first."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 20:
+        current = todo.pop(0)
+        if any(current is s for s in seen):
+            continue
+        seen.append(current)
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            todo.append(reason)
+    return seen
+
+
+def network_cause(exc: BaseException, *, system: str = "") -> str:
+    """What went wrong on the way to a remote, and what to do about it, in one line:
+    untrusted certificate, other TLS failure, refused connection, unknown host, timeout."""
+    import socket
+    import ssl
+
+    setting = f"ITSM_SYNC_{system.upper()}__" if system else "the system's "
+    chain = _chain(exc)
+    text = " ".join(str(e) for e in chain)
+    for e in chain:
+        if isinstance(e, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
+            detail = getattr(e, "verify_message", "") or "certificate verify failed"
+            return (
+                f"TLS certificate not trusted ({detail}): set {setting}CA_BUNDLE to the CA file "
+                "that signed it"
+            )
+    for e in chain:
+        if isinstance(e, ssl.SSLError) or "SSL" in type(e).__name__:
+            reason = getattr(e, "reason", None) or type(e).__name__
+            return (
+                f"TLS failure ({reason}): check that the URL's scheme and port are right and the "
+                f"TLS settings ({setting}CA_BUNDLE, {setting}CLIENT_CERT)"
+            )
+    for e in chain:
+        if isinstance(e, socket.gaierror) or "Name or service not known" in str(e):
+            return f"host name not found: check {setting}URL"
+    for e in chain:
+        if isinstance(e, ConnectionRefusedError) or "Connection refused" in str(e):
+            return (
+                f"connection refused: check {setting}URL and that the service is up (and the "
+                "proxy, if one is set)"
+            )
+    if "timed out" in text.lower() or any(isinstance(e, TimeoutError) for e in chain):
+        return "timed out: check the URL, the network path and the proxy"
+    return f"connection failed ({type(exc).__name__})"

@@ -279,6 +279,26 @@ class CallCounter:
 CALLS = CallCounter()
 
 
+class WaitCounter:
+    """Seconds spent waiting for a rate budget (ours or a remote's Retry-After), per system."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, system: str, seconds: float) -> None:
+        if seconds > 0:
+            with self._lock:
+                self._seconds[system] = self._seconds.get(system, 0.0) + seconds
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._seconds)
+
+
+RATE_WAITS = WaitCounter()
+
+
 def call_with_retries(
     fn: Callable[[], T],
     *,
@@ -293,9 +313,9 @@ def call_with_retries(
 
     def before_attempt() -> None:
         if bucket is not None:
-            bucket.acquire()
+            RATE_WAITS.add(system, bucket.acquire())
         if key_bucket is not None:
-            key_bucket.acquire()
+            RATE_WAITS.add(system, key_bucket.acquire())
 
     slots = _slots.get(system)
 

@@ -13,7 +13,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from connectors.errors import ConnectorError, Fatal, Retriable, classify_response
+from connectors.errors import ConnectorError, Fatal, Retriable, classify_response, network_cause
 from connectors.http import CALLS
 
 
@@ -67,7 +67,7 @@ def translate(system: str, exc: BaseException, what: str) -> ConnectorError:
     if isinstance(exc, requests.Timeout):
         return Retriable(f"{what} timed out", system=system)
     if isinstance(exc, requests.ConnectionError):
-        return Retriable(f"{what}: connection failed ({type(exc).__name__})", system=system)
+        return Retriable(f"{what}: {network_cause(exc, system=system)}", system=system)
     if isinstance(exc, requests.RequestException):
         return Retriable(f"{what}: {type(exc).__name__}", system=system)
     return Fatal(f"{what}: {type(exc).__name__}: {exc}", system=system)

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from service.domain.errors import ServiceError
+from service.readiness import Readiness
 from service.routes import console, health, incidents, parked, postmortems, webhooks
 from service.routes.deps import token_table
 from service.runtime import Runtime
@@ -26,7 +27,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="itsm-sync", docs_url="/api/docs", openapi_url="/api/openapi.json")
     app.state.runtime = runtime
     app.state.tokens = token_table(runtime)
-    app.state.metrics = health.Metrics(runtime)
+    app.state.readiness = Readiness(runtime)
+    app.state.metrics = health.Metrics(runtime, app.state.readiness)
     app.state.intake = webhooks.Intake(runtime.settings.intake)
     app.add_middleware(RequestId)
     app.add_exception_handler(ServiceError, _service_error)

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from config.settings import ConfigFileError, Settings, load_settings
+from config.settings import Settings
 from connectors.errors import redact
+from service.cli_common import err, settings_or_exit
+from service.errors_cli import debug_requested, describe
 from service.mapping_cli import app as mapping_app
 from service.postmortem_cli import register as register_postmortem_commands
 from service.sync_cli import register as register_sync_commands
@@ -24,6 +29,7 @@ app = typer.Typer(
     help="Keep incidents in sync across ServiceNow, Jira and Statuspage.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 console = Console()
 app.add_typer(mapping_app, name="mapping")
@@ -32,7 +38,40 @@ register_postmortem_commands(app)
 
 
 def main() -> None:
-    app()
+    """The entry point: any failure no command handled is one line with cause and remedy on
+    stderr and exit code 1; ``--debug`` (before the command) adds the traceback."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as exc:  # the last line of defence: nothing else prints a traceback
+        if debug_requested(sys.argv):
+            err.print_exception()
+        err.print(f"[red]error:[/red] {escape(describe(exc))}", highlight=False)
+        raise SystemExit(1) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"itsm-sync {version('itsm-sync')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an unexpected failure.")
+    ] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Keep incidents in sync across ServiceNow, Jira and Statuspage."""
 
 
 @app.command()
@@ -121,14 +160,7 @@ def show_config(
     ] = None,
 ) -> None:
     """Show the effective settings (secrets masked)."""
-    try:
-        settings = load_settings(config_file)
-    except ConfigFileError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    except ValueError as exc:  # pydantic's ValidationError names the field and the problem
-        console.print(f"[red]error:[/red] invalid settings: {exc}")
-        raise typer.Exit(2) from exc
+    settings = settings_or_exit(config_file)
     console.print_json(json.dumps(masked_settings(settings)))
 
 
@@ -175,8 +207,11 @@ def _print_cluster(cluster: SimulatorCluster) -> None:
     console.print(table)
     if cluster.cert is not None:
         console.print(f"TLS certificate (trust it in clients): {cluster.cert.cert}")
-    console.print("Point itsm-sync at them with:")
+    console.print("Point itsm-sync at them with (the simulator profile; never use these for real):")
     console.print(f"  export ITSM_SYNC_SERVICENOW__URL={cluster.urls['servicenow']}")
+    console.print(f"  export ITSM_SYNC_SERVICENOW__PASSWORD={c.servicenow_password}")
     console.print(f"  export ITSM_SYNC_JIRA__URL={cluster.urls['jira']}")
+    console.print(f"  export ITSM_SYNC_JIRA__API_TOKEN={c.jira_api_token}")
     console.print(f"  export ITSM_SYNC_STATUSPAGE__URL={cluster.urls['statuspage']}/v1")
+    console.print(f"  export ITSM_SYNC_STATUSPAGE__API_KEY={c.statuspage_api_key}")
     console.print("Test controls live under /_sim/ on each (see docs/simulators.md).")

@@ -25,10 +25,20 @@ ConfigOption = Annotated[
 
 
 def settings_or_exit(config_file: Path | None) -> Settings:
+    """The settings, or each problem on a line of its own (file:line or environment name,
+    field, what is wrong; never a value) and exit 2."""
+    from pydantic import ValidationError
+
+    from service.errors_cli import validation_lines
+
     try:
         return load_settings(config_file)
+    except ValidationError as exc:
+        for line in validation_lines(exc):
+            err.print(f"[red]error:[/red] {escape(line)}", highlight=False)
+        raise typer.Exit(2) from exc
     except (ConfigFileError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
 
 

@@ -22,6 +22,7 @@ from sync.cadence import CadenceLoop
 from sync.maintenance import Maintenance
 from sync.poller import Poller
 from sync.reconcile import Reconciler
+from sync.retention import PruneLoop
 from sync.worker import (
     QueueListener,
     QueueNotifier,
@@ -74,6 +75,7 @@ class Runtime:
         reclaim_orphans(self.db)
         self.poller: Poller | None = None
         self.cadence: CadenceLoop | None = None
+        self.pruner: PruneLoop | None = None
         self.pool: WorkerPool | None = None
         self.listener: QueueListener | None = None
         self.worker_process: WorkerProcess | None = None
@@ -153,6 +155,8 @@ class Runtime:
                 self.poller.start()
                 self.cadence = CadenceLoop(self.db, self.settings.comms)
                 self.cadence.start()
+                self.pruner = PruneLoop(self.db, self.settings.retention)
+                self.pruner.start()
             if workers:
                 self.pool = WorkerPool(
                     self.reconciler,
@@ -185,7 +189,7 @@ class Runtime:
 
     def local_stats(self) -> dict[str, Any]:
         """This process's worker totals and remote calls (what the worker process reports)."""
-        from connectors.http import CALLS
+        from connectors.http import CALLS, RATE_WAITS
 
         totals = self.pool.totals() if self.pool is not None else Totals()
         return {
@@ -195,6 +199,7 @@ class Runtime:
             "conflicts": totals.conflicts,
             "failures": totals.failures,
             "calls": CALLS.snapshot(),
+            "rate_waits": RATE_WAITS.snapshot(),
             "wakeups": self.wakeup.notified,  # marks this process heard of
             "woken": self.wakeup.woken,  # idle workers woken by one (not by their timer)
         }
@@ -214,6 +219,10 @@ class Runtime:
                 for label, n in child["calls"].items():
                     calls[label] = calls.get(label, 0) + n
                 out["calls"] = calls
+                waits = dict(out["rate_waits"])
+                for system, seconds in child.get("rate_waits", {}).items():
+                    waits[system] = waits.get(system, 0.0) + seconds
+                out["rate_waits"] = waits
         return out
 
     def stop(self) -> None:
@@ -224,6 +233,8 @@ class Runtime:
             self.poller.stop()
         if self.cadence is not None:
             self.cadence.stop()
+        if self.pruner is not None:
+            self.pruner.stop()
         if self.pool is not None:
             self.pool.stop()
         if self.listener is not None:

@@ -236,8 +236,15 @@ class Executor:
         unless someone already moved it (then the next pass weighs their move)."""
         system, instance = op.target
         connector = self.connectors[op.target]
+        # The first attempt ever (its intent committed first) creates without looking for an
+        # earlier one: one read fewer per created record (docs/performance.md); any other
+        # attempt, and every retry of this one, looks for the correlation key first.
+        with store.session_scope(self.db) as s:
+            tried = store.create_intent(
+                s, incident_id=self.incident_id, system=system, instance=instance
+            )
         record = connector.create(
-            op.object_type, nest(op.fields), correlation_key=op.correlation_key
+            op.object_type, nest(op.fields), correlation_key=op.correlation_key, look_first=tried
         )
         human = field_changes_of(record.fields)  # all after its creation: nothing was ours yet
         read_paths = {f.path for f in target.mapping.fields if f.reads}

@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jira import JIRA
 from jira.exceptions import JIRAError
 
-from config.settings import JiraSettings, reveal
+from config.settings import JiraSettings, env_prefix, reveal, webhook_secrets
 from connectors.base import (
     COMMENT_EVENT_KEY,
     FIELD_CHANGES_KEY,
@@ -39,6 +39,7 @@ from connectors.base import (
     FieldChange,
     Observation,
     Person,
+    Probe,
     RemoteComment,
     RemoteRecord,
     RemoteRef,
@@ -320,25 +321,40 @@ class JiraConnector:
     # -- writing ------------------------------------------------------------------------------
 
     def create(
-        self, object_type: str, fields: Mapping[str, Any], *, correlation_key: str
+        self,
+        object_type: str,
+        fields: Mapping[str, Any],
+        *,
+        correlation_key: str,
+        look_first: bool = True,
     ) -> RemoteRecord:
+        """Create the issue (labelled with the correlation key, and the key in our issue
+        property, set by the create itself: no second write) and read it back with its
+        changelog; a retry, or a first attempt with ``look_first``, looks for the label first.
+        """
         if not correlation_key or " " in correlation_key:
             raise ValueError(f"not a usable correlation key (a Jira label): {correlation_key!r}")
         body = dict(fields)
         body.setdefault("project", {"key": self.settings.project})
         body["labels"] = sorted({*body.get("labels", []), correlation_key})
         jql = f"{self._scope()} AND labels = {jql_quote(correlation_key)} ORDER BY created ASC"
+        properties = [{"key": PROPERTY, "value": {"correlation_key": correlation_key}}]
+        tries = 0
 
         def find_or_create() -> str:
-            page = self._once(
-                "find", lambda: self._get("search/jql", {"jql": jql, "maxResults": 1})
-            )
-            if page.get("issues"):
-                return str(page["issues"][0]["id"])
-            if self._bucket is not None:
-                self._bucket.acquire()
+            nonlocal tries
+            tries += 1
+            if look_first or tries > 1:
+                page = self._once(
+                    "find", lambda: self._get("search/jql", {"jql": jql, "maxResults": 1})
+                )
+                if page.get("issues"):
+                    return str(page["issues"][0]["id"])
+                if self._bucket is not None:
+                    self._bucket.acquire()
             created = self._once(
-                "create issue", lambda: self._send("POST", "issue", {"fields": body})
+                "create issue",
+                lambda: self._send("POST", "issue", {"fields": body, "properties": properties}),
             )
             return str(created["id"])
 
@@ -348,15 +364,6 @@ class JiraConnector:
             what="create issue",
             policy=self.retry,
             bucket=self._bucket,
-        )
-        self._call(
-            "set correlation property",
-            lambda: self._send(
-                "PUT",
-                f"issue/{issue_id}/properties/{PROPERTY}",
-                {"correlation_key": correlation_key},
-            ),
-            issue=issue_id,
         )
         return self.get("issue", issue_id)
 
@@ -767,6 +774,108 @@ class JiraConnector:
             return self._people_by_id[person_id]
         return self._person(self._call("user", lambda: self._get("user", {"accountId": person_id})))
 
+    # -- preflight (itsm-sync check) ---------------------------------------------------------
+
+    def signin(self) -> Probe:
+        """Reachable and the credentials valid (GET myself)."""
+        env = env_prefix(SYSTEM, self.instance)
+        where = f"jira/{self.instance}"
+        who = self.settings.email
+        try:
+            self._once("sign in", lambda: self._get("myself"))
+        except AuthFailed:
+            return Probe(
+                f"{where}: sign in as {who}",
+                False,
+                f"credentials refused (HTTP 401): fix {env}EMAIL / {env}API_TOKEN",
+            )
+        except ConnectorError as exc:
+            return Probe(f"{where}: reach {self.base_url}", False, str(exc))
+        return Probe(f"{where}: signed in as {who}", True)
+
+    def preflight(self, fields: Mapping[str, Sequence[str]]) -> list[Probe]:
+        """Sign in (myself), the project and the issue types the settings name, the mapped
+        fields in the field list, webhooks when the account may list them; nothing written."""
+        env = env_prefix(SYSTEM, self.instance)
+        where = f"jira/{self.instance}"
+        signed_in = self.signin()
+        probes = [signed_in]
+        if not signed_in.ok:
+            return probes
+        key = self.settings.project
+        try:
+            project = self._once("read project", lambda: self._get(f"project/{key}"))
+        except ConnectorError as exc:
+            probes.append(
+                Probe(
+                    f"{where}: project {key}",
+                    False,
+                    f"{exc}: create it, give the account Browse Projects, or fix {env}PROJECT",
+                )
+            )
+            return probes
+        probes.append(Probe(f"{where}: project {key}", True))
+        types = {str(t.get("name")) for t in project.get("issueTypes", [])}
+        for name in fields.get("issue_types", ()):
+            probes.append(
+                Probe(
+                    f"{where}: issue type {name!r} in {key}",
+                    name in types,
+                    ""
+                    if name in types
+                    else f"add it to the project's issue type scheme (has: "
+                    f"{', '.join(sorted(types))}) or fix the setting",
+                )
+            )
+        wanted = sorted(set(fields.get("issue", ())))
+        if wanted:
+            try:
+                known = self._once("read fields", lambda: self._get("field"))
+            except ConnectorError as exc:
+                probes.append(Probe(f"{where}: mapped fields exist", False, str(exc)))
+            else:
+                ids = {str(f.get("id")) for f in known} | {str(f.get("key")) for f in known}
+                missing = [f for f in wanted if f not in ids]
+                probes.append(
+                    Probe(
+                        f"{where}: mapped fields exist ({len(wanted)})",
+                        not missing,
+                        f"no field {', '.join(missing)}: create the custom field and put it on the "
+                        f"project's screens, or fix the mapping"
+                        if missing
+                        else "",
+                    )
+                )
+        try:
+            hooks = self._once(
+                "list webhooks",
+                lambda: self.jira._session.get(f"{self.base_url}/rest/webhooks/1.0/webhook").json(),
+            )
+        except ConnectorError as exc:
+            probes.append(
+                Probe(
+                    f"{where}: webhooks",
+                    True,
+                    f"cannot list them ({exc}); check by hand (docs/operations.md)",
+                )
+            )
+        else:
+            ours = [h for h in hooks if "/webhooks/jira" in str(h.get("url", ""))]
+            links = any("issuelink" in str(e) for h in ours for e in h.get("events", []))
+            probes.append(
+                Probe(
+                    f"{where}: webhook registered with issue-link events",
+                    bool(ours) and links,
+                    ""
+                    if ours and links
+                    else "add the issue link created/deleted events to it (docs/operations.md)"
+                    if ours
+                    else "register one to <service>/webhooks/jira with issue, comment and "
+                    "issue-link events (docs/operations.md)",
+                )
+            )
+        return probes
+
     # -- webhooks -----------------------------------------------------------------------------
 
     def parse_webhook(
@@ -774,12 +883,12 @@ class JiraConnector:
     ) -> list[Observation]:
         """Verify ``X-Hub-Signature`` (HMAC-SHA256 of the raw body) and read the issue in it."""
         lower = {k.lower(): v for k, v in headers.items()}
-        secret = reveal(self.settings.webhook_secret).encode()
-        if not secret:  # no secret configured: nothing can prove itself
-            raise AuthFailed("no webhook secret configured", system=SYSTEM, status=401)
-        expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-        given = lower.get("x-hub-signature", "")
-        if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        given = lower.get("x-hub-signature", "").encode()
+        signatures = [
+            b"sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+            for secret in webhook_secrets(self.settings)  # none configured: nothing matches
+        ]
+        if not given or not any(hmac.compare_digest(given, s) for s in signatures):
             raise AuthFailed("webhook signature missing or wrong", system=SYSTEM, status=401)
         try:
             payload = json.loads(body)

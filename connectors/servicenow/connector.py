@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import pysnow
 import pysnow.exceptions
 
-from config.settings import ServiceNowSettings, reveal
+from config.settings import ServiceNowSettings, env_prefix, reveal, webhook_secrets
 from connectors.base import (
     FIELD_CHANGES_KEY,
     JOURNAL_KEY,
@@ -35,6 +35,7 @@ from connectors.base import (
     FieldChange,
     Observation,
     Person,
+    Probe,
     RemoteComment,
     RemoteRecord,
     RemoteRef,
@@ -57,7 +58,8 @@ SYSTEM = "servicenow"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 SYS_ID = re.compile(r"^[0-9a-f]{32}$")
 ISSUE_KEY = re.compile(r"^[A-Z][A-Z0-9_]+-[1-9][0-9]*$")
-OBJECT_TYPES = ("incident", "change_request")
+OBJECT_TYPES = ("incident", "change_request")  # what is polled and synced
+TABLES = (*OBJECT_TYPES, "problem")  # what can be read and written (the postmortem's problem)
 RESOLVED, CLOSED, ON_HOLD = "6", "7", "3"
 # What ServiceNow requires to enter a state (base data policy and the hold rule).
 STATE_NEEDS: dict[str, tuple[str, ...]] = {
@@ -237,8 +239,8 @@ class ServiceNowConnector:
         return RemoteRecord(ref=ref, version=version, updated_at=updated, fields=row, url=url)
 
     def _table(self, object_type: str) -> str:
-        if object_type not in OBJECT_TYPES:
-            raise ValueError(f"servicenow serves {', '.join(OBJECT_TYPES)}, not {object_type!r}")
+        if object_type not in TABLES:
+            raise ValueError(f"servicenow serves {', '.join(TABLES)}, not {object_type!r}")
         return object_type
 
     # -- reading ------------------------------------------------------------------------------
@@ -292,13 +294,20 @@ class ServiceNowConnector:
     # -- writing ------------------------------------------------------------------------------
 
     def create(
-        self, object_type: str, fields: Mapping[str, Any], *, correlation_key: str
+        self,
+        object_type: str,
+        fields: Mapping[str, Any],
+        *,
+        correlation_key: str,
+        look_first: bool = True,
     ) -> RemoteRecord:
         """Create, unless a record with ``correlation_key`` exists already (then return it).
 
-        Every attempt looks first, so a create whose response was lost (timeout after the
-        remote stored it) is found instead of being repeated.
+        Every retry looks first, so a create whose response was lost (timeout after the
+        remote stored it) is found instead of being repeated; so does the first attempt unless
+        the caller knows there was none before (``look_first=False``).
         """
+        tries = 0
         table = self._table(object_type)
         payload = {
             **fields,
@@ -308,16 +317,19 @@ class ServiceNowConnector:
 
         def find_or_create() -> RemoteRecord:
             # One attempt = look, then create; the retry layer wraps the pair, never each half.
-            rows = self._once(
-                f"find {table}",
-                self._fetch(
-                    table, f"correlation_id={correlation_key}^ORDERBYsys_created_on", limit=1
-                ),
-            )
-            if rows:
-                return self._record(table, rows[0])
-            if self._bucket is not None:
-                self._bucket.acquire()
+            nonlocal tries
+            tries += 1
+            if look_first or tries > 1:
+                rows = self._once(
+                    f"find {table}",
+                    self._fetch(
+                        table, f"correlation_id={correlation_key}^ORDERBYsys_created_on", limit=1
+                    ),
+                )
+                if rows:
+                    return self._record(table, rows[0])
+                if self._bucket is not None:
+                    self._bucket.acquire()
             row = self._once(
                 f"create {table}", lambda: self._resource(table).create(payload=payload).one()
             )
@@ -544,6 +556,92 @@ class ServiceNowConnector:
             raise NotFound(f"no ServiceNow user with sys_id {person_id}", system=SYSTEM)
         return self._remember(rows[0])
 
+    # -- preflight (itsm-sync check) ---------------------------------------------------------
+
+    def signin(self) -> Probe:
+        """Reachable and the credentials valid: the integration user's own sys_user row."""
+        env = env_prefix(SYSTEM, self.instance)
+        where = f"servicenow/{self.instance}"
+        user = self.settings.username
+        try:
+            me = self._once("sign in", self._fetch("sys_user", f"user_name={user}", limit=1))
+        except AuthFailed:
+            return Probe(
+                f"{where}: sign in as {user}",
+                False,
+                f"credentials refused (HTTP 401): fix {env}USERNAME / {env}PASSWORD",
+            )
+        except ConnectorError as exc:
+            return Probe(f"{where}: reach {self.base_url}", False, str(exc))
+        return Probe(f"{where}: signed in as {user}" + ("" if me else " (no sys_user row)"), True)
+
+    def preflight(self, fields: Mapping[str, Sequence[str]]) -> list[Probe]:
+        """Sign in (the integration user's own sys_user row), each synced table readable, the
+        mapped columns in the table dictionary; one call each, no retries, nothing written."""
+        env = env_prefix(SYSTEM, self.instance)
+        where = f"servicenow/{self.instance}"
+        signed_in = self.signin()
+        probes = [signed_in]
+        if not signed_in.ok:
+            return probes
+        for table in OBJECT_TYPES:
+            try:
+                self._once(f"read {table}", self._fetch(table, "", limit=1, fields=("sys_id",)))
+            except ConnectorError as exc:
+                probes.append(
+                    Probe(
+                        f"{where}: table {table} readable",
+                        False,
+                        f"{exc}: grant the integration user read on {table}",
+                    )
+                )
+                continue
+            probes.append(Probe(f"{where}: table {table} readable", True))
+            wanted = sorted(set(fields.get(table, ())))
+            if not wanted:
+                continue
+            try:
+                rows = self._once(
+                    f"read sys_dictionary for {table}",
+                    self._fetch(
+                        "sys_dictionary",
+                        f"name={table}^elementIN{','.join(wanted)}",
+                        limit=len(wanted) + 10,
+                        fields=("element",),
+                    ),
+                )
+            except ConnectorError as exc:
+                probes.append(
+                    Probe(
+                        f"{where}: mapped {table} fields exist",
+                        False,
+                        f"{exc}: grant read on sys_dictionary to verify them",
+                    )
+                )
+                continue
+            found = {str(r.get("element")) for r in rows}
+            # Columns every table inherits from task/sys are not always listed under its name.
+            missing = [f for f in wanted if f not in found and not f.startswith("sys_")]
+            probes.append(
+                Probe(
+                    f"{where}: mapped {table} fields exist ({len(wanted)})",
+                    not missing,
+                    f"no column {', '.join(missing)} on {table}: create it (a u_ field) or "
+                    "fix the mapping"
+                    if missing
+                    else "",
+                )
+            )
+        probes.append(
+            Probe(
+                f"{where}: webhooks",
+                True,
+                "not readable through the API: the business rule of docs/operations.md must send "
+                f"{env}WEBHOOK_SECRET",
+            )
+        )
+        return probes
+
     # -- webhooks -----------------------------------------------------------------------------
 
     def parse_webhook(
@@ -551,9 +649,9 @@ class ServiceNowConnector:
     ) -> list[Observation]:
         """Verify a business-rule delivery (shared secret header) and read the record in it."""
         lower = {k.lower(): v for k, v in headers.items()}
-        expected = reveal(self.settings.webhook_secret).encode()
         given = lower.get("x-servicenow-secret", "").encode()
-        if not expected or not given or not hmac.compare_digest(given, expected):
+        secrets = webhook_secrets(self.settings)  # none configured: nothing matches
+        if not given or not any(hmac.compare_digest(given, secret) for secret in secrets):
             raise AuthFailed("webhook secret missing or wrong", system=SYSTEM, status=401)
         try:
             payload = json.loads(body)

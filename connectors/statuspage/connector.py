@@ -21,12 +21,13 @@ from typing import Any, TypeVar
 
 import httpx
 
-from config.settings import StatuspageSettings, reveal
+from config.settings import StatuspageSettings, env_prefix, reveal, webhook_secrets
 from connectors.base import (
     Capability,
     FieldChange,
     Observation,
     Person,
+    Probe,
     RemoteComment,
     RemoteRecord,
     RemoteRef,
@@ -36,8 +37,10 @@ from connectors.errors import (
     AuthFailed,
     ConnectorError,
     Fatal,
+    NotFound,
     Retriable,
     classify_response,
+    network_cause,
 )
 from connectors.http import (
     CALLS,
@@ -127,16 +130,17 @@ class StatuspageConnector:
               params: Mapping[str, Any] | None = None) -> Any:  # fmt: skip
         try:
             response = self._http.request(
-                method, f"/pages/{self.page}/{path}", json=body, params=dict(params or {})
+                method,
+                f"/pages/{self.page}/{path}".rstrip("/"),
+                json=body,
+                params=dict(params or {}),
             )
         except httpx.TimeoutException as exc:
             CALLS.add(SYSTEM, method, "Timeout")
             raise Retriable(f"{what} timed out", system=SYSTEM) from exc
         except httpx.TransportError as exc:
             CALLS.add(SYSTEM, method, type(exc).__name__)
-            raise Retriable(
-                f"{what}: connection failed ({type(exc).__name__})", system=SYSTEM
-            ) from exc
+            raise Retriable(f"{what}: {network_cause(exc, system=SYSTEM)}", system=SYSTEM) from exc
         if response.status_code >= 400:
             raise classify_response(
                 system=SYSTEM,
@@ -249,7 +253,12 @@ class StatuspageConnector:
     # -- writing ------------------------------------------------------------------------------
 
     def create(
-        self, object_type: str, fields: Mapping[str, Any], *, correlation_key: str
+        self,
+        object_type: str,
+        fields: Mapping[str, Any],
+        *,
+        correlation_key: str,
+        look_first: bool = True,
     ) -> RemoteRecord:
         if self._check(object_type) != "incident":
             raise Fatal("components are created by page admins, not by itsm-sync", system=SYSTEM)
@@ -258,13 +267,19 @@ class StatuspageConnector:
         metadata[META] = {**(metadata.get(META) or {}), "correlation_key": correlation_key}
         body["metadata"] = metadata
 
+        tries = 0
+
         def find_or_create() -> dict[str, Any]:
-            existing = self._find(correlation_key, self._once_counted)
-            if existing is not None:
-                return existing
-            return dict(
-                self._once_counted("create incident", "POST", "incidents", {"incident": body})
-            )
+            nonlocal tries
+            tries += 1
+            if look_first or tries > 1:  # a retry always looks: its answer may have been lost
+                existing = self._find(correlation_key, self._once_counted)
+                if existing is not None:
+                    return existing
+                post = self._once_counted
+            else:
+                post = self._once  # the attempt's own token pays for it: one call, one token
+            return dict(post("create incident", "POST", "incidents", {"incident": body}))
 
         raw = call_with_retries(
             find_or_create,
@@ -403,6 +418,54 @@ class StatuspageConnector:
     def person_by_id(self, person_id: str) -> Person:
         raise Fatal("Statuspage has no people to look up", system=SYSTEM)
 
+    # -- preflight (itsm-sync check) ---------------------------------------------------------
+
+    def signin(self) -> Probe:
+        """Reachable, the API key valid and the page id right (GET the page)."""
+        env = env_prefix(SYSTEM, self.instance)
+        where = f"statuspage/{self.instance}"
+        try:
+            page = self._once("read page", "GET", "")
+        except AuthFailed:
+            return Probe(
+                f"{where}: sign in", False, f"API key refused (HTTP 401): fix {env}API_KEY"
+            )
+        except NotFound:
+            return Probe(
+                f"{where}: page {self.page}", False, f"no such page for this key: fix {env}PAGE_ID"
+            )
+        except ConnectorError as exc:
+            return Probe(f"{where}: reach {self.base_url}", False, str(exc))
+        name = page.get("name", self.page) if isinstance(page, dict) else self.page
+        return Probe(f"{where}: page {self.page} ({name})", True)
+
+    def preflight(self, fields: Mapping[str, Sequence[str]]) -> list[Probe]:
+        """The page (key valid, page id right) and its components; nothing written."""
+        where = f"statuspage/{self.instance}"
+        signed_in = self.signin()
+        probes = [signed_in]
+        if not signed_in.ok:
+            return probes
+        try:
+            components = self._once("read components", "GET", "components")
+        except ConnectorError as exc:
+            probes.append(Probe(f"{where}: components", False, str(exc)))
+        else:
+            ids = {str(c.get("id")) for c in components}
+            wanted = sorted(set(fields.get("values:components", ())))
+            missing = [c for c in wanted if c not in ids]
+            probes.append(
+                Probe(
+                    f"{where}: components ({len(ids)} on the page)",
+                    not missing,
+                    f"no component {', '.join(missing)} on the page: fix the mapping's component "
+                    "ids (Statuspage > Components > the id in the URL)"
+                    if missing
+                    else "",
+                )
+            )
+        return probes
+
     # -- webhooks -----------------------------------------------------------------------------
 
     def parse_webhook(
@@ -410,9 +473,9 @@ class StatuspageConnector:
     ) -> list[Observation]:
         """Verify the ``token`` in the subscriber URL (Statuspage signs nothing) and read the
         incident or component in the notification."""
-        expected = reveal(self.settings.webhook_secret).encode()
         given = str((query or {}).get("token", "")).encode()
-        if not expected or not given or not hmac.compare_digest(given, expected):
+        secrets = webhook_secrets(self.settings)  # none configured: nothing matches
+        if not given or not any(hmac.compare_digest(given, secret) for secret in secrets):
             raise AuthFailed("webhook token missing or wrong", system=SYSTEM, status=401)
         try:
             payload = json.loads(body)

@@ -12,6 +12,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlmodel import func, select
 
+from service.domain import health as health_data
+from service.readiness import Readiness
 from service.routes.deps import RuntimeDep
 from service.runtime import Runtime
 from sync import cadence, store
@@ -23,19 +25,60 @@ router = APIRouter(tags=["health"])
 class _Collector(Collector):
     """Gauges read from the store at scrape time, and the connectors' call counts."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, readiness: Readiness | None = None) -> None:
         self.runtime = runtime
+        self.readiness = readiness
 
     def collect(self) -> Any:
         with store.session_scope(self.runtime.db, readonly=True) as s:
             depth = queue_depth(s)
-            parked = len(store.open_parked(s))
             watermarks = s.exec(select(store.Watermark)).all()
             overdue = cadence.overdue(s, self.runtime.settings.comms)
+            stuck = health_data.stuck(s)
+        parked = stuck["parked"]
+        yield GaugeMetricFamily(
+            "itsm_sync_oldest_change_age_seconds",
+            "how long the oldest due, unprocessed change has waited",
+            value=stuck["oldest_change_age_seconds"],
+        )
+        yield GaugeMetricFamily(
+            "itsm_sync_failing_changes",
+            "queued changes whose last reconcile failed (retried with backoff)",
+            value=stuck["failing"],
+        )
+        backoff = GaugeMetricFamily(
+            "itsm_sync_target_backoff_incidents",
+            "incidents waiting to retry a target",
+            labels=["target"],
+        )
+        backoff_wait = GaugeMetricFamily(
+            "itsm_sync_target_backoff_seconds",
+            "longest wait before a target is tried again",
+            labels=["target"],
+        )
+        for target, info in stuck["backoff"].items():
+            backoff.add_metric([target], info["incidents"])
+            backoff_wait.add_metric([target], info["max_wait_seconds"])
+        yield backoff
+        yield backoff_wait
+        yield CounterMetricFamily(
+            "itsm_sync_gate_blocks",
+            "closes the postmortem gate refused",
+            value=stuck["gate_blocks"],
+        )
         yield GaugeMetricFamily(
             "itsm_sync_queue_depth", "incidents waiting to be reconciled", value=depth
         )
         yield GaugeMetricFamily("itsm_sync_parked", "(incident, target) pairs parked", value=parked)
+        if self.readiness is not None:
+            ready, report = self.readiness.report()  # remote sign-ins: cached, not per scrape
+            yield GaugeMetricFamily("itsm_sync_ready", "1 when /readyz says ready", value=ready)
+            checks = GaugeMetricFamily(
+                "itsm_sync_check_ok", "1 when this /readyz check passes", labels=["check"]
+            )
+            for name, check in report["checks"].items():
+                checks.add_metric([name], 1 if check["ok"] else 0)
+            yield checks
         yield GaugeMetricFamily(
             "itsm_sync_incidents_update_overdue",
             "open incidents that owe an update by their severity's cadence",
@@ -58,6 +101,14 @@ class _Collector(Collector):
         yield GaugeMetricFamily(
             "itsm_sync_conflicts", "conflicts resolved by policy", value=stats["conflicts"]
         )
+        waits = CounterMetricFamily(
+            "itsm_sync_rate_limit_wait_seconds",
+            "seconds remote calls waited for a rate budget (ours or a Retry-After)",
+            labels=["system"],
+        )
+        for system, seconds in stats.get("rate_waits", {}).items():
+            waits.add_metric([system], seconds)
+        yield waits
         calls = CounterMetricFamily(
             "itsm_sync_api_calls", "remote API calls", labels=["system", "method", "status"]
         )
@@ -81,9 +132,9 @@ class _Collector(Collector):
 class Metrics:
     """One registry per app: the store's gauges, and counters the routes add to."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, readiness: Readiness | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_Collector(runtime))
+        self.registry.register(_Collector(runtime, readiness))
         self.webhooks = Counter(
             "itsm_sync_webhooks",
             "webhook deliveries by answer",
@@ -118,6 +169,14 @@ def healthz(runtime: RuntimeDep) -> Response:
     if runtime.worker_process is not None:
         body["worker_pid"] = runtime.worker_process.ready_pid
     return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> Response:
+    """200 when ready (database, each system's sign-in, workers, queue age), else 503; the
+    JSON body has each check and the warnings (failing changes, backoff, parked)."""
+    ready, body = request.app.state.readiness.report()
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics")

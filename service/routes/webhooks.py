@@ -36,11 +36,22 @@ class Intake:
         self.rejections = KeyedBuckets(
             settings.rejections_per_minute / 60.0, settings.rejection_burst, clock=clock
         )
+        self.forwarded_for = settings.forwarded_for
         self.limits = RejectedLimits(
             keep=settings.rejected_keep,
             max_bytes=settings.rejected_max_bytes,
             body_bytes=settings.rejected_body_bytes,
         )
+
+    def source(self, request: Request) -> str:
+        """The caller's address: the peer's, or (``intake.forwarded_for``) the one the proxy
+        appended to ``X-Forwarded-For`` (the last: what a client sends itself comes before)."""
+        if self.forwarded_for:
+            forwarded = request.headers.get("x-forwarded-for", "")
+            last = forwarded.rsplit(",", 1)[-1].strip()
+            if last:
+                return last
+        return request.client.host if request.client else "-"
 
     def admit(self, key: str) -> float:
         """0.0: go ahead (one request counted); else the seconds to wait (429)."""
@@ -63,7 +74,7 @@ async def _webhook(system: str, instance: str, request: Request) -> Response:
         return JSONResponse({"error": f"webhooks of {system}/{instance} are off"}, status_code=404)
     intake: Intake = request.app.state.intake
     metrics = request.app.state.metrics
-    source = f"{request.client.host if request.client else '-'} {system}/{instance}"
+    source = f"{intake.source(request)} {system}/{instance}"
     wait = intake.admit(source)
     if wait > 0:
         metrics.webhooks.labels(system, "429").inc()

@@ -714,6 +714,7 @@ class JiraSimulator(Simulator):
         for prefix in ("/rest/auth/1", "/rest/auth/latest"):
             self.route(prefix + "/session", ["GET"])(self.auth_session)
         self.route("/rest/applinks/latest/listApplicationlinks", ["GET"])(self.applinks)
+        self.route("/rest/webhooks/1.0/webhook", ["GET"])(self.webhook_list)
         self.route("/_sim/ratelimit", ["GET", "POST"])(self.sim_ratelimit)
 
     # -- request helpers ----------------------------------------------------------------------
@@ -777,6 +778,27 @@ class JiraSimulator(Simulator):
         return dict(prios[len(prios) // 2]) if prios else None
 
     # -- reference data -----------------------------------------------------------------------
+
+    def webhook_list(self, req: SimRequest) -> Response:
+        """GET /rest/webhooks/1.0/webhook: the registered webhooks (the /_sim/webhooks
+        targets), in the shape of Jira's admin webhook API."""
+        base = str(req.base_url).rstrip("/")
+        every = ["jira:issue_created", "jira:issue_updated", "jira:issue_deleted",
+                 "comment_created", "issuelink_created", "issuelink_deleted"]  # fmt: skip
+        return _json(
+            [
+                {
+                    "name": f"webhook {n}",
+                    "url": t.url,
+                    "events": list(t.events) or every,
+                    "filters": {"issue-related-events-section": ""},
+                    "excludeBody": False,
+                    "enabled": True,
+                    "self": f"{base}/rest/webhooks/1.0/webhook/{n}",
+                }
+                for n, t in enumerate(self.webhook_targets, start=1)
+            ]
+        )
 
     def server_info(self, req: SimRequest) -> Response:
         ctx = self._ctx(req)

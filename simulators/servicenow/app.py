@@ -64,6 +64,9 @@ TABLES: dict[str, list[str]] = {
     "syslog": [*COMMON, "level", "message", "source"],
     # The table dictionary: one row per table the simulator has (filled on reset).
     "sys_db_object": [*COMMON, "name", "label", "super_class"],
+    # The column dictionary of the synced tables (filled on reset): name = table, element =
+    # column, as on a real instance (read by `itsm-sync check`).
+    "sys_dictionary": [*COMMON, "name", "element", "column_label"],
     "cmdb_ci_service": [*COMMON, "name", "short_description", "operational_status"],
     "sys_journal_field": [*COMMON, "element", "element_id", "name", "value"],
     "sys_attachment": [
@@ -78,7 +81,7 @@ TABLES: dict[str, list[str]] = {
     ],
 }  # fmt: skip
 # Tables the platform writes itself; the Table API refuses writes to them (ACL).
-READ_ONLY = ("sys_journal_field", "sys_audit", "sys_attachment")
+READ_ONLY = ("sys_journal_field", "sys_audit", "sys_attachment", "sys_dictionary")
 # /_sim/seed loads these, in this order (referenced records before the records that count them).
 SEEDABLE = [t for t in TABLES if t not in READ_ONLY and t != "problem"]
 SEEDABLE.insert(SEEDABLE.index("incident"), "problem")
@@ -185,6 +188,12 @@ class ServiceNowSimulator(Simulator):
             if name in TASK_TABLES:
                 row["super_class"] = uuid.uuid5(uuid.NAMESPACE_URL, "sys_db_object/task").hex
             self._insert("sys_db_object", row, "system", seeding=True)
+        for name in TASK_TABLES:
+            for column in TABLES[name]:
+                sid = uuid.uuid5(uuid.NAMESPACE_URL, f"sys_dictionary/{name}/{column}").hex
+                label = column.replace("_", " ").title()
+                entry = {"sys_id": sid, "name": name, "element": column, "column_label": label}
+                self._insert("sys_dictionary", entry, "system", seeding=True)
         self.counters = {t: n for t, (_, n) in PREFIX.items()}
         self._window = []
         self._audit_seq = 0

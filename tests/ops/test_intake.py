@@ -153,3 +153,28 @@ def test_sync_once_prints_a_parked_error_with_markup_as_text(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 3, result.stdout + result.stderr
     assert "remote says [/] [bold]no" in result.stdout
+
+
+def test_behind_a_proxy_the_forwarded_address_is_the_source(tmp_path: Path) -> None:
+    now = [0.0]
+    settings = Settings.model_validate(
+        {
+            "database_url": f"sqlite:///{tmp_path / 'proxy.db'}",
+            "jira": {"webhook_secret": "right", "api_token": "t"},
+            "intake": {"rejection_burst": 2, "forwarded_for": True},
+        }
+    )
+    runtime = Runtime(settings)
+    try:
+        app = create_app(runtime)
+        app.state.intake = Intake(settings.intake, clock=lambda: now[0])
+        with TestClient(app) as client:
+
+            def post(address: str) -> int:
+                headers = {"X-Hub-Signature": "x", "X-Forwarded-For": f"6.6.6.6, {address}"}
+                return client.post("/webhooks/jira", content=b"{}", headers=headers).status_code
+
+            assert [post("203.0.113.9") for _ in range(3)] == [401, 401, 429]
+            assert post("198.51.100.7") == 401  # another client behind the same proxy
+    finally:
+        runtime.stop()

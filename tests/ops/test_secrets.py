@@ -207,3 +207,46 @@ def test_every_log_line_is_masked(formatter: logging.Formatter) -> None:
     text = stream.getvalue()
     assert DB_PASSWORD not in text and "hook-secret-1" not in text
     assert "sync:***@db.example" in text
+
+
+def _refused(connector: object, secret: str) -> bool:
+    """Whether ``connector`` refuses a delivery proven with ``secret`` (its signature check)."""
+    from connectors.errors import AuthFailed, ConnectorError
+
+    record = json.dumps({"table": "incident", "record": {"sys_id": "a" * 32}}).encode()
+    issue = json.dumps({"webhookEvent": "jira:issue_updated", "issue": {"id": "1", "key": "K-1"}})
+    mac = hmac.new(secret.encode(), issue.encode(), hashlib.sha256).hexdigest()
+    system = getattr(connector, "system", "")
+    try:
+        if system == "servicenow":
+            connector.parse_webhook({"X-ServiceNow-Secret": secret}, record)  # type: ignore[attr-defined]
+        elif system == "jira":
+            connector.parse_webhook({"X-Hub-Signature": "sha256=" + mac}, issue.encode())  # type: ignore[attr-defined]
+        else:
+            connector.parse_webhook({}, b'{"component": {"id": "c1"}}', {"token": secret})  # type: ignore[attr-defined]
+    except AuthFailed:
+        return True
+    except (ConnectorError, KeyError, ValueError):
+        return False  # past the signature: the body's shape is not what is tested here
+    return False
+
+
+def test_rotation_accepts_the_previous_secret_until_it_is_removed() -> None:
+    from config.settings import JiraSettings, ServiceNowSettings, StatuspageSettings
+    from connectors.jira import JiraConnector
+    from connectors.servicenow import ServiceNowConnector
+    from connectors.statuspage import StatuspageConnector
+
+    rotating = {"webhook_secret": "new-secret", "webhook_secret_previous": "old-secret"}
+    done = {"webhook_secret": "new-secret"}
+    for settings, accepted in ((rotating, {"new-secret", "old-secret"}), (done, {"new-secret"})):
+        connectors = [
+            ServiceNowConnector(ServiceNowSettings.model_validate(settings)),
+            JiraConnector(JiraSettings.model_validate(settings)),
+            StatuspageConnector(StatuspageSettings.model_validate(settings)),
+        ]
+        for connector in connectors:
+            for secret in ("new-secret", "old-secret", "other"):
+                assert _refused(connector, secret) == (secret not in accepted), (
+                    connector.system, settings, secret,
+                )  # fmt: skip

@@ -1,0 +1,133 @@
+"""Storage per edit: bytes the database keeps per incident edit, amortised over a 10,000-edit
+run, after ``itsm-sync prune`` (target ≤ 600 B/edit; issue 14).
+
+The real engine and store on SQLite, against the simulators in this process: 500 SEV1
+ServiceNow incidents, each with its Jira issue, then 20 rounds in which every incident is
+edited once (its short description: a Jira write and its audit entry per edit). Each edit also
+arrives as a signed business-rule webhook delivery (ingested as ``POST /webhooks/servicenow``
+would), and each round the poller reads the edits and the workers reconcile them. Then the
+events are aged past ``retention.events_days`` (the clock moved on, the audit is still within
+``retention.audit_days``), ``prune`` runs, the file is vacuumed, and its size is divided by the
+number of edits.
+
+``python -m bench.storage [--small]`` (``--small``: 50 incidents, 1,000 edits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from config.settings import RetentionSettings
+from connectors.http import reset_buckets
+from service.harness import WEBHOOK_SECRETS, settings_for
+from service.runtime import Runtime
+from simulators.runner import ClusterConfig, SimulatorCluster
+from sync import store
+from sync.ingest import ingest_webhook
+from sync.poller import poll_all
+from sync.retention import prune
+from sync.worker import drain
+
+TARGET = 600
+
+
+def _size(db_file: Path) -> int:
+    return sum(p.stat().st_size for p in db_file.parent.glob(db_file.name + "*"))
+
+
+def run(incidents: int, rounds: int) -> dict[str, Any]:
+    reset_buckets()
+    config = ClusterConfig(servicenow_port=0, jira_port=0, statuspage_port=0, seed=True)
+    with SimulatorCluster(config) as sims, tempfile.TemporaryDirectory() as folder:
+        db_file = Path(folder) / "storage.db"
+        settings = settings_for(
+            sims, f"sqlite:///{db_file}", statuspage={"requests_per_second": 50},
+            sync={"workers": 4, "poll_interval_seconds": 3600},
+        )  # fmt: skip
+        rt = Runtime(settings)
+        sn = httpx.Client(base_url=sims.urls["servicenow"], auth=("admin", "admin"), timeout=30)
+        connector = rt.connectors[("servicenow", "default")]
+        secret = {"X-ServiceNow-Secret": WEBHOOK_SECRETS["servicenow"]}
+        try:
+            ids = []
+            for n in range(incidents):
+                row = sn.post(
+                    "/api/now/table/incident",
+                    json={
+                        "short_description": f"Checkout fails {n}",
+                        "impact": "1",
+                        "urgency": "1",
+                    },
+                ).json()["result"]
+                ids.append(row["sys_id"])
+            poll_all(rt.db, rt.connectors)
+            drain(rt.reconciler, threads=4, timeout=600)
+            edits = 0
+            started = time.monotonic()
+            for r in range(rounds):
+                for n, sys_id in enumerate(ids):
+                    record = sn.patch(
+                        f"/api/now/table/incident/{sys_id}",
+                        json={"short_description": f"Checkout fails {n}, round {r}"},
+                    ).json()["result"]
+                    body = json.dumps({"table": "incident", "record": record}).encode()
+                    ack = ingest_webhook(rt.db, connector, secret, body, coalesce=0)
+                    assert ack.status in (200, 202), ack
+                    edits += 1
+                poll_all(rt.db, rt.connectors)
+                drain(rt.reconciler, threads=4, timeout=600)
+            elapsed = time.monotonic() - started
+            with store.session_scope(rt.db, readonly=True) as s:
+                audit = s.exec(text("SELECT count(*) FROM audit")).one()[0]  # type: ignore[call-overload]
+            before = _size(db_file)
+            later = dt.datetime.now(dt.UTC) + dt.timedelta(days=settings.retention.events_days + 1)
+            pruned = prune(rt.db, RetentionSettings(), now=later)
+        finally:
+            rt.stop()
+            sn.close()
+        with sqlite3.connect(db_file) as c:  # everything closed: give the free pages back
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            c.execute("VACUUM")
+        after = _size(db_file)
+        with sqlite3.connect(db_file) as c:  # where the bytes are (dbstat: SQLite's page map)
+            tables = dict(
+                c.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC")
+            )
+    return {
+        "incidents": incidents, "edits": edits, "seconds": round(elapsed, 1),
+        "audit_rows": audit, "pruned_deliveries": pruned["webhook deliveries"],
+        "bytes_before_prune_per_edit": round(before / edits),
+        "bytes_total_after_prune_per_edit": round(after / edits),
+        "per_edit_by_table": {
+            name: round(size / edits) for name, size in tables.items() if size / edits >= 10
+        },
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="50 incidents, 1,000 edits")
+    args = parser.parse_args(argv)
+    incidents = 50 if args.small else 500
+    result = run(incidents, 20)
+    print(f"command: python -m bench.storage{' --small' if args.small else ''}")
+    for key, value in result.items():
+        print(f"  {key}: {value}")
+    figure = result["bytes_total_after_prune_per_edit"]
+    verdict = "PASS" if figure <= TARGET else "FAIL"
+    print(f"{verdict} storage-bytes-per-edit: {figure} B (target ≤ {TARGET})")
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
