@@ -95,9 +95,13 @@ def run(incidents: int, rounds: int) -> dict[str, Any]:
         finally:
             rt.stop()
             sn.close()
-        with sqlite3.connect(db_file) as c:  # everything closed: give the free pages back
+        c = sqlite3.connect(db_file)  # everything closed: give the free pages back
+        try:
             c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            c.execute("PRAGMA journal_mode=DELETE")  # VACUUM into the file itself, no WAL left
             c.execute("VACUUM")
+        finally:
+            c.close()
         after = _size(db_file)
         with sqlite3.connect(db_file) as c:  # where the bytes are (dbstat: SQLite's page map)
             tables = dict(
