@@ -181,8 +181,19 @@ class Connector(Protocol):
     ) -> RemoteRecord | None: ...
 
     def create(
-        self, object_type: str, fields: Mapping[str, Any], *, correlation_key: str
-    ) -> RemoteRecord: ...
+        self,
+        object_type: str,
+        fields: Mapping[str, Any],
+        *,
+        correlation_key: str,
+        look_first: bool = True,
+    ) -> RemoteRecord:
+        """Create the record, or return the one that carries ``correlation_key`` already.
+
+        ``look_first=False``: the caller knows that no earlier attempt was ever made (its
+        intent is on record), so the first attempt creates without looking; a retry of it
+        (its answer may have been lost) always looks first."""
+        ...
 
     def update(self, ref: RemoteRef, fields: Mapping[str, Any]) -> RemoteRecord: ...
 

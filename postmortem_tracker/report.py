@@ -18,14 +18,17 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from mapping.model import Incident
-from postmortem_tracker.models import ActionItem, GateEvent, Postmortem
+from postmortem_tracker.models import ActionItem, GateEvent, Postmortem, Requirement
+from postmortem_tracker.tracker import DONE, OPEN, WITHDRAWN
 from sync import store
 
 COLUMNS = (
-    "incident", "title", "severity", "team", "state", "postmortem", "action_item", "source",
-    "owner", "due_date", "change_request", "cr_state", "implemented", "days_overdue", "blocked",
-    "gate",
+    "incident", "title", "severity", "highest_severity", "team", "state", "ended",
+    "postmortem", "action_item", "item_key", "item_status", "item_created", "source", "owner",
+    "due_date", "change_request", "cr_state", "implemented", "days_overdue", "blocked",
+    "overridden_by", "override_reason", "override_severity", "gate",
 )  # fmt: skip
+ENDED = ("closed", "canceled")
 CR_STATES = {"-5": "New", "-4": "Assess", "-3": "Authorize", "-2": "Scheduled", "-1": "Implement",
              "0": "Review", "3": "Closed", "4": "Canceled"}  # fmt: skip
 
@@ -34,11 +37,16 @@ CR_STATES = {"-5": "New", "-4": "Assess", "-3": "Authorize", "-2": "Scheduled", 
 class AuditRow:
     incident: str
     title: str
-    severity: str
+    severity: str  # now
+    highest_severity: str  # the highest it ever had (latched): what the KPIs count it by
     team: str
     state: str
+    ended: str  # when it reached closed/canceled (YYYY-MM-DD), "" while it has not
     postmortem: str
     action_item: str
+    item_key: str
+    item_status: str  # open | done | withdrawn ("" for a postmortem without items)
+    item_created: str
     source: str
     owner: str
     due_date: str
@@ -47,7 +55,10 @@ class AuditRow:
     implemented: bool
     days_overdue: int
     blocked: str
-    gate: str
+    overridden_by: str  # the override in force (who), "" if none
+    override_reason: str
+    override_severity: str
+    gate: str  # every refused end and override, with revocations
 
 
 def _event(e: GateEvent) -> str:
@@ -65,6 +76,27 @@ def _incident_name(links: list[store.Link], fallback: str) -> str:
     return keys[0] if keys else fallback
 
 
+def _ended(incident: Incident, row: store.IncidentRow) -> dt.date | None:
+    if incident.state.value not in ENDED:
+        return None
+    return (incident.closed_at or row.updated_at).date()
+
+
+def _highest(latched: str, incident: Incident) -> str:
+    """The higher of the latched severity and the incident's own now (SEV1 < SEV2)."""
+    now = incident.severity.value if incident.severity else ""
+    return min((x for x in (latched, now) if x), default="")
+
+
+def _in_window(
+    start: dt.date, end: dt.date | None, since: dt.date | None, until: dt.date | None
+) -> bool:
+    """Whether [start, end or open] overlaps [since, until]."""
+    if until and start > until:
+        return False
+    return not (since and end is not None and end < since)
+
+
 def audit_rows(
     db: Engine,
     *,
@@ -74,7 +106,8 @@ def audit_rows(
     overdue_only: bool = False,
     today: dt.date | None = None,
 ) -> list[AuditRow]:
-    """One row per action item (and one per postmortem without items, so gaps show)."""
+    """One row per action item (and one per postmortem without items, so gaps show), of the
+    incidents whose postmortem started in [since, until]."""
     today = today or dt.datetime.now(dt.UTC).date()
     rows: list[AuditRow] = []
     with store.session_scope(db, readonly=True) as s:
@@ -108,6 +141,10 @@ def audit_rows(
             select(GateEvent).where(col(GateEvent.incident_id).in_(ids)).order_by(col(GateEvent.id))
         ):
             events_by[event.incident_id].append(event)
+        latched = {
+            r.incident_id: r.severity
+            for r in s.exec(select(Requirement).where(col(Requirement.incident_id).in_(ids)))
+        }
         items_by: dict[str, list[ActionItem]] = defaultdict(list)
         for each in s.exec(
             select(ActionItem)
@@ -120,28 +157,35 @@ def audit_rows(
             if row is None:
                 continue
             incident = Incident.model_validate({**row.data, "id": row.id})
-            created = pm.created_at.date()
-            if (since and created < since) or (until and created > until):
-                continue
+            ended = _ended(incident, row)
             if team and incident.team != team:
                 continue
             links = links_by[row.id]
             events = events_by[row.id]
-            gate = "; ".join(_event(e) for e in events)
+            overrides = [e for e in events if e.kind == "override" and e.revoked_at is None]
+            override = overrides[-1] if overrides else None
             pm_state = "complete" if pm.completed_at else "open"
             if pm.jira_key:
                 pm_state += f" ({pm.jira_key})"
             items = items_by[row.id]
             base = dict(
                 incident=_incident_name(links, row.id), title=incident.title,
-                severity=incident.severity.value if incident.severity else "", team=incident.team,
-                state=incident.state.value, postmortem=pm_state, gate=gate,
+                severity=incident.severity.value if incident.severity else "",
+                highest_severity=_highest(latched.get(row.id, ""), incident), team=incident.team,
+                state=incident.state.value, ended=str(ended or ""), postmortem=pm_state,
+                overridden_by=override.actor if override else "",
+                override_reason=override.reason if override else "",
+                override_severity=override.severity if override else "",
+                gate="; ".join(_event(e) for e in events),
             )  # fmt: skip
             if not items:
                 rows.append(
                     AuditRow(
                         **base,
                         action_item="(none yet)",
+                        item_key="",
+                        item_status="",
+                        item_created="",
                         source="",
                         owner="",
                         due_date="",
@@ -154,25 +198,17 @@ def audit_rows(
                 )
                 continue
             for item in items:
-                implemented = (
-                    item.change_request_state == "3"
-                    and item.change_request_close_code
-                    in (
-                        "successful",
-                        "successful_issues",
-                    )
-                )
+                implemented = item.status == DONE
                 overdue = 0
-                if (
-                    item.due_date
-                    and not implemented
-                    and item.change_request_state not in ("3", "4")
-                ):
+                if item.due_date and item.status == OPEN:
                     overdue = max(0, (today - item.due_date).days)
                 rows.append(
                     AuditRow(
                         **base,
                         action_item=item.title,
+                        item_key=item.key,
+                        item_status=item.status,
+                        item_created=str(item.created_at.date()),
                         source=item.source,
                         owner=item.owner,
                         due_date=str(item.due_date or ""),
@@ -188,6 +224,99 @@ def audit_rows(
     if overdue_only:
         rows = [r for r in rows if r.days_overdue > 0]
     return rows
+
+
+def item_kpis(
+    db: Engine, *, since: dt.date | None = None, until: dt.date | None = None,
+    group_by: str = "severity", today: dt.date | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The change manager's figures per severity (the highest the incident ever had, so a
+    downgrade hides nothing) or per team:
+
+    - ``incidents``: incidents needing a postmortem whose postmortem was open in the window;
+    - ``items_created``: action items created in the window; of those, ``on_time`` (done by
+      their due date), ``done``, ``overdue`` (open and past due), ``withdrawn``;
+    - ``median_days_to_change_request``: from an item's creation to its first change request;
+    - ``overrides`` given in the window (``revoked`` of them since);
+    - ``ended_with_open_items``: incidents that ended (closed, canceled) in the window while an
+      item was still open.
+    """
+    if group_by not in ("severity", "team"):
+        raise ValueError(f"group_by {group_by!r}: use severity or team")
+    today = today or dt.datetime.now(dt.UTC).date()
+
+    def inside(day: dt.date) -> bool:
+        return not ((since and day < since) or (until and day > until))
+
+    groups: dict[str, dict[str, Any]] = {}
+    with store.session_scope(db, readonly=True) as s:
+        for req in s.exec(select(Requirement)).all():
+            row = store.get_incident(s, req.incident_id)
+            if row is None:
+                continue
+            incident = Incident.model_validate({**row.data, "id": row.id})
+            highest = _highest(req.severity, incident)
+            key = (highest if group_by == "severity" else incident.team) or "-"
+            g = groups.setdefault(
+                key,
+                {
+                    group_by: key, "incidents": 0, "items_created": 0, "on_time": 0, "done": 0,
+                    "overdue": 0, "withdrawn": 0, "days": [], "overrides": 0, "revoked": 0,
+                    "ended_with_open_items": 0,
+                },
+            )  # fmt: skip
+            ended = _ended(incident, row)
+            if _in_window(req.since.date(), ended, since, until):
+                g["incidents"] += 1
+            items = s.exec(
+                select(ActionItem).where(col(ActionItem.incident_id) == incident.id)
+            ).all()
+            if ended is not None and inside(ended) and any(i.status == OPEN for i in items):
+                g["ended_with_open_items"] += 1
+            created = _change_request_times(s, incident.id)
+            for item in items:
+                if not inside(item.created_at.date()):
+                    continue
+                g["items_created"] += 1
+                if item.status == WITHDRAWN:
+                    g["withdrawn"] += 1
+                elif item.status == DONE:
+                    g["done"] += 1
+                    done_on = (item.status_at or item.updated_at).date()
+                    g["on_time"] += bool(item.due_date and done_on <= item.due_date)
+                elif item.due_date and item.due_date < today:
+                    g["overdue"] += 1
+                first = created.get(item.key)
+                if first is not None:
+                    g["days"].append((first - item.created_at).total_seconds() / 86400)
+            for event in s.exec(
+                select(GateEvent).where(
+                    col(GateEvent.incident_id) == incident.id, col(GateEvent.kind) == "override"
+                )
+            ).all():
+                if inside(event.at.date()):
+                    g["overrides"] += 1
+                    g["revoked"] += event.revoked_at is not None
+    out = []
+    for key in sorted(groups):
+        g = groups[key]
+        days = g.pop("days")
+        g["median_days_to_change_request"] = round(statistics.median(days), 2) if days else None
+        out.append(g)
+    return out
+
+
+def _change_request_times(s: Any, incident_id: str) -> dict[str, dt.datetime]:
+    """When each item (by key) got its first change request, from the audit log."""
+    out: dict[str, dt.datetime] = {}
+    for entry in store.history(s, incident_id):
+        if entry.action != "create" or entry.field != "change_request":
+            continue
+        after: Any = entry.after
+        key = after.get("item") if hasattr(after, "get") else None
+        if key and key not in out:
+            out[str(key)] = entry.at
+    return out
 
 
 def to_csv(rows: list[AuditRow]) -> str:

@@ -334,7 +334,43 @@ class Tracker:
         if issue_link is not None:
             self._collect_from_issues(incident, issue_link, postmortem)
         if change_link is not None:
-            self._change_requests(incident, change_link, links)
+            if self.settings.problem_record:
+                postmortem = self._ensure_problem(incident, change_link, postmortem)
+            self._change_requests(incident, change_link, links, postmortem)
+
+    def _ensure_problem(
+        self, incident: Incident, change_link: store.Link, pm: Postmortem
+    ) -> Postmortem:
+        """The incident's problem record (``postmortem.problem_record``): made once (found
+        again by its correlation id after a crash), first reported by the incident, and named
+        on the incident (``problem_id``)."""
+        if pm.problem_id:
+            return pm
+        changes = self._connector(change_link)
+        if changes is None:
+            return pm
+        problem = changes.create(
+            "problem",
+            {
+                "short_description": f"Problem: {incident.title}"[:160],
+                "description": f"The postmortem of {change_link.remote_key} ({incident.title}). "
+                "Its action items are the change requests under this problem.",
+                "first_reported_by_task": change_link.remote_id,
+            },
+            correlation_key=f"itsm-pb-{incident.id}",
+        )
+        changes.update(_ref(change_link), {"problem_id": problem.ref.id})
+        with store.session_scope(self.db) as s:
+            row = s.get(Postmortem, pm.id)
+            assert row is not None
+            row.problem_id, row.problem_number = problem.ref.id, problem.ref.key
+            s.add(row)
+            store.audit(
+                s, action="create", incident_id=incident.id, system=problem.ref.system,
+                instance=change_link.instance, remote_id=problem.ref.id, field="problem",
+                after={"number": problem.ref.key}, reason="postmortem problem record",
+            )  # fmt: skip
+            return row
 
     def _ensure_postmortem(self, incident: Incident, issue_link: store.Link | None) -> Postmortem:
         with store.session_scope(self.db) as s:
@@ -553,8 +589,9 @@ class Tracker:
     # -- change requests ----------------------------------------------------------------------
 
     def _change_requests(
-        self, incident: Incident, change_link: store.Link, links: list[store.Link]
-    ) -> None:
+        self, incident: Incident, change_link: store.Link, links: list[store.Link],
+        pm: Postmortem | None = None,
+    ) -> None:  # fmt: skip
         changes = self._connector(change_link)
         if changes is None:
             return
@@ -570,7 +607,9 @@ class Tracker:
             if item.status == WITHDRAWN:
                 continue
             try:
-                self._one_change_request(incident, change_link, changes, item, links)
+                self._one_change_request(
+                    incident, change_link, changes, item, links, pm.problem_id if pm else ""
+                )
             except ConnectorError as exc:
                 log.warning("action item %s: %s", item.key, exc)
                 with store.session_scope(self.db) as s:
@@ -584,7 +623,7 @@ class Tracker:
 
     def _one_change_request(
         self, incident: Incident, change_link: store.Link, sn: Connector, item: ActionItem,
-        links: list[store.Link],
+        links: list[store.Link], problem_id: str = "",
     ) -> None:  # fmt: skip
         if item.change_request_id:
             cr = sn.get("change_request", item.change_request_id)
@@ -620,7 +659,9 @@ class Tracker:
                 ).strip(),
                 "assigned_to": owner_id,
                 "due_date": f"{item.due_date} 00:00:00",
-                "parent": change_link.remote_id,
+                # Under the problem, when there is one (which names the incident: first
+                # reported by it, and the incident's problem_id); else under the incident.
+                "parent": problem_id or change_link.remote_id,
             },
             correlation_key=self._correlation(item),
         )
@@ -635,7 +676,10 @@ class Tracker:
             store.audit(
                 s, action="create", incident_id=incident.id, system=cr.ref.system,
                 instance=change_link.instance, remote_id=cr.ref.id, field="change_request",
-                after={"number": cr.ref.key, "owner": item.owner, "due": str(item.due_date)},
+                after={
+                    "number": cr.ref.key, "owner": item.owner, "due": str(item.due_date),
+                    "item": item.key,
+                },
                 reason=f"action item {item.title!r} from {item.source}",
             )  # fmt: skip
         source_of = self._source(item)
@@ -699,7 +743,23 @@ class Tracker:
 
     def _done(self, incident: Incident, item: ActionItem, cr: RemoteRecord, code: str) -> None:
         """The change closed successful: the item is done, and so is its issue (with a
-        comment that links the change)."""
+        comment that links the change). The issue first, then the record: a failure on the
+        issue tracker is tried again on the next reconcile, not lost."""
+        source = self._source(item)
+        if source is not None:
+            connector, ref = source
+            status = connector.get(ref.object_type, ref.id).fields.get("status") or {}
+            if (status.get("statusCategory") or {}).get("key") != "done":  # never reopen one
+                connector.transition(
+                    ref, self.settings.action_done_status, dict(self.settings.action_done_fields)
+                )
+                connector.add_comment(
+                    ref,
+                    f"Done: the change request {cr.ref.key} that implements this action item "
+                    f"was closed {code}: {cr.url}",
+                    visibility=Visibility.PUBLIC,
+                    origin="itsm-sync:postmortem",
+                )
         with store.session_scope(self.db) as s:
             row = s.get(ActionItem, item.id)
             assert row is not None
@@ -711,20 +771,6 @@ class Tracker:
                 system=cr.ref.system, remote_id=cr.ref.id,
                 reason=f"action item {item.title!r} done: {cr.ref.key} closed {code}",
             )  # fmt: skip
-        source = self._source(item)
-        if source is None:
-            return
-        connector, ref = source
-        connector.add_comment(
-            ref,
-            f"Done: the change request {cr.ref.key} that implements this action item was "
-            f"closed {code}: {cr.url}",
-            visibility=Visibility.PUBLIC,
-            origin="itsm-sync:postmortem",
-        )
-        connector.transition(
-            ref, self.settings.action_done_status, dict(self.settings.action_done_fields)
-        )
 
     def _reopen(
         self, incident: Incident, item: ActionItem, cr: RemoteRecord, links: list[store.Link]

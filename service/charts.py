@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from markupsafe import Markup, escape
 
-WIDTH, HEIGHT = 520, 180
-LEFT, BOTTOM, TOP = 36, 34, 14
+WIDTH, HEIGHT = 300, 150
+LEFT, BOTTOM, TOP = 34, 22, 14
 COLOURS = {"bar": "#2f6fb2", "alert": "#c2410c", "axis": "#8a94a3", "text": "#3b4452"}
 
 
@@ -27,7 +27,7 @@ def bars(
     top = top or 1.0
     plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - BOTTOM - TOP
     step = plot_w / max(len(values), 1)
-    bar_w = max(step * 0.62, 2)
+    bar_w = min(max(step * 0.62, 2), 34)
     fill = COLOURS["alert" if alert else "bar"]
     parts = [
         f'<svg class="chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
@@ -43,7 +43,7 @@ def bars(
             f'<text x="{LEFT - 4}" y="{y + 3:.1f}" font-size="10" text-anchor="end" '
             f'fill="{COLOURS["text"]}">{escape(label)}</text>'
         )
-    every = max(1, len(labels) // 6)
+    every = max(1, -(-len(labels) // 4))
     for i, (label, value) in enumerate(zip(labels, values, strict=True)):
         x = LEFT + i * step + (step - bar_w) / 2
         cx = x + bar_w / 2

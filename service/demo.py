@@ -334,16 +334,28 @@ def run_demo(
     """Start the service on ``cluster``, play the story, then (with ``hold``) keep running."""
     if database.exists():
         database.unlink()  # every demo starts from an empty store
-    token = secrets.token_urlsafe(16)
+    # One token per kind of console user; the story itself calls the API as the admin.
+    tokens = {role: secrets.token_urlsafe(16) for role in ("viewer", "change-manager", "admin")}
+    token = tokens["admin"]
+    people = {"viewer": "val", "change-manager": "dana", "admin": "ada"}
+    # Where the admin's mapping edits from the console go (emptied each run, like the store).
+    mappings = database.with_name(f"{database.stem}-mappings")
+    mappings.mkdir(exist_ok=True)
+    for old in mappings.glob("*.y*ml"):
+        old.unlink()
     settings = settings_for(
         cluster,
         f"sqlite:///{database}",
         sync={"poll_interval_seconds": 10, "workers": 2},
-        api_tokens=[{"name": "demo", "token": token, "role": "admin"}],
+        api_tokens=[
+            {"name": people[role], "token": secret, "role": role} for role, secret in tokens.items()
+        ],
+        mappings_dir=str(mappings),
     )
     with Service(settings) as service:
         service.register_webhooks(cluster)
         console.print(f"itsm-sync is running at {service.url} (SQLite {database})", highlight=False)
+        _console_help(console, service.url, tokens)
         demo = Demo(cluster, service, token, console)
         result = demo.play()
         console.rule("[bold]Your turn")
@@ -355,6 +367,7 @@ def run_demo(
             f"(ITSM_SYNC_DATABASE_URL=sqlite:///{database})",
             highlight=False,
         )
+        _console_help(console, service.url, tokens)
         if hold:
             console.print("Running until Ctrl-C.")
             try:
@@ -363,3 +376,10 @@ def run_demo(
             except KeyboardInterrupt:
                 pass
         return result
+
+
+def _console_help(console: Console, url: str, tokens: dict[str, str]) -> None:
+    """Where the web console is, and a token to sign in with for each kind of user."""
+    console.print(f"Web console: {url}/ (sign in with one of these tokens)", highlight=False)
+    for role, secret in tokens.items():
+        console.print(f"  {role + ' token:':22} {secret}", highlight=False)

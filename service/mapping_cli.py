@@ -227,7 +227,7 @@ def save(
     with cli_errors(), store.session_scope(db) as s:
         result = domain.save(
             s, text=text, directory=settings.mappings_dir, mappings=mappings,
-            actor=Actor.cli(as_),
+            actor=Actor.cli(as_), name=file.name,
         )  # fmt: skip
     _saved(result)
 

@@ -193,6 +193,10 @@ def populate(
                     {
                         "key": f"pm-{n}-{k}",
                         "idem_key": f"jira:OPS-{count * 2 + 2 * n + k}",  # as the tracker keys it
+                        "status": "done" if cr_state == "3" else "open",
+                        "status_at": at + dt.timedelta(days=8 + (n + k) % 12)
+                        if cr_state == "3"
+                        else None,
                         "incident_id": iid,
                         "title": what,
                         "owner": owner,
@@ -212,9 +216,29 @@ def populate(
                             else "waiting for approval"
                         ),
                         "created_at": at + dt.timedelta(days=1),
-                        "updated_at": at + dt.timedelta(days=2),
+                        "updated_at": at + dt.timedelta(days=2 + (n + 3 * k) % 9),
                     }
                 )
+                if has_cr:
+                    audits.append(
+                        {
+                            "incident_id": iid,
+                            "at": at + dt.timedelta(days=2 + (n + 3 * k) % 9),
+                            "system": "servicenow",
+                            "instance": "default",
+                            "remote_id": uuid.UUID(int=2 * 10**6 + 2 * n + k).hex,
+                            "action": "create",
+                            "field": "change_request",
+                            "before": None,
+                            "after": {
+                                "number": f"CHG{30001 + 2 * n + k:07d}",
+                                "owner": owner,
+                                "item": f"pm-{n}-{k}",
+                            },
+                            "actor": "itsm-sync",
+                            "reason": f"action item {what!r} from jira:OPS-{count * 2 + 2 * n + k}",
+                        }
+                    )
             if not done or n % 4 == 0 or n % 5 in (0, 4):
                 out.gated.append(number)
             if n % 11 == 2:
@@ -225,6 +249,7 @@ def populate(
                         "actor": "token:dana",
                         "reason": "customer-facing fix shipped; the review meets next week",
                         "at": at + dt.timedelta(days=3),
+                        "severity": severity,
                     }
                 )
     watermarks = [

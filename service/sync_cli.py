@@ -6,10 +6,18 @@ import datetime as dt
 import json
 import os
 import signal
+import threading
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from config.logging import setup_logging
@@ -29,10 +37,11 @@ from service.domain import incidents, parked
 from service.domain.roles import Actor
 from service.runtime import Runtime
 from sync import cadence, store
+from sync.backfill import dry_run
 from sync.pairing import pair_unlinked
 from sync.poller import POLLED, poll_all, poll_once, results_table
 from sync.queue import queue_depth
-from sync.worker import drain, notify_workers
+from sync.worker import Totals, drain, notify_workers
 
 
 def mappings_or_exit(settings: Settings) -> MappingSet:
@@ -204,6 +213,14 @@ def register(app: typer.Typer) -> None:
         since: Annotated[
             str, typer.Option(help="Link and sync records updated since (YYYY-MM-DD).")
         ],
+        dry_run: Annotated[
+            bool,
+            typer.Option(
+                "--dry-run",
+                help="Read the records and print what would be created and linked; write "
+                "nothing to any system and nothing about incidents to the store.",
+            ),
+        ] = False,
         config_file: ConfigOption = None,
     ) -> None:
         """Link and sync existing records; a killed backfill resumes where it stopped."""
@@ -217,51 +234,11 @@ def register(app: typer.Typer) -> None:
         if start.tzinfo is None:
             start = start.replace(tzinfo=dt.UTC)
         runtime = runtime_or_exit(settings)
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}"),
-            TimeElapsedColumn(),
-        )
         try:
-            with Progress(*columns, console=console) as progress:
-                for (system, instance), connector in sorted(runtime.connectors.items()):
-                    for object_type in POLLED.get(system, ()):
-                        task = progress.add_task(
-                            f"read {system}/{instance} {object_type}", total=None
-                        )
-
-                        def advance(n: int, task: Any = task) -> None:
-                            progress.advance(task, n)
-
-                        result = poll_once(
-                            runtime.db,
-                            connector,
-                            object_type,
-                            since=start,
-                            watermark_key=f"{object_type}@backfill",
-                            progress=advance,
-                        )
-                        if result.error:
-                            err.print(f"[red]{system} {object_type}:[/red] {plain(result.error)}")
-                # Pairs linked by hand before us become one incident before anything is
-                # reconciled, so that neither record gets a new counterpart.
-                task = progress.add_task("link existing pairs", total=None)
-                progress.update(task, completed=pair_unlinked(runtime.reconciler))
-                with store.session_scope(runtime.db, readonly=True) as s:
-                    total = queue_depth(s)
-                task = progress.add_task("reconcile", total=total or 1)
-                totals = drain(
-                    runtime.reconciler,
-                    threads=settings.sync.workers,
-                    timeout=3600,
-                    lease=settings.sync.lease_seconds,
-                )
-                progress.update(task, completed=total or 1)
-            console.print(
-                f"backfill: reconciled {totals.reconciled}, wrote {totals.writes}, "
-                f"parked {len(totals.parked)}"
-            )
+            if dry_run:
+                _backfill_dry_run(runtime, start)
+                return
+            _backfill(runtime, settings, start)
         finally:
             runtime.stop()
 
@@ -504,6 +481,85 @@ def _run_workers(runtime: Runtime) -> None:
             pass
     finally:
         runtime.stop()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _backfill(runtime: Runtime, settings: Settings, start: dt.datetime) -> None:
+    """Read, link pairs, reconcile: each with a progress bar; the reconcile's has an ETA
+    (from the rate so far: the token buckets pace it to the configured limits)."""
+    with _progress() as progress:
+        for (system, instance), connector in sorted(runtime.connectors.items()):
+            for object_type in POLLED.get(system, ()):
+                task = progress.add_task(f"read {system}/{instance} {object_type}", total=None)
+
+                def advance(n: int, task: Any = task) -> None:
+                    progress.advance(task, n)
+
+                result = poll_once(
+                    runtime.db, connector, object_type, since=start,
+                    watermark_key=f"{object_type}@backfill", progress=advance,
+                )  # fmt: skip
+                progress.update(task, total=result.read, completed=result.read)
+                if result.error:
+                    err.print(f"[red]{system} {object_type}:[/red] {plain(result.error)}")
+        # Pairs linked by hand before us become one incident before anything is reconciled,
+        # so that neither record gets a new counterpart.
+        task = progress.add_task("link existing pairs", total=None)
+        linked = pair_unlinked(runtime.reconciler)
+        progress.update(task, total=linked, completed=linked)
+        with store.session_scope(runtime.db, readonly=True) as s:
+            total = queue_depth(s)
+        task = progress.add_task("reconcile", total=total)
+        done: list[Totals] = []
+        worker = threading.Thread(
+            target=lambda: done.append(
+                drain(runtime.reconciler, threads=settings.sync.workers, timeout=24 * 3600,
+                      lease=settings.sync.lease_seconds)
+            ),
+            daemon=True,
+        )  # fmt: skip
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+            with store.session_scope(runtime.db, readonly=True) as s:
+                left = queue_depth(s)
+            # Reconciles queue more work (a create's echo): the total grows with it.
+            progress.update(task, total=max(total, left), completed=max(0, total - left))
+            total = max(total, left)
+        progress.update(task, completed=total)
+    totals = done[0] if done else Totals()
+    console.print(
+        f"backfill: reconciled {totals.reconciled}, wrote {totals.writes}, "
+        f"parked {len(totals.parked)}"
+    )
+
+
+def _backfill_dry_run(runtime: Runtime, start: dt.datetime) -> None:
+    plan = dry_run(runtime.reconciler, start)
+    for intent in plan.intents:
+        console.print(plain(intent.line()), highlight=False)
+    for error in plan.errors:
+        err.print(f"[red]error:[/red] {plain(error)}")
+    console.print(
+        f"dry run: {len(plan.intents)} records since {start.isoformat()}: "
+        f"{plan.count('create')} new incidents ({plan.creates()} records to create), "
+        f"{plan.count('link')} pairs to link, {plan.count('linked')} already linked, "
+        f"{plan.count('skip')} skipped; nothing was written",
+        highlight=False,
+    )
+    if plan.errors:
+        raise typer.Exit(1)
 
 
 def _short(value: Any) -> str:

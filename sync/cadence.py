@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from config.settings import CommsSettings
 from mapping.model import Comment, Incident, State, Visibility
@@ -121,7 +121,7 @@ def check(db: Engine, settings: CommsSettings, *, now: dt.datetime | None = None
         rows = s.exec(
             select(
                 store.IncidentRow.id, store.IncidentRow.data, store.IncidentRow.created_at
-            ).where(col(store.IncidentRow.data)["state"].as_string().in_([x.value for x in OPEN]))
+            ).where(store.state_of(s).in_([x.value for x in OPEN]))
         ).all()
     for incident_id, data, opened in rows:
         incident = Incident.model_validate({**data, "id": incident_id})
@@ -157,7 +157,7 @@ def overdue(s: Session, settings: CommsSettings, *, now: dt.datetime | None = No
     """How many open incidents owe an update now (the ``incidents_update_overdue`` gauge)."""
     rows = s.exec(
         select(store.IncidentRow.id, store.IncidentRow.data, store.IncidentRow.created_at).where(
-            col(store.IncidentRow.data)["state"].as_string().in_([x.value for x in OPEN])
+            store.state_of(s).in_([x.value for x in OPEN])
         )
     ).all()
     return count_overdue(rows, settings, now=now)

@@ -51,6 +51,7 @@ from mapping.engine import canonical_values, get_path
 from mapping.model import Incident
 from sync import store
 from sync.planner import (
+    INTENT_KEY,
     MAPPING_FAILURES,
     MAX_OURS,
     OURS_KEY,
@@ -235,8 +236,15 @@ class Executor:
         unless someone already moved it (then the next pass weighs their move)."""
         system, instance = op.target
         connector = self.connectors[op.target]
+        # The first attempt ever (its intent committed first) creates without looking for an
+        # earlier one: one read fewer per created record (docs/performance.md); any other
+        # attempt, and every retry of this one, looks for the correlation key first.
+        with store.session_scope(self.db) as s:
+            tried = store.create_intent(
+                s, incident_id=self.incident_id, system=system, instance=instance
+            )
         record = connector.create(
-            op.object_type, nest(op.fields), correlation_key=op.correlation_key
+            op.object_type, nest(op.fields), correlation_key=op.correlation_key, look_first=tried
         )
         human = field_changes_of(record.fields)  # all after its creation: nothing was ours yet
         read_paths = {f.path for f in target.mapping.fields if f.reads}
@@ -294,16 +302,26 @@ class Executor:
         ref = ref_of(link)
         fields = dict(fields or {})
         written = dict(fields)
+        if state is not None:
+            written[state[0]] = state[1]
+        if target.source:  # noted first: if its answer never comes, the write is still ours
+            intent = {"at": store.utcnow().isoformat(), "values": jsonable(written)}
+            with store.session_scope(self.db) as s:
+                noted = store.get_shadow(s, link.id or 0)
+                if noted is not None:
+                    store.set_shadow(
+                        s, link.id or 0, {**noted.fields, INTENT_KEY: intent}, noted.version
+                    )
         if state is None:
             after = connector.update(ref, nest(fields))
         else:
             path, value = state
-            written[path] = value
             after = self._transition(connector, ref, path, value, fields, known)
         source = target.source
         ours, theirs, alone = self._attribute(connector, ref, held, after, written)
         read_paths = {f.path for f in target.mapping.fields if f.reads}
         shadow = {**held.held, **written}
+        shadow.pop(INTENT_KEY, None)  # answered: recorded below
         touched_fields = {c.field for c in ours}
         for path in read_paths - set(written):
             # What our update did besides what we asked (a resolution Jira filled in, the

@@ -55,7 +55,7 @@ def mark_for(
     key = (
         incident_key(incident)
         if incident is not None and not refresh
-        else remote_key(system, instance, object_type, remote_id)
+        else remote_key(system, instance, object_type, remote_id, stored=not refresh)
     )
     mark_dirty(session, key, debounce=delay or None, reason=reason)
 

@@ -66,6 +66,12 @@ REF_KEY = "_ref_key"  # stored with each observation: the record's human key (OP
 THROUGH_KEY = "_comments_through"
 OURS_KEY = "_ours"
 SEEN_KEY = "_history_through"
+# A write we are about to make ({"at", "values": {path: value}}), noted before it is sent: a
+# change in the record's history that made a path what we meant to write, at or after that time
+# (within INTENT_SECONDS), is ours even if its answer never came back to record it.
+INTENT_KEY = "_intent"
+INTENT_SECONDS = 120.0
+INTENT_SECONDS_DELTA = dt.timedelta(seconds=INTENT_SECONDS)
 MAX_OURS = 50
 TRUNCATED = " [truncated]"
 # Control characters (but tab, newline, carriage return) never leave for a target.
@@ -165,14 +171,42 @@ class Record:
     def ours(self) -> set[str]:
         return {str(u) for u in (self.shadow or {}).get(OURS_KEY) or []}
 
+    def intended(self) -> dict[str, Any]:
+        """The paths of our last noted write that the history shows it made ({path: value}):
+        a write applied whose answer never came (lost, or the process died)."""
+        intent = (self.shadow or {}).get(INTENT_KEY)
+        if not isinstance(intent, Mapping):
+            return {}
+        return {
+            path: value
+            for path, value in (intent.get("values") or {}).items()
+            if any(self._made(c, path, value, intent) for c in self.history)
+        }
+
+    @staticmethod
+    def _made(change: FieldChange, path: str, value: Any, intent: Mapping[str, Any]) -> bool:
+        at = _time(intent.get("at"))
+        top, _, rest = path.partition(".")
+        if at is None or change.field != top or not change.known:
+            return False
+        # ServiceNow keeps whole seconds: a change in the second of the intent may be ours.
+        if _second(change.at) < _second(at) or change.at - at > INTENT_SECONDS_DELTA:
+            return False
+        made = get_path(change.value, rest) if rest else change.value
+        return normal(made) == normal(value)
+
     def human_history(self) -> list[FieldChange]:
         """History entries that are not our own writes, newer than those already weighed."""
         ours = self.ours()
         seen = _time((self.shadow or {}).get(SEEN_KEY))
+        intent = (self.shadow or {}).get(INTENT_KEY)
+        intended = self.intended() if isinstance(intent, Mapping) else {}
         return [
             c
             for c in self.history
-            if c.update not in ours and (seen is None or c.at > seen or not self.shadow)
+            if c.update not in ours
+            and (seen is None or c.at > seen or not self.shadow)
+            and not any(self._made(c, p, v, intent or {}) for p, v in intended.items())
         ]
 
 
@@ -395,7 +429,9 @@ def merge(snap: Snapshot, policy: Policy) -> Merged:
         if record.newer or human:
             try:
                 now = read(target, record.observed, snap.parents)
-                before = read(target, nest(record.shadow), snap.parents) if record.shadow else {}
+                # What we wrote is what we hold, also where the answer never came.
+                held = {**record.shadow, **record.intended()} if record.shadow else None
+                before = read(target, nest(held), snap.parents) if held else {}
             except MAPPING_FAILURES as exc:
                 out.parks.append(Park(record.target, str(exc), exc, reading=True))
                 continue
@@ -411,6 +447,7 @@ def merge(snap: Snapshot, policy: Policy) -> Merged:
             }
             if record.history:
                 flat[SEEN_KEY] = max(c.at for c in record.history).isoformat()
+            flat.pop(INTENT_KEY, None)  # weighed: what it made is now in the shadow
             out.consumed[record.link_id] = (flat, list(record.version or ()))
         for rc in record.comments or ():
             if rc.origin or (record.ref.system, record.ref.instance, rc.id) in snap.synced:

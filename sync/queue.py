@@ -78,20 +78,27 @@ def incident_key(incident_id: str) -> str:
     return f"incident:{incident_id}"
 
 
-def remote_key(system: str, instance: str, object_type: str, remote_id: str) -> str:
-    """The key of a remote record that is not linked to an incident yet."""
-    return f"remote:{system}:{instance}:{object_type}:{remote_id}"
+def remote_key(
+    system: str, instance: str, object_type: str, remote_id: str, *, stored: bool = False
+) -> str:
+    """The key of a remote record to look at: ``remote:`` to read it afresh (a trigger that
+    did not carry it, or a record not linked yet), ``stored:`` when what was stored with the
+    mark is the record as it is (a complete delivery or a poll of a record not linked when
+    marked): no read, unless the store has nothing of it."""
+    kind = "stored" if stored else "remote"
+    return f"{kind}:{system}:{instance}:{object_type}:{remote_id}"
 
 
 def parse_key(key: str) -> tuple[str, ...]:
-    """``("incident", id)`` or ``("remote", system, instance, object_type, remote_id)``.
+    """``("incident", id)`` or ``("remote" | "stored", system, instance, object_type,
+    remote_id)``.
 
     The remote id is last and may itself contain ``:``.
     """
     kind, _, rest = key.partition(":")
     if kind == "incident" and rest:
         return (kind, rest)
-    if kind == "remote":
+    if kind in ("remote", "stored"):
         parts = rest.split(":", 3)
         if len(parts) == 4 and all(parts):
             return (kind, *parts)

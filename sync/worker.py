@@ -247,9 +247,10 @@ class Worker:
             known = store.latest_observation(
                 s, system=system, instance=instance, object_type=object_type, remote_id=remote_id
             )
-        if link is not None or known is None:
+        if known is None or (link is not None and kind == "remote"):
             # A trigger without the record (a Jira comment event), or a record we never saw:
-            # read it now.
+            # read it now. A record stored with its mark ("stored:", e.g. the created-event of
+            # a record we made, delivered before our link was committed) is not read again.
             try:
                 record = connector.get(object_type, remote_id)
             except ConnectorError as exc:

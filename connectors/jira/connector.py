@@ -336,25 +336,40 @@ class JiraConnector:
     # -- writing ------------------------------------------------------------------------------
 
     def create(
-        self, object_type: str, fields: Mapping[str, Any], *, correlation_key: str
+        self,
+        object_type: str,
+        fields: Mapping[str, Any],
+        *,
+        correlation_key: str,
+        look_first: bool = True,
     ) -> RemoteRecord:
+        """Create the issue (labelled with the correlation key, and the key in our issue
+        property, set by the create itself: no second write) and read it back with its
+        changelog; a retry, or a first attempt with ``look_first``, looks for the label first.
+        """
         if not correlation_key or " " in correlation_key:
             raise ValueError(f"not a usable correlation key (a Jira label): {correlation_key!r}")
         body = dict(fields)
         body.setdefault("project", {"key": self.settings.project})
         body["labels"] = sorted({*body.get("labels", []), correlation_key})
         jql = f"{self._scope()} AND labels = {jql_quote(correlation_key)} ORDER BY created ASC"
+        properties = [{"key": PROPERTY, "value": {"correlation_key": correlation_key}}]
+        tries = 0
 
         def find_or_create() -> str:
-            page = self._once(
-                "find", lambda: self._get("search/jql", {"jql": jql, "maxResults": 1})
-            )
-            if page.get("issues"):
-                return str(page["issues"][0]["id"])
-            if self._bucket is not None:
-                self._bucket.acquire()
+            nonlocal tries
+            tries += 1
+            if look_first or tries > 1:
+                page = self._once(
+                    "find", lambda: self._get("search/jql", {"jql": jql, "maxResults": 1})
+                )
+                if page.get("issues"):
+                    return str(page["issues"][0]["id"])
+                if self._bucket is not None:
+                    self._bucket.acquire()
             created = self._once(
-                "create issue", lambda: self._send("POST", "issue", {"fields": body})
+                "create issue",
+                lambda: self._send("POST", "issue", {"fields": body, "properties": properties}),
             )
             return str(created["id"])
 
@@ -364,15 +379,6 @@ class JiraConnector:
             what="create issue",
             policy=self.retry,
             bucket=self._bucket,
-        )
-        self._call(
-            "set correlation property",
-            lambda: self._send(
-                "PUT",
-                f"issue/{issue_id}/properties/{PROPERTY}",
-                {"correlation_key": correlation_key},
-            ),
-            issue=issue_id,
         )
         return self.get("issue", issue_id)
 

@@ -60,7 +60,8 @@ SYSTEM = "servicenow"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 SYS_ID = re.compile(r"^[0-9a-f]{32}$")
 ISSUE_KEY = re.compile(r"^[A-Z][A-Z0-9_]+-[1-9][0-9]*$")
-OBJECT_TYPES = ("incident", "change_request")
+OBJECT_TYPES = ("incident", "change_request")  # what is polled and synced
+TABLES = (*OBJECT_TYPES, "problem")  # what can be read and written (the postmortem's problem)
 RESOLVED, CLOSED, ON_HOLD = "6", "7", "3"
 # What ServiceNow requires to enter a state (base data policy and the hold rule).
 STATE_NEEDS: dict[str, tuple[str, ...]] = {
@@ -244,8 +245,8 @@ class ServiceNowConnector:
         return RemoteRecord(ref=ref, version=version, updated_at=updated, fields=row, url=url)
 
     def _table(self, object_type: str) -> str:
-        if object_type not in OBJECT_TYPES:
-            raise ValueError(f"servicenow serves {', '.join(OBJECT_TYPES)}, not {object_type!r}")
+        if object_type not in TABLES:
+            raise ValueError(f"servicenow serves {', '.join(TABLES)}, not {object_type!r}")
         return object_type
 
     # -- reading ------------------------------------------------------------------------------
@@ -299,13 +300,20 @@ class ServiceNowConnector:
     # -- writing ------------------------------------------------------------------------------
 
     def create(
-        self, object_type: str, fields: Mapping[str, Any], *, correlation_key: str
+        self,
+        object_type: str,
+        fields: Mapping[str, Any],
+        *,
+        correlation_key: str,
+        look_first: bool = True,
     ) -> RemoteRecord:
         """Create, unless a record with ``correlation_key`` exists already (then return it).
 
-        Every attempt looks first, so a create whose response was lost (timeout after the
-        remote stored it) is found instead of being repeated.
+        Every retry looks first, so a create whose response was lost (timeout after the
+        remote stored it) is found instead of being repeated; so does the first attempt unless
+        the caller knows there was none before (``look_first=False``).
         """
+        tries = 0
         table = self._table(object_type)
         payload = {
             **fields,
@@ -315,16 +323,19 @@ class ServiceNowConnector:
 
         def find_or_create() -> RemoteRecord:
             # One attempt = look, then create; the retry layer wraps the pair, never each half.
-            rows = self._once(
-                f"find {table}",
-                self._fetch(
-                    table, f"correlation_id={correlation_key}^ORDERBYsys_created_on", limit=1
-                ),
-            )
-            if rows:
-                return self._record(table, rows[0])
-            if self._bucket is not None:
-                self._bucket.acquire()
+            nonlocal tries
+            tries += 1
+            if look_first or tries > 1:
+                rows = self._once(
+                    f"find {table}",
+                    self._fetch(
+                        table, f"correlation_id={correlation_key}^ORDERBYsys_created_on", limit=1
+                    ),
+                )
+                if rows:
+                    return self._record(table, rows[0])
+                if self._bucket is not None:
+                    self._bucket.acquire()
             row = self._once(
                 f"create {table}", lambda: self._resource(table).create(payload=payload).one()
             )

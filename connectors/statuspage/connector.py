@@ -254,7 +254,12 @@ class StatuspageConnector:
     # -- writing ------------------------------------------------------------------------------
 
     def create(
-        self, object_type: str, fields: Mapping[str, Any], *, correlation_key: str
+        self,
+        object_type: str,
+        fields: Mapping[str, Any],
+        *,
+        correlation_key: str,
+        look_first: bool = True,
     ) -> RemoteRecord:
         if self._check(object_type) != "incident":
             raise Fatal("components are created by page admins, not by itsm-sync", system=SYSTEM)
@@ -263,13 +268,19 @@ class StatuspageConnector:
         metadata[META] = {**(metadata.get(META) or {}), "correlation_key": correlation_key}
         body["metadata"] = metadata
 
+        tries = 0
+
         def find_or_create() -> dict[str, Any]:
-            existing = self._find(correlation_key, self._once_counted)
-            if existing is not None:
-                return existing
-            return dict(
-                self._once_counted("create incident", "POST", "incidents", {"incident": body})
-            )
+            nonlocal tries
+            tries += 1
+            if look_first or tries > 1:  # a retry always looks: its answer may have been lost
+                existing = self._find(correlation_key, self._once_counted)
+                if existing is not None:
+                    return existing
+                post = self._once_counted
+            else:
+                post = self._once  # the attempt's own token pays for it: one call, one token
+            return dict(post("create incident", "POST", "incidents", {"incident": body}))
 
         raw = call_with_retries(
             find_or_create,

@@ -116,7 +116,7 @@ OPEN_STATES = ("new", "investigating", "identified", "monitoring")
 
 def _open_rows(s: Session) -> list[Any]:
     """(id, data, created_at, updated_at) of every open incident, the latest changed first."""
-    state = col(store.IncidentRow.data)["state"].as_string()
+    state = store.state_of(s)  # indexed: reads the open incidents only
     return list(
         s.exec(
             select(

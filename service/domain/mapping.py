@@ -235,6 +235,7 @@ def save(
     mappings: MappingSet,
     actor: Actor,
     note: str = "",
+    name: str = "pasted.yaml",
 ) -> dict[str, Any]:
     """Validate ``text``, write it to the admin's mapping folder and store it as the new version
     (with who saved it and what changes for users). An invalid spec changes nothing. The
@@ -247,7 +248,7 @@ def save(
             field="mappings_dir",
         )
     try:
-        spec = check(text)
+        spec = check(text, name=name)
     except MappingFileError as exc:
         raise Invalid(f"the spec is invalid: {exc.problems[0]}", field="spec") from exc
     try:

@@ -10,7 +10,8 @@ from sqlmodel import col, select
 from connectors.errors import ConnectorError
 from mapping.model import Incident
 from postmortem_tracker.models import ActionItem, Postmortem
-from postmortem_tracker.report import AuditRow, audit_rows, kpis
+from postmortem_tracker.report import AuditRow, audit_rows, item_kpis, to_csv
+from postmortem_tracker.report import kpis as mtta_mttr_figures
 from postmortem_tracker.tracker import WITHDRAWN, Tracker, active_override
 from service.domain.errors import Conflict, Invalid, NotFound, Unavailable
 from service.domain.incidents import find
@@ -69,6 +70,7 @@ def show(tracker: Tracker, *, ident: str) -> dict[str, Any]:
             "review": postmortem.jira_key,
             "complete": postmortem.completed_at is not None,
             "completed_by": postmortem.completed_by,
+            "problem": postmortem.problem_number,
         },
         "action_items": [_item_dict(i) for i in items],
         "gate": gate(tracker, ident=row.id),
@@ -288,7 +290,42 @@ def mtta_mttr(
     actor: Actor,
 ) -> list[dict[str, Any]]:  # fmt: skip
     actor.require(Permission.POSTMORTEM)
-    return kpis(tracker.db, since=since, until=until)
+    return mtta_mttr_figures(tracker.db, since=since, until=until)
+
+
+def kpis(
+    tracker: Tracker, *, since: dt.date | None = None, until: dt.date | None = None,
+    group_by: str = "severity", actor: Actor, today: dt.date | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Items created, on time, overdue, median days to change request, overrides, and
+    incidents that ended with open items: per severity (the highest ever) or per team."""
+    actor.require(Permission.POSTMORTEM)
+    if group_by not in ("severity", "team"):
+        raise Invalid(f"group_by {group_by!r}: use severity or team", field="group_by")
+    _check_window(since, until)
+    return item_kpis(tracker.db, since=since, until=until, group_by=group_by, today=today)
+
+
+def audit_csv(
+    tracker: Tracker, *, since: dt.date | None = None, until: dt.date | None = None,
+    team: str | None = None, overdue_only: bool = False, actor: Actor,
+    today: dt.date | None = None,
+) -> str:  # fmt: skip
+    """The audit as CSV: one row per action item, with the incident's highest severity, when
+    it ended, the item's status and the override in force (who, why, at which severity)."""
+    actor.require(Permission.POSTMORTEM)
+    _check_window(since, until)
+    return to_csv(
+        audit_rows(
+            tracker.db, since=since, until=until, team=team, overdue_only=overdue_only,
+            today=today,
+        )
+    )  # fmt: skip
+
+
+def _check_window(since: dt.date | None, until: dt.date | None) -> None:
+    if since and until and until < since:
+        raise Invalid(f"until {until} is before since {since}", field="until")
 
 
 def parse_date(text: str | None, *, field: str) -> dt.date | None:

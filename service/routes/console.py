@@ -22,7 +22,7 @@ from postmortem_tracker.report import CR_STATES, AuditRow, to_csv
 from service import charts
 from service.domain import incidents, mapping, parked, postmortems, reports
 from service.domain.errors import ServiceError
-from service.domain.roles import Actor
+from service.domain.roles import Actor, Permission
 from service.routes.console_auth import (
     COOKIE,
     LIFETIME,
@@ -54,6 +54,7 @@ PAGE_SIZE = 50
 def install(app: FastAPI) -> None:
     """Add the console to ``app``: its routes, its assets, its sessions and error pages."""
     app.state.console_sessions = Sessions()
+    app.state.console_kpis = {}
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(SignInNeeded, _sign_in_needed)
@@ -122,6 +123,7 @@ def signin_form(request: Request) -> Response:
         pre=pre,
         next=_safe_next(request.query_params.get("next", "/")),
         expired=request.query_params.get("expired") == "1",
+        signed_out=request.query_params.get("signed_out") == "1",
     )
     set_cookie(response, request, PRE_COOKIE, pre, max_age=3600)
     return response
@@ -280,12 +282,24 @@ def incident(request: Request, ident: str, runtime: RuntimeDep, session: Viewer)
     )
 
 
+@router.post("/publish")
+async def publish_any(request: Request, runtime: RuntimeDep, session: PublisherPage) -> Response:
+    """The admin page's form: the incident is a field, and the answer goes back there."""
+    form = await checked_form(request, session)
+    return _publish(runtime, session, form, form.get("incident", "").strip(), "/admin")
+
+
 @router.post("/incidents/{ident}/publish")
 async def publish(
     request: Request, ident: str, runtime: RuntimeDep, session: PublisherPage
 ) -> Response:
     form = await checked_form(request, session)
-    here = f"/incidents/{quote(ident)}"
+    return _publish(runtime, session, form, ident, f"/incidents/{quote(ident)}")
+
+
+def _publish(runtime: Any, session: Any, form: dict[str, str], ident: str, here: str) -> Response:
+    if not ident:
+        return back(here, error="name the incident to publish (INC number, Jira key or id)")
     try:
         with store.session_scope(runtime.db) as s:
             result = incidents.set_public(
@@ -300,7 +314,7 @@ async def publish(
     except ServiceError as exc:
         return back(here, error=exc.message)
     what = "published to the status page" if result["public"] else "made private"
-    return back(here, done=f"{what}; the status page follows within seconds")
+    return back(here, done=f"{ident} {what}; the status page follows within seconds")
 
 
 # -- change manager ------------------------------------------------------------------------------
@@ -323,6 +337,22 @@ def _audit(runtime: Any, session: Any, f: dict[str, str]) -> list[dict[str, Any]
     )
 
 
+KPI_TTL = dt.timedelta(seconds=60)
+
+
+def _kpis(request: Request, runtime: Any, session: Any) -> dict[str, Any]:
+    """The KPI series, computed at most once a minute (weekly figures; the page says as of
+    when). The role is checked on every call, cached or not."""
+    cache: dict[str, Any] = request.app.state.console_kpis
+    now = store.utcnow()
+    if cache.get("at") is None or now - cache["at"] > KPI_TTL:
+        cache["value"] = reports.kpis(runtime.tracker, actor=session.actor)
+        cache["at"] = now
+    else:
+        session.actor.require(Permission.POSTMORTEM)
+    return {**cache["value"], "as_of": cache["at"].strftime("%H:%M:%S")}
+
+
 @router.get("/changes", response_class=HTMLResponse)
 def changes(request: Request, runtime: RuntimeDep, session: ChangeManagerPage) -> Response:
     f = _filters(request)
@@ -334,7 +364,7 @@ def changes(request: Request, runtime: RuntimeDep, session: ChangeManagerPage) -
         rows = _audit(runtime, session, f)
     except ServiceError as exc:
         error = exc.message
-    k = reports.kpis(runtime.tracker, actor=session.actor)
+    k = _kpis(request, runtime, session)
     weeks = [w[5:] for w in k["weeks"]]
     sevs = list(reports.SEVERITIES)
     kpi_charts = [
@@ -406,6 +436,21 @@ async def override(
     except ServiceError as exc:
         return back(here, error=exc.message)
     return back(here, done=f"gate of {ident} overridden: {form.get('reason', '').strip()}")
+
+
+@router.post("/incidents/{ident}/override/revoke")
+async def revoke(
+    request: Request, ident: str, runtime: RuntimeDep, session: ChangeManagerPage
+) -> Response:
+    form = await checked_form(request, session)
+    here = f"/incidents/{quote(ident)}"
+    try:
+        postmortems.revoke_override(
+            runtime.tracker, ident=ident, reason=form.get("reason", ""), actor=session.actor
+        )
+    except ServiceError as exc:
+        return back(here, error=exc.message)
+    return back(here, done=f"override of {ident} revoked: the gate is armed again")
 
 
 @router.post("/incidents/{ident}/actions")

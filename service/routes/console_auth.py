@@ -36,6 +36,21 @@ MAX_FORM_BYTES = 256 * 1024
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
 
 
+def shown(value: Any) -> str:
+    """A value from the audit log as people read it: ``∅`` for none, ``key: value`` pairs for
+    an object, items joined for a list."""
+    if value is None or value == "":
+        return "∅"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {shown(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(shown(v) for v in value) or "[]"
+    return str(value)
+
+
+templates.env.filters["shown"] = shown
+
+
 @dataclass
 class ConsoleSession:
     actor: Actor

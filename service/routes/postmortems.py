@@ -127,3 +127,43 @@ def audit_report(
             headers={"Content-Disposition": 'attachment; filename="itsm-sync-audit.csv"'},
         )  # fmt: skip
     return JSONResponse(to_dicts(rows))
+
+
+@router.get("/audit.csv")
+def audit_csv(
+    tracker: TrackerDep,
+    actor: ChangeManager,
+    since: str | None = None,
+    until: str | None = None,
+    team: str | None = None,
+    overdue: bool = False,
+) -> Response:
+    """The audit as a spreadsheet: one row per action item (GET /api/audit's rows)."""
+    text = postmortems.audit_csv(
+        tracker,
+        since=postmortems.parse_date(since, field="since"),
+        until=postmortems.parse_date(until, field="until"),
+        team=team, overdue_only=overdue, actor=actor,
+    )  # fmt: skip
+    return Response(
+        text, media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="itsm-sync-audit.csv"'},
+    )  # fmt: skip
+
+
+@router.get("/kpis")
+def kpis(
+    tracker: TrackerDep,
+    actor: ChangeManager,
+    since: str | None = None,
+    until: str | None = None,
+    group_by: str = "severity",
+) -> list[dict[str, Any]]:
+    """Per severity (the highest ever) or team: items created, on time, overdue, median days
+    to change request, overrides, incidents that ended with open items."""
+    return postmortems.kpis(
+        tracker,
+        since=postmortems.parse_date(since, field="since"),
+        until=postmortems.parse_date(until, field="until"),
+        group_by=group_by, actor=actor,
+    )  # fmt: skip

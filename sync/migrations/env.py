@@ -19,7 +19,14 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 from sqlmodel.sql.sqltypes import AutoString
 
-from sync.store import JSONValue, UTCDateTime, lock_for_migration, make_engine, metadata
+from sync.store import (
+    JSONValue,
+    UTCDateTime,
+    include_object,
+    lock_for_migration,
+    make_engine,
+    metadata,
+)
 
 config = context.config
 
@@ -53,6 +60,7 @@ def _configure(**kwargs: Any) -> None:
         target_metadata=metadata,
         compare_type=True,
         render_item=_render_item,
+        include_object=include_object,
         **kwargs,
     )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from sync.store.audit_log import (
     add_mapping_version,
     audit,
+    create_intent,
     get_parked,
     history,
     mapping_versions,
@@ -43,6 +44,7 @@ from sync.store.db import (
     alembic_config,
     dialect_insert,
     engine_hooks,
+    include_object,
     insert_for,
     lock_for_migration,
     make_engine,
@@ -64,6 +66,7 @@ from sync.store.incidents import (
     replace_incident_data,
     save_incident,
     set_shadow,
+    state_of,
 )
 from sync.store.links import (
     PENDING_COMMENT,
@@ -150,6 +153,7 @@ __all__ = [
     "comment_links",
     "confirm_comment",
     "create_incident",
+    "create_intent",
     "dialect_insert",
     "engine_hooks",
     "find_comment_link",
@@ -161,6 +165,7 @@ __all__ = [
     "get_watermark",
     "history",
     "incident_state",
+    "include_object",
     "insert_for",
     "latest_observation",
     "link_comment",
@@ -185,5 +190,6 @@ __all__ = [
     "session_scope",
     "set_shadow",
     "set_watermark",
+    "state_of",
     "utcnow",
 ]

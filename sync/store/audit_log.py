@@ -57,6 +57,34 @@ def audit(
     )
 
 
+CREATE_INTENT = "about to create its record"
+
+
+def create_intent(session: Session, *, incident_id: str, system: str, instance: str) -> bool:
+    """Before creating the incident's record on (system, instance): True if a create there was
+    recorded before (an attempt whose outcome may be unknown: look for the record first);
+    else record the intent (an audit row, committed before the create is sent) and say False.
+    """
+    c = AuditEntry
+    seen = session.exec(
+        select(col(c.id))
+        .where(
+            col(c.incident_id) == incident_id,
+            col(c.system) == system,
+            col(c.instance) == instance,
+            col(c.action) == "create",
+        )
+        .limit(1)
+    ).first()
+    if seen is not None:
+        return True
+    audit(
+        session, action="create", incident_id=incident_id, system=system, instance=instance,
+        reason=CREATE_INTENT,
+    )  # fmt: skip
+    return False
+
+
 def history(session: Session, incident_id: str) -> list[AuditEntry]:
     """The incident's audit trail, oldest first."""
     return list(

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam
+from sqlalchemy import ColumnElement, String, bindparam, func, literal_column
 from sqlalchemy import select as sa_select  # Core: takes any columns (sqlmodel's is typed)
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select, update
@@ -30,6 +30,15 @@ from sync.store.tables import (
 
 class StaleIncident(Exception):
     """The incident changed in the database since this row was read; re-read and redo."""
+
+
+def state_of(session: Session) -> ColumnElement[Any]:
+    """The incident's canonical state, as the index ``ix_incident_state`` (migration 0007) has
+    it: a literal JSON path (a bound one would not match the index's expression)."""
+    data = col(IncidentRow.data)
+    if session.get_bind().dialect.name == "postgresql":
+        return data.op("->>", return_type=String)(literal_column("'state'"))
+    return func.json_extract(data, literal_column("'$.state'"), type_=String)
 
 
 def create_incident(

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -241,6 +242,8 @@ def start_simulators(cwd: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]
                 "service",
                 "simulate",
                 "--no-seed",
+                "--state-file",
+                str(cwd / "simulators-state.json"),  # what the systems held, to look into after
                 *(a for name, port in ports.items() for a in (f"--{name}-port", str(port))),
             ],
             env=env,
@@ -927,6 +930,15 @@ def main(argv: list[str] | None = None) -> int:
         sim_proc.wait(timeout=30)
         people.close()
 
+    people_json = [
+        {
+            **{k: v for k, v in vars(p).items() if k not in ("writes", "comments")},
+            "writes": {k: [dataclasses.asdict(w) for w in ws] for k, ws in p.writes.items()},
+            "comments": [dataclasses.asdict(c) for c in p.comments],
+        }
+        for p in chaos.incidents
+    ]
+    (cwd / "people.json").write_text(json.dumps(people_json, indent=1))
     for name in COUNTS:
         print(f"{name}: {counts[name]}")
     kills = sum(svc.kills for svc in services)

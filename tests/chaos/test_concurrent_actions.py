@@ -33,10 +33,12 @@ def test_fifty_adds_from_two_processes_on_postgresql_make_fifty_changes(
     )  # fmt: skip
     one = ServiceProcess("one", env, tmp_path)
     services.append(one)
-    one.start()  # migrates the database first
+    one.start(wait=False)  # migrates the database first
+    one.wait_ready(90)  # a shared machine can be slow to start two processes each
     two = ServiceProcess("two", env, tmp_path)
     services.append(two)
-    two.start()
+    two.start(wait=False)
+    two.wait_ready(90)
     one.register_webhooks(empty_sims)
     people = Systems(empty_sims)
     inc = people.open_p1()

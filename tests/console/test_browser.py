@@ -47,6 +47,13 @@ def click(driver: Any, button: Any) -> None:
     WebDriverWait(driver, 5).until(gone, "the next page")
 
 
+def show(driver: Any, css: str) -> None:
+    """Scroll the part a screenshot is about to the top."""
+    driver.execute_script(
+        "document.querySelector(arguments[0]).scrollIntoView({block: 'start'});", css
+    )
+
+
 def text_of(driver: Any, css: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, css).text)
 
@@ -80,6 +87,15 @@ def test_overview_links_every_record(browser: Any, console: Console) -> None:
     assert "incident.do?sys_id=" in hrefs[number]
     assert hrefs[key].endswith(f"/browse/{key}")
     shot(browser, "overview")
+    # Nothing on the pages needs a script: with scripts off, the same rows are there.
+    browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+    try:
+        browser.get(f"{console.url}/incidents/{console.sample.open_numbers[0]}")
+        assert browser.find_elements(By.CSS_SELECTOR, "#timeline li")
+        browser.get(f"{console.url}/")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#in-flight tbody tr")) == len(rows)
+    finally:
+        browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
 
 
 def test_viewer_sees_the_gate_but_cannot_override(browser: Any, console: Console) -> None:
@@ -120,8 +136,25 @@ def test_change_manager_overrides_with_a_reason_and_sees_it_in_the_audit(
     browser.get(f"{console.url}/incidents/{number}")
     assert text_of(browser, "#gate h2") == "Closure gate: open"
     assert "hotfix verified" in text_of(browser, "#timeline")
+    # ... and takes it back: the gate is armed again, and the audit says who and why.
+    browser.find_element(By.ID, "revoke-reason").send_keys("the hotfix was rolled back")
+    click(browser, browser.find_element(By.XPATH, "//button[text()='Revoke the override']"))
+    assert "revoked: the gate is armed again" in text_of(browser, ".flash.ok")
+    assert text_of(browser, "#gate h2") == "Closure gate: shut"
     browser.get(f"{console.url}/changes?since=2000-01-01")
+    assert "revoked" in next(
+        r.text
+        for r in browser.find_elements(By.CSS_SELECTOR, "#audit-rows tbody tr")
+        if r.text.startswith(number)
+    )
     shot(browser, "changes")
+    row = next(
+        r
+        for r in browser.find_elements(By.CSS_SELECTOR, "#audit-rows tbody tr")
+        if r.text.startswith(number)
+    )
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", row)
+    shot(browser, "changes-override-in-audit")
 
 
 def test_admin_previews_a_bad_mapping_fixes_it_saves_and_rolls_back(
@@ -166,6 +199,7 @@ def test_admin_previews_a_bad_mapping_fixes_it_saves_and_rolls_back(
     current = browser.find_element(By.CSS_SELECTOR, "#versions tbody tr.current")
     assert f"rolled back to version {target}" in current.text
     assert console.service.runtime.mappings.get("jira").source != fixed
+    show(browser, "#versions")
     shot(browser, "admin-mapping-versions")
 
 
@@ -174,6 +208,7 @@ def test_admin_replays_a_parked_item(browser: Any, console: Console) -> None:
     rows = browser.find_elements(By.CSS_SELECTOR, "#parked-items tbody tr")
     before = len(rows)
     assert before >= 1
+    show(browser, "#parked")
     shot(browser, "admin-parked")
     first = rows[0]
     parked_id = first.find_element(By.TAG_NAME, "td").text

@@ -7,6 +7,7 @@ import datetime as dt
 import io
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import col, select
 
@@ -15,7 +16,7 @@ from postmortem_tracker.report import COLUMNS
 from service.domain.roles import Actor
 from service.routes.console_auth import COOKIE, Sessions
 from sync import store
-from tests.console.conftest import TOKENS, Console, csrf_of, signed_in
+from tests.console.conftest import NAMES, TOKENS, Console, csrf_of, signed_in
 
 
 def test_every_page_renders_for_an_admin(console: Console) -> None:
@@ -91,6 +92,7 @@ def test_sign_out_ends_the_session(console: Console) -> None:
     assert client.post("/signout", data={"csrf": csrf_of(page.text)}).status_code == 303
     again = httpx.get(f"{console.url}/", cookies={COOKIE: cookie}, follow_redirects=False)
     assert again.status_code == 303 and again.headers["location"].startswith("/signin")
+    assert "You are signed out." in client.get("/signin?signed_out=1").text
 
 
 def test_sessions_expire_when_idle_and_after_their_lifetime() -> None:
@@ -144,12 +146,14 @@ def test_the_server_refuses_a_viewer_override(console: Console) -> None:
     assert _gate_events(console, _incident_id(console, number)) == before
 
 
-def test_a_viewer_may_not_replay_or_save_mappings(console: Console) -> None:
-    client = signed_in(console, "viewer")
+@pytest.mark.parametrize("role", ["viewer", "comms", "change-manager"])
+def test_only_an_admin_replays_or_saves_mappings(console: Console, role: str) -> None:
+    client = signed_in(console, role)
     token = csrf_of(client.get("/").text)
     for path in ("/admin/parked/replay-all", "/admin/mappings/save", "/admin"):
         answer = client.post(path, data={"csrf": token}) if path != "/admin" else client.get(path)
         assert answer.status_code == 403, path
+        assert f"needs the admin role; {NAMES[role]} has {role}" in answer.text
     with store.session_scope(console.service.runtime.db, readonly=True) as s:
         assert len(store.open_parked(s)) >= 1
 
@@ -218,3 +222,40 @@ def test_comms_publishes_but_cannot_see_the_audit(console: Console) -> None:
         row = store.get_incident(s, _incident_id(console, number))
         assert row is not None and row.data["public_message"] == "We are on it."
     assert client.get("/changes").status_code == 403
+
+
+def test_an_admin_publishes_from_the_admin_page(console: Console) -> None:
+    client = signed_in(console, "admin")
+    number = console.sample.open_numbers[-2]
+    page = client.get("/admin")
+    answer = client.post(
+        "/publish",
+        data={
+            "csrf": csrf_of(page.text),
+            "incident": number,
+            "message": "Fixed soon.",
+            "public": "yes",
+            "force": "asked by support",
+        },
+    )
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/admin?done=")
+    with store.session_scope(console.service.runtime.db, readonly=True) as s:
+        row = store.get_incident(s, _incident_id(console, number))
+        assert row is not None and row.data["public_message"] == "Fixed soon."
+    missing = client.post("/publish", data={"csrf": csrf_of(page.text), "message": "x"})
+    assert "name+the+incident+to+publish" in missing.headers["location"]
+
+
+def test_a_mapping_version_shows_its_source_who_and_when(console: Console) -> None:
+    client = signed_in(console, "admin")
+    page = client.get("/admin/mappings/1")
+    assert page.status_code == 200
+    assert "system: " in page.text and "Accepted " in page.text
+    assert client.get("/admin/mappings/9999").status_code == 404
+
+
+def test_audit_values_read_as_words_not_python() -> None:
+    from service.routes.console_auth import shown
+
+    assert shown({"number": "CHG1", "owner": "", "due": None}) == "number: CHG1, owner: ∅, due: ∅"
+    assert shown(["a", 1]) == "a, 1" and shown(None) == "∅" and shown(0) == "0"

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import World, wait_for
+import httpx
+import pytest
+
+from connectors.http import reset_buckets
+from service.harness import Service, settings_for, sqlite_url
+from simulators.runner import SimulatorCluster
+from tests.e2e.conftest import TOKENS, World, wait_for
 from tests.e2e.test_postmortem import (
     CAROL_SN,
     change_requests,
@@ -15,6 +23,7 @@ from tests.e2e.test_postmortem import (
     resolve_in_servicenow,
     review_issue,
 )
+from tests.systems import people_only
 
 BOB = "bob@example.com"
 
@@ -102,7 +111,10 @@ def test_a_successful_change_makes_the_item_done_and_its_jira_issue_too(world: W
         "the action item's issue to be done",
     )
     assert issue["fields"]["resolution"]["name"] == "Done"
-    [comment] = [c for c in world.jira_comments(task) if cr["number"] in c["body"]]
+    [comment] = wait_for(
+        lambda: [c for c in world.jira_comments(task) if cr["number"] in c["body"]],
+        "the comment linking the change",
+    )
     assert "closed successful" in comment["body"] and cr["sys_id"] in comment["body"]
     [item] = wait_for(
         lambda: [i for i in _items(world, inc["number"]) if i["status"] == "done"], "done"
@@ -183,3 +195,55 @@ def test_an_edit_flows_to_the_change_request(world: World) -> None:
     )
     w = world.api.post(f"{url}/{key}/withdraw", json={"reason": "the vendor does it"})
     assert w.status_code == 200 and w.json()["status"] == "withdrawn", w.text
+
+
+@pytest.fixture
+def problem_world(sims: SimulatorCluster, tmp_path: Path) -> Iterator[World]:
+    """As ``world``, with ``postmortem.problem_record: true``."""
+    reset_buckets()
+    for name, url in sims.urls.items():
+        httpx.post(f"{url}/_sim/reset").raise_for_status()
+        httpx.post(f"{url}/_sim/seed", json=people_only(name)).raise_for_status()
+    settings = settings_for(
+        sims, sqlite_url(tmp_path), statuspage={"requests_per_second": 50, "burst": 10},
+        sync={"poll_interval_seconds": 30, "workers": 2, "coalesce_seconds": 0.3},
+        api_tokens=[{"name": r, "token": t, "role": r} for r, t in TOKENS.items()],
+        postmortem={"problem_record": True, "review_issue_type": ""},
+    )  # fmt: skip
+    httpx.post(f"{sims.urls['statuspage']}/_sim/ratelimit", json={"requests_per_minute": 6000})
+    with Service(settings) as service:
+        service.register_webhooks(sims)
+        yield World(sims, service)
+
+
+def test_a_problem_record_is_linked_and_parents_the_change_requests(
+    problem_world: World,
+) -> None:
+    world = problem_world
+    inc = world.open_p1()
+    wait_for(lambda: world.jira_issue_for("Checkout fails"), "the incident's Jira issue")
+    resolve_in_servicenow(world, inc["sys_id"])
+    [problem] = wait_for(
+        lambda: world.sn.get(
+            "/api/now/table/problem", params={"sysparm_exclude_reference_link": "true"}
+        ).json()["result"],
+        "the problem record",
+    )
+    assert problem["first_reported_by_task"] == inc["sys_id"]
+    assert problem["correlation_id"].startswith("itsm-pb-")
+
+    def named() -> bool:
+        value = world.sn_record(inc["sys_id"])["problem_id"]
+        return (value.get("value") if isinstance(value, dict) else value) == problem["sys_id"]
+
+    wait_for(named, "the incident to name its problem")
+    url = f"/api/incidents/{inc['number']}/actions"
+    world.api.post(url, json={"title": "Add replicas", "owner": BOB, "due": "2099-01-01"})
+    [cr] = wait_for(lambda: change_requests(world), "the change request")
+    assert cr["parent"] == problem["sys_id"]
+    assert inc["number"] in cr["description"]
+    world.quiet()
+    shown = world.api.get(f"/api/incidents/{inc['number']}/postmortem").json()
+    assert shown["postmortem"]["problem"] == problem["number"]
+    # One problem, however many reconciles.
+    assert len(world.sn.get("/api/now/table/problem").json()["result"]) == 1

@@ -116,3 +116,53 @@ def test_a_comment_whose_answer_is_lost_is_posted_once(world: World) -> None:
     assert len(posts) >= 1
     if len(posts) > 1:
         assert f"GET /rest/api/2/issue/{issue['id']}/comment" in calls
+
+
+def _creation_calls(calls: list[str], *, creates: str, reads: str) -> list[str]:
+    """The calls that made the record: the create, and reads of what it created."""
+    return [c for c in calls if c.startswith(creates) or c.startswith(reads)]
+
+
+def test_a_created_record_costs_its_create_and_one_read(world: World) -> None:
+    """Creation cost: <= 2.5 calls per created incident per target (create + link + at most
+    one read). A first attempt creates without looking for an earlier one (its intent is on
+    record), Jira's correlation property rides on the create, and the issue is read back once;
+    the link is the store's, no call. It cost 4 calls on Jira and 2 on ServiceNow before."""
+    world.clear_requests()
+    world.open_p1(title="Creation cost from ServiceNow")
+    issue = wait_for(lambda: world.jira_issue_for("Creation cost from ServiceNow"), "the issue")
+    world.quiet()
+    jira = world.service_calls()["jira"]
+    made = [c for c in jira if c == "POST /rest/api/2/issue" or c.startswith("GET /rest/api/2/issue")
+            or "/properties/" in c]  # fmt: skip
+    assert made == ["POST /rest/api/2/issue", f"GET /rest/api/2/issue/{issue['id']}"], jira
+    # The correlation key still reaches the issue property (set by the create itself).
+    prop = world.jira.get(f"/rest/api/2/issue/{issue['id']}/properties/itsm-sync").json()
+    assert prop["value"]["correlation_key"].startswith("itsm-")
+
+    world.clear_requests()
+    r = world.jira.post(
+        "/rest/api/2/issue",
+        json={"fields": {"project": {"key": "OPS"}, "issuetype": {"name": "Incident"},
+                         "summary": "Creation cost from Jira", "priority": {"name": "Highest"}}},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    sys_ids = wait_for(
+        lambda: (
+            [
+                i["sys_id"]
+                for i in world.sn.get(
+                    "/api/now/table/incident",
+                    params={"sysparm_query": "short_description=Creation cost from Jira"},
+                ).json()["result"]
+            ]
+            or None
+        ),
+        "the ServiceNow incident",
+    )
+    world.quiet()
+    sn = world.service_calls()["servicenow"]
+    made = [c for c in sn if c.startswith("POST /api/now/table/incident")
+            or c.startswith("GET /api/now/table/incident")]  # fmt: skip
+    assert made == ["POST /api/now/table/incident"], sn
+    assert len(sys_ids) == 1

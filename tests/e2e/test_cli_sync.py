@@ -247,6 +247,42 @@ def test_backfill_links_existing_incidents_once(admin: Admin) -> None:
     assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
 
 
+def test_backfill_dry_run_prints_what_it_would_create_and_link(admin: Admin) -> None:
+    admin.open_p1("Dry outage one")
+    admin.open_p1("Dry outage two")
+    minor = admin.open_p1("Dry minor thing", impact="3", urgency="3")
+    r = admin.jira.post(
+        "/rest/api/2/issue",
+        json={"fields": {"project": {"key": "OPS"}, "issuetype": {"name": "Incident"},
+                         "summary": "Dry outage from Jira", "priority": {"name": "Highest"}}},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    issues_before = len(admin.issues())
+    admin.reset_stats()
+    out = _ok(admin.run("backfill", "--since", "2000-01-01", "--dry-run"))
+    lines = out.splitlines()
+
+    def line_for(title: str) -> str:
+        [line] = [x for x in lines if title in x]
+        return line
+
+    assert line_for("Dry outage one").endswith("would create: jira issue")
+    assert line_for("Dry outage two").startswith("create  servicenow INC")
+    assert line_for("Dry minor thing").endswith("would create: no other record")
+    assert line_for(minor["number"]).startswith("create")
+    assert line_for("Dry outage from Jira").endswith("would create: servicenow incident")
+    assert "4 new incidents (3 records to create), 0 pairs to link" in out
+    assert "nothing was written" in out
+    # Nothing was written: no remote write, no record made, and the store holds no incident.
+    assert admin.writes() == {"servicenow": 0, "jira": 0, "statuspage": 0}
+    assert len(admin.issues()) == issues_before
+    assert _rows(_ok(admin.run("status")))["queued"] == "0"
+    # The real backfill then does what the dry run said.
+    out = _ok(admin.run("backfill", "--since", "2000-01-01"))
+    assert "parked 0" in out
+    assert len(admin.issues()) == issues_before + 2
+
+
 def test_a_killed_backfill_resumes_without_duplicates(admin: Admin) -> None:
     titles = [f"Old outage {n:02d}" for n in range(40)]
     for title in titles:

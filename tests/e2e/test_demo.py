@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,11 @@ def test_demo_tells_the_p1_story(tmp_path: Path) -> None:
     assert "Closed; OPS-2 Closed" in out
     assert out.count("| CHG00300") == 2  # the audit: one row per action item
     assert (tmp_path / "itsm-sync-demo.db").exists()
+    # The web console's address and a token for each kind of user, to sign in with.
+    assert re.search(r"Web console: http://127\.0\.0\.1:\d+/ ", out)
+    tokens = {
+        role: re.search(rf"  {role} token: +(\S+)", out)
+        for role in ("viewer", "change-manager", "admin")
+    }
+    assert all(tokens.values()), out
+    assert len({m.group(1) for m in tokens.values() if m}) == 3

@@ -18,6 +18,7 @@ from service.domain.roles import Actor
 from sync import store
 from sync.pairing import pair_unlinked
 from sync.poller import poll_all
+from sync.worker import drain
 from tests.e2e.conftest import SN_TABLE, Desk
 
 
@@ -62,6 +63,28 @@ def test_an_edit_made_while_the_engine_writes_is_not_lost(desk: Desk) -> None:
         "PUT /rest/api/{version}/issue/{issueIdOrKey}",
         lambda: desk.edit(key, summary="Checkout down: card payments only"),
     )
+    desk.sync()
+    assert desk.issue(key)["fields"]["summary"] == "Checkout down: card payments only"
+    assert desk.sn_record(inc["sys_id"])["short_description"] == "Checkout down: card payments only"
+
+
+def test_our_write_whose_answer_never_came_is_not_a_newer_edit(desk: Desk) -> None:
+    """The engine writes the desk's title to Jira after an engineer retitled the issue; Jira
+    applies it but no answer ever comes (every retry too: the process would have died the
+    same way), so nothing of the write is recorded. Its change in Jira's history is ours,
+    not a person's newer edit: the engineer's title, the newest edit by a person, wins."""
+    inc, key = _linked_p1(desk)
+    desk.patch(inc["sys_id"], short_description="Checkout down in EU")
+    poll_all(desk.rt.db, desk.rt.connectors)
+    time.sleep(1.1)
+    desk.edit(key, summary="Checkout down: card payments only")  # after the engine's read
+    desk.fault(
+        "jira", route="PUT /rest/api/{version}/issue/{issueIdOrKey}",
+        timeout_rate=1.0, timeout_seconds=0.2, count=5,
+    )  # fmt: skip
+    drain(desk.rt.reconciler, threads=1, timeout=60)
+    assert desk.issue(key)["fields"]["summary"] == "Checkout down in EU"  # applied, unanswered
+    time.sleep(2.0)  # the failed target's backoff
     desk.sync()
     assert desk.issue(key)["fields"]["summary"] == "Checkout down: card payments only"
     assert desk.sn_record(inc["sys_id"])["short_description"] == "Checkout down: card payments only"

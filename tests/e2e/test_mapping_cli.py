@@ -146,3 +146,36 @@ def test_diff_says_what_changes_for_users(tmp_path: Path) -> None:
     )
     same = run(["diff", str(old), str(old)])
     assert same.stdout.strip() == "no change for users"
+
+
+def test_save_versions_and_rollback_from_the_cli(tmp_path: Path) -> None:
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    env = {
+        "ITSM_SYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "ITSM_SYNC_MAPPINGS_DIR": str(folder),
+    }
+    mine = tmp_path / "jira.yaml"
+    mine.write_text(
+        (DEFAULTS / "jira.yaml")
+        .read_text()
+        .replace("path: summary\n", "path: summary\n    policy: owner:jira\n", 1)
+    )
+    saved = run(["save", str(mine), "--as", "ada"], env)
+    assert saved.returncode == 0, saved.stderr
+    assert "~ title <-> summary: policy 'latest' -> 'owner:jira'" in saved.stdout
+    assert (folder / "jira.yaml").read_text() == mine.read_text()
+    listed = run(["versions", "--system", "jira"], env)
+    assert listed.returncode == 0, listed.stderr
+    first = listed.stdout.splitlines()[0]
+    assert "jira/default" in first and "(current)" in first and "by cli:ada" in first
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("system: jira\nobject_type: issue\nfields: {title: {nope: 1}}\n")
+    refused = run(["save", str(bad)], env)
+    assert refused.returncode == 2 and "bad.yaml:3" in refused.stderr
+    assert (folder / "jira.yaml").read_text() == mine.read_text()  # nothing half-written
+    version = first.split()[0]
+    back = run(["rollback", version], env)
+    assert back.returncode == 0, back.stderr
+    gone = run(["rollback", "999"], env)
+    assert gone.returncode == 1 and "no mapping version 999" in gone.stderr

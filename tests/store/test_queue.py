@@ -54,6 +54,9 @@ def test_keys() -> None:
     assert key == "remote:jira:default:issue:a:b"
     assert queue.parse_key(key) == ("remote", "jira", "default", "issue", "a:b")
     assert queue.parse_key("incident:abc") == ("incident", "abc")
+    stored = queue.remote_key("jira", "default", "issue", "a:b", stored=True)
+    assert stored == "stored:jira:default:issue:a:b"  # stored with its mark: no read again
+    assert queue.parse_key(stored) == ("stored", "jira", "default", "issue", "a:b")
     for bad in ("incident:", "remote:jira:x", "nope"):
         with pytest.raises(ValueError):
             queue.parse_key(bad)

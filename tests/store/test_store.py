@@ -13,6 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from sync import store
@@ -22,6 +23,7 @@ from sync.store import (
     LinkConflict,
     StaleIncident,
     Watermark,
+    include_object,
     make_engine,
     metadata,
     migrate,
@@ -88,7 +90,9 @@ def test_instances_starting_together_migrate_once(
 
 def test_orm_metadata_matches_the_migration(engine: Engine) -> None:
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_object": include_object}
+        )
         assert compare_metadata(context, metadata) == []
 
 
@@ -598,3 +602,25 @@ def test_a_comment_delivered_alone_rides_on_the_observation(engine: Engine) -> N
         seen = store.latest_observation(s, **ref)
         assert seen is not None and seen.fields["summary"] == "v6"
         assert seen.fields["_comment_event"] == [{"id": "1", "body": "hi"}]
+
+
+def test_open_incidents_are_found_through_the_state_index(engine: Engine) -> None:
+    """The overview and the overdue count look for open incidents by an expression that must be
+    the index's own (migration 0007), or every incident's JSON is read."""
+    with session_scope(engine) as s:
+        statement = sa_select(IncidentRow.id).where(store.state_of(s).in_(["new", "monitoring"]))
+        compiled = statement.compile(s.get_bind(), compile_kwargs={"literal_binds": True})
+        prefix = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
+        if engine.dialect.name == "postgresql":
+            s.connection().exec_driver_sql("SET enable_seqscan = off")
+        plan = " ".join(str(r) for r in s.connection().exec_driver_sql(f"{prefix}{compiled}"))
+    assert "ix_incident_state" in plan, plan
+    opened, closed = _incident(engine), _incident(engine, "over")
+    with session_scope(engine) as s:
+        for incident_id, state in ((opened, "new"), (closed, "closed")):
+            row = s.get(IncidentRow, incident_id)
+            assert row is not None
+            store.save_incident(s, row, {**row.data, "state": state})
+    with session_scope(engine) as s:
+        found = s.execute(sa_select(IncidentRow.id).where(store.state_of(s).in_(["new"]))).all()
+    assert [r[0] for r in found] == [opened]

@@ -160,7 +160,12 @@ class FakeSystem:
         return None
 
     def create(
-        self, object_type: str, fields: Mapping[str, Any], *, correlation_key: str
+        self,
+        object_type: str,
+        fields: Mapping[str, Any],
+        *,
+        correlation_key: str,
+        look_first: bool = True,
     ) -> RemoteRecord:
         found = self.find_by_correlation(object_type, correlation_key)
         if found is not None:

@@ -1,0 +1,420 @@
+"""Throughput and end-to-end latency where the remote round trip dominates.
+
+Real ServiceNow and Jira Cloud answer in 100-300 ms. The simulators add ``--latency`` ms to
+every request (a fault rule on every route, the benchmark's own requests included), and
+people make title edits on already-synced incidents, at a fixed offered rate a little above
+the goal, each on an incident of its own (so that Jira's per-issue write limit, which the
+service respects, is not what is measured):
+
+- **mix**: half ServiceNow -> Jira (a ``short_description`` PATCH; the service must PUT the
+  Jira summary), half Jira -> ServiceNow (a summary PUT; the service must PATCH the incident);
+- **one way**: ServiceNow -> Jira only.
+
+Measured from the simulators' request logs: a change's *latency* is from the person's edit
+(its log time, stamped when the simulator applied it) to the service's write that carries the
+new title (stamped the same way: the write's own round trip is inside); *throughput* is the
+changes divided by the time from the first edit to the last such write. The service runs as
+``itsm-sync run`` does (HTTP here, the workers in a worker process, simulators in a process of
+their own); with ``--postgres`` a second ``run`` (workers only) shares the database and the
+queue, as a second instance would.
+
+``python -m bench.throughput [--small] [--latency MS] [--postgres] [--runs N] [--mode M]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import httpx
+
+from bench.common import (
+    BENCH_UA,
+    PostgresDatabase,
+    Rig,
+    Row,
+    finish,
+    header,
+    parser,
+    percentile,
+    table,
+    wait_for,
+)
+from service.harness import Service, settings_for
+
+MODULE = "bench.throughput"
+GOAL_MIX = 100.0  # changes/s, one run, SQLite, 200 ms
+GOAL_ONE_WAY = 40.0
+GOAL_SCALE = 1.8  # two runs on PostgreSQL against one
+WORKERS = 32
+
+
+@dataclass
+class Result:
+    mode: str
+    database: str
+    runs: int
+    latency_ms: int
+    changes: int
+    offered: float
+    throughput: float
+    p50: float
+    p99: float
+    lost: int
+    rate_limited: int
+    calls: int  # the service's calls during the run
+
+
+def _set_latency(rig: Rig, ms: float) -> None:
+    for system in ("servicenow", "jira"):
+        url = f"{rig.sims.urls[system]}/_sim/faults"
+        if ms:
+            httpx.post(url, json={"rules": [{"route": "*", "latency_ms": ms}]}).raise_for_status()
+        else:
+            httpx.delete(url).raise_for_status()
+
+
+def _prepare(rig: Rig, n: int) -> list[tuple[str, str, str]]:
+    """n synced incidents: (sys_id, Jira id, Jira key)."""
+    made = [rig.open_p1(f"throughput {i}")["sys_id"] for i in range(n)]
+
+    def linked() -> list[tuple[str, str, str]] | None:
+        links = rig.links()
+        by_sys = {v["servicenow"].remote_id: v["jira"] for v in links.values() if "jira" in v}
+        if not all(s in by_sys for s in made):
+            return None
+        return [(s, by_sys[s].remote_id, by_sys[s].remote_key) for s in made]
+
+    pairs = wait_for(linked, f"{n} incidents synced to Jira", timeout=60 + n / 5)
+    rig.quiet(timeout=120)
+    return pairs
+
+
+def _edit(
+    rig: Rig,
+    sn: httpx.Client,
+    jira: httpx.Client,
+    pair: tuple[str, str, str],
+    direction: str,
+    title: str,
+) -> None:
+    sys_id, _, key = pair
+    if direction == "sn":
+        sn.patch(f"/api/now/table/incident/{sys_id}", json={"short_description": title})
+    else:
+        jira.put(f"/rest/api/2/issue/{key}", json={"fields": {"summary": title}})
+
+
+def _times(rig: Rig) -> tuple[dict[str, float], dict[str, float], int, Counter[str]]:
+    """title -> when the person's edit was applied; title -> the service's first write that
+    carries it; how many of the service's calls were answered 429; the service's calls by
+    route."""
+    edits: dict[str, float] = {}
+    writes: dict[str, float] = {}
+    limited = 0
+    calls: Counter[str] = Counter()
+    for system in ("servicenow", "jira"):
+        for r in rig.requests(system, clear=True):
+            if r["headers"].get("user-agent") != BENCH_UA:
+                calls[f"{system} {r['method']} {r['route']}"] += 1
+            body = str(r.get("body") or "")
+            if "bench-" not in body and r["status"] != 429:
+                continue
+            ours = r["headers"].get("user-agent") == BENCH_UA
+            if not ours and r["status"] == 429:
+                limited += 1
+                continue
+            if r["method"] not in ("PUT", "PATCH") or r["status"] >= 300:
+                continue
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                continue
+            title = doc.get("short_description") or (doc.get("fields") or {}).get("summary")
+            if not isinstance(title, str) or not title.startswith("bench-"):
+                continue
+            target = edits if ours else writes
+            target[title] = min(target.get(title, math.inf), float(r["time"]))
+    return edits, writes, limited, calls
+
+
+def measure(
+    rig: Rig,
+    pairs: list[tuple[str, str, str]],
+    *,
+    mode: str,
+    rate: float,
+    latency_ms: int,
+    database: str,
+    runs: int,
+) -> Result:
+    _set_latency(rig, latency_ms)
+    rig.requests("servicenow", clear=True)
+    rig.requests("jira", clear=True)
+    run = uuid.uuid4().hex[:6]
+    plan = []
+    for i, pair in enumerate(pairs):
+        direction = "sn" if mode == "one-way" or i % 2 == 0 else "jira"
+        plan.append((pair, direction, f"bench-{run}-{i}"))
+    ua = {"User-Agent": BENCH_UA}
+    sn = httpx.Client(
+        base_url=rig.sims.urls["servicenow"],
+        auth=("admin", "admin"),
+        headers=ua,
+        timeout=60,
+        limits=httpx.Limits(max_connections=128),
+    )
+    jira = httpx.Client(
+        base_url=rig.sims.urls["jira"],
+        auth=("admin@example.com", "sim-token"),
+        headers=ua,
+        timeout=60,
+        limits=httpx.Limits(max_connections=128),
+    )
+    # Enough people working at once to offer `rate` edits/s although each edit takes its
+    # round trip too.
+    people = max(4, int(rate * (latency_ms / 1000 + 0.05) * 2))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(people) as pool:
+            start = time.monotonic()
+            futures = []
+            for i, (pair, direction, title) in enumerate(plan):
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                futures.append(pool.submit(_edit, rig, sn, jira, pair, direction, title))
+            for f in futures:
+                f.result()
+    finally:
+        sn.close()
+        jira.close()
+    titles = {title for _, _, title in plan}
+
+    def done() -> bool:
+        return rig.idle()
+
+    wait_for(done, "the changes to be written", timeout=120)
+    rig.quiet(timeout=120)
+    edits, writes, limited, calls = _times(rig)
+    _set_latency(rig, 0)
+    delays = [(writes[t] - edits[t]) * 1000 for t in titles if t in writes and t in edits]
+    lost = sum(1 for t in titles if t not in writes)
+    first = min(edits.values()) if edits else math.nan
+    last = max(writes.values()) if writes else math.nan
+    return Result(
+        mode=mode,
+        database=database,
+        runs=runs,
+        latency_ms=latency_ms,
+        changes=len(plan),
+        offered=rate,
+        throughput=len(delays) / (last - first) if delays else 0.0,
+        p50=percentile(delays, 50),
+        p99=percentile(delays, 99),
+        lost=lost,
+        rate_limited=limited,
+        calls=sum(calls.values()),
+    )
+
+
+@contextmanager
+def second_run(rig: Rig) -> Iterator[Service]:
+    """Another `itsm-sync run` (workers only) on the same database: a second instance."""
+    settings = settings_for(rig.sims, rig.database_url, sync=rig.sync)
+    service = Service(settings, poll=False, workers=True, worker_process=True)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def run_setup(
+    *,
+    postgres: bool,
+    runs: int,
+    changes: int,
+    workers: int,
+    cases: list[tuple[int, str]],
+) -> list[Result]:
+    """One service (and, with ``runs == 2``, a second one on the same database), N incidents
+    synced once, then every (latency, mode) case on them: each changes every incident once,
+    with a title of its own."""
+    database = PostgresDatabase() if postgres else nullcontext(None)
+    out: list[Result] = []
+    with database as db:
+        url = db.url if db is not None else None
+        sync = {"workers": workers, "worker_process_nice": 0}
+        with Rig(database_url=url, sync=sync, separate_simulators=True, worker_process=True) as rig:
+            pairs = _prepare(rig, changes)
+            with second_run(rig) if runs == 2 else nullcontext(None):
+                for latency, mode in cases:
+                    t0 = time.monotonic()
+                    rate = (GOAL_MIX if mode == "mix" else GOAL_ONE_WAY) * 1.25
+                    r = measure(
+                        rig, pairs, mode=mode, rate=rate, latency_ms=latency,
+                        database="postgresql" if postgres else "sqlite", runs=runs,
+                    )  # fmt: skip
+                    out.append(r)
+                    print(
+                        f"  {mode} {r.database} x{runs} @{latency} ms: {r.throughput:.1f}/s, "
+                        f"p50 {r.p50:.0f} ms, p99 {r.p99:.0f} ms, lost {r.lost}, "
+                        f"429s {r.rate_limited} ({time.monotonic() - t0:.0f} s)",
+                        flush=True,
+                    )
+    return out
+
+
+def rows_for(results: list[Result], latency_ms: int) -> list[Row]:
+    rows = []
+    by = {(r.mode, r.database, r.runs): r for r in results if r.latency_ms == latency_ms}
+    mix, one = by.get(("mix", "sqlite", 1)), by.get(("one-way", "sqlite", 1))
+    if mix:
+        rows.append(
+            Row(
+                "throughput",
+                f"mix, one run, SQLite, {latency_ms} ms",
+                f">= {GOAL_MIX:.0f}/s",
+                f"{mix.throughput:.1f}/s",
+                mix.throughput >= GOAL_MIX and not mix.lost,
+            )
+        )
+    if one:
+        rows.append(
+            Row(
+                "throughput",
+                f"one way SN->Jira, one run, SQLite, {latency_ms} ms",
+                f">= {GOAL_ONE_WAY:.0f}/s",
+                f"{one.throughput:.1f}/s",
+                one.throughput >= GOAL_ONE_WAY and not one.lost,
+            )
+        )
+    for mode in ("mix", "one-way"):
+        single, double = by.get((mode, "postgresql", 1)), by.get((mode, "postgresql", 2))
+        if single and double and single.throughput:
+            ratio = double.throughput / single.throughput
+            rows.append(
+                Row(
+                    "throughput",
+                    f"{mode}, two runs / one run, PostgreSQL",
+                    f">= {GOAL_SCALE}x",
+                    f"{ratio:.2f}x ({double.throughput:.1f} / {single.throughput:.1f}/s)",
+                    ratio >= GOAL_SCALE,
+                )
+            )
+    for r in results:
+        if r.latency_ms != latency_ms:
+            continue
+        budget = 1000 + 200  # 1 s + the default debounce (coalesce_seconds 0.2)
+        rows.append(
+            Row(
+                "throughput",
+                f"p99 {r.mode}, {r.database}, {r.runs} run(s)",
+                f"<= {budget} ms",
+                f"{r.p99:.0f} ms (p50 {r.p50:.0f})",
+                r.p99 <= budget and not r.lost,
+            )
+        )
+        rows.append(
+            Row(
+                "throughput",
+                f"429s {r.mode}, {r.database}, {r.runs} run(s)",
+                "0",
+                str(r.rate_limited),
+                r.rate_limited == 0,
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    p: argparse.ArgumentParser = parser(__doc__.splitlines()[0] if __doc__ else "")
+    p.add_argument("--latency", type=int, action="append", help="ms per call (repeatable)")
+    p.add_argument("--postgres", action="store_true", help="also PostgreSQL, one and two runs")
+    p.add_argument("--mode", choices=("mix", "one-way"), action="append")
+    p.add_argument("--workers", type=int, default=WORKERS, help="sync.workers per run")
+    args = p.parse_args()
+    latencies = args.latency or [200]
+    modes = args.mode or ["mix", "one-way"]
+    changes = 200 if args.small else 300
+    header(
+        "Throughput under injected latency",
+        MODULE,
+        args.small,
+        {
+            "changes per case": f"{changes} (one per incident, on {changes} synced incidents)",
+            "service": "itsm-sync run as by default (workers in a worker process), "
+            "worker_process_nice 0 (on a shared machine a niced worker process measures "
+            "the other sessions' load, not the service)",
+            "latency ms": latencies,
+            "sync.workers": args.workers,
+            "offered rate": f"1.25 x the goal (mix {GOAL_MIX * 1.25:.0f}/s, one way "
+            f"{GOAL_ONE_WAY * 1.25:.0f}/s)",
+        },
+    )
+    results: list[Result] = []
+    # The goals are at 200 ms; the other latencies (context: how it degrades) run the mix only.
+    everything = [(lat, mode) for lat in latencies for mode in modes if lat == 200 or mode == "mix"]
+    results += run_setup(postgres=False, runs=1, changes=changes, workers=args.workers,
+                         cases=everything)  # fmt: skip
+    if args.postgres:
+        results += run_setup(postgres=True, runs=1, changes=changes, workers=args.workers,
+                             cases=everything)  # fmt: skip
+        # Two runs: the scaling at the goal's latency (200 ms) only.
+        results += run_setup(postgres=True, runs=2, changes=changes, workers=args.workers,
+                             cases=[(200, mode) for mode in modes])  # fmt: skip
+    print(
+        table(
+            [
+                "mode",
+                "database",
+                "runs",
+                "latency ms",
+                "changes",
+                "offered/s",
+                "changes/s",
+                "p50 ms",
+                "p99 ms",
+                "lost",
+                "429s",
+                "calls/change",
+            ],
+            [
+                [
+                    r.mode,
+                    r.database,
+                    r.runs,
+                    r.latency_ms,
+                    r.changes,
+                    r.offered,
+                    r.throughput,
+                    r.p50,
+                    r.p99,
+                    r.lost,
+                    r.rate_limited,
+                    r.calls / max(1, r.changes),
+                ]
+                for r in results
+            ],
+            "Throughput and end-to-end latency",
+        )
+    )
+    rows: list[Row] = []
+    for latency in latencies:
+        graded = rows_for(results, latency)
+        if latency != 200:  # the goals are set at 200 ms; other latencies are context
+            graded = [Row(r.benchmark, r.metric, "-", r.result, None) for r in graded]
+        rows += graded
+    finish(rows, args.json)
+
+
+if __name__ == "__main__":
+    main()
