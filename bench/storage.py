@@ -110,7 +110,7 @@ def run(incidents: int, rounds: int) -> dict[str, Any]:
     return {
         "incidents": incidents, "edits": edits, "seconds": round(elapsed, 1),
         "audit_rows": audit, "pruned_deliveries": pruned["webhook deliveries"],
-        "bytes_before_prune_per_edit": round(before / edits),
+        "bytes_before_prune_per_edit_incl_wal": round(before / edits),
         "bytes_total_after_prune_per_edit": round(after / edits),
         "per_edit_by_table": {
             name: round(size / edits) for name, size in tables.items() if size / edits >= 10
