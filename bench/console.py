@@ -53,16 +53,19 @@ def _signed_in(url: str) -> httpx.Client:
 
 def _measure(
     client: httpx.Client, path: str, rounds: int, before: Callable[[], object] = lambda: None
-) -> list[float]:
+) -> tuple[list[float], list[float]]:
+    """Wall-clock ms per load, and CPU ms this process spent on it (the service runs in this
+    process: its CPU time does not grow when other processes crowd the machine)."""
     client.get(path).raise_for_status()  # warm-up: templates compiled, caches filled
-    out = []
+    wall, cpu = [], []
     for _ in range(rounds):
         before()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         answer = client.get(path)
-        out.append((time.perf_counter() - t0) * 1000)
+        wall.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
         answer.raise_for_status()
-    return out
+    return wall, cpu
 
 
 def main() -> None:
@@ -127,22 +130,24 @@ def run(database_url: str, count: int, rounds: int) -> list[Row]:
             }
             results = []
             for name, path in pages.items():
-                times = _measure(client, path, rounds)
-                results.append((name, path, percentile(times, 50), percentile(times, 95)))
+                times, cpu = _measure(client, path, rounds)
+                results.append(
+                    (name, path, percentile(times, 50), percentile(times, 95), percentile(cpu, 50))
+                )
             # The KPIs are computed at most once a minute: the page when they are due again.
             kpis = service.app.state.console_kpis
-            times = _measure(client, "/changes", rounds, before=kpis.clear)
+            times, cpu = _measure(client, "/changes", rounds, before=kpis.clear)
             results.append(("change manager, KPIs recomputed", "/changes", percentile(times, 50),
-                            percentile(times, 95)))  # fmt: skip
+                            percentile(times, 95), percentile(cpu, 50)))  # fmt: skip
     print(
         table(
-            ["page", "path", "median ms", "p95 ms"],
-            [[n, pth[:40], f"{m:.1f}", f"{p95:.1f}"] for n, pth, m, p95 in results],
+            ["page", "path", "median ms", "p95 ms", "CPU ms (median)"],
+            [[n, pth[:40], f"{m:.1f}", f"{p95:.1f}", f"{c:.1f}"] for n, pth, m, p95, c in results],
             f"Console pages with {count} incidents",
         )
     )
     rows = []
-    for name, _path, _median, p95 in results:
+    for name, _path, _median, p95, _cpu in results:
         ok = p95 < GOAL_MS
         print(
             f"{'PASS' if ok else 'FAIL'} console-page-ms: {p95:.0f} (target < {GOAL_MS:g}) {name}"

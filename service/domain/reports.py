@@ -25,13 +25,15 @@ from service.domain.errors import Invalid
 from service.domain.roles import Actor, Permission
 from sync import store
 
-OUTCOMES = ("implemented", "in progress", "overdue", "blocked", "overridden")
+OUTCOMES = ("implemented", "in progress", "overdue", "blocked", "overridden", "withdrawn")
 SEVERITIES = ("SEV1", "SEV2", "SEV3", "SEV4")
 
 
 def outcome(row: AuditRow) -> str:
     """What became of an action item, in one word the filter offers."""
-    if row.implemented:
+    if row.item_status == "withdrawn":
+        return "withdrawn"
+    if row.implemented or row.item_status == "done":
         return "implemented"
     if _override_in_force(row) and not row.change_request:
         return "overridden"
@@ -44,12 +46,7 @@ def outcome(row: AuditRow) -> str:
 
 def _override_in_force(row: AuditRow) -> bool:
     """Whether an override lets the incident close now (a revoked one does not)."""
-    by = getattr(row, "overridden_by", None)  # the audit row names it, where it has the column
-    if by is not None:
-        return bool(by)
-    return any(
-        part.startswith("override") and "(revoked " not in part for part in row.gate.split("; ")
-    )
+    return bool(row.overridden_by)
 
 
 def audit(
@@ -72,9 +69,8 @@ def audit(
     rows = postmortems.audit(tracker, since=since, until=until, team=team or None, actor=actor)
     out = []
     for row in rows:
-        # By the highest severity the incident ever had, where the audit row says it (as the
-        # KPIs count), else by its severity now.
-        if severity and (getattr(row, "highest_severity", "") or row.severity) != severity:
+        # By the highest severity the incident ever had (as the KPIs count it).
+        if severity and (row.highest_severity or row.severity) != severity:
             continue
         became = outcome(row)
         if outcome_is and became != outcome_is:

@@ -65,34 +65,19 @@ def test_kpis_by_week_and_severity(tmp_path: Path) -> None:
     assert k["overrides"] == [0, 0, 1, 0]
 
 
-def test_a_revoked_override_is_no_outcome() -> None:
+def test_outcomes_of_audit_rows() -> None:
     from postmortem_tracker.report import AuditRow
 
-    base = dict(
-        incident="INC1",
-        title="t",
-        severity="SEV1",
-        team="",
-        state="closed",
-        postmortem="open",
-        action_item="fix",
-        source="cli",
-        owner="",
-        due_date="",
-        change_request="",
-        cr_state="",
-        implemented=False,
-        days_overdue=0,
-        blocked="no owner",
-    )
-    given = "override 2026-12-01 10:00 by token:dana: shipped"
-    revoked = f"{given} (revoked 2026-12-02 10:00 by token:dana: rolled back)"
-    fields = AuditRow.__dataclass_fields__
-    for gate, expected in ((given, "overridden"), (revoked, "blocked"), ("", "blocked")):
-        row = AuditRow(
-            **{k: v for k, v in {**base, "gate": gate}.items() if k in fields},
-            **{k: "" for k in fields if k not in base and k != "gate"},
-        )
-        if "overridden_by" in fields:  # the audit names the override in force itself
-            row.overridden_by = "token:dana" if gate == given else ""
-        assert reports.outcome(row) == expected, gate
+    def row(**kw: object) -> AuditRow:
+        base = {name: "" for name in AuditRow.__dataclass_fields__}
+        base.update(implemented=False, days_overdue=0)
+        return AuditRow(**{**base, **kw})
+
+    assert reports.outcome(row(item_status="withdrawn", overridden_by="token:dana")) == "withdrawn"
+    assert reports.outcome(row(item_status="done", change_request="CHG1")) == "implemented"
+    # An override in force lets an item without a change request through; a revoked one
+    # (the audit row names no override in force) does not.
+    assert reports.outcome(row(overridden_by="token:dana", gate="override ...")) == "overridden"
+    assert reports.outcome(row(gate="override ... (revoked ...)")) == "blocked"
+    assert reports.outcome(row(change_request="CHG2", days_overdue=3)) == "overdue"
+    assert reports.outcome(row(change_request="CHG2")) == "in progress"
