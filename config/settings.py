@@ -50,6 +50,18 @@ class ServiceNowSettings(BaseModel):
     # Calls in flight at once (workers beyond it wait for a slot; rate stays the buckets' job).
     max_concurrency: int = Field(default=16, ge=1, le=256)
     ca_bundle: str | None = None  # a CA file for a private certificate (the --tls simulator)
+    # TLS and proxy: a client certificate (PEM with the key, or with client_key beside it) for
+    # mutual TLS, and an HTTP(S) proxy for this system only (HTTPS_PROXY applies otherwise).
+    client_cert: str | None = None
+    client_key: str | None = None
+    proxy: str | None = None
+    # basic: username + password. oauth: a token from /oauth_token.do (refreshed before it
+    # expires) for the OAuth client (System OAuth > Application Registry): oauth_grant
+    # "password" (username + password + client) or "client_credentials" (the client only).
+    auth: Literal["basic", "oauth"] = "basic"
+    oauth_grant: Literal["password", "client_credentials"] = "password"
+    client_id: str = ""
+    client_secret: SecretStr | None = None
 
 
 class JiraSettings(BaseModel):
@@ -73,6 +85,14 @@ class JiraSettings(BaseModel):
     issue_write_burst: float = Field(default=10.0, ge=1)
     max_concurrency: int = Field(default=16, ge=1, le=256)  # calls in flight at once
     ca_bundle: str | None = None
+    # TLS and proxy: a client certificate (PEM with the key, or with client_key beside it) for
+    # mutual TLS, and an HTTP(S) proxy for this system only (HTTPS_PROXY applies otherwise).
+    client_cert: str | None = None
+    client_key: str | None = None
+    proxy: str | None = None
+    # basic: Cloud's email + API token. bearer: api_token is a Data Center personal access
+    # token (Authorization: Bearer), email unused.
+    auth: Literal["basic", "bearer"] = "basic"
     # A custom field (customfield_NNNNN) where people keep the ServiceNow incident number: an
     # issue that names one is linked to that incident, never given a second one.
     servicenow_field: str | None = None
@@ -97,6 +117,11 @@ class StatuspageSettings(BaseModel):
     # At 1 request/s more than two in flight only queue behind the bucket.
     max_concurrency: int = Field(default=2, ge=1, le=256)
     ca_bundle: str | None = None
+    # TLS and proxy: a client certificate (PEM with the key, or with client_key beside it) for
+    # mutual TLS, and an HTTP(S) proxy for this system only (HTTPS_PROXY applies otherwise).
+    client_cert: str | None = None
+    client_key: str | None = None
+    proxy: str | None = None
 
 
 class SyncSettings(BaseModel):
@@ -335,8 +360,17 @@ def missing_for_run(settings: Settings) -> list[str]:
             systems.append((system, name, section))
     for system, instance, section in systems:
         head = env_prefix(system, instance)
-        if not reveal(getattr(section, _CREDENTIAL[system])):
+        oauth = isinstance(section, ServiceNowSettings) and section.auth == "oauth"
+        client_only = isinstance(section, ServiceNowSettings) and (
+            oauth and section.oauth_grant == "client_credentials"
+        )
+        if not client_only and not reveal(getattr(section, _CREDENTIAL[system])):
             missing.append(f"{head}{_CREDENTIAL[system].upper()}")
+        if isinstance(section, ServiceNowSettings) and oauth:
+            if not section.client_id:
+                missing.append(f"{head}CLIENT_ID")
+            if not reveal(section.client_secret):
+                missing.append(f"{head}CLIENT_SECRET")
         if section.webhooks and not reveal(section.webhook_secret):
             missing.append(f"{head}WEBHOOK_SECRET")
     if not settings.api_tokens:

@@ -3,7 +3,8 @@ turning the service layer's refusals into a one-line error and an exit code."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +32,8 @@ def settings_or_exit(config_file: Path | None) -> Settings:
 
     from service.errors_cli import validation_lines
 
+    for line in unknown_variables(os.environ):
+        err.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
     try:
         return load_settings(config_file)
     except ValidationError as exc:
@@ -40,6 +43,25 @@ def settings_or_exit(config_file: Path | None) -> Settings:
     except (ConfigFileError, ValueError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``ITSM_SYNC_*`` variables that are no setting but look like a mistyped one (pydantic
+    ignores unknown top-level names: ITSM_SYNC_DATABSE_URL would silently leave the default)."""
+    import difflib
+
+    known = [f"ITSM_SYNC_{name.upper()}" for name in Settings.model_fields]
+    out = []
+    for name in sorted(environ):
+        if not name.startswith("ITSM_SYNC_"):
+            continue
+        head = name.split("__", 1)[0]
+        if head in known:
+            continue
+        close = difflib.get_close_matches(head, known, n=1, cutoff=0.8)
+        if close:
+            out.append(f"{name} is not a setting (ignored): did you mean {close[0]}?")
+    return out
 
 
 def open_db(settings: Settings) -> Engine:

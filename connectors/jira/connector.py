@@ -60,6 +60,7 @@ from connectors.http import (
     limit_concurrency,
 )
 from connectors.requests_errors import size_pool, translate
+from connectors.tls import client_cert
 
 SYSTEM = "jira"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
@@ -171,9 +172,23 @@ class JiraConnector:
         options: dict[str, Any] = {"rest_api_version": "2"}
         if self.settings.ca_bundle:
             options["verify"] = self.settings.ca_bundle
+        cert = client_cert(self.settings)
+        if cert is not None:
+            options["client_cert"] = cert
+        token = reveal(self.settings.api_token)
+        auth: dict[str, Any] = (
+            {"token_auth": token}  # a Data Center personal access token: Bearer
+            if self.settings.auth == "bearer"
+            else {"basic_auth": (self.settings.email, token)}
+        )
         client = JIRA(
             server=self.base_url,
-            basic_auth=(self.settings.email, reveal(self.settings.api_token)),
+            **auth,
+            proxies=(
+                {"http": self.settings.proxy, "https": self.settings.proxy}
+                if self.settings.proxy
+                else None
+            ),
             options=options,
             max_retries=0,  # one retry layer: ours
             timeout=self.settings.timeout_seconds,

@@ -53,6 +53,8 @@ from connectors.http import (
     limit_concurrency,
 )
 from connectors.requests_errors import TimeoutSession, translate
+from connectors.servicenow.oauth import ServiceNowOAuth
+from connectors.tls import apply_to_session
 
 SYSTEM = "servicenow"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -136,9 +138,13 @@ class ServiceNowConnector:
             raise ValueError(f"servicenow.url: not an http(s) URL: {settings.url!r}")
         self.base_url = f"{parts.scheme}://{parts.netloc}"
         session = TimeoutSession(SYSTEM, settings.timeout_seconds, settings.max_concurrency)
-        session.auth = (settings.username, reveal(settings.password))
-        if settings.ca_bundle:
-            session.verify = settings.ca_bundle
+        self.oauth: ServiceNowOAuth | None = None
+        if settings.auth == "oauth":
+            self.oauth = ServiceNowOAuth(settings, self.base_url, instance=instance)
+            session.auth = self.oauth
+        else:
+            session.auth = (settings.username, reveal(settings.password))
+        apply_to_session(session, settings)
         self._client = pysnow.Client(
             host=parts.netloc, use_ssl=parts.scheme == "https", session=session
         )
@@ -565,11 +571,13 @@ class ServiceNowConnector:
         user = self.settings.username
         try:
             me = self._once("sign in", self._fetch("sys_user", f"user_name={user}", limit=1))
-        except AuthFailed:
+        except AuthFailed as exc:
             return Probe(
                 f"{where}: sign in as {user}",
                 False,
-                f"credentials refused (HTTP 401): fix {env}USERNAME / {env}PASSWORD",
+                exc.args[0]  # the OAuth grant's own refusal names the settings to fix
+                if self.oauth is not None and "OAuth" in str(exc)
+                else f"credentials refused (HTTP 401): fix {env}USERNAME / {env}PASSWORD",
             )
         except ConnectorError as exc:
             return Probe(f"{where}: reach {self.base_url}", False, str(exc))

@@ -51,6 +51,7 @@ from connectors.http import (
     credential_fingerprint,
     limit_concurrency,
 )
+from connectors.tls import httpx_options
 
 SYSTEM = "statuspage"
 MAX_FIND_PAGES = 20  # unresolved incidents looked through for a correlation key: 2,000
@@ -101,7 +102,7 @@ class StatuspageConnector:
             base_url=self.base_url,
             headers={"Authorization": f"OAuth {key}", "Accept": "application/json"},
             timeout=settings.timeout_seconds,
-            verify=settings.ca_bundle or True,
+            **httpx_options(settings),
             event_hooks={"response": [self._count]},
         )
         self._bucket = bucket_for(

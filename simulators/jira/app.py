@@ -181,6 +181,8 @@ class JiraSimulator(Simulator):
     ) -> None:
         self.email = email
         self.api_token = api_token
+        # A Data Center personal access token (Authorization: Bearer) of the same account.
+        self.pat = "sim-pat"
         self.limits: Obj = {
             "burst_per_second": burst_per_second,
             "per_issue_writes": per_issue_writes,
@@ -557,6 +559,9 @@ class JiraSimulator(Simulator):
                 user = self.catalog.user_by({"emailAddress": email}) if email else None
                 if user and user.get("apiToken") and user["apiToken"] == token and user["active"]:
                     account = str(user["accountId"])
+        elif kind.lower() == "bearer" and cred and self.pat and cred.strip() == self.pat:
+            # Data Center: a personal access token. (Cloud refuses its API tokens as Bearer.)
+            account = self._api_user()
         if account is None:
             headers = {"WWW-Authenticate": 'Basic realm="protected-by-api-token"'}
             if header:

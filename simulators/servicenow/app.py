@@ -171,6 +171,8 @@ class ServiceNowSimulator(Simulator):
         self.requests_per_hour: int | None = None
         self.tokens: dict[str, str] = {}
         self.refresh_tokens: dict[str, str] = {}
+        # OAuth clients (System OAuth > Application Registry): client_id -> client_secret.
+        self.oauth_clients: dict[str, str] = {"itsm-sync": "sim-client-secret"}
         self._window: list[float] = []
         super().__init__(seed=seed)
 
@@ -545,7 +547,16 @@ class ServiceNowSimulator(Simulator):
         form = dict(req.form())
         grant = form.get("grant_type")
         user: str | None = None
-        if grant == "password":
+        client = form.get("client_id", "")
+        known = self.oauth_clients.get(client)
+        if known is not None and known != form.get("client_secret"):
+            grant = "refused"  # a registered client whose secret is wrong
+        if grant == "client_credentials":
+            # Since Washington DC: the client's own grant, run as the registry entry's user;
+            # only for a registered client. (The password grant takes any client here.)
+            if known is not None:
+                user = self.username
+        elif grant == "password":
             if form.get("username") == self.username and form.get("password") == self.password:
                 user = self.username
         elif grant == "refresh_token":
@@ -561,6 +572,13 @@ class ServiceNowSimulator(Simulator):
             {
                 "access_token": access,
                 "refresh_token": refresh,
+                "scope": "useraccount",
+                "token_type": "Bearer",
+                "expires_in": 1799,
+            }
+            if grant != "client_credentials"
+            else {
+                "access_token": access,
                 "scope": "useraccount",
                 "token_type": "Bearer",
                 "expires_in": 1799,

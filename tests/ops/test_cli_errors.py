@@ -103,3 +103,15 @@ def test_tls_failure_says_which_setting_to_set(tls_sims: SimulatorCluster, tmp_p
             f"set ITSM_SYNC_{system.upper()}__CA_BUNDLE to the CA file that signed it"
             in result.stdout
         )
+
+
+def test_a_mistyped_variable_is_named_not_silently_ignored(tmp_path: Path) -> None:
+    result = itsm(
+        ["config"], tmp_path, ITSM_SYNC_DATABSE_URL="postgresql+psycopg://x@db/itsm",
+        ITSM_SYNC_TEST_PG_URL="postgresql+psycopg://postgres@127.0.0.1/test",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "warning: ITSM_SYNC_DATABSE_URL is not a setting (ignored): did you mean "
+        "ITSM_SYNC_DATABASE_URL?"
+    ]
