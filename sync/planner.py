@@ -476,6 +476,12 @@ def merge(snap: Snapshot, policy: Policy) -> Merged:
         for change in changes:
             if winner is not change and not change.precise:
                 out.needs_history.add(change.record.link_id)
+        # A record that changed but shows the value we hold may have been set back to it
+        # (A -> B -> A) after this change: only its history can tell.
+        changed_here = {c.record.link_id for c in changes}
+        for record in snap.records:
+            if record.newer and not record.history and record.link_id not in changed_here:
+                out.needs_history.add(record.link_id)
         if not winner.precise and stamps.get(name) is not None:
             out.needs_history.add(winner.record.link_id)
         stamps[name] = Stamp(at=winner.at, system=winner.record.ref.system)
@@ -522,8 +528,10 @@ def _change(
             return Change(record, value, entries[-1].at, precise=True)
         at = record.observed_at or snap.now
         return Change(record, value, at, precise=record.one_update)
-    # The record shows the value we hold, but its history may tell of an edit made just
-    # before our own write overwrote it: newer than our value's own change, it wins.
+    # The record shows the value we hold, but its history may tell of an edit newer than our
+    # value's own change: one made just before our own write overwrote it, or one that set
+    # the field back to the value we hold (A -> B -> A) while another side changed it. It
+    # takes part in the decision with its own time.
     stamp = snap.incident.changed.get(name)
     for entry in reversed(entries):
         if not entry.known or stamp is None or entry.at <= stamp.at:
@@ -534,7 +542,7 @@ def _change(
             )
         except MAPPING_FAILURES:
             break
-        if name in theirs and normal(theirs[name]) != normal(value):
+        if name in theirs:
             return Change(record, theirs[name], entry.at, precise=True)
         break
     return None

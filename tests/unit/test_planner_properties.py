@@ -295,6 +295,16 @@ def _empty(db: Engine) -> None:
     ],
     text=list("abcdefghijklmn"),
 )
+# A field set back to the value it had (A -> B -> A) after the other side changed it: the
+# last edit, though it restores the value we held, still wins.
+@example(
+    plan=[
+        ("servicenow", "state", "investigating", "now"),
+        ("jira", "state", "investigating", "now"),
+        ("servicenow", "state", "new", "now"),
+    ],
+    text=list("abcdefghijklmn"),
+)
 @given(plan=steps, text=st.lists(st.text("abc xyz", min_size=1, max_size=8), min_size=14))
 def test_edits_on_both_sides_converge_and_the_last_writer_wins_per_field(
     plan: list[Any], text: list[str], db: Engine
