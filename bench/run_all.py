@@ -6,14 +6,10 @@ Each benchmark prints its own tables as it goes (and the command that reproduces
 the summary at the end has one line per target, ``PASS name: figure (target)`` or ``FAIL ...``,
 and ``INFO name: figure`` for a figure reported for context (no target of its own). It is
 meant to take at most 10 minutes on two cores; each benchmark's time is printed after it.
-
-``bench.storage`` (database bytes per edit) runs too when it exists: it is another
-engineer's, and follows the same conventions (``--small``, ``--json FILE``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
@@ -43,9 +39,8 @@ def benchmarks(small: bool, postgres: bool) -> list[tuple[str, list[str]]]:
             + (["--postgres"] if postgres else []),
         ),
         ("bench.console", []),  # every console page with 10,000 incidents: < 200 ms
+        ("bench.storage", []),  # database bytes per edit after prune
     ]
-    if importlib.util.find_spec("bench.storage") is not None:  # the hook: bytes per edit
-        out.append(("bench.storage", []))
     return out
 
 

@@ -15,7 +15,6 @@ number of edits.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import sqlite3
@@ -27,6 +26,7 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
+from bench.common import Row, command, finish, parser
 from config.settings import RetentionSettings
 from connectors.http import reset_buckets
 from service.harness import WEBHOOK_SECRETS, settings_for
@@ -119,18 +119,21 @@ def run(incidents: int, rounds: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="50 incidents, 1,000 edits")
-    args = parser.parse_args(argv)
-    incidents = 50 if args.small else 500
+    args = parser(__doc__.splitlines()[0] if __doc__ else "").parse_args(argv)
+    incidents = 50 if args.small else 500  # --small: 1,000 edits
     result = run(incidents, 20)
-    print(f"command: python -m bench.storage{' --small' if args.small else ''}")
+    print(f"command: {command('bench.storage', args.small)}")
     for key, value in result.items():
         print(f"  {key}: {value}")
     figure = result["bytes_total_after_prune_per_edit"]
     verdict = "PASS" if figure <= TARGET else "FAIL"
     print(f"{verdict} storage-bytes-per-edit: {figure} B (target ≤ {TARGET})")
-    return 0 if verdict == "PASS" else 1
+    rows = [
+        Row("storage", "bytes per edit after prune", f"≤ {TARGET} B", f"{figure} B",
+            figure <= TARGET)
+    ]  # fmt: skip
+    finish(rows, args.json)
+    return 0
 
 
 if __name__ == "__main__":
