@@ -236,20 +236,21 @@ class Slots:
                 self._sem.release()
 
 
-_slots: dict[str, Slots] = {}
+_slots: dict[tuple[str, str], Slots] = {}
 
 
-def limit_concurrency(system: str, limit: int) -> Slots:
-    """The slots of ``system`` (created, or replaced when the limit changed)."""
+def limit_concurrency(system: str, limit: int, instance: str = "") -> Slots:
+    """The slots of one system instance (its base URL): created, or replaced when the limit
+    changed. Two instances (or two tests' simulators) never wait on each other's slots."""
     with _registry_lock:
-        slots = _slots.get(system)
+        slots = _slots.get((system, instance))
         if slots is None or slots.limit != limit:
-            slots = _slots[system] = Slots(limit)
+            slots = _slots[(system, instance)] = Slots(limit)
         return slots
 
 
-def slots_for(system: str) -> Slots | None:
-    return _slots.get(system)
+def slots_for(system: str, instance: str = "") -> Slots | None:
+    return _slots.get((system, instance))
 
 
 class CallCounter:
@@ -307,6 +308,7 @@ def call_with_retries(
     policy: RetryPolicy = RetryPolicy(),
     bucket: TokenBucket | None = None,
     key_bucket: TokenBucket | None = None,
+    slots: Slots | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Run ``fn`` (one remote call that raises the taxonomy) with the retry and rate policy."""
@@ -317,7 +319,8 @@ def call_with_retries(
         if key_bucket is not None:
             RATE_WAITS.add(system, key_bucket.acquire())
 
-    slots = _slots.get(system)
+    if slots is None:
+        slots = _slots.get((system, ""))
 
     def attempt() -> T:
         try:

@@ -142,7 +142,7 @@ class JiraConnector:
         self._issue_writes = KeyedBuckets(
             settings.issue_writes_per_second, settings.issue_write_burst
         )
-        limit_concurrency(SYSTEM, settings.max_concurrency)
+        self._slots = limit_concurrency(SYSTEM, settings.max_concurrency, self.base_url)
         self._people_by_email: dict[str, Person] = {}
         self._people_by_id: dict[str, Person] = {}
         self._time_zone: ZoneInfo | None = None
@@ -225,6 +225,7 @@ class JiraConnector:
             what=what,
             policy=self.retry,
             bucket=self._bucket,
+            slots=self._slots,
             key_bucket=key_bucket,
         )
 
@@ -379,6 +380,7 @@ class JiraConnector:
             what="create issue",
             policy=self.retry,
             bucket=self._bucket,
+            slots=self._slots,
         )
         return self.get("issue", issue_id)
 
@@ -525,6 +527,7 @@ class JiraConnector:
             what=what,
             policy=self.retry,
             bucket=self._bucket,
+            slots=self._slots,
             key_bucket=self._issue_writes.get(ref.id),
         )
 
@@ -669,6 +672,7 @@ class JiraConnector:
             what=what,
             policy=self.retry,
             bucket=self._bucket,
+            slots=self._slots,
             key_bucket=self._issue_writes.get(ref.id),
         )
 

@@ -153,7 +153,7 @@ class ServiceNowConnector:
             credential_fingerprint(f"{self.base_url}|{settings.username}"),
             RatePolicy(requests_per_second=settings.requests_per_second, burst=1.0),
         )
-        limit_concurrency(SYSTEM, settings.max_concurrency)
+        self._slots = limit_concurrency(SYSTEM, settings.max_concurrency, self.base_url)
         self._people_lock = threading.Lock()
         self._people_by_email: dict[str, Person] = {}
         self._people_by_id: dict[str, Person] = {}
@@ -192,6 +192,7 @@ class ServiceNowConnector:
             what=what,
             policy=self.retry,
             bucket=self._bucket,
+            slots=self._slots,
         )
 
     def _fetch(
@@ -349,6 +350,7 @@ class ServiceNowConnector:
             what=f"create {table}",
             policy=self.retry,
             bucket=self._bucket,
+            slots=self._slots,
         )
 
     def update(self, ref: RemoteRef, fields: Mapping[str, Any]) -> RemoteRecord:
@@ -453,6 +455,7 @@ class ServiceNowConnector:
                 what=what,
                 policy=self.retry,
                 bucket=self._bucket,
+                slots=self._slots,
             )
         )
         # The answer is the record, not the journal entry; reading the entry back only to learn

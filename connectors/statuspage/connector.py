@@ -110,7 +110,7 @@ class StatuspageConnector:
             credential_fingerprint(f"{self.base_url}|{key}"),
             RatePolicy(requests_per_second=settings.requests_per_second, burst=settings.burst),
         )
-        limit_concurrency(SYSTEM, settings.max_concurrency)
+        self._slots = limit_concurrency(SYSTEM, settings.max_concurrency, self.base_url)
 
     def __repr__(self) -> str:  # never the key
         return f"StatuspageConnector({self.instance!r}, {self.base_url!r}, page={self.page!r})"
@@ -163,6 +163,7 @@ class StatuspageConnector:
             what=what,
             policy=self.retry,
             bucket=self._bucket,
+            slots=self._slots,
         )
 
     def _record(self, object_type: str, raw: Mapping[str, Any]) -> RemoteRecord:
@@ -288,6 +289,7 @@ class StatuspageConnector:
             what="create incident",
             policy=self.retry,
             bucket=self._bucket,
+            slots=self._slots,
         )
         return self._record("incident", raw)
 

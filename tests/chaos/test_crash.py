@@ -519,6 +519,7 @@ def _crash_and_converge(
     return chaos
 
 
+@pytest.mark.crash
 def test_sqlite_service_killed_three_times_converges_without_duplicates_or_losses(
     empty_sims: SimulatorCluster,
     systems: Systems,
@@ -530,6 +531,7 @@ def test_sqlite_service_killed_three_times_converges_without_duplicates_or_losse
     _crash_and_converge(scenario, empty_sims, systems, services, db, tmp_path)
 
 
+@pytest.mark.crash
 def test_two_processes_on_postgresql_one_killed_mid_way(
     empty_sims: SimulatorCluster,
     systems: Systems,

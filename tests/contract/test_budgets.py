@@ -49,8 +49,8 @@ def test_statuspage_never_sees_a_420_over_a_full_window(sims: SimulatorCluster) 
     assert len(statuses) == 70 and set(statuses) == {200}
 
 
-def test_jira_per_issue_write_limit_is_never_hit(sims: SimulatorCluster) -> None:
-    url = sims.urls["jira"]
+def test_jira_per_issue_write_limit_is_never_hit(empty_sims: SimulatorCluster) -> None:
+    url = empty_sims.urls["jira"]
     connector = JiraConnector(jira_settings(url))
     issue = connector.create(
         "issue", {"summary": "busy", "issuetype": {"name": "Incident"}}, correlation_key="budget-1"

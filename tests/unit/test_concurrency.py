@@ -92,6 +92,7 @@ def test_a_slot_comes_before_the_token() -> None:
 def test_the_settings_name_the_limit() -> None:
     from connectors.jira import JiraConnector
 
-    JiraConnector(JiraSettings(max_concurrency=7))
-    slots = slots_for("jira")
+    connector = JiraConnector(JiraSettings(max_concurrency=7))
+    slots = slots_for("jira", connector.base_url)
     assert slots is not None and slots.limit == 7
+    assert slots_for("jira", "https://another.atlassian.net") is None  # per instance
