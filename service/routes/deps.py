@@ -35,13 +35,11 @@ def read_session(runtime: RuntimeDep) -> Iterator[Session]:
         yield s
 
 
-def write_session(runtime: RuntimeDep) -> Iterator[Session]:
-    with store.session_scope(runtime.db) as s:
-        yield s
-
-
 ReadSession = Annotated[Session, Depends(read_session)]
-WriteSession = Annotated[Session, Depends(write_session)]
+# No write session as a dependency: FastAPI enters and leaves a sync generator dependency on
+# two thread-pool threads, and a write scope holds the store's per-thread write lock (SQLite),
+# which the other thread cannot release: every later writer then waited forever. A write
+# endpoint opens its scope in its own body (``with store.session_scope(runtime.db) as s``).
 
 
 def bearer_actor(request: Request) -> Actor:

@@ -8,7 +8,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from service.domain import incidents
-from service.routes.deps import Operator, Publisher, Reader, ReadSession, RuntimeDep, WriteSession
+from service.routes.deps import Operator, Publisher, Reader, ReadSession, RuntimeDep
+from sync import store
 
 router = APIRouter(prefix="/api", tags=["incidents"])
 
@@ -45,13 +46,14 @@ def incident_history(incident_id: str, s: ReadSession, _: Reader) -> list[dict[s
 
 @router.post("/incidents/{incident_id}/public")
 def publish(
-    incident_id: str, body: PublicBody, s: WriteSession, runtime: RuntimeDep, actor: Publisher
+    incident_id: str, body: PublicBody, runtime: RuntimeDep, actor: Publisher
 ) -> dict[str, Any]:
     """Comms approves what customers read: the public flag and the public message."""
-    return incidents.set_public(
-        s, ident=incident_id, message=body.message, public=body.public, actor=actor,
-        mappings=runtime.mappings, force=body.force,
-    )  # fmt: skip
+    with store.session_scope(runtime.db) as s:
+        return incidents.set_public(
+            s, ident=incident_id, message=body.message, public=body.public, actor=actor,
+            mappings=runtime.mappings, force=body.force,
+        )  # fmt: skip
 
 
 @router.post("/links")
