@@ -38,9 +38,10 @@ chaos: $(STAMP)
 chaos-crash: $(STAMP)
 	$(BIN)/python -m pytest -m 'slow or crash' tests/chaos -q
 
-# The two small kill -9 crash tests alone (about a minute; .ci/run runs them after make test).
+# The tests that kill a process (kill -9 mid-sync, a dead worker process, a crash between
+# creating a change and recording it): about two minutes; .ci/run runs them after make test.
 crash: $(STAMP)
-	$(BIN)/python -m pytest -m crash tests/chaos -q
+	$(BIN)/python -m pytest -n 2 -m crash tests/chaos tests/e2e -q
 
 # The client libraries' own live-API suites (pycontribs/jira, PySNC) against the simulators,
 # extracted at pinned commits from local git directories (tests/peer/README.md); own venv.

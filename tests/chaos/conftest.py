@@ -133,7 +133,7 @@ class ServiceProcess:
         except httpx.HTTPError:
             return False
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while not self.ready():
             if self.proc is not None and self.proc.poll() is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from service.harness import simulator_env
 from simulators.runner import SimulatorCluster
@@ -217,6 +218,7 @@ def test_a_change_manager_override_is_audited(world: World) -> None:
     assert "vendor's change process" in override[0]["reason"]
 
 
+@pytest.mark.crash  # make crash (kills a process; .ci/run runs it)
 def test_a_crash_between_creating_the_change_and_recording_it_leaves_one(
     sims: SimulatorCluster, tmp_path: Path
 ) -> None:

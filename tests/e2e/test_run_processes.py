@@ -62,6 +62,11 @@ def _health(svc: ServiceProcess) -> tuple[int, dict[str, Any]]:
     return r.status_code, r.json()
 
 
+# Real `run` processes with their worker process, started, killed and replaced: slow to start
+# on a loaded machine, so they run in `make crash` (which .ci/run runs), not `make test`.
+pytestmark = pytest.mark.crash
+
+
 @pytest.fixture
 def started(empty_sims: SimulatorCluster, tmp_path: Path) -> Iterator[ServiceProcess]:
     """``itsm-sync run`` (defaults: a worker process) on SQLite, ready (worker process too)."""
