@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import create_engine, make_url
 from sqlalchemy.exc import OperationalError
 
-from service.harness import WEBHOOK_SECRETS, register_webhooks
+from service.harness import register_webhooks, simulator_env
 from simulators.runner import SimulatorCluster
 
 CLI = [sys.executable, "-m", "service"]
@@ -46,25 +46,12 @@ def service_env(cluster: SimulatorCluster, database_url: str, **extra: str) -> d
 
     Any ``ITSM_SYNC_*`` of the calling environment is dropped so a developer's settings can't
     leak in; ``extra`` overrides (``ITSM_SYNC_SYNC__WORKERS="2"``)."""
-    creds = cluster.config.credentials
     env = {k: v for k, v in os.environ.items() if not k.startswith("ITSM_SYNC_")}
+    env.update(simulator_env(cluster, database_url))
     env.update(
         {
-            "ITSM_SYNC_SERVICENOW__URL": cluster.urls["servicenow"],
-            "ITSM_SYNC_SERVICENOW__USERNAME": creds.servicenow_username,
-            "ITSM_SYNC_SERVICENOW__PASSWORD": creds.servicenow_password,
-            "ITSM_SYNC_SERVICENOW__WEBHOOK_SECRET": WEBHOOK_SECRETS["servicenow"],
-            "ITSM_SYNC_JIRA__URL": cluster.urls["jira"],
-            "ITSM_SYNC_JIRA__EMAIL": creds.jira_email,
-            "ITSM_SYNC_JIRA__API_TOKEN": creds.jira_api_token,
-            "ITSM_SYNC_JIRA__WEBHOOK_SECRET": WEBHOOK_SECRETS["jira"],
-            "ITSM_SYNC_STATUSPAGE__URL": cluster.urls["statuspage"] + "/v1",
-            "ITSM_SYNC_STATUSPAGE__API_KEY": creds.statuspage_api_key,
-            "ITSM_SYNC_STATUSPAGE__PAGE_ID": creds.statuspage_page_id,
-            "ITSM_SYNC_STATUSPAGE__WEBHOOK_SECRET": WEBHOOK_SECRETS["statuspage"],
             "ITSM_SYNC_STATUSPAGE__REQUESTS_PER_SECOND": "50",
             "ITSM_SYNC_STATUSPAGE__BURST": "10",
-            "ITSM_SYNC_DATABASE_URL": database_url,
             "ITSM_SYNC_SYNC__POLL_INTERVAL_SECONDS": "1",
             "ITSM_SYNC_SYNC__WORKERS": "4",
             # A killed process's claims come back after the lease; long enough that no
