@@ -124,6 +124,10 @@ class Tracker:
         self.connectors = connectors
         self.settings = settings
         self._required = parse_condition(settings.required_when, fields=CANONICAL_FIELDS)
+        # Requirements known latched, with their severity: a requirement is never lifted and
+        # its severity only rises, so "latched at this severity or a higher one" stays true
+        # and every later reconcile of the incident skips the read (bounded: cleared when big).
+        self._latched: dict[str, str] = {}
 
     def rule_holds(self, incident: Incident) -> bool:
         """Whether ``postmortem.required_when`` holds for the incident as it is now."""
@@ -144,14 +148,23 @@ class Tracker:
             return
         severity = incident.severity.value if incident.severity else ""
         why = f"{self.settings.required_when} held"
+        known = self._latched.get(incident.id)
+        if known is not None and known <= severity and not incident.parent:
+            return  # latched already, at this severity or a higher one: nothing to write
         with store.session_scope(self.db, readonly=True) as s:
             row = s.get(Requirement, incident.id)
             if row is not None and row.severity <= severity and not incident.parent:
+                self._remember(incident.id, row.severity)
                 return  # latched already, at this severity or a higher one: nothing to write
         with store.session_scope(self.db) as s:
             self._latch(s, incident.id, severity, why)
             if incident.parent:
                 self._latch(s, incident.parent, severity, f"its duplicate {incident.id} needs one")
+
+    def _remember(self, incident_id: str, severity: str) -> None:
+        if len(self._latched) >= 100_000:
+            self._latched.clear()
+        self._latched[incident_id] = severity
 
     def _latch(self, s: Any, incident_id: str, severity: str, reason: str) -> None:
         row = s.get(Requirement, incident_id)

@@ -56,7 +56,10 @@ class Runtime:
         connectors: dict[tuple[str, str], Connector] | None = None,
     ) -> None:
         self.settings = settings
-        self.db = store.make_engine(settings.database_url)
+        # A pooled connection for each worker thread, the poller and a few web requests.
+        self.db = store.make_engine(
+            settings.database_url, pool_size=settings.sync.workers + store.POOL_SIZE
+        )
         store.migrate(self.db)
         self.connectors = connectors or build_connectors(settings)
         self.mapping_problems: str = ""

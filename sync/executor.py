@@ -92,6 +92,9 @@ class Outcome:
     parked: list[str] = field(default_factory=list)
     retry_in: float | None = None  # some target failed retriably: look again after this long
     conflicts: int = 0
+    # A write's answer may hold an edit someone made between our read and our write (or
+    # cannot tell): the incident is due again as soon as this pass is finished.
+    again: bool = False
 
     def later(self, seconds: float) -> None:
         self.retry_in = seconds if self.retry_in is None else min(self.retry_in, seconds)
@@ -137,17 +140,59 @@ class Executor:
         self.incident_id = incident_id
         self.outcome = outcome
         self.values: dict[str, Any] = {}  # the incident's canonical values, as being written
+        # Links whose first write's intent was noted with the merge (one transaction fewer).
+        self.noted: set[int] = set()
 
     # -- A: the merge ------------------------------------------------------------------------
 
-    def save(self, merged: Merged, version: int) -> None:
-        """Commit the merged incident, the consumed shadows, the comments taken in and the
-        audit of the merge, in one transaction (StaleIncident if someone saved it since)."""
+    @staticmethod
+    def intents(
+        ops: list[Op], targets: Mapping[tuple[str, str], Target], held: Mapping[Any, _Held]
+    ) -> dict[int, dict[str, Any]]:
+        """Per linked source record this pass writes to, what it will write (every update and
+        transition of the pass): noted before the first write, so that a write whose answer
+        never comes is still known as ours (:meth:`sync.planner.Record.intended` only counts
+        the values the record's history shows were made)."""
+        values: dict[int, dict[str, Any]] = {}
+        for op in ops:
+            target, record = targets.get(op.target), held.get(op.target)
+            if target is None or not target.source or record is None or record.link.id is None:
+                continue
+            if isinstance(op, Update):
+                values.setdefault(record.link.id, {}).update(op.fields)
+            elif isinstance(op, Transition):
+                values.setdefault(record.link.id, {})[op.path] = op.value
+        at = store.utcnow().isoformat()
+        return {k: {"at": at, "values": jsonable(v)} for k, v in values.items() if v}
+
+    def save(
+        self, merged: Merged | None, version: int, intents: Mapping[int, dict[str, Any]]
+    ) -> None:
+        """Commit the merged incident, the consumed shadows, the comments taken in, the audit
+        of the merge and the intents of the writes to come, in one transaction
+        (StaleIncident if someone saved it since). Without a merge: the intents alone."""
+        if merged is None and not intents:
+            return
         with store.session_scope(self.db) as s:
+            consumed = merged.consumed if merged is not None else {}
+            for link_id, intent in intents.items():
+                if link_id in consumed:
+                    continue
+                noted = store.get_shadow(s, link_id)
+                if noted is not None:
+                    store.set_shadow(
+                        s, link_id, {**noted.fields, INTENT_KEY: intent}, noted.version
+                    )
+                    self.noted.add(link_id)
+            if merged is None:
+                return
             store.replace_incident_data(
                 s, self.incident_id, version, merged.incident.model_dump(mode="json")
             )
             for link_id, (flat, seen) in merged.consumed.items():
+                if link_id in intents:
+                    flat = {**flat, INTENT_KEY: intents[link_id]}
+                    self.noted.add(link_id)
                 store.set_shadow(s, link_id, flat, seen)
             for comment, record, remote_id in merged.new_comments:
                 store.link_comment(
@@ -304,7 +349,9 @@ class Executor:
         written = dict(fields)
         if state is not None:
             written[state[0]] = state[1]
-        if target.source:  # noted first: if its answer never comes, the write is still ours
+        if link.id in self.noted:  # noted with the merge, before this pass's first write
+            self.noted.discard(link.id)
+        elif target.source:  # noted first: if its answer never comes, the write is still ours
             intent = {"at": store.utcnow().isoformat(), "values": jsonable(written)}
             with store.session_scope(self.db) as s:
                 noted = store.get_shadow(s, link.id or 0)
@@ -318,7 +365,7 @@ class Executor:
             path, value = state
             after = self._transition(connector, ref, path, value, fields, known)
         source = target.source
-        ours, theirs, alone = self._attribute(connector, ref, held, after, written)
+        ours, theirs, alone, exact = self._attribute(connector, ref, held, after, written)
         read_paths = {f.path for f in target.mapping.fields if f.reads}
         shadow = {**held.held, **written}
         shadow.pop(INTENT_KEY, None)  # answered: recorded below
@@ -358,9 +405,12 @@ class Executor:
         # A source's record may hold others' edits (their updates, a comment): the next pass
         # compares it field by field (version left empty); an output-only one is ours alone.
         version = [] if source else list(after.version)
-        if source:  # marked on its own, before: one row lock per transaction, no lock cycles
-            with store.session_scope(self.db) as s:
-                mark_dirty(s, incident_key(self.incident_id), reason=f"wrote {link.system}")
+        if source and (theirs or not exact):
+            # The answer we store below holds someone's edit (or may): their own delivery would
+            # then be "not newer" and change nothing, so the next pass must weigh it. Due again
+            # when this pass finishes (the worker's finishing transaction; a crash before it
+            # leaves the claim, which comes back the same way).
+            self.outcome.again = True
         with store.session_scope(self.db) as s:
             if source:
                 self._observe(s, after, history)
@@ -428,11 +478,12 @@ class Executor:
         held: _Held,
         after: RemoteRecord,
         written: Mapping[str, Any],
-    ) -> tuple[list[FieldChange], list[FieldChange], bool]:
+    ) -> tuple[list[FieldChange], list[FieldChange], bool, bool]:
         """The record's updates since our read: (ours, someone else's, whether ours was the
-        only one). The connector names the updates its write made; the rest came from someone
-        else, between our read and our write. A system whose answer carries no history has an
-        update counter: moved by one, the only update was ours; by more, its history is read."""
+        only one, whether "someone else's" is known exactly). The connector names the updates
+        its write made; the rest came from someone else, between our read and our write. A
+        system whose answer carries no history has an update counter: moved by one, the only
+        update was ours; by more, its history is read."""
         mine = {str(u) for u in after.fields.get(OUR_UPDATES_KEY) or []}
         known_ids = {c.id for c in held.history}
         read_at = _time_of(held.observed)
@@ -446,9 +497,9 @@ class Executor:
         counted = FIELD_CHANGES_KEY not in after.fields and len(before) == len(moved) == 1
         if counted and Capability.FIELD_HISTORY in connector.capabilities:
             if moved[0] == before[0]:
-                return [], [], True  # nothing changed: no update at all
+                return [], [], True, True  # nothing changed: no update at all
             if moved[0] - before[0] == 1:
-                return [_counter(after, path) for path in written], [], True
+                return [_counter(after, path) for path in written], [], True, True
             # Someone else updated it between our read and our write: whose was what.
             new = [
                 c
@@ -457,7 +508,15 @@ class Executor:
             ]
         ours = [c for c in new if c.update in mine]
         theirs = [c for c in new if c.update not in mine]
-        return ours, theirs, False
+        # Exact: the answer carried its history and no comment we had not seen. Otherwise
+        # (someone else's update counted between, a comment made meanwhile, no history)
+        # someone's edit may be in the answer unseen.
+        exact = (
+            not counted
+            and FIELD_CHANGES_KEY in after.fields
+            and not _comments_moved(connector, held.observed, after.fields)
+        )
+        return ours, theirs, False, exact
 
     def _observe(self, s: Any, record: RemoteRecord, history: list[FieldChange]) -> None:
         fields = {k: v for k, v in record.fields.items() if k != OUR_UPDATES_KEY}
@@ -640,6 +699,18 @@ def held_records(
             list(record.history),
         )
     return out
+
+
+def _comments_moved(
+    connector: Connector, before: Mapping[str, Any], after: Mapping[str, Any]
+) -> bool:
+    """Whether ``after`` may hold a comment ``before`` did not (True when it cannot tell)."""
+    if Capability.COMMENTS not in connector.capabilities:
+        return False
+    then, now = connector.known_comments(before, None), connector.known_comments(after, None)
+    if then is None or now is None:
+        return True
+    return bool({c.id for c in now} - {c.id for c in then})
 
 
 def _time_of(fields: Mapping[str, Any]) -> dt.datetime | None:

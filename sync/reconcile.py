@@ -370,9 +370,7 @@ class Reconciler:
         parked_now = {p.target for p in merged.parks}
         if self.tracker is not None:
             merged.incident = self._gate(merged, incident, snap, outcome)
-        if merged.incident != incident or merged.changed:
-            # Raises StaleIncident if someone saved it since we read it (or deleted it).
-            executor.save(merged, state.version)
+        before = incident
         incident = merged.incident
         snap = dataclasses.replace(
             snap,
@@ -382,6 +380,13 @@ class Reconciler:
         )
         ops = planner.plan(snap, incident, self.policy, merged.consumed)
         held = held_records(list(snap.records), state.links, merged.consumed)
+        # The merge and the intents of the writes to come in one transaction. Raises
+        # StaleIncident if someone saved the incident since we read it (or deleted it).
+        executor.save(
+            merged if merged.incident != before or merged.changed else None,
+            state.version,
+            executor.intents(ops, snap.targets, held),
+        )
         executor.run(incident, ops, snap.targets, held, state.backoffs)
         self._after(snap.incident, incident, outcome)
         return outcome

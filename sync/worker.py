@@ -138,6 +138,11 @@ class Worker:
         self.name = worker_name()
         self.lease = lease_seconds
         self.totals = Totals()
+        # The next key, claimed in the transaction that finished the last one (one write
+        # transaction per key fewer while there is work); given back by release_next().
+        self._next: Claim | None = None
+
+    chain = True  # claim the next key while finishing one
 
     def step(self) -> bool:
         """Claim and handle one key; False when nothing was due."""
@@ -146,6 +151,10 @@ class Worker:
     def step_or_idle(self) -> float:
         """Claim and handle one key and return 0; or, when nothing is due, return how many
         seconds until the earliest waiting key is (``inf``: the queue holds none)."""
+        if self._next is not None:
+            held, self._next = self._next, None
+            self.handle(held)
+            return 0.0
         now = store.utcnow()
         with store.session_scope(self.db, readonly=True) as s:
             due = next_due(s, now=now)  # a cheap read: idle workers take no write lock
@@ -181,7 +190,7 @@ class Worker:
 
     def _handle(self, held: Claim) -> None:
         try:
-            retry_in = self._work(held.key)
+            result = self._work(held.key)
         except store.StaleIncident:
             with store.session_scope(self.db) as s:
                 release(s, held)  # someone saved the incident meanwhile: again, from the newest
@@ -196,29 +205,51 @@ class Worker:
             with store.session_scope(self.db) as s:
                 retry_later(s, held, delay=delay, error=f"{type(exc).__name__}: {exc}")
             return
+        retry_in, again = result
         with store.session_scope(self.db) as s:
-            if retry_in is not None:
+            if again:  # a write's answer may hold someone's edit: due again, now
+                release(s, held)
+            elif retry_in is not None:
                 retry_later(s, held, delay=retry_in, error="a target failed retriably")
             else:
                 finish(s, held)
+            if self.chain:
+                claimed = claim(s, self.name, limit=1, lease_seconds=self.lease)
+                self._next = claimed[0] if claimed else None
 
-    def _work(self, key: str) -> float | None:
+    def release_next(self) -> None:
+        """Give back a key claimed ahead but not worked on (the worker is stopping)."""
+        held, self._next = self._next, None
+        if held is not None:
+            with store.session_scope(self.db) as s:
+                release(s, held)
+
+    def _work(self, key: str) -> tuple[float | None, bool]:
+        """(retry in this many seconds or None, whether the key is due again at once)."""
         kind, *rest = parse_key(key)
         if kind == "incident":
-            started = time.monotonic()
-            outcome = self.reconciler.reconcile(rest[0])
-            log.info(
-                "reconciled incident %s: %d write(s)", rest[0], outcome.writes,
-                extra={"incident_id": rest[0], "writes": outcome.writes, "parked": outcome.parked,
-                       "ms": round((time.monotonic() - started) * 1000, 1)},
-            )  # fmt: skip
-            with self.totals.lock:
-                self.totals.reconciled += 1
-                self.totals.writes += outcome.writes
-                self.totals.conflicts += outcome.conflicts
-                self.totals.parked.update(f"{rest[0]}:{t}" for t in outcome.parked)
-            return outcome.retry_in
-        system, instance, object_type, remote_id = rest
+            return self._incident(rest[0])
+        return self._remote(key, kind, *rest), False
+
+    def _incident(self, incident_id: str) -> tuple[float | None, bool]:
+        started = time.monotonic()
+        outcome = self.reconciler.reconcile(incident_id)
+        log.info(
+            "reconciled incident %s: %d write(s)", incident_id, outcome.writes,
+            extra={"incident_id": incident_id, "writes": outcome.writes,
+                   "parked": outcome.parked,
+                   "ms": round((time.monotonic() - started) * 1000, 1)},
+        )  # fmt: skip
+        with self.totals.lock:
+            self.totals.reconciled += 1
+            self.totals.writes += outcome.writes
+            self.totals.conflicts += outcome.conflicts
+            self.totals.parked.update(f"{incident_id}:{t}" for t in outcome.parked)
+        return outcome.retry_in, outcome.again
+
+    def _remote(
+        self, key: str, kind: str, system: str, instance: str, object_type: str, remote_id: str
+    ) -> float | None:
         for handler in self.reconciler.handlers:
             # Records that stand for something else than an incident (a planned change shown
             # as maintenance on the status page).
@@ -240,7 +271,7 @@ class Worker:
         if connector is None:
             log.warning("no connector for %s/%s; dropping %s", system, instance, key)
             return None
-        with store.session_scope(self.db) as s:
+        with store.session_scope(self.db, readonly=True) as s:
             link = store.find_link(
                 s, system=system, instance=instance, object_type=object_type, remote_id=remote_id
             )
@@ -323,6 +354,9 @@ def drain(
         t.start()
     for t in pool:
         t.join(max(0.0, deadline - time.monotonic()) + 1)
+    for w, t in zip(workers, pool, strict=True):
+        if not t.is_alive():
+            w.release_next()
     return _sum_totals(workers)
 
 
@@ -511,6 +545,10 @@ class WorkerPool:
             if idle > 0:
                 # +1 ms: due_at <= now must hold when we look again
                 self.wakeup.wait(seen, min(idle + 0.001, self.recheck))
+        try:
+            worker.release_next()
+        except Exception:  # the database is gone: the lease runs out instead
+            log.exception("giving back a claimed key failed")
 
     def stop(self) -> None:
         self._stop.set()

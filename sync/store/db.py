@@ -245,7 +245,15 @@ def _sqlite_begin_immediate(raw: Any) -> None:
         raw.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+# Pooled connections kept open: each worker thread, the poller and the web app's threads hold
+# one at a time. Beyond this many a connection is opened for the call and closed after it
+# (SQLite: its PRAGMAs again; PostgreSQL: a new server process), and beyond
+# POOL_OVERFLOW more a thread waits for one.
+POOL_SIZE = 8
+POOL_OVERFLOW = 32
+
+
+def make_engine(url: str, *, echo: bool = False, pool_size: int = POOL_SIZE) -> Engine:
     """An engine for ``url`` (``Settings.database_url``), set up for this store.
 
     SQLite: WAL, foreign keys, 30 s busy timeout, connections usable from any thread, and every
@@ -263,7 +271,11 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             echo=echo,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             json_serializer=json_dumps,
-            **({"poolclass": StaticPool} if memory else {}),
+            **(
+                {"poolclass": StaticPool}
+                if memory
+                else {"pool_size": pool_size, "max_overflow": POOL_OVERFLOW}
+            ),
         )
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
@@ -272,7 +284,13 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     if backend in ("postgresql", "postgres"):
         if "+" not in parsed.drivername:  # the default driver would be psycopg2
             parsed = parsed.set(drivername="postgresql+psycopg")
-        engine = create_engine(parsed, echo=echo, json_serializer=json_dumps)
+        engine = create_engine(
+            parsed,
+            echo=echo,
+            json_serializer=json_dumps,
+            pool_size=pool_size,
+            max_overflow=POOL_OVERFLOW,
+        )
         dialect = engine.dialect
 
         def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
@@ -334,6 +352,13 @@ class EngineHooks:
         self.write_lock: threading.RLock | None = None
         self.on_queued: list[Callable[[], None]] = []
         self.readonly: dict[str, Any] = {"sqlite_begin": "DEFERRED"}
+        # Write transactions begun (docs/performance.md: each one waits its turn on SQLite).
+        self.writes = 0
+        self._count = threading.Lock()
+
+    def wrote(self) -> None:
+        with self._count:
+            self.writes += 1
 
 
 _HOOKS: weakref.WeakKeyDictionary[Engine, EngineHooks] = weakref.WeakKeyDictionary()
@@ -366,6 +391,8 @@ def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session
     # Bounded like the busy timeout: a writer stuck behind a thread that waits for *it* fails
     # as before (SQLITE_BUSY after 30 s) instead of hanging for good.
     locked = lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) if lock is not None else False
+    if hooks is not None and not readonly:
+        hooks.wrote()
     bind = engine
     if readonly:
         options = hooks.readonly if hooks is not None else {"sqlite_begin": "DEFERRED"}

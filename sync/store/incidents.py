@@ -224,7 +224,21 @@ def incident_state(session: Session, incident_id: str) -> IncidentState | None:
 
 
 def get_shadow(session: Session, link_id: int) -> Shadow | None:
-    return _fresh(session, Shadow, link_id)
+    """The link's shadow as stored now (one prepared SELECT: this is read in the write
+    transaction before every write, where the ORM's identity map only costs time)."""
+    table = Shadow.__table__  # type: ignore[attr-defined]
+    query = prepared(
+        session,
+        "shadow.get",
+        lambda d: sa_select(table.c.fields, table.c.version, table.c.updated_at).where(
+            table.c.link_id == bindparam("link_id")
+        ),
+    )
+    row = session.connection().execute(query, {"link_id": link_id}).first()
+    if row is None:
+        return None
+    fields, version, updated_at = row
+    return Shadow(link_id=link_id, fields=fields, version=version, updated_at=updated_at)
 
 
 def set_shadow(

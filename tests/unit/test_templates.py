@@ -317,10 +317,11 @@ HOSTILE = [
 
 @pytest.mark.parametrize("source", HOSTILE, ids=lambda s: s[:50])
 def test_hostile_templates_are_refused_quickly(source: str) -> None:
-    start = time.monotonic()
+    # CPU time, not wall time: a loaded machine must not fail it, a slow render must.
+    start = time.process_time()
     with pytest.raises(TemplateError):
         render(source)
-    assert time.monotonic() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 def test_hostile_values_are_data_not_code() -> None:
