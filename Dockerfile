@@ -21,8 +21,8 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER itsm-sync
 WORKDIR /var/lib/itsm-sync
 EXPOSE 8000
-# /readyz also checks the remote systems; the container is healthy while the process, its
-# database and its workers are (/healthz).
+# Liveness: the container is healthy while the process answers (/healthz). Whether it can do
+# its work (database, each system's sign-in, workers, queue age) is /readyz: a readiness probe.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
 ENTRYPOINT ["itsm-sync"]

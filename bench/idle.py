@@ -1,10 +1,11 @@
 """CPU used by an idle ``itsm-sync run`` (nothing to do: no webhooks, the queue empty).
 
 Starts the simulators in a process of their own and ``itsm-sync run`` as a real command with
-its defaults (but the simulators' URLs and a temp SQLite file), waits until ``/healthz`` says
-ok and a few seconds more (start-up, the first poll), then measures the CPU time of the service
-and every process it started (the worker process) over the window, from ``/proc``. Extra
-arguments after ``--`` go to ``itsm-sync run`` (e.g. ``-- --workers-in-process``).
+its defaults (but the simulators' URLs and a temp SQLite file), waits until ``/readyz`` says
+its database and workers are ok and a few seconds more (start-up, the first poll), then
+measures the CPU time of the service and every process it started (the worker process) over
+the window, from ``/proc``. Extra arguments after ``--`` go to ``itsm-sync run`` (e.g.
+``-- --workers-in-process``).
 
 ``python -m bench.idle [--seconds 10] [--postgres] [-- RUN-ARGS...]``
 """
@@ -33,7 +34,7 @@ from bench.common import (
     postgres_available,
     table,
 )
-from service.harness import WEBHOOK_SECRETS
+from service.harness import WEBHOOK_SECRETS, serving
 from simulators.runner import Credentials
 
 MODULE = "bench.idle"
@@ -110,11 +111,8 @@ def measure(
         try:
             deadline = time.monotonic() + 60
             while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
+                if serving(f"http://127.0.0.1:{port}"):  # database and worker process up
+                    break
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("itsm-sync run did not come up")
                 time.sleep(0.1)
@@ -153,7 +151,7 @@ def main() -> None:
         False,
         {
             "service": "itsm-sync run " + " ".join(args.run_args) + " (defaults otherwise)",
-            "window": f"{args.seconds:.0f} s, after /healthz said ok and 3 s more",
+            "window": f"{args.seconds:.0f} s, after /readyz said database and workers ok, 3 s more",
             "databases": "SQLite (temp file)"
             + ("" if pg_problem else f", PostgreSQL (fresh database on {PG_MAINTENANCE_URL})"),
         },

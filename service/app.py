@@ -1,6 +1,6 @@
 """The HTTP service: webhooks, health, metrics, and the JSON API (bearer tokens with roles).
 
-Webhooks, ``/healthz`` and ``/metrics`` are open (webhooks prove themselves with their
+Webhooks, ``/healthz``, ``/readyz`` and ``/metrics`` are open (webhooks prove themselves with their
 signature or secret); every other route needs ``Authorization: Bearer <token>`` for a token
 whose role grants what the route does (:mod:`service.domain.roles`). The routes live in one
 router per domain (:mod:`service.routes`) and call the service layer (:mod:`service.domain`);
@@ -10,6 +10,7 @@ this module only assembles them. The web console (:mod:`service.routes.console`)
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -26,6 +27,7 @@ from service.runtime import Runtime
 def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="itsm-sync", docs_url="/api/docs", openapi_url="/api/openapi.json")
     app.state.runtime = runtime
+    app.state.started = time.monotonic()  # /healthz's uptime
     app.state.tokens = token_table(runtime)
     app.state.readiness = Readiness(runtime)
     app.state.metrics = health.Metrics(runtime, app.state.readiness)

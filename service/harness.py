@@ -41,6 +41,17 @@ def wait_for(
     raise TimedOut(f"timed out waiting for {what}")
 
 
+def serving(url: str, timeout: float = 10.0) -> bool:
+    """Whether the ``itsm-sync run`` at ``url`` does its work: its database answers and its
+    workers run (those two checks of ``/readyz``; a test's faults may make a remote system or
+    the queue age fail the others). ``/healthz`` only says the process answers."""
+    try:
+        checks = httpx.get(f"{url}/readyz", timeout=timeout).json()["checks"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return False
+    return bool(checks["database"]["ok"] and checks["workers"]["ok"])
+
+
 WEBHOOK_SECRETS = {
     "servicenow": "demo-servicenow-secret",
     "jira": "demo-jira-secret",

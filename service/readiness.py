@@ -51,6 +51,8 @@ class Readiness:
             checks["database"] = {"ok": False, "detail": describe(exc)}
         healthy, workers = self.runtime.health()
         checks["workers"] = {"ok": healthy, "detail": workers}
+        if self.runtime.worker_process is not None:  # run's worker process (None: not ready)
+            checks["workers"]["pid"] = self.runtime.worker_process.ready_pid if healthy else None
         for key, connector in sorted(self.runtime.connectors.items()):
             if isinstance(connector, Preflight):
                 probe = self._signin(key, connector)

@@ -22,9 +22,10 @@ Between the two:
   comes first, it stops its workers (at most :data:`GRACE_SECONDS`) and exits. A
   ``kill -9`` of ``itsm-sync run`` leaves no worker process behind.
 - **the child's death**: the parent's monitor thread sees it at once (the process sentinel),
-  ``/healthz`` answers 503 while there is no ready worker process, and the monitor starts a new
-  one after a backoff (1 s, doubling to 30 s; back to 1 s once one ran for a minute). Claims
-  of the dead one come back at once (``reclaim_orphans`` when the new one starts).
+  ``/readyz`` answers 503 (its ``workers`` check) while there is no ready worker process
+  (``/healthz``, liveness, stays 200), and the monitor starts a new one after a backoff (1 s,
+  doubling to 30 s; back to 1 s once one ran for a minute). Claims of the dead one come back
+  at once (``reclaim_orphans`` when the new one starts).
 - **logs**: the child inherits stderr and logs JSON lines there like the parent, with its pid.
 """
 

@@ -27,6 +27,7 @@ from sync.store import (
     make_engine,
     metadata,
 )
+from sync.store.packed import PackedJSON
 
 config = context.config
 
@@ -52,6 +53,9 @@ def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str |
     if type_ == "type" and isinstance(obj, JSONValue):
         autogen_context.imports.add("from sqlalchemy.dialects import postgresql")
         return 'sa.JSON().with_variant(postgresql.JSONB(), "postgresql")'
+    if type_ == "type" and isinstance(obj, PackedJSON):
+        autogen_context.imports.add("from sqlalchemy.dialects import postgresql")
+        return 'sa.LargeBinary().with_variant(postgresql.JSONB(), "postgresql")'
     return False
 
 

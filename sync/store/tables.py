@@ -10,6 +10,7 @@ from sqlalchemy import Column, ForeignKey, Index, Text, UniqueConstraint, text
 from sqlmodel import Field
 
 from sync.store.db import JSONValue, StoreModel, UTCDateTime, _now_field, utcnow
+from sync.store.packed import PackedJSON
 
 
 class IncidentRow(StoreModel, table=True):
@@ -67,7 +68,8 @@ class Observation(StoreModel, table=True):
     object_type: str = Field(primary_key=True)
     remote_id: str = Field(primary_key=True)
     version: list[int] = Field(default_factory=list, sa_type=JSONValue)
-    fields: dict[str, Any] = Field(default_factory=dict, sa_type=JSONValue)
+    # The whole record (a Jira issue is ~9 KB of JSON): compressed on SQLite (sync.store.packed).
+    fields: dict[str, Any] = Field(default_factory=dict, sa_type=PackedJSON)
     source: str = "poll"
     observed_at: dt.datetime = _now_field()
     # The remote's own modification time, for the ``latest`` conflict policy (webhooks can

@@ -18,12 +18,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, make_url
 from sqlalchemy.exc import OperationalError
 
-from service.harness import register_webhooks, simulator_env
+from service.harness import register_webhooks, serving, simulator_env
 from simulators.runner import SimulatorCluster
 
 CLI = [sys.executable, "-m", "service"]
@@ -115,10 +114,7 @@ class ServiceProcess:
     def ready(self) -> bool:
         if not self.running:
             return False
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return serving(self.url)  # the database answers and the worker process runs
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -67,7 +67,7 @@ from typing import Any, cast
 import httpx
 from sqlalchemy import create_engine, make_url
 
-from service.harness import WEBHOOK_SECRETS
+from service.harness import WEBHOOK_SECRETS, serving
 from simulators.runner import ClusterConfig, SimulatorCluster
 from tests.chaos.conftest import ADMIN_TOKEN, PG_MAINTENANCE_URL, free_port, run_cli, service_env
 from tests.systems import TEST_AGENT, Systems, people_only
@@ -201,10 +201,7 @@ class Service:
         return self.proc is not None and self.proc.poll() is None
 
     def ready(self) -> bool:
-        try:
-            return self.running and httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return self.running and serving(self.url)  # database answers, worker process runs
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -1,6 +1,6 @@
 """``itsm-sync run`` as real processes: HTTP in the process started, the poller and the workers
 in its worker process. A killed ``run`` leaves no worker process behind; a dead worker process
-makes ``/healthz`` unhealthy and is replaced; SIGTERM and SIGINT stop both cleanly; a webhook
+makes ``/readyz`` not ready (``/healthz``, liveness, stays 200) and is replaced; SIGTERM and SIGINT stop both cleanly; a webhook
 wakes the worker process; ``--role http`` and ``--role workers`` share the work."""
 
 from __future__ import annotations
@@ -54,12 +54,18 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _health(svc: ServiceProcess) -> tuple[int, dict[str, Any]]:
+def _health(svc: ServiceProcess, path: str = "/readyz") -> tuple[int, dict[str, Any]]:
     try:
-        r = httpx.get(f"{svc.url}/healthz", timeout=5)
+        r = httpx.get(f"{svc.url}{path}", timeout=5)
     except httpx.HTTPError:
         return 0, {}
     return r.status_code, r.json()
+
+
+def _worker_pid(svc: ServiceProcess) -> int:
+    """The ready worker process's pid, as ``/readyz``'s workers check gives it."""
+    _, body = _health(svc)
+    return int(body["checks"]["workers"]["pid"])
 
 
 # Real `run` processes with their worker process, started, killed and replaced: slow to start
@@ -84,7 +90,7 @@ def test_run_answers_here_and_reconciles_in_its_worker_process(
 ) -> None:
     status, body = _health(started)
     assert status == 200, body
-    child = body["worker_pid"]
+    child = body["checks"]["workers"]["pid"]
     assert started.proc is not None and child != started.proc.pid
     assert _parent_of(child) == started.proc.pid
     started.register_webhooks(empty_sims)
@@ -105,8 +111,7 @@ def test_run_answers_here_and_reconciles_in_its_worker_process(
 def test_a_killed_run_leaves_no_worker_process_behind(started: ServiceProcess) -> None:
     assert started.proc is not None
     children = _descendants(started.proc.pid)
-    _, body = _health(started)
-    assert body["worker_pid"] in children
+    assert _worker_pid(started) in children
     started.kill()  # SIGKILL: no shutdown code runs in the parent
     wait_for(
         lambda: all(_gone(pid) for pid in children),
@@ -115,26 +120,30 @@ def test_a_killed_run_leaves_no_worker_process_behind(started: ServiceProcess) -
     )
 
 
-def test_healthz_is_unhealthy_while_the_worker_process_is_dead_then_it_is_replaced(
+def test_readyz_is_not_ready_while_the_worker_process_is_dead_then_it_is_replaced(
     started: ServiceProcess,
 ) -> None:
-    _, body = _health(started)
-    first = body["worker_pid"]
+    first = _worker_pid(started)
     os.kill(first, signal.SIGKILL)
 
-    def unhealthy() -> dict[str, Any] | None:
+    def not_ready() -> dict[str, Any] | None:
         status, body = _health(started)
         return body if status == 503 else None
 
-    body = wait_for(unhealthy, "/healthz to say 503", timeout=10, interval=0.02)
-    assert body["status"] == "unhealthy" and "died" in body["workers"], body
+    body = wait_for(not_ready, "/readyz to say 503", timeout=10, interval=0.02)
+    workers = body["checks"]["workers"]
+    assert body["status"] == "not ready" and workers["ok"] is False, body
+    assert "died" in workers["detail"] and workers["pid"] is None, body
+    # Alive all the same: liveness is the process, which replaces its worker process itself.
+    status, alive = _health(started, "/healthz")
+    assert status == 200 and alive["checks"]["process"]["pid"] == started.proc.pid, alive
 
-    def healthy_again() -> dict[str, Any] | None:
+    def ready_again() -> dict[str, Any] | None:
         status, body = _health(started)
         return body if status == 200 else None
 
-    body = wait_for(healthy_again, "a new worker process", timeout=60)
-    assert body["worker_pid"] not in (first, None)
+    body = wait_for(ready_again, "a new worker process", timeout=60)
+    assert body["checks"]["workers"]["pid"] not in (first, None)
     assert started.running
     metrics = httpx.get(f"{started.url}/metrics", timeout=5).text
     assert "itsm_sync_worker_process_restarts_total 1.0" in metrics
@@ -143,8 +152,7 @@ def test_healthz_is_unhealthy_while_the_worker_process_is_dead_then_it_is_replac
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_or_ctrl_c_stops_both_cleanly(started: ServiceProcess, sig: int) -> None:
     assert started.proc is not None
-    _, body = _health(started)
-    child = body["worker_pid"]
+    child = _worker_pid(started)
     started.proc.send_signal(sig)
     assert started.proc.wait(timeout=60) == 0, started.tail()
     assert _gone(child)
@@ -169,7 +177,7 @@ def test_role_http_and_role_workers_share_the_work(
     try:
         svc = ServiceProcess("http", env, tmp_path, port=port)
         svc.proc = http
-        wait_for(lambda: _health(svc)[0] == 200, "the HTTP-only process", timeout=60)
+        wait_for(lambda: _health(svc, "/healthz")[0] == 200, "the HTTP-only process", timeout=60)
         assert _descendants(http.pid) == [] or all(
             "resource_tracker" in Path(f"/proc/{p}/cmdline").read_text()
             for p in _descendants(http.pid)

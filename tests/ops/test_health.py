@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import yaml
 from fastapi.testclient import TestClient
+from sqlalchemy import make_url
 
 from connectors.http import reset_buckets
 from service.app import create_app
@@ -174,3 +175,61 @@ def test_promtool_accepts_the_alert_rules(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 10 rules found" in result.stdout
+
+
+def test_healthz_stays_alive_while_the_database_is_down_and_readyz_names_it(
+    empty_sims: SimulatorCluster,
+) -> None:
+    """Liveness is the process only: a database that stops answering makes the service not
+    ready (and says it is the database), never "dead" (a restart would not bring it back)."""
+    from tests.store.conftest import PG_MAINTENANCE_URL, PostgresServer
+
+    reset_buckets()
+    server = PostgresServer(PG_MAINTENANCE_URL)
+    url = server.create_database()
+    name = make_url(url).database
+    runtime = Runtime(settings_for(empty_sims, url))
+
+    def database(allowed: bool) -> None:
+        with server.admin.connect() as c:
+            c.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+            if not allowed:  # and drop the connections the pool holds
+                c.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+
+    try:
+        with TestClient(create_app(runtime)) as client:
+            assert client.get("/readyz").json()["checks"]["database"] == {"ok": True}
+            database(allowed=False)
+            alive = client.get("/healthz")
+            assert alive.status_code == 200, alive.text
+            assert alive.json() == {
+                "status": "ok",
+                "checks": {
+                    "process": {
+                        "ok": True,
+                        "pid": os.getpid(),
+                        "uptime_seconds": alive.json()["checks"]["process"]["uptime_seconds"],
+                    }
+                },
+            }
+            ready = client.get("/readyz")
+            assert ready.status_code == 503, ready.text
+            body = ready.json()
+            assert body["status"] == "not ready"
+            assert body["checks"]["database"]["ok"] is False
+            assert body["checks"]["database"]["detail"].startswith("database error:"), body
+            failing = [check for check, c in body["checks"].items() if not c["ok"]]
+            assert failing == ["database"], body  # the systems still answer
+            database(allowed=True)
+            answer = wait_for(
+                lambda: (r := client.get("/readyz")).status_code == 200 and r,
+                "ready again once the database answers", timeout=20,
+            )  # fmt: skip
+            assert answer.json()["checks"]["database"] == {"ok": True}
+    finally:
+        runtime.stop()
+        database(allowed=True)
+        server.drop_all()

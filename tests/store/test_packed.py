@@ -1,0 +1,132 @@
+"""Storage per edit (issue 14, ``python -m bench.storage``): the newest observation of each
+record is kept compressed on SQLite (``sync.store.packed``), the same dicts come back on both
+dialects, and migration 0008 compresses the observations of an existing database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from sqlalchemy import Engine, text
+
+from connectors.base import COMMENT_EVENT_KEY
+from sync import store
+from sync.store import make_engine, migrate, session_scope
+from sync.store.packed import pack, unpack
+
+UTC = dt.UTC
+T0 = dt.datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
+KEY = {"system": "jira", "instance": "default", "object_type": "issue", "remote_id": "10001"}
+
+
+def _issue(summary: str) -> dict[str, Any]:
+    """A Jira issue's fields as the REST API sends them: mostly links, avatars and nulls."""
+    avatar = {f"{n}x{n}": f"https://avatars.example.com/initials/AA-1.png?size={n}" for n in
+              (16, 24, 32, 48)}  # fmt: skip
+    person = {"self": "https://jira.example.com/rest/api/2/user?accountId=5b10a2",
+              "accountId": "5b10a2", "avatarUrls": avatar, "displayName": "Alice Anders",
+              "active": True, "timeZone": "Europe/Berlin", "accountType": "atlassian"}  # fmt: skip
+    return {
+        "summary": summary, "description": "p99 latency above 2 s \u00e9\u4e2d", "assignee": person,
+        "reporter": person, "creator": person, "labels": ["incident"], "resolution": None,
+        "customfield_10010": {"self": "https://jira.example.com/rest/api/2/customFieldOption/1",
+                              "value": "SEV1", "id": "10100"},
+        "status": {"self": "https://jira.example.com/rest/api/2/status/3", "name": "In Progress",
+                   "statusCategory": {"key": "indeterminate", "colorName": "yellow"}},
+        "_field_changes": [{"id": "10001:0", "field": "summary", "value": summary, "old": None}],
+        "_ref_key": "OPS-1",
+    }  # fmt: skip
+
+
+def _observe(engine: Engine, version: int, fields: dict[str, Any]) -> bool:
+    with session_scope(engine) as s:
+        return store.record_observation(
+            s, **KEY, version=[version], fields=fields, source="webhook", observed_at=T0
+        )
+
+
+def test_an_observation_comes_back_as_it_went_in(engine: Engine) -> None:
+    assert _observe(engine, 1, _issue("first"))
+    assert _observe(engine, 2, _issue("second"))
+    assert not _observe(engine, 1, _issue("late"))  # older: nothing changes
+    with session_scope(engine, readonly=True) as s:
+        obs = store.latest_observation(s, **KEY)
+        assert obs is not None and obs.fields == _issue("second") and obs.version == [2]
+    with session_scope(engine) as s:
+        assert store.add_comment_events(s, **KEY, events=[{"id": "c1", "body": "hi"}])
+    with session_scope(engine, readonly=True) as s:
+        obs = store.latest_observation(s, **KEY)
+        assert obs is not None and obs.fields[COMMENT_EVENT_KEY] == [{"id": "c1", "body": "hi"}]
+
+
+def test_sqlite_keeps_an_observation_compressed(tmp_path: Path) -> None:
+    """(PostgreSQL keeps JSONB, which TOAST compresses: nothing of ours to check there.)"""
+    engine = make_engine(f"sqlite:///{tmp_path / 'packed.db'}")
+    migrate(engine)
+    fields = _issue("Checkout fails")
+    _observe(engine, 1, fields)
+    with engine.connect() as c:
+        kind, size = c.execute(text("SELECT typeof(fields), length(fields) FROM observation")).one()
+    engine.dispose()
+    assert kind == "blob"
+    assert size < len(json.dumps(fields)) / 3, (size, len(json.dumps(fields)))
+
+
+def test_unpack_reads_what_was_stored_before_packing() -> None:
+    value = {"a": [1, None, "x"], "b": {"c": "\u00e9"}}
+    assert unpack(pack(value)) == value
+    assert unpack(json.dumps(value)) == value  # TEXT, as 0007 stored it
+    assert unpack(json.dumps(value).encode()) == value  # that TEXT cast to BLOB
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_0008_compresses_the_observations_of_an_existing_database(
+    dialect: str, fresh_url: Callable[[str], str]
+) -> None:
+    db = make_engine(fresh_url(dialect))
+    try:
+        config = store.alembic_config()
+        with db.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0007")
+        fields = _issue("before the upgrade")
+        with db.begin() as c:  # a row as 0007 stored it (JSON text on SQLite, JSONB on PG)
+            c.execute(
+                text(
+                    "INSERT INTO observation (system, instance, object_type, remote_id, version,"
+                    " fields, source, observed_at) VALUES (:system, :instance, :object_type,"
+                    " :remote_id, :version, :fields, 'poll', :at)"
+                ),
+                {
+                    **KEY,
+                    "version": "[3]",
+                    "fields": json.dumps(fields),
+                    "at": "2026-12-07 02:00:00.000000" if dialect == "sqlite" else T0,
+                },
+            )
+        migrate(db)
+        with session_scope(db, readonly=True) as s:
+            obs = store.latest_observation(s, **KEY)
+            assert obs is not None and obs.fields == fields and obs.version == [3]
+        if dialect == "sqlite":
+            with db.connect() as c:
+                assert c.execute(text("SELECT typeof(fields) FROM observation")).scalar() == "blob"
+        # and it goes on working: a newer observation replaces it
+        assert _observe(db, 4, _issue("after the upgrade"))
+        with session_scope(db, readonly=True) as s:
+            obs = store.latest_observation(s, **KEY)
+            assert obs is not None and obs.fields["summary"] == "after the upgrade"
+        with db.begin() as connection:  # and back: 0007's JSON again
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0007")
+        with db.connect() as c:
+            stored = c.execute(text("SELECT fields FROM observation")).scalar()
+        loaded = stored if isinstance(stored, dict) else json.loads(stored)
+        assert loaded["summary"] == "after the upgrade"
+    finally:
+        db.dispose()
