@@ -147,6 +147,39 @@ class MachineWatch:
 _WATCH = MachineWatch()
 
 
+def tree_cpu(root: int | None = None) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by ``root`` (default: this process) and each
+    of its live descendants, by pid, from ``/proc`` (empty where there is none)."""
+    root = os.getpid() if root is None else root
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parent[int(entry)] = int(rest[1])
+        used[int(entry)] = (int(rest[11]) + int(rest[12])) / tick
+    out: dict[int, float] = {}
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        if pid in used:
+            out[pid] = used[pid]
+        frontier += [child for child, up in parent.items() if up == pid]
+    return out
+
+
+def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the process tree used between two :func:`tree_cpu` readings (a process
+    started between them counts whole; one that ended is missed, so it is a lower bound)."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
 def load_average() -> float:
     """The 1-minute load average (0 where the system does not tell)."""
     try:

@@ -27,6 +27,7 @@ import argparse
 import concurrent.futures
 import json
 import math
+import os
 import time
 import uuid
 from collections import Counter
@@ -41,11 +42,13 @@ from bench.common import (
     PostgresDatabase,
     Rig,
     Row,
+    cpu_between,
     finish,
     header,
     parser,
     percentile,
     table,
+    tree_cpu,
     wait_for,
 )
 from service.harness import Service, settings_for
@@ -72,6 +75,12 @@ class Result:
     lost: int
     rate_limited: int
     calls: int  # the service's calls during the run
+    # CPU seconds per change of every process of the rig (simulators, the service's HTTP and
+    # worker processes, the benchmark's people): what one change costs this machine.
+    cpu_ms: float = math.nan
+    # The same less the simulators' process: the service's own (its HTTP process, which here
+    # also runs the benchmark's people, and its worker process).
+    service_cpu_ms: float = math.nan
     workers: int = WORKERS
     # End-to-end latency with the changes offered at the goal's rate (not above it): what a
     # change waits when the service keeps up. NaN where not measured.
@@ -190,6 +199,7 @@ def measure(
     # Enough people working at once to offer `rate` edits/s although each edit takes its
     # round trip too.
     people = max(4, int(rate * (latency_ms / 1000 + 0.05) * 2))
+    cpu_before = tree_cpu()
     try:
         with concurrent.futures.ThreadPoolExecutor(people) as pool:
             start = time.monotonic()
@@ -210,6 +220,10 @@ def measure(
         return rig.idle()
 
     wait_for(done, "the changes to be written", timeout=120)
+    cpu_after = tree_cpu()
+    cpu = cpu_between(cpu_before, cpu_after)
+    sims_pid = getattr(getattr(rig.sims, "_process", None), "pid", None)
+    sims_cpu = cpu_after.get(sims_pid, 0.0) - cpu_before.get(sims_pid, 0.0) if sims_pid else 0.0
     rig.quiet(timeout=120)
     edits, writes, limited, calls = _times(rig)
     _set_latency(rig, 0)
@@ -230,6 +244,8 @@ def measure(
         lost=lost,
         rate_limited=limited,
         calls=sum(calls.values()),
+        cpu_ms=cpu * 1000 / max(1, len(plan)),
+        service_cpu_ms=(cpu - sims_cpu) * 1000 / max(1, len(plan)) if sims_pid else math.nan,
     )
 
 
@@ -268,18 +284,18 @@ def run_setup(
                 for latency, mode in cases:
                     t0 = time.monotonic()
                     goal = GOAL_MIX if mode == "mix" else GOAL_ONE_WAY
-                    database = "postgresql" if postgres else "sqlite"
+                    store_name = "postgresql" if postgres else "sqlite"
                     # Throughput: offered above the goal, so the service is the limit.
                     r = measure(
                         rig, pairs, mode=mode, rate=goal * 1.25, latency_ms=latency,
-                        database=database, runs=runs,
+                        database=store_name, runs=runs,
                     )  # fmt: skip
                     r.workers = workers
                     if latency_at_goal:
                         # Latency: offered at the goal, as a queue that keeps up sees it.
                         g = measure(
                             rig, pairs, mode=mode, rate=goal, latency_ms=latency,
-                            database=database, runs=runs,
+                            database=store_name, runs=runs,
                         )  # fmt: skip
                         r.goal_p50, r.goal_p99, r.lost = g.p50, g.p99, r.lost + g.lost
                         r.rate_limited += g.rate_limited
@@ -308,6 +324,20 @@ def rows_for(results: list[Result], latency_ms: int) -> list[Row]:
                 mix.throughput >= GOAL_MIX and not mix.lost,
             )
         )
+    for r in (mix, one):
+        if r is not None and r.cpu_ms:
+            cores = os.cpu_count() or 1
+            rows.append(
+                Row(
+                    "throughput",
+                    f"CPU per change, {r.mode}, SQLite, {latency_ms} ms (every process of the rig)",
+                    "-",
+                    f"{r.cpu_ms:.1f} ms: at most {cores * 1000 / r.cpu_ms:.0f} changes/s on "
+                    f"{cores} cores shared with the simulators; the service's own "
+                    f"{r.service_cpu_ms:.1f} ms",
+                    None,
+                )
+            )
     if one:
         rows.append(
             Row(
@@ -415,6 +445,10 @@ def main() -> None:
                 "lost",
                 "429s",
                 "calls/change",
+                "p99 ms at goal",
+                "CPU ms/change",
+                "service CPU ms",
+                "CPU ceiling/s",
             ],
             [
                 [
@@ -430,6 +464,10 @@ def main() -> None:
                     r.lost,
                     r.rate_limited,
                     r.calls / max(1, r.changes),
+                    r.goal_p99,
+                    r.cpu_ms,
+                    r.service_cpu_ms,
+                    (os.cpu_count() or 1) * 1000 / r.cpu_ms if r.cpu_ms else math.nan,
                 ]
                 for r in results
             ],
