@@ -53,7 +53,8 @@ class Shadow(StoreModel, table=True):
     link_id: int = Field(
         sa_column=Column(ForeignKey("link.id", ondelete="CASCADE"), primary_key=True)
     )
-    fields: dict[str, Any] = Field(default_factory=dict, sa_type=JSONValue)
+    # Every read field of the record (~1 KB of JSON): compressed on SQLite (sync.store.packed).
+    fields: dict[str, Any] = Field(default_factory=dict, sa_type=PackedJSON)
     version: list[int] = Field(default_factory=list, sa_type=JSONValue)
     updated_at: dt.datetime = _now_field()
 

@@ -1,6 +1,7 @@
 """Storage per edit (issue 14, ``python -m bench.storage``): the newest observation of each
-record is kept compressed on SQLite (``sync.store.packed``), the same dicts come back on both
-dialects, and migration 0008 compresses the observations of an existing database."""
+record and the shadow of each link are kept compressed on SQLite (``sync.store.packed``), the
+same dicts come back on both dialects, and migrations 0008 and 0009 compress those of an
+existing database."""
 
 from __future__ import annotations
 
@@ -64,7 +65,25 @@ def test_an_observation_comes_back_as_it_went_in(engine: Engine) -> None:
         assert obs is not None and obs.fields[COMMENT_EVENT_KEY] == [{"id": "c1", "body": "hi"}]
 
 
-def test_sqlite_keeps_an_observation_compressed(tmp_path: Path) -> None:
+def test_a_shadow_comes_back_as_it_went_in(engine: Engine) -> None:
+    incident = _incident(engine)
+    with session_scope(engine) as s:
+        link = store.add_link(s, incident_id=incident, **KEY)
+        store.set_shadow(s, link.id or 0, _issue("written"), [7])
+    with session_scope(engine, readonly=True) as s:
+        shadow = store.get_shadow(s, link.id or 0)
+        assert shadow is not None and shadow.fields == _issue("written") and shadow.version == [7]
+        state = store.incident_state(s, incident)  # the reconcile's read: Core, not the ORM
+        assert state is not None and state.shadows[link.id or 0] is not None
+        assert state.shadows[link.id or 0].fields == _issue("written")  # type: ignore[union-attr]
+
+
+def _incident(engine: Engine) -> str:
+    with session_scope(engine) as s:
+        return store.create_incident(s, {"title": "Checkout fails"}).id
+
+
+def test_sqlite_keeps_an_observation_and_a_shadow_compressed(tmp_path: Path) -> None:
     """(PostgreSQL keeps JSONB, which TOAST compresses: nothing of ours to check there.)"""
     engine = make_engine(f"sqlite:///{tmp_path / 'packed.db'}")
     migrate(engine)
@@ -85,7 +104,7 @@ def test_unpack_reads_what_was_stored_before_packing() -> None:
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
-def test_0008_compresses_the_observations_of_an_existing_database(
+def test_0008_0009_compress_the_observations_and_shadows_of_an_existing_database(
     dialect: str, fresh_url: Callable[[str], str]
 ) -> None:
     db = make_engine(fresh_url(dialect))
@@ -94,30 +113,42 @@ def test_0008_compresses_the_observations_of_an_existing_database(
         with db.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "0007")
+        incident = _incident(db)
+        with session_scope(db) as s:
+            link_id = store.add_link(s, incident_id=incident, **KEY).id
         fields = _issue("before the upgrade")
-        with db.begin() as c:  # a row as 0007 stored it (JSON text on SQLite, JSONB on PG)
+        at = "2026-12-07 02:00:00.000000" if dialect == "sqlite" else T0
+        with db.begin() as c:  # rows as 0007 stored them (JSON text on SQLite, JSONB on PG)
             c.execute(
                 text(
                     "INSERT INTO observation (system, instance, object_type, remote_id, version,"
                     " fields, source, observed_at) VALUES (:system, :instance, :object_type,"
                     " :remote_id, :version, :fields, 'poll', :at)"
                 ),
-                {
-                    **KEY,
-                    "version": "[3]",
-                    "fields": json.dumps(fields),
-                    "at": "2026-12-07 02:00:00.000000" if dialect == "sqlite" else T0,
-                },
+                {**KEY, "version": "[3]", "fields": json.dumps(fields), "at": at},
+            )
+            c.execute(
+                text(
+                    "INSERT INTO shadow (link_id, fields, version, updated_at)"
+                    " VALUES (:link, :fields, :version, :at)"
+                ),
+                {"link": link_id, "version": "[3]", "fields": json.dumps(fields), "at": at},
             )
         migrate(db)
         with session_scope(db, readonly=True) as s:
             obs = store.latest_observation(s, **KEY)
             assert obs is not None and obs.fields == fields and obs.version == [3]
+            shadow = store.get_shadow(s, link_id or 0)
+            assert shadow is not None and shadow.fields == fields and shadow.version == [3]
         if dialect == "sqlite":
             with db.connect() as c:
-                assert c.execute(text("SELECT typeof(fields) FROM observation")).scalar() == "blob"
-        # and it goes on working: a newer observation replaces it
+                for table in ("observation", "shadow"):
+                    kind = c.execute(text(f"SELECT typeof(fields) FROM {table}")).scalar()
+                    assert kind == "blob", table
+        # and it goes on working: a newer observation and shadow replace them
         assert _observe(db, 4, _issue("after the upgrade"))
+        with session_scope(db) as s:
+            store.set_shadow(s, link_id or 0, _issue("after the upgrade"), [4])
         with session_scope(db, readonly=True) as s:
             obs = store.latest_observation(s, **KEY)
             assert obs is not None and obs.fields["summary"] == "after the upgrade"
@@ -125,8 +156,9 @@ def test_0008_compresses_the_observations_of_an_existing_database(
             config.attributes["connection"] = connection
             command.downgrade(config, "0007")
         with db.connect() as c:
-            stored = c.execute(text("SELECT fields FROM observation")).scalar()
-        loaded = stored if isinstance(stored, dict) else json.loads(stored)
-        assert loaded["summary"] == "after the upgrade"
+            for table in ("observation", "shadow"):
+                stored = c.execute(text(f"SELECT fields FROM {table}")).scalar()
+                loaded = stored if isinstance(stored, dict) else json.loads(stored)
+                assert loaded["summary"] == "after the upgrade", table
     finally:
         db.dispose()
