@@ -10,7 +10,7 @@ from sqlalchemy import Column, ForeignKey, Index, Text, UniqueConstraint, text
 from sqlmodel import Field
 
 from sync.store.db import JSONValue, StoreModel, UTCDateTime, _now_field, utcnow
-from sync.store.packed import PackedJSON
+from sync.store.packed import PackedJSON, UTCMicros
 
 
 class IncidentRow(StoreModel, table=True):
@@ -127,7 +127,8 @@ class AuditEntry(StoreModel, table=True):
     __tablename__ = "audit"
 
     id: int | None = Field(default=None, primary_key=True)
-    at: dt.datetime = _now_field()
+    # Microseconds since 1970 on SQLite (8 bytes, not 26 of text; sync.store.packed).
+    at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCMicros)
     incident_id: str | None = Field(default=None, index=True)
     system: str = ""
     instance: str = ""

@@ -1,7 +1,8 @@
 """Storage per edit (issue 14, ``python -m bench.storage``): the newest observation of each
 record and the shadow of each link are kept compressed on SQLite (``sync.store.packed``), the
 same dicts come back on both dialects, and migrations 0008 and 0009 compress those of an
-existing database."""
+existing database; the audit's time is an integer on SQLite (0010), the same aware datetimes
+come back, in order."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, text
 
+from config.settings import RetentionSettings
 from connectors.base import COMMENT_EVENT_KEY
 from sync import store
+from sync.retention import prune
 from sync.store import make_engine, migrate, session_scope
 from sync.store.packed import pack, unpack
 
@@ -160,5 +163,90 @@ def test_0008_0009_compress_the_observations_and_shadows_of_an_existing_database
                 stored = c.execute(text(f"SELECT fields FROM {table}")).scalar()
                 loaded = stored if isinstance(stored, dict) else json.loads(stored)
                 assert loaded["summary"] == "after the upgrade", table
+    finally:
+        db.dispose()
+
+
+def _audit(engine: Engine, incident: str, at: dt.datetime, after: str) -> None:
+    with session_scope(engine) as s:
+        store.audit(
+            s, action="update", incident_id=incident, system="jira", instance="default",
+            remote_id="10001", field="summary", before="a", after=after, at=at,
+            reason="brought in line with the incident",
+        )  # fmt: skip
+
+
+def test_audit_times_come_back_aware_to_the_microsecond_and_in_order(engine: Engine) -> None:
+    incident = _incident(engine)
+    times = [T0 + dt.timedelta(microseconds=n) for n in (7, 1, 999_999)]
+    for n, at in enumerate(times):
+        _audit(engine, incident, at, f"v{n}")
+    with session_scope(engine, readonly=True) as s:
+        entries = store.history(s, incident)
+    assert [e.at for e in entries] == sorted(times)  # ORDER BY at, in SQL
+    assert all(e.at.tzinfo is not None and e.at.utcoffset() == dt.timedelta(0) for e in entries)
+    # retention compares in SQL: exactly the rows older than the cutoff go
+    pruned = prune(
+        engine, RetentionSettings(audit_days=1), now=T0 + dt.timedelta(days=1, microseconds=5)
+    )
+    assert pruned["audit entries"] == 1
+    with session_scope(engine, readonly=True) as s:
+        assert [e.after for e in store.history(s, incident)] == ["v0", "v2"]
+
+
+def test_sqlite_keeps_audit_times_as_integers(tmp_path: Path) -> None:
+    """(PostgreSQL keeps timestamptz, 8 bytes already.)"""
+    engine = make_engine(f"sqlite:///{tmp_path / 'audit.db'}")
+    migrate(engine)
+    _audit(engine, _incident(engine), T0, "x")
+    with engine.connect() as c:
+        kind, value = c.execute(text("SELECT typeof(at), at FROM audit")).one()
+    engine.dispose()
+    assert (kind, value) == ("integer", int(T0.timestamp()) * 1_000_000)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_0010_keeps_the_audit_times_of_an_existing_database(
+    dialect: str, fresh_url: Callable[[str], str]
+) -> None:
+    db = make_engine(fresh_url(dialect))
+    try:
+        config = store.alembic_config()
+        with db.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0009")
+        incident = _incident(db)
+        stored = ["2026-12-07 02:00:00.000007", "2026-12-06 23:59:59.999999"]
+        with db.begin() as c:  # rows as 0009 stored them (naive UTC text on SQLite)
+            for n, at in enumerate(stored):
+                c.execute(
+                    text(
+                        "INSERT INTO audit (at, incident_id, system, instance, remote_id,"
+                        " action, field, actor, reason) VALUES (:at, :incident, 'jira',"
+                        " 'default', '10001', 'update', :field, 'itsm-sync', '')"
+                    ),
+                    {"at": at if dialect == "sqlite" else dt.datetime.fromisoformat(at + "+00:00"),
+                     "incident": incident, "field": f"f{n}"},
+                )  # fmt: skip
+        migrate(db)
+        with session_scope(db, readonly=True) as s:
+            entries = store.history(s, incident)
+        assert [e.field for e in entries] == ["f1", "f0"]  # by time
+        assert [e.at for e in entries] == [
+            dt.datetime(2026, 12, 6, 23, 59, 59, 999_999, tzinfo=UTC),
+            dt.datetime(2026, 12, 7, 2, 0, 0, 7, tzinfo=UTC),
+        ]
+        _audit(db, incident, T0 + dt.timedelta(hours=1), "new")  # and it goes on working
+        with session_scope(db, readonly=True) as s:
+            assert [e.after for e in store.history(s, incident)][-1] == "new"
+        with db.begin() as connection:  # and back: text again on SQLite
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0009")
+        with db.connect() as c:
+            first = c.execute(text("SELECT at FROM audit WHERE field = 'f0'")).scalar()
+        if dialect == "sqlite":
+            assert first == "2026-12-07 02:00:00.000007"
+        else:
+            assert first == dt.datetime(2026, 12, 7, 2, 0, 0, 7, tzinfo=UTC)
     finally:
         db.dispose()
