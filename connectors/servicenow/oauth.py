@@ -86,6 +86,8 @@ class ServiceNowOAuth(requests.auth.AuthBase):
             raise from_response(SYSTEM, response, "get an OAuth token")
         body = response.json()
         self._access = str(body["access_token"])
-        self._refresh = str(body.get("refresh_token") or "")
+        # A refresh-token grant "returns only an access token" (ServiceNow's OAuth API docs):
+        # the refresh token we hold stays good for the next one.
+        self._refresh = str(body.get("refresh_token") or form.get("refresh_token") or "")
         self._expires_at = self.clock() + float(body.get("expires_in") or 1800)
         return self._access

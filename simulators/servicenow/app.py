@@ -170,7 +170,7 @@ class ServiceNowSimulator(Simulator):
         self.webhook_secret_header = webhook_secret_header
         self.requests_per_hour: int | None = None
         self.tokens: dict[str, str] = {}
-        self.refresh_tokens: dict[str, str] = {}
+        self.refresh_tokens: dict[str, tuple[str, str]] = {}  # token -> (client_id, user)
         # OAuth clients (System OAuth > Application Registry): client_id -> client_secret.
         self.oauth_clients: dict[str, str] = {"itsm-sync": "sim-client-secret"}
         self._window: list[float] = []
@@ -544,46 +544,44 @@ class ServiceNowSimulator(Simulator):
         return JSONResponse(self.properties)
 
     def oauth(self, req: SimRequest) -> Response:
+        """``POST /oauth_token.do`` as ServiceNow documents it ("OAuth API request parameters",
+        "OAuth API response parameters"): a form with ``grant_type``, ``client_id`` and
+        ``client_secret`` (both required, for a client of the Application Registry) and the
+        grant's own fields. A password grant returns an access token and a refresh token; a
+        refresh-token grant "returns only an access token" (the refresh token stays valid);
+        the client-credentials grant (since Washington DC) runs as the registry entry's user
+        and has no refresh token. Anything refused: 401 ``{"error_description":
+        "access_denied", "error": "server_error"}``."""
         form = dict(req.form())
         grant = form.get("grant_type")
         user: str | None = None
         client = form.get("client_id", "")
-        known = self.oauth_clients.get(client)
-        if known is not None and known != form.get("client_secret"):
-            grant = "refused"  # a registered client whose secret is wrong
+        if self.oauth_clients.get(client) != form.get("client_secret") or client == "":
+            grant = "refused"  # not a registered client, or its secret is wrong
         if grant == "client_credentials":
-            # Since Washington DC: the client's own grant, run as the registry entry's user;
-            # only for a registered client. (The password grant takes any client here.)
-            if known is not None:
-                user = self.username
+            user = self.username
         elif grant == "password":
             if form.get("username") == self.username and form.get("password") == self.password:
                 user = self.username
         elif grant == "refresh_token":
-            user = self.refresh_tokens.get(form.get("refresh_token", ""))
+            held = self.refresh_tokens.get(form.get("refresh_token", ""))
+            if held is not None and held[0] == client:  # a refresh token is its client's
+                user = held[1]
         if user is None:
             return JSONResponse(
                 {"error_description": "access_denied", "error": "server_error"}, status_code=401
             )
-        access, refresh = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        access = secrets.token_urlsafe(24)
         self.tokens[access] = user
-        self.refresh_tokens[refresh] = user
-        return JSONResponse(
-            {
-                "access_token": access,
-                "refresh_token": refresh,
-                "scope": "useraccount",
-                "token_type": "Bearer",
-                "expires_in": 1799,
-            }
-            if grant != "client_credentials"
-            else {
-                "access_token": access,
-                "scope": "useraccount",
-                "token_type": "Bearer",
-                "expires_in": 1799,
-            }
-        )
+        body: dict[str, Any] = {
+            "access_token": access, "scope": "useraccount", "token_type": "Bearer",
+            "expires_in": 1799,
+        }  # fmt: skip
+        if grant == "password":
+            refresh = secrets.token_urlsafe(24)
+            self.refresh_tokens[refresh] = (client, user)
+            body["refresh_token"] = refresh
+        return JSONResponse(body)
 
     def _table(self, req: SimRequest) -> str:
         table = req.path_params["table"]

@@ -27,7 +27,7 @@ from sync.store import (
     make_engine,
     metadata,
 )
-from sync.store.packed import PackedJSON
+from sync.store.packed import PackedJSON, UTCMicros
 
 config = context.config
 
@@ -56,6 +56,8 @@ def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str |
     if type_ == "type" and isinstance(obj, PackedJSON):
         autogen_context.imports.add("from sqlalchemy.dialects import postgresql")
         return 'sa.LargeBinary().with_variant(postgresql.JSONB(), "postgresql")'
+    if type_ == "type" and isinstance(obj, UTCMicros):
+        return 'sa.BigInteger().with_variant(sa.DateTime(timezone=True), "postgresql")'
     return False
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import Column, ForeignKey, Index, Text, UniqueConstraint, text
 from sqlmodel import Field
 
 from sync.store.db import JSONValue, StoreModel, UTCDateTime, _now_field, utcnow
-from sync.store.packed import PackedJSON
+from sync.store.packed import PackedJSON, UTCMicros
 
 
 class IncidentRow(StoreModel, table=True):
@@ -53,7 +53,8 @@ class Shadow(StoreModel, table=True):
     link_id: int = Field(
         sa_column=Column(ForeignKey("link.id", ondelete="CASCADE"), primary_key=True)
     )
-    fields: dict[str, Any] = Field(default_factory=dict, sa_type=JSONValue)
+    # Every read field of the record (~1 KB of JSON): compressed on SQLite (sync.store.packed).
+    fields: dict[str, Any] = Field(default_factory=dict, sa_type=PackedJSON)
     version: list[int] = Field(default_factory=list, sa_type=JSONValue)
     updated_at: dt.datetime = _now_field()
 
@@ -126,7 +127,8 @@ class AuditEntry(StoreModel, table=True):
     __tablename__ = "audit"
 
     id: int | None = Field(default=None, primary_key=True)
-    at: dt.datetime = _now_field()
+    # Microseconds since 1970 on SQLite (8 bytes, not 26 of text; sync.store.packed).
+    at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCMicros)
     incident_id: str | None = Field(default=None, index=True)
     system: str = ""
     instance: str = ""

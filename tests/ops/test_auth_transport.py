@@ -63,6 +63,12 @@ def test_servicenow_oauth_refreshes_before_expiry(sims: SimulatorCluster) -> Non
     assert second != first
     assert connector.oauth.grants == ["password", "refresh_token"]
     assert connector.signin().ok  # the refreshed token works
+    # The refresh answer holds an access token only: the refresh token is kept for the next
+    # one, rather than sending the password again.
+    now[0] += 1799
+    assert connector.oauth.token() not in (first, second)
+    assert connector.oauth.grants == ["password", "refresh_token", "refresh_token"]
+    assert connector.signin().ok
 
 
 def test_servicenow_oauth_wrong_client_secret_names_the_settings(sims: SimulatorCluster) -> None:

@@ -440,20 +440,34 @@ def test_error_bodies(sims: SimulatorCluster) -> None:
 
 
 def test_oauth_flow(sims: SimulatorCluster) -> None:
+    """As ServiceNow documents /oauth_token.do: a form with the registered client's id and
+    secret on every grant; password: access and refresh token; refresh_token: an access token
+    only; a refused request: 401 access_denied."""
     url = sims.urls["servicenow"]
-    form = {"grant_type": "password", "client_id": "c", "client_secret": "s",
-            "username": "admin", "password": "admin"}  # fmt: skip
+    client = {"client_id": "itsm-sync", "client_secret": "sim-client-secret"}
+    form = {"grant_type": "password", **client, "username": "admin", "password": "admin"}
     tok = httpx.post(f"{url}/oauth_token.do", data=form).json()
-    assert tok["token_type"] == "Bearer"
+    assert tok["token_type"] == "Bearer" and tok["scope"] == "useraccount"
+    assert tok["expires_in"] > 0 and tok["refresh_token"]
     h = {"Authorization": f"Bearer {tok['access_token']}"}
     assert httpx.get(f"{url}/api/now/table/sys_user", headers=h).status_code == 200
-    ref = httpx.post(
-        f"{url}/oauth_token.do",
-        data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
-    )
+    refresh = {"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]}
+    ref = httpx.post(f"{url}/oauth_token.do", data={**refresh, **client})
     assert ref.status_code == 200 and ref.json()["access_token"] != tok["access_token"]
-    bad = httpx.post(f"{url}/oauth_token.do", data={**form, "password": "x"})
-    assert bad.status_code == 401
+    assert "refresh_token" not in ref.json()
+    again = httpx.post(f"{url}/oauth_token.do", data={**refresh, **client})  # still good
+    assert again.status_code == 200
+    refused = {"error_description": "access_denied", "error": "server_error"}
+    for bad in (
+        {**form, "password": "x"},  # wrong password
+        {**form, "client_id": "someone-else"},  # not in the Application Registry
+        {**form, "client_secret": "x"},  # wrong client secret
+        {k: v for k, v in form.items() if k != "client_id"},  # client_id is required
+        refresh,  # a refresh token without its client
+        {**refresh, **client, "refresh_token": "zz"},  # an unknown refresh token
+    ):
+        answer = httpx.post(f"{url}/oauth_token.do", data=bad)
+        assert (answer.status_code, answer.json()) == (401, refused), bad
     bogus = httpx.get(f"{url}/api/now/table/sys_user", headers={"Authorization": "Bearer zz"})
     assert bogus.status_code == 401
 
