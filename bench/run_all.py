@@ -40,6 +40,8 @@ def benchmarks(small: bool, postgres: bool) -> list[tuple[str, list[str]]]:
         ),
         ("bench.console", []),  # every console page with 10,000 incidents: < 200 ms
         ("bench.storage", []),  # database bytes per edit after prune
+        # 10,000 incidents paced to the rate limits (floor ~150 s; interrupted at 2x it).
+        ("bench.backfill", []),
     ]
     return out
 

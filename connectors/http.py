@@ -62,6 +62,7 @@ class TokenBucket:
         self._tokens = capacity
         self._updated = clock()
         self._paused_until = 0.0
+        self._epoch = 0  # bumped by pause_for: reservations made before it are void
         self._lock = threading.Lock()
 
     def _refill(self, now: float) -> None:
@@ -69,19 +70,36 @@ class TokenBucket:
         self._updated = now
 
     def acquire(self, cost: float = 1.0) -> float:
-        """Block until ``cost`` tokens are available; returns how long it waited."""
+        """Take ``cost`` tokens, waiting for them; returns how long it waited.
+
+        A reservation: the tokens are taken at once (the bucket may go into debt) and the caller
+        sleeps until the bucket would have held them, so waiting callers leave on a fixed
+        schedule at ``rate``. (Taking a token only once it is there loses rate: with a capacity
+        of 1 a token not taken the moment it appears is never made, so every late wake-up of a
+        waiting thread -- a few ms on a busy machine -- was lost for good: 88 % of the rate.)
+        A :meth:`pause_for` while a caller sleeps cancels its reservation: it waits for the
+        pause to end and reserves again."""
         waited = 0.0
         while True:
             with self._lock:
                 now = self._clock()
                 self._refill(now)
                 pause = self._paused_until - now
-                if pause <= 0 and self._tokens >= cost:
+                reserved = pause <= 0
+                if reserved:
                     self._tokens -= cost
-                    return waited
-                delay = max(pause, (cost - self._tokens) / self.rate)
+                    if self._tokens >= 0:
+                        return waited
+                    delay = -self._tokens / self.rate
+                else:
+                    delay = pause
+                epoch = self._epoch
             self._sleep(delay)
             waited += delay
+            if reserved:
+                with self._lock:
+                    if self._epoch == epoch:
+                        return waited  # no pause meanwhile: the reservation stands
 
     def try_acquire(self, cost: float = 1.0, *, take: bool = True) -> float:
         """Never blocks: 0.0 when ``cost`` tokens are there (taken unless ``take`` is False),
@@ -107,7 +125,8 @@ class TokenBucket:
         """Hold every request on this bucket for ``seconds`` (a remote's ``Retry-After``)."""
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
-            self._tokens = 0.0
+            self._tokens = 0.0  # and the debt of waiting reservations: they reserve again
+            self._epoch += 1
 
 
 class KeyedBuckets:

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import queue
 import random
 import socket
@@ -369,6 +370,45 @@ class WebhookDispatcher:
             self._outstanding = max(0, self._outstanding - 1)
 
 
+class PaceLimit:
+    """A per-second budget over every authenticated API call (not ``/_sim/``): a token bucket
+    of ``rate`` requests per second holding at most ``burst``, as a gateway in front of an API
+    enforces it. Off (``rate`` None) by default. Not a documented limit of any one vendor: the
+    benchmarks set it to the rate the service is configured with, so that a client that paces
+    itself is never refused and one that does not is (``/_sim/ratelimit`` of ServiceNow and
+    Jira)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate: float | None = None
+        self.burst = 1.0
+        self._clock = clock
+        self._tokens = 0.0
+        self._at = 0.0
+
+    def configure(self, rate: float | None, burst: float | None = None) -> None:
+        """Set (rate None or 0: off) and start from a full bucket."""
+        self.rate = float(rate) if rate else None
+        if burst is not None:
+            self.burst = max(1.0, float(burst))
+        self._tokens = self.burst
+        self._at = self._clock()
+
+    def check(self) -> int | None:
+        """Take a token and return None, or the whole seconds to wait (>= 1; nothing taken)."""
+        if not self.rate:
+            return None
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return None
+        return max(1, math.ceil((1.0 - self._tokens) / self.rate))
+
+    def describe(self) -> dict[str, float | None]:
+        return {"requests_per_second": self.rate, "requests_burst": self.burst}
+
+
 def hmac_sha256_hex(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
@@ -387,6 +427,8 @@ class Simulator:
         self._routes: list[Route] = []
         self.request_log: deque[dict[str, Any]] = deque(maxlen=5000)
         self.stats: Counter[str] = Counter()
+        # The same counts by answer too ("METHOD template status"): /_sim/stats?by=status.
+        self.status_stats: Counter[str] = Counter()
         self.faults = Faults(seed=seed)
         self.rng = random.Random(seed)
         self.webhook_targets: list[WebhookTarget] = []
@@ -602,6 +644,7 @@ class Simulator:
     ) -> None:
         with self.lock:
             self.stats[key] += 1
+            self.status_stats[f"{key} {status}"] += 1
             self.request_log.append(
                 {
                     "id": uuid.uuid4().hex,
@@ -636,6 +679,7 @@ class Simulator:
             self.rng = random.Random(self.faults.seed)
             self.request_log.clear()
             self.stats.clear()
+            self.status_stats.clear()
             self.webhooks.clear()
             self.dirty = True
         return JSONResponse({"reset": True})
@@ -717,6 +761,9 @@ class Simulator:
         with self.lock:
             if request.method == "DELETE":
                 self.stats.clear()
+                self.status_stats.clear()
+            if request.query_params.get("by") == "status":
+                return JSONResponse(dict(self.status_stats))
             return JSONResponse(dict(self.stats))
 
     async def _sim_state(self, request: Request) -> Response:

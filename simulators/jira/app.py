@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 
 from simulators.base import (
     MalformedBody,
+    PaceLimit,
     SimHTTPError,
     SimRequest,
     Simulator,
@@ -190,6 +191,8 @@ class JiraSimulator(Simulator):
         }
         self._burst: dict[str, deque[float]] = {}
         self._issue_writes: dict[str, deque[float]] = {}
+        # Requests per second over every API call, whatever the route (off by default).
+        self.pace = PaceLimit()
         super().__init__(seed=seed)
 
     # -- state --------------------------------------------------------------------------------
@@ -578,6 +581,9 @@ class JiraSimulator(Simulator):
         return q
 
     def _burst_check(self, req: SimRequest) -> Response | None:
+        wait = self.pace.check()
+        if wait is not None:
+            return self.rate_limit_response(wait)
         q = self._burst_window(req)
         limit = self.limits["burst_per_second"]
         if limit and len(q) >= limit:
@@ -1144,16 +1150,19 @@ class JiraSimulator(Simulator):
     def sim_ratelimit(self, req: SimRequest) -> Response:
         if req.method == "POST":
             body = self._body(req, required=False) or {}
-            if not isinstance(body, dict) or set(body) - set(self.limits):
-                raise _fail(400, [f"allowed keys: {sorted(self.limits)}"])
+            pace_keys = {"requests_per_second", "requests_burst"}
+            if not isinstance(body, dict) or set(body) - set(self.limits) - pace_keys:
+                raise _fail(400, [f"allowed keys: {sorted([*self.limits, *pace_keys])}"])
             for k, v in body.items():
                 number = isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
                 if not number and not (v is None and k != "per_issue_window_seconds"):
                     raise _fail(400, [f"{k} must be a non-negative number"])
-            self.limits.update(body)
+            if "requests_per_second" in body:
+                self.pace.configure(body["requests_per_second"], body.get("requests_burst"))
+            self.limits.update({k: v for k, v in body.items() if k not in pace_keys})
             self._burst = {}
             self._issue_writes = {}
-        return JSONResponse(dict(self.limits))
+        return JSONResponse({**self.limits, **self.pace.describe()})
 
     # -- projects -----------------------------------------------------------------------------
 

@@ -20,7 +20,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import compile_path
 
-from simulators.base import Handler, SimHTTPError, SimRequest, Simulator, WebhookTarget
+from simulators.base import (
+    Handler,
+    PaceLimit,
+    SimHTTPError,
+    SimRequest,
+    Simulator,
+    WebhookTarget,
+)
 
 from . import display
 from .query import QueryError, compile_query
@@ -174,6 +181,7 @@ class ServiceNowSimulator(Simulator):
         # OAuth clients (System OAuth > Application Registry): client_id -> client_secret.
         self.oauth_clients: dict[str, str] = {"itsm-sync": "sim-client-secret"}
         self._window: list[float] = []
+        self.pace = PaceLimit()  # requests per second over every API call (off by default)
         super().__init__(seed=seed)
 
     # -- state --------------------------------------------------------------------------------
@@ -298,6 +306,9 @@ class ServiceNowSimulator(Simulator):
         return self._rate_check()
 
     def _rate_check(self) -> Response | None:
+        wait = self.pace.check()
+        if wait is not None:
+            return self.rate_limit_response(wait)
         if not self.requests_per_hour:
             return None
         t = time.time()
@@ -507,10 +518,15 @@ class ServiceNowSimulator(Simulator):
     def ratelimit(self, req: SimRequest) -> Response:
         if req.method == "POST":
             body = req.json() or {}
-            n = body.get("requests_per_hour") if isinstance(body, dict) else None
-            self.requests_per_hour = int(n) if n else None
-            self._window = []
-        return JSONResponse({"requests_per_hour": self.requests_per_hour})
+            if not isinstance(body, dict):
+                return self.error_response(400, "Invalid body", "a JSON object")
+            if "requests_per_hour" in body or not body.keys() & {"requests_per_second"}:
+                n = body.get("requests_per_hour")
+                self.requests_per_hour = int(n) if n else None
+                self._window = []
+            if "requests_per_second" in body:
+                self.pace.configure(body["requests_per_second"], body.get("requests_burst"))
+        return JSONResponse({"requests_per_hour": self.requests_per_hour, **self.pace.describe()})
 
     def sim_clock(self, req: SimRequest) -> Response:
         """POST ``{"now": "YYYY-MM-DD HH:MM:SS"}`` stamps every write with that time (UTC) until

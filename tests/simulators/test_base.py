@@ -222,3 +222,24 @@ def test_tls_serves_https_with_the_generated_certificate() -> None:
         assert httpx.get(f"{c.urls['toy']}/things/a", verify=trusted).json() == {"n": 1}
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{c.urls['toy']}/things/a")  # not trusted by default
+
+
+def test_pace_limit_is_a_token_bucket_over_every_call() -> None:
+    from simulators.base import PaceLimit
+
+    now = [100.0]
+    pace = PaceLimit(clock=lambda: now[0])
+    assert pace.check() is None  # off by default: never refuses
+    pace.configure(4.0, 2)
+    assert [pace.check(), pace.check()] == [None, None]  # the burst
+    assert pace.check() == 1  # empty: wait (whole seconds, at least 1)
+    now[0] += 0.25  # one token back at 4/s
+    assert pace.check() is None and pace.check() == 1
+    now[0] += 10  # refilled, but never beyond the burst
+    assert [pace.check() for _ in range(3)] == [None, None, 1]
+    pace.configure(0.5, 1)
+    assert pace.check() is None
+    assert pace.check() == 2  # a token every 2 s
+    assert pace.describe() == {"requests_per_second": 0.5, "requests_burst": 1.0}
+    pace.configure(None)
+    assert all(pace.check() is None for _ in range(10))

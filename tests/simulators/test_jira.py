@@ -1008,6 +1008,25 @@ def test_per_issue_write_limit(sims: SimulatorCluster) -> None:
     assert_valid(sims)
 
 
+def test_pace_limit_over_every_route(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        try:
+            c.post("/_sim/ratelimit", json={"requests_per_second": 0.5, "requests_burst": 2})
+            # Per second over all routes together (the burst limit is per route).
+            codes = [c.get(path).status_code for path in
+                     ("/rest/api/2/myself", "/rest/api/2/serverInfo", "/rest/api/2/field")]  # fmt: skip
+            assert codes == [200, 200, 429]
+            refused = c.get("/rest/api/2/myself")
+            assert refused.status_code == 429 and refused.headers["Retry-After"] == "2"
+            assert refused.json()["errorMessages"] == ["Rate limit exceeded."]
+            assert c.get("/_sim/ratelimit").json()["requests_per_second"] == 0.5
+            bad = c.post("/_sim/ratelimit", json={"requests_per_minute": 3})
+            assert bad.status_code == 400
+        finally:
+            c.post("/_sim/ratelimit", json={"requests_per_second": None})
+        assert c.get("/rest/api/2/myself").status_code == 200
+
+
 # ---------------------------------------------------------------------------------------------
 # Webhooks
 

@@ -491,6 +491,32 @@ def test_rate_limit(sims: SimulatorCluster) -> None:
         sims.servicenow.requests_per_hour = None  # type: ignore[attr-defined]
 
 
+def test_pace_limit_per_second_and_stats_by_status(sims: SimulatorCluster) -> None:
+    with client(sims) as c:
+        c.delete("/_sim/stats")
+        try:
+            got = c.post("/_sim/ratelimit", json={"requests_per_second": 0.5, "requests_burst": 2})
+            assert got.json() == {
+                "requests_per_hour": None, "requests_per_second": 0.5, "requests_burst": 2.0,
+            }  # fmt: skip
+            codes = [c.get("/api/now/table/sys_user").status_code for _ in range(3)]
+            assert codes == [200, 200, 429]  # the burst, then refused
+            refused = c.get("/api/now/table/sys_user")
+            assert refused.status_code == 429 and refused.headers["Retry-After"] == "2"
+            assert refused.json()["error"]["message"] == "Rate limit exceeded"
+            by_status = c.get("/_sim/stats", params={"by": "status"}).json()
+            assert {k: v for k, v in by_status.items() if "/_sim/" not in k} == {
+                "GET /api/now/table/{table} 200": 2, "GET /api/now/table/{table} 429": 2,
+            }  # fmt: skip
+            assert by_status["POST /_sim/ratelimit 200"] == 1
+            assert c.get("/_sim/stats").json()["GET /api/now/table/{table}"] == 4
+        finally:
+            c.post("/_sim/ratelimit", json={"requests_per_second": None})
+        assert c.get("/api/now/table/sys_user").status_code == 200
+        c.delete("/_sim/stats")
+        assert "GET /api/now/table/{table} 429" not in c.get("/_sim/stats?by=status").json()
+
+
 def test_faults_and_stats(sims: SimulatorCluster) -> None:
     with client(sims) as c:
         c.delete("/_sim/stats")

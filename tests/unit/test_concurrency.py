@@ -3,15 +3,21 @@ before a token (so waiting threads never save tokens up for a burst), re-entrant
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
-from config.settings import JiraSettings
+from config.settings import JiraSettings, ServiceNowSettings
 from connectors import http
 from connectors.http import TokenBucket, call_with_retries, limit_concurrency, slots_for
+from connectors.servicenow import ServiceNowConnector
+from simulators.runner import SimulatorCluster
+
+FIXTURE_INCIDENT = "1c000000000000000000000000000001"  # simulators/fixtures/servicenow.json
 
 
 @pytest.fixture(autouse=True)
@@ -96,3 +102,34 @@ def test_the_settings_name_the_limit() -> None:
     slots = slots_for("jira", connector.base_url)
     assert slots is not None and slots.limit == 7
     assert slots_for("jira", "https://another.atlassian.net") is None  # per instance
+
+
+def test_a_connector_paced_at_the_limit_is_never_refused(sims: SimulatorCluster) -> None:
+    """The service's bucket at a system's rate, the simulator enforcing that rate: calls from
+    many threads at once wait for tokens and none is answered 429 (bench.backfill's set-up)."""
+    http.reset_buckets()
+    url = sims.urls["servicenow"]
+    rate, calls = 20.0, 50
+    sn = ServiceNowConnector(
+        ServiceNowSettings.model_validate(
+            {"url": url, "password": "admin", "requests_per_second": rate, "max_concurrency": 8}
+        )
+    )
+    httpx.post(f"{url}/_sim/ratelimit", json={"requests_per_second": rate, "requests_burst": 3})
+    httpx.delete(f"{url}/_sim/stats")
+    try:
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: sn.get("incident", FIXTURE_INCIDENT), range(calls)))
+        elapsed = time.monotonic() - t0
+        by_status = httpx.get(f"{url}/_sim/stats", params={"by": "status"}).json()
+        # The simulator does enforce it: a client that does not pace itself is refused.
+        with httpx.Client(base_url=url, auth=("admin", "admin")) as c:
+            unpaced = [c.get("/api/now/table/sys_user").status_code for _ in range(12)]
+        assert 429 in unpaced
+    finally:
+        httpx.post(f"{url}/_sim/ratelimit", json={"requests_per_second": None})
+        http.reset_buckets()
+    refused = {k: v for k, v in by_status.items() if k.endswith(" 429")}
+    assert refused == {}
+    assert elapsed >= (calls - 1) / rate * 0.95  # it was paced, not let through at once
