@@ -142,6 +142,8 @@ class Executor:
         self.values: dict[str, Any] = {}  # the incident's canonical values, as being written
         # Links whose first write's intent was noted with the merge (one transaction fewer).
         self.noted: set[int] = set()
+        # Creates whose intent was recorded with the merge: whether one was tried before.
+        self.tried: dict[tuple[str, str], bool] = {}
 
     # -- A: the merge ------------------------------------------------------------------------
 
@@ -166,14 +168,23 @@ class Executor:
         return {k: {"at": at, "values": jsonable(v)} for k, v in values.items() if v}
 
     def save(
-        self, merged: Merged | None, version: int, intents: Mapping[int, dict[str, Any]]
+        self,
+        merged: Merged | None,
+        version: int,
+        intents: Mapping[int, dict[str, Any]],
+        creates: list[Create] | None = None,
     ) -> None:
         """Commit the merged incident, the consumed shadows, the comments taken in, the audit
-        of the merge and the intents of the writes to come, in one transaction
+        of the merge and the intents of the writes and creates to come, in one transaction
         (StaleIncident if someone saved it since). Without a merge: the intents alone."""
-        if merged is None and not intents:
+        if merged is None and not intents and not creates:
             return
         with store.session_scope(self.db) as s:
+            for op in creates or []:
+                system, instance = op.target
+                self.tried[op.target] = store.create_intent(
+                    s, incident_id=self.incident_id, system=system, instance=instance
+                )
             consumed = merged.consumed if merged is not None else {}
             for link_id, intent in intents.items():
                 if link_id in consumed:
@@ -284,10 +295,12 @@ class Executor:
         # The first attempt ever (its intent committed first) creates without looking for an
         # earlier one: one read fewer per created record (docs/performance.md); any other
         # attempt, and every retry of this one, looks for the correlation key first.
-        with store.session_scope(self.db) as s:
-            tried = store.create_intent(
-                s, incident_id=self.incident_id, system=system, instance=instance
-            )
+        tried = self.tried.pop(op.target, None)
+        if tried is None:  # not recorded with the merge
+            with store.session_scope(self.db) as s:
+                tried = store.create_intent(
+                    s, incident_id=self.incident_id, system=system, instance=instance
+                )
         record = connector.create(
             op.object_type, nest(op.fields), correlation_key=op.correlation_key, look_first=tried
         )

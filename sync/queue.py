@@ -295,6 +295,52 @@ def _claim_statement(dialect: str) -> Any:
     )
 
 
+def claim_key(
+    session: Session,
+    worker: str,
+    key: str,
+    *,
+    lease_seconds: float,
+    now: dt.datetime | None = None,
+) -> Claim | None:
+    """Claim one given key if it is due and nobody holds it (or their lease ran out): the
+    incident of a record just worked on, taken next by the same worker. None otherwise (it
+    waits for a debounce, or another worker has it: it stays queued for them)."""
+    now = now or utcnow()
+    until = _later(now, lease_seconds)
+    table = Dirty.__table__  # type: ignore[attr-defined]
+    c = table.c
+
+    def build(dialect: str) -> Any:
+        n = bindparam("now", type_=c.due_at.type)
+        return (
+            update(table)
+            .where(
+                c.key == bindparam("k_key"),
+                c.due_at <= n,
+                or_(c.claimed_until.is_(None), c.claimed_until <= n),
+            )
+            .values(
+                claimed_by=bindparam("k_worker", type_=c.claimed_by.type),
+                claimed_until=bindparam("k_until", type_=c.due_at.type),
+                due_at=bindparam("k_until", type_=c.due_at.type),
+            )
+            .returning(c.key, c.generation, c.attempts)
+        )
+
+    row = (
+        session.connection()
+        .execute(
+            prepared(session, "dirty.claim_key", build),
+            {"k_key": key, "now": now, "k_until": until, "k_worker": worker},
+        )
+        .first()
+    )
+    if row is None:
+        return None
+    return Claim(key=row[0], generation=row[1], worker=worker, attempts=row[2])
+
+
 def _held(claim: Claim) -> tuple[Any, ...]:
     return (col(Dirty.key) == claim.key, col(Dirty.claimed_by) == claim.worker)
 

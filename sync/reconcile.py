@@ -143,14 +143,22 @@ class Reconciler:
     # -- records not linked yet ---------------------------------------------------------------
 
     def adopt(
-        self, system: str, instance: str, object_type: str, remote_id: str, *, pairing: bool = True
+        self,
+        system: str,
+        instance: str,
+        object_type: str,
+        remote_id: str,
+        *,
+        pairing: bool = True,
+        mark: bool = True,
     ) -> str | None:
         """Link a remote record we have observed to an incident: the one whose correlation key
         it carries (we created it and crashed before linking), the one of the record it names
         as its counterpart (linked by hand before us), or a new incident made from it.
-        Returns the incident id, or None when the record is not ours to follow."""
+        Returns the incident id, or None when the record is not ours to follow. With
+        ``mark=False`` the incident made or found is not queued: the caller does it."""
         mapping_set = self.mappings()
-        with store.session_scope(self.db) as s:
+        with store.session_scope(self.db, readonly=True) as s:
             link = store.find_link(
                 s, system=system, instance=instance, object_type=object_type, remote_id=remote_id
             )
@@ -213,7 +221,7 @@ class Reconciler:
             )
         try:
             return self._link_adopted(
-                system, instance, object_type, remote_id, owner, fields, data, held
+                system, instance, object_type, remote_id, owner, fields, data, held, mark=mark
             )
         except _AlreadyLinked as linked:
             return linked.incident_id
@@ -221,7 +229,7 @@ class Reconciler:
     def _link_adopted(
         self, system: str, instance: str, object_type: str, remote_id: str,
         owner: str | None, fields: Mapping[str, Any], data: Mapping[str, Any] | None,
-        held: tuple[dict[str, Any], list[int]] | None = None,
+        held: tuple[dict[str, Any], list[int]] | None = None, *, mark: bool = True,
     ) -> str:  # fmt: skip
         with store.session_scope(self.db) as s:
             if owner is None:
@@ -247,7 +255,8 @@ class Reconciler:
                 s, action="create" if "new" in reason else "skip", incident_id=owner,
                 system=system, instance=instance, remote_id=remote_id, reason=reason,
             )  # fmt: skip
-            mark_dirty(s, incident_key(owner), reason="adopted")
+            if mark:
+                mark_dirty(s, incident_key(owner), reason="adopted")
             return link.incident_id
 
     def _stamped_incident(
@@ -386,6 +395,7 @@ class Reconciler:
             merged if merged.incident != before or merged.changed else None,
             state.version,
             executor.intents(ops, snap.targets, held),
+            [op for op in ops if isinstance(op, planner.Create)],
         )
         executor.run(incident, ops, snap.targets, held, state.backoffs)
         self._after(snap.incident, incident, outcome)

@@ -31,6 +31,7 @@ from sync import store
 from sync.queue import (
     Claim,
     claim,
+    claim_key,
     finish,
     incident_key,
     mark_dirty,
@@ -121,6 +122,16 @@ def worker_name() -> str:
     return f"{place()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+@dataclass(frozen=True)
+class Done:
+    """How a key's work ended: retry in this many seconds (None: no), due again at once, and
+    the incident to mark and take next (a record's)."""
+
+    retry_in: float | None = None
+    again: bool = False
+    take: str | None = None
+
+
 @dataclass
 class Totals:
     reconciled: int = 0
@@ -205,17 +216,25 @@ class Worker:
             with store.session_scope(self.db) as s:
                 retry_later(s, held, delay=delay, error=f"{type(exc).__name__}: {exc}")
             return
-        retry_in, again = result
         with store.session_scope(self.db) as s:
-            if again:  # a write's answer may hold someone's edit: due again, now
+            if result.again:  # a write's answer may hold someone's edit: due again, now
                 release(s, held)
-            elif retry_in is not None:
-                retry_later(s, held, delay=retry_in, error="a target failed retriably")
+            elif result.retry_in is not None:
+                retry_later(s, held, delay=result.retry_in, error="a target failed retriably")
             else:
                 finish(s, held)
+            take = incident_key(result.take) if result.take else None
+            if take is not None:
+                mark_dirty(s, take, reason=f"from {held.key}")
             if self.chain:
-                claimed = claim(s, self.name, limit=1, lease_seconds=self.lease)
-                self._next = claimed[0] if claimed else None
+                # The incident a record belongs to first (it was just adopted, or its record
+                # changed): this worker goes on with it rather than queueing it behind every
+                # other record, as a backfill's thousands would be.
+                claimed = claim_key(s, self.name, take, lease_seconds=self.lease) if take else None
+                if claimed is None:
+                    found = claim(s, self.name, limit=1, lease_seconds=self.lease)
+                    claimed = found[0] if found else None
+                self._next = claimed
 
     def release_next(self) -> None:
         """Give back a key claimed ahead but not worked on (the worker is stopping)."""
@@ -224,12 +243,12 @@ class Worker:
             with store.session_scope(self.db) as s:
                 release(s, held)
 
-    def _work(self, key: str) -> tuple[float | None, bool]:
-        """(retry in this many seconds or None, whether the key is due again at once)."""
+    def _work(self, key: str) -> Done:
         kind, *rest = parse_key(key)
         if kind == "incident":
-            return self._incident(rest[0])
-        return self._remote(key, kind, *rest), False
+            retry_in, again = self._incident(rest[0])
+            return Done(retry_in, again)
+        return self._remote(key, kind, *rest)
 
     def _incident(self, incident_id: str) -> tuple[float | None, bool]:
         started = time.monotonic()
@@ -249,7 +268,7 @@ class Worker:
 
     def _remote(
         self, key: str, kind: str, system: str, instance: str, object_type: str, remote_id: str
-    ) -> float | None:
+    ) -> Done:
         for handler in self.reconciler.handlers:
             # Records that stand for something else than an incident (a planned change shown
             # as maintenance on the status page).
@@ -257,20 +276,18 @@ class Worker:
                 handler(system, instance, object_type, remote_id)
             except ConnectorError as exc:
                 if exc.retriable:
-                    return 5.0
+                    return Done(5.0)
                 log.warning("%s: %s", key, exc)
         for resolver in self.reconciler.resolvers:
             # A record that belongs to an incident without being one (a change request, a
             # postmortem review, an action item): wake the incident.
             owner = resolver(system, object_type, remote_id)
             if owner is not None:
-                with store.session_scope(self.db) as s:
-                    mark_dirty(s, incident_key(owner), reason=f"from {key}")
-                return None
+                return Done(take=owner)
         connector = self.reconciler.connectors.get((system, instance))
         if connector is None:
             log.warning("no connector for %s/%s; dropping %s", system, instance, key)
-            return None
+            return Done()
         with store.session_scope(self.db, readonly=True) as s:
             link = store.find_link(
                 s, system=system, instance=instance, object_type=object_type, remote_id=remote_id
@@ -286,15 +303,15 @@ class Worker:
                 record = connector.get(object_type, remote_id)
             except ConnectorError as exc:
                 if exc.retriable:
-                    return 5.0
+                    return Done(5.0)
                 log.warning("cannot read %s: %s", key, exc)
-                return None
+                return Done()
             self.reconciler.observe(record, source="poll")
-        incident_id = self.reconciler.adopt(system, instance, object_type, remote_id)
-        if incident_id is not None:
-            with store.session_scope(self.db) as s:
-                mark_dirty(s, incident_key(incident_id), reason=f"from {key}")
-        return None
+        # Linked (or found linked): the incident is marked, and taken next by this worker,
+        # in the transaction that finishes this key (a crash before it leaves this key's
+        # claim, whose retry finds the link and gets here again).
+        incident_id = self.reconciler.adopt(system, instance, object_type, remote_id, mark=False)
+        return Done(take=incident_id)
 
 
 def _alive(pid: int) -> bool:
