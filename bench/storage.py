@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from bench.common import Row, command, finish, parser
+from bench.common import Row, finish, header, parser
 from config.settings import RetentionSettings
 from connectors.http import reset_buckets
 from service.harness import WEBHOOK_SECRETS, settings_for
@@ -121,8 +121,12 @@ def run(incidents: int, rounds: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.splitlines()[0] if __doc__ else "").parse_args(argv)
     incidents = 50 if args.small else 500  # --small: 1,000 edits
+    # The header starts the watch of other processes' CPU that finish() reports.
+    header("Database bytes per edit after pruning", "bench.storage", args.small, {
+        "incidents": incidents, "edits": incidents * 20, "database": "SQLite (temp file)",
+        "after": "prune past retention.events_days, then VACUUM",
+    })  # fmt: skip
     result = run(incidents, 20)
-    print(f"command: {command('bench.storage', args.small)}")
     for key, value in result.items():
         print(f"  {key}: {value}")
     figure = result["bytes_total_after_prune_per_edit"]
