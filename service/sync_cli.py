@@ -495,6 +495,12 @@ def _progress() -> Progress:
     )
 
 
+# A backfill reads everything since its start: pages of 1,000 records, not a poll's 100 (90 fewer
+# round trips per 100,000 records; ServiceNow answers up to 10,000 a page, Jira's search and
+# Statuspage's lists cap it at 100 themselves).
+BACKFILL_PAGE_SIZE = 1000
+
+
 def _backfill(runtime: Runtime, settings: Settings, start: dt.datetime) -> None:
     """Read, link pairs, reconcile: each with a progress bar; the reconcile's has an ETA
     (from the rate so far: the token buckets pace it to the configured limits)."""
@@ -509,6 +515,7 @@ def _backfill(runtime: Runtime, settings: Settings, start: dt.datetime) -> None:
                 result = poll_once(
                     runtime.db, connector, object_type, since=start,
                     watermark_key=f"{object_type}@backfill", progress=advance,
+                    page_size=BACKFILL_PAGE_SIZE,
                 )  # fmt: skip
                 progress.update(task, total=result.read, completed=result.read)
                 if result.error:
@@ -546,7 +553,7 @@ def _backfill(runtime: Runtime, settings: Settings, start: dt.datetime) -> None:
 
 
 def _backfill_dry_run(runtime: Runtime, start: dt.datetime) -> None:
-    plan = dry_run(runtime.reconciler, start)
+    plan = dry_run(runtime.reconciler, start, page_size=BACKFILL_PAGE_SIZE)
     for intent in plan.intents:
         console.print(plain(intent.line()), highlight=False)
     for error in plan.errors:

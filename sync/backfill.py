@@ -66,12 +66,12 @@ class DryRun:
         return sum(len(i.creates) for i in self.intents)
 
 
-def dry_run(reconciler: Reconciler, since: dt.datetime) -> DryRun:
+def dry_run(reconciler: Reconciler, since: dt.datetime, *, page_size: int = 100) -> DryRun:
     out = DryRun()
     for (system, instance), connector in sorted(reconciler.connectors.items()):
         for object_type in POLLED.get(system, ()):
             try:
-                for record in connector.changes_since(object_type, since):
+                for record in connector.changes_since(object_type, since, page_size=page_size):
                     out.intents.extend(_intent(reconciler, record))
             except ConnectorError as exc:
                 out.errors.append(f"{system}/{instance} {object_type}: {exc}")

@@ -58,12 +58,14 @@ def poll_once(
     watermark_key: str | None = None,
     progress: Callable[[int], None] | None = None,
     clock: Callable[[], dt.datetime] = store.utcnow,
+    page_size: int = 100,
 ) -> PollResult:
     """Read what changed since the watermark (or ``since``, whichever is later), store it,
     and advance the watermark batch by batch (records come oldest first), never past the
     poll's start: a poll killed half-way resumes where its last stored batch ended. A poll
     that read everything moves it to :data:`SETTLE_SECONDS` before its start at least, so a
-    quiet system's last records are not read again at every poll."""
+    quiet system's last records are not read again at every poll. ``page_size``: the records
+    asked for per list call (a backfill asks for more; a connector may cap it)."""
     key = dict(
         system=connector.system,
         instance=connector.instance,
@@ -87,7 +89,7 @@ def poll_once(
         batch.clear()
 
     try:
-        for record in connector.changes_since(object_type, watermark):
+        for record in connector.changes_since(object_type, watermark, page_size=page_size):
             batch.append(record)
             result.read += 1
             if len(batch) >= BATCH:
