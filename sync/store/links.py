@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import bindparam
 from sqlmodel import Session, col, select, update
 
-from sync.store.db import CommentDirection, _check, _fresh, dialect_insert, prepared, utcnow
+from sync.store.db import CommentDirection, _check, dialect_insert, prepared, utcnow
 from sync.store.tables import CommentLink, Link
 
 
@@ -39,25 +41,25 @@ def add_link(
     to link can't both win; the loser's transaction stays usable (ON CONFLICT DO NOTHING).
     """
     for _ in range(3):  # the row in the way may vanish between our insert and our look-up
+        values: dict[str, Any] = {
+            "incident_id": incident_id,
+            "system": system,
+            "instance": instance,
+            "object_type": object_type,
+            "remote_id": remote_id,
+            "remote_key": remote_key,
+            "url": url,
+            "created_at": utcnow(),
+        }
         inserted = session.exec(
             dialect_insert(session, Link)
-            .values(
-                incident_id=incident_id,
-                system=system,
-                instance=instance,
-                object_type=object_type,
-                remote_id=remote_id,
-                remote_key=remote_key,
-                url=url,
-                created_at=utcnow(),
-            )
+            .values(**values)
             .on_conflict_do_nothing()
             .returning(col(Link.id))
         ).scalar_one_or_none()
         if inserted is not None:
-            link = _fresh(session, Link, inserted)
-            assert link is not None
-            return link
+            # The row as inserted (no read back: every column is one we gave, but the id).
+            return Link(id=inserted, **values)
         existing = find_link(
             session, system=system, instance=instance, object_type=object_type, remote_id=remote_id
         )
