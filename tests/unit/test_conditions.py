@@ -279,10 +279,11 @@ HOSTILE = [
 
 @pytest.mark.parametrize("text", HOSTILE, ids=lambda t: t[:40])
 def test_hostile_inputs_are_refused_quickly(text: str) -> None:
-    start = time.monotonic()
+    # CPU time, not wall time: a loaded machine must not fail it, a slow parse must.
+    start = time.process_time()
     with pytest.raises(ConditionError):
         cond(text)
-    assert time.monotonic() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 def test_limits_are_exact() -> None:
