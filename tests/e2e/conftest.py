@@ -100,6 +100,12 @@ class Desk(Systems):
         super().__init__(sims, timeout=10)
         self.rt = rt
 
+    def linked_p1(self, title: str = "Checkout down") -> tuple[dict[str, Any], str]:
+        """A ServiceNow P1 synced once: (the incident record, its Jira issue's key)."""
+        inc = self.open_p1(title)
+        self.sync()
+        return inc, str(self.incident_issue()["key"])
+
     def sync(self, rounds: int = 2) -> None:
         for _ in range(rounds):
             poll_all(self.rt.db, self.rt.connectors)

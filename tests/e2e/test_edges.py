@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
 
 import pytest
 
@@ -22,17 +21,11 @@ from sync.worker import drain
 from tests.e2e.conftest import SN_TABLE, Desk
 
 
-def _linked_p1(desk: Desk, title: str = "Checkout down") -> tuple[dict[str, Any], str]:
-    inc = desk.open_p1(title)
-    desk.sync()
-    return inc, str(desk.incident_issue()["key"])
-
-
 def test_an_older_edit_never_overwrites_a_newer_one_per_field(desk: Desk) -> None:
     """The desk retitles, an engineer retitles a second later, the desk then edits the
     description: judged by whole-record times ServiceNow's record is newer, so its older
     title used to win. Per field, the engineer's title is the newer one."""
-    inc, key = _linked_p1(desk)
+    inc, key = desk.linked_p1()
     desk.patch(inc["sys_id"], short_description="Checkout down in EU")
     time.sleep(1.1)
     desk.edit(key, summary="Checkout down for card payments")
@@ -55,7 +48,7 @@ def test_an_edit_made_while_the_engine_writes_is_not_lost(desk: Desk) -> None:
     """The engine writes the desk's title to Jira; an engineer retitles the issue after the
     desk did but before the engine's write lands. The engineer's title is the newest: it ends
     up on both sides, not overwritten by the engine's older one."""
-    inc, key = _linked_p1(desk)
+    inc, key = desk.linked_p1()
     desk.patch(inc["sys_id"], short_description="Checkout down in EU")
     poll_all(desk.rt.db, desk.rt.connectors)
     desk.during_next_write(
@@ -73,7 +66,7 @@ def test_our_write_whose_answer_never_came_is_not_a_newer_edit(desk: Desk) -> No
     applies it but no answer ever comes (every retry too: the process would have died the
     same way), so nothing of the write is recorded. Its change in Jira's history is ours,
     not a person's newer edit: the engineer's title, the newest edit by a person, wins."""
-    inc, key = _linked_p1(desk)
+    inc, key = desk.linked_p1()
     desk.patch(inc["sys_id"], short_description="Checkout down in EU")
     poll_all(desk.rt.db, desk.rt.connectors)
     time.sleep(1.1)
@@ -93,7 +86,7 @@ def test_our_write_whose_answer_never_came_is_not_a_newer_edit(desk: Desk) -> No
 def test_a_transition_whose_answer_is_lost_is_no_park(desk: Desk) -> None:
     """Jira applies the move but its answer never arrives; the retry would be refused from the
     new status ("not valid for this issue") and used to park the incident."""
-    inc, key = _linked_p1(desk)
+    inc, key = desk.linked_p1()
     desk.fault(
         "jira", route="POST /rest/api/{version}/issue/{issueIdOrKey}/transitions",
         timeout_rate=1.0, timeout_seconds=0.3, count=1,
@@ -162,7 +155,7 @@ def test_hostile_text_is_cleaned_cut_and_inert_and_parks_nothing(desk: Desk) -> 
 def test_a_comment_that_only_looks_like_ours_is_synced_and_jsm_internal_stays_internal(
     desk: Desk,
 ) -> None:
-    inc, key = _linked_p1(desk)
+    inc, key = desk.linked_p1()
     desk.jira.post(
         f"/rest/api/2/issue/{key}/comment",
         json={"body": "[itsm-sync from jira:OPS-9] not an echo: a person typed this"},
@@ -182,7 +175,7 @@ def test_a_comment_that_only_looks_like_ours_is_synced_and_jsm_internal_stays_in
 
 
 def test_a_close_code_set_in_servicenow_survives_the_round_trip(desk: Desk) -> None:
-    inc, key = _linked_p1(desk)
+    inc, key = desk.linked_p1()
     desk.patch(
         inc["sys_id"], state="6", close_code="Workaround provided",
         close_notes="Traffic moved to the EU pool",
@@ -305,7 +298,7 @@ def test_pairs_linked_by_hand_are_linked_not_duplicated(desk: Desk) -> None:
 
 
 def test_duplicates_follow_their_parent(desk: Desk) -> None:
-    parent, key = _linked_p1(desk, "Checkout down")
+    parent, key = desk.linked_p1("Checkout down")
     child = desk.open_p1("Checkout broken for me", parent_incident=parent["sys_id"])
     # One opened on its own first (it got its Jira issue), then found to be a duplicate.
     late = desk.open_p1("Checkout 500s")

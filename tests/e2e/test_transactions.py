@@ -11,8 +11,6 @@ pass that mark caused cost five more.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlmodel import select
 
 from sync import store
@@ -25,12 +23,6 @@ from tests.e2e.conftest import Desk
 WRITES_PER_CHANGE = 4
 
 
-def _linked_p1(desk: Desk) -> tuple[dict[str, Any], str]:
-    inc = desk.open_p1("Checkout down")
-    desk.sync()
-    return inc, str(desk.incident_issue()["key"])
-
-
 def _drained(desk: Desk) -> tuple[int, Totals]:
     """Poll, then drain with one worker: the write transactions the drain began, its totals."""
     poll_all(desk.rt.db, desk.rt.connectors)
@@ -41,7 +33,7 @@ def _drained(desk: Desk) -> tuple[int, Totals]:
 
 
 def test_a_desk_title_change_costs_four_write_transactions_and_one_pass(desk: Desk) -> None:
-    inc, key = _linked_p1(desk)
+    inc, key = desk.linked_p1()
     desk.patch(inc["sys_id"], short_description="Checkout down in EU")
     writes, totals = _drained(desk)
     assert desk.issue(key)["fields"]["summary"] == "Checkout down in EU"
@@ -52,7 +44,7 @@ def test_a_desk_title_change_costs_four_write_transactions_and_one_pass(desk: De
 
 
 def test_an_engineer_title_change_costs_four_write_transactions_and_one_pass(desk: Desk) -> None:
-    inc, key = _linked_p1(desk)
+    inc, key = desk.linked_p1()
     desk.edit(key, summary="Checkout down for card payments")
     writes, totals = _drained(desk)
     assert desk.sn_record(inc["sys_id"])["short_description"] == "Checkout down for card payments"
@@ -67,7 +59,7 @@ def test_an_edit_inside_the_write_answer_is_weighed_at_once(desk: Desk) -> None:
     holds their edit, which their own delivery can no longer bring (it is not newer than the
     answer stored). The incident is due again when the pass ends, and the same drain carries
     the engineer's title to ServiceNow: no poll, no delivery needed."""
-    inc, key = _linked_p1(desk)
+    inc, key = desk.linked_p1()
     desk.patch(inc["sys_id"], short_description="Checkout down in EU")
     poll_all(desk.rt.db, desk.rt.connectors)
     desk.during_next_write(

@@ -106,16 +106,22 @@ def test_unpack_reads_what_was_stored_before_packing() -> None:
     assert unpack(json.dumps(value).encode()) == value  # that TEXT cast to BLOB
 
 
+def _upgrade(db: Any, revision: str, *, down: bool = False) -> None:
+    """Migrate ``db`` up to ``revision`` only (a database as an older release left it), or
+    back down to it."""
+    config = store.alembic_config()
+    with db.begin() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_0008_0009_compress_the_observations_and_shadows_of_an_existing_database(
     dialect: str, fresh_url: Callable[[str], str]
 ) -> None:
     db = make_engine(fresh_url(dialect))
     try:
-        config = store.alembic_config()
-        with db.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0007")
+        _upgrade(db, "0007")
         incident = _incident(db)
         with session_scope(db) as s:
             link_id = store.add_link(s, incident_id=incident, **KEY).id
@@ -155,9 +161,7 @@ def test_0008_0009_compress_the_observations_and_shadows_of_an_existing_database
         with session_scope(db, readonly=True) as s:
             obs = store.latest_observation(s, **KEY)
             assert obs is not None and obs.fields["summary"] == "after the upgrade"
-        with db.begin() as connection:  # and back: 0007's JSON again
-            config.attributes["connection"] = connection
-            command.downgrade(config, "0007")
+        _upgrade(db, "0007", down=True)  # and back: 0007's JSON again
         with db.connect() as c:
             for table in ("observation", "shadow"):
                 stored = c.execute(text(f"SELECT fields FROM {table}")).scalar()
@@ -211,10 +215,7 @@ def test_0010_keeps_the_audit_times_of_an_existing_database(
 ) -> None:
     db = make_engine(fresh_url(dialect))
     try:
-        config = store.alembic_config()
-        with db.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0009")
+        _upgrade(db, "0009")
         incident = _incident(db)
         stored = ["2026-12-07 02:00:00.000007", "2026-12-06 23:59:59.999999"]
         with db.begin() as c:  # rows as 0009 stored them (naive UTC text on SQLite)
@@ -239,9 +240,7 @@ def test_0010_keeps_the_audit_times_of_an_existing_database(
         _audit(db, incident, T0 + dt.timedelta(hours=1), "new")  # and it goes on working
         with session_scope(db, readonly=True) as s:
             assert [e.after for e in store.history(s, incident)][-1] == "new"
-        with db.begin() as connection:  # and back: text again on SQLite
-            config.attributes["connection"] = connection
-            command.downgrade(config, "0009")
+        _upgrade(db, "0009", down=True)  # and back: text again on SQLite
         with db.connect() as c:
             first = c.execute(text("SELECT at FROM audit WHERE field = 'f0'")).scalar()
         if dialect == "sqlite":
