@@ -91,6 +91,7 @@ from sync.store.observations import (
     record_delivery,
     record_observation,
     set_watermark,
+    stored_observation_version,
 )
 from sync.store.tables import (
     AuditEntry,
@@ -193,5 +194,6 @@ __all__ = [
     "set_shadow",
     "set_watermark",
     "state_of",
+    "stored_observation_version",
     "utcnow",
 ]
