@@ -119,8 +119,6 @@ def ingest_webhook(
     if not observations:
         return Ack(202, "nothing to do for this delivery")
     delivery = observations[0].delivery_id
-    if _nothing_newer(db, observations):
-        return Ack(200, "nothing newer than the stored record", delivery)
     with store.session_scope(db) as s:
         if not store.record_delivery(s, system=system, delivery_id=delivery, status="accepted"):
             return Ack(200, "duplicate delivery: already stored", delivery)
@@ -149,26 +147,6 @@ def ingest_webhook(
                 delay=coalesce, reason=f"webhook {delivery}", refresh=not complete,
             )  # fmt: skip
     return Ack(202, "stored", delivery)
-
-
-def _nothing_newer(db: Engine, observations: list[Observation]) -> bool:
-    """Whether every record of a delivery is stored at this version or a newer one, with no
-    comment riding on it: the echo of our own write (its answer was stored with the write) or
-    a redelivery. Read without the write lock, so that such a delivery costs no write
-    transaction (about half of all deliveries under load: each change comes back as the echo
-    of the write that carried it out); anything else takes the write path, which decides
-    again under the lock."""
-    if not all(obs.complete and COMMENT_EVENT_KEY not in obs.fields for obs in observations):
-        return False
-    with store.session_scope(db, readonly=True) as s:
-        for obs in observations:
-            ref = obs.ref
-            stored = store.stored_observation_version(
-                s, ref.system, ref.instance, ref.object_type, ref.id
-            )
-            if stored is None or tuple(obs.version) > tuple(stored):
-                return False
-    return True
 
 
 def _updated(obs: Observation) -> dt.datetime | None:
