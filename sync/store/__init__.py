@@ -92,6 +92,7 @@ from sync.store.observations import (
     record_observation,
     set_watermark,
 )
+from sync.store.packed import incident_columns
 from sync.store.tables import (
     AuditEntry,
     CommentLink,
@@ -166,6 +167,7 @@ __all__ = [
     "get_shadow",
     "get_watermark",
     "history",
+    "incident_columns",
     "incident_state",
     "include_object",
     "insert_for",
