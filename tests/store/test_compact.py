@@ -81,13 +81,19 @@ def test_the_audit_trail_comes_back_as_it_was_written(engine: Engine) -> None:
         entries = incident_views.history(s, ident=incident)["entries"]
         everything = s.exec(select(store.AuditEntry).order_by(col(store.AuditEntry.id))).all()
     expected = [
-        {**row, "id": n + 1, "at": (T0 + dt.timedelta(seconds=n)).isoformat().replace("+00:00", "Z")}
+        {
+            **row,
+            "id": n + 1,
+            "at": (T0 + dt.timedelta(seconds=n)).isoformat().replace("+00:00", "Z"),
+        }
         for n, row in enumerate(rows)
     ]
     got = [{**e, "at": e["at"].replace("+00:00", "Z")} for e in entries]
     assert got == [e for e in expected if e["incident_id"] == incident]
     assert [e.model_dump() for e in everything][-1] == {
-        **rows[-1], "id": len(rows), "at": T0 + dt.timedelta(seconds=len(rows) - 1)
+        **rows[-1],
+        "id": len(rows),
+        "at": T0 + dt.timedelta(seconds=len(rows) - 1),
     }
     # the store's queries on these columns, in SQL
     with session_scope(engine) as s:
