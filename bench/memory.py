@@ -157,7 +157,8 @@ def fill(database_url: str, templates: dict[str, Any], count: int, first_link_id
             )
             data = json.loads(filled)
             rows["incident"].append(
-                {"id": incident_id, "data": data["incident"], "created_at": now,
+                {"id": incident_id, "data": data["incident"],
+                 **store.incident_columns(data["incident"]), "created_at": now,
                  "updated_at": now, "version": 1}
             )  # fmt: skip
             for part in data["links"].values():

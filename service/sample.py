@@ -117,7 +117,10 @@ def populate(
         data = incident.model_dump(mode="json")
         data.pop("id")
         updated = at + dt.timedelta(minutes=30 + n % 50)
-        incidents.append({"id": iid, "data": data, "created_at": at, "updated_at": updated})
+        incidents.append(
+            {"id": iid, "data": data, **store.incident_columns(data), "created_at": at,
+             "updated_at": updated}
+        )  # fmt: skip
         number, key, sys_id = f"INC{10001 + n:07d}", f"OPS-{n + 1}", uuid.UUID(int=10**6 + n).hex
         out.incident_ids.append(iid)
         out.numbers.append(number)

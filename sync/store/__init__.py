@@ -93,6 +93,7 @@ from sync.store.observations import (
     set_watermark,
     stored_observation_version,
 )
+from sync.store.packed import incident_columns
 from sync.store.tables import (
     AuditEntry,
     CommentLink,
@@ -167,6 +168,7 @@ __all__ = [
     "get_shadow",
     "get_watermark",
     "history",
+    "incident_columns",
     "incident_state",
     "include_object",
     "insert_for",

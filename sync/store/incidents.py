@@ -11,12 +11,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, bindparam, func, literal_column
+from sqlalchemy import ColumnElement, bindparam, event
 from sqlalchemy import select as sa_select  # Core: takes any columns (sqlmodel's is typed)
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select, update
 
 from sync.store.db import _fresh, insert_for, prepared, utcnow
+from sync.store.packed import incident_columns
 from sync.store.tables import (
     CommentLink,
     IncidentRow,
@@ -33,12 +34,19 @@ class StaleIncident(Exception):
 
 
 def state_of(session: Session) -> ColumnElement[Any]:
-    """The incident's canonical state, as the index ``ix_incident_state`` (migration 0007) has
-    it: a literal JSON path (a bound one would not match the index's expression)."""
-    data = col(IncidentRow.data)
-    if session.get_bind().dialect.name == "postgresql":
-        return data.op("->>", return_type=String)(literal_column("'state'"))
-    return func.json_extract(data, literal_column("'$.state'"), type_=String)
+    """The incident's canonical state: its column (indexed, ``ix_incident_state``), which every
+    write keeps equal to ``data["state"]`` (migration 0012; the data is packed on SQLite)."""
+    return col(IncidentRow.state)  # type: ignore[return-value]  # (a Column is one)
+
+
+@event.listens_for(IncidentRow, "before_insert")
+@event.listens_for(IncidentRow, "before_update")
+def _columns_in_step(mapper: Any, connection: Any, row: IncidentRow) -> None:
+    """An incident written through the ORM (``row.data = ...``) keeps its columns in step too
+    (Core writes pass :func:`incident_columns` themselves)."""
+    for key, value in incident_columns(row.data).items():
+        if getattr(row, key) != value:
+            setattr(row, key, value)
 
 
 def create_incident(
@@ -46,9 +54,11 @@ def create_incident(
 ) -> IncidentRow:
     """Store a new canonical incident (JSON-ready dict); the id is a new uuid4 hex unless given."""
     now = utcnow()
+    columns = incident_columns(data)
     row = IncidentRow(
-        id=incident_id or uuid.uuid4().hex, data=dict(data), created_at=now, updated_at=now
-    )
+        id=incident_id or uuid.uuid4().hex, data=dict(data), state=columns["state"],
+        parent=columns["parent"], created_at=now, updated_at=now,
+    )  # fmt: skip
     session.add(row)
     session.flush()
     return row
@@ -101,8 +111,9 @@ def replace_incident_data(
     )
     result = session.connection().execute(
         statement,
-        {"k_id": incident_id, "k_version": version, "data": dict(data), "updated_at": now},
-    )
+        {"k_id": incident_id, "k_version": version, "data": dict(data), "updated_at": now,
+         **incident_columns(data)},
+    )  # fmt: skip
     if result.rowcount != 1:
         raise StaleIncident(f"incident {incident_id} changed since version {version}")
     return now

@@ -10,7 +10,14 @@ from sqlalchemy import Column, ForeignKey, Index, Text, UniqueConstraint, text
 from sqlmodel import Field
 
 from sync.store.db import JSONValue, StoreModel, UTCDateTime, _now_field, utcnow
-from sync.store.packed import PackedJSON, UTCMicros
+from sync.store.packed import (
+    Coded,
+    CodedText,
+    HexId,
+    IncidentJSON,
+    PackedJSON,
+    UTCMicros,
+)
 
 
 class IncidentRow(StoreModel, table=True):
@@ -19,7 +26,11 @@ class IncidentRow(StoreModel, table=True):
     __tablename__ = "incident"
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, primary_key=True)
-    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONValue)
+    # ~1.4 KB of JSON: packed on SQLite (sync.store.packed), so what a query looks for in it
+    # is a column of its own, kept in step by every write (sync.store.incidents).
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=IncidentJSON)
+    state: str | None = Field(default=None, index=True)  # data["state"]: open incidents
+    parent: str | None = Field(default=None, index=True)  # data["parent"]: duplicates
     created_at: dt.datetime = _now_field()
     updated_at: dt.datetime = _now_field()
     version: int = 1
@@ -129,16 +140,18 @@ class AuditEntry(StoreModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     # Microseconds since 1970 on SQLite (8 bytes, not 26 of text; sync.store.packed).
     at: dt.datetime = Field(default_factory=utcnow, sa_type=UTCMicros)
-    incident_id: str | None = Field(default=None, index=True)
-    system: str = ""
-    instance: str = ""
-    remote_id: str = ""
-    action: str
-    field: str | None = None
+    # On SQLite hex ids as their 16 bytes and the repetitive strings as small integers
+    # (sync.store.packed: HexId, Coded); the same str values come back.
+    incident_id: str | None = Field(default=None, index=True, sa_type=HexId)
+    system: str = Field(default="", sa_type=Coded)
+    instance: str = Field(default="", sa_type=Coded)
+    remote_id: str = Field(default="", sa_type=HexId)
+    action: str = Field(sa_type=Coded)
+    field: str | None = Field(default=None, sa_type=Coded)
     before: Any | None = Field(default=None, sa_type=JSONValue)
     after: Any | None = Field(default=None, sa_type=JSONValue)
-    actor: str = "itsm-sync"
-    reason: str = Field(default="", sa_type=Text)
+    actor: str = Field(default="itsm-sync", sa_type=Coded)
+    reason: str = Field(default="", sa_type=CodedText)
 
 
 class Parked(StoreModel, table=True):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,22 @@ def _incident(engine: Engine) -> str:
         return store.create_incident(s, {"title": "Checkout fails"}).id
 
 
+def _old_incident(engine: Engine, data: dict[str, Any] | None = None) -> str:
+    """An incident as a release before 0012 stored it (JSON, no state column): the app's
+    code writes the newest schema's columns, so a database at an older revision gets SQL."""
+    incident_id = uuid.uuid4().hex
+    at = "2026-12-07 02:00:00.000000" if engine.dialect.name == "sqlite" else T0
+    with engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO incident (id, data, created_at, updated_at, version)"
+                " VALUES (:id, :data, :at, :at, 1)"
+            ),
+            {"id": incident_id, "data": json.dumps(data or {"title": "Checkout fails"}), "at": at},
+        )
+    return incident_id
+
+
 def test_sqlite_keeps_an_observation_and_a_shadow_compressed(tmp_path: Path) -> None:
     """(PostgreSQL keeps JSONB, which TOAST compresses: nothing of ours to check there.)"""
     engine = make_engine(f"sqlite:///{tmp_path / 'packed.db'}")
@@ -122,7 +139,7 @@ def test_0008_0009_compress_the_observations_and_shadows_of_an_existing_database
     db = make_engine(fresh_url(dialect))
     try:
         _upgrade(db, "0007")
-        incident = _incident(db)
+        incident = _old_incident(db)
         with session_scope(db) as s:
             link_id = store.add_link(s, incident_id=incident, **KEY).id
         fields = _issue("before the upgrade")
@@ -216,7 +233,7 @@ def test_0010_keeps_the_audit_times_of_an_existing_database(
     db = make_engine(fresh_url(dialect))
     try:
         _upgrade(db, "0009")
-        incident = _incident(db)
+        incident = _old_incident(db)
         stored = ["2026-12-07 02:00:00.000007", "2026-12-06 23:59:59.999999"]
         with db.begin() as c:  # rows as 0009 stored them (naive UTC text on SQLite)
             for n, at in enumerate(stored):
