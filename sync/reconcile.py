@@ -626,7 +626,5 @@ def _since(record: Record, incident: Incident) -> dt.datetime | None:
 
 def _children(s: Any, parent_id: str) -> list[str]:
     """Incidents that name ``parent_id`` as their parent (duplicates)."""
-    data = col(store.IncidentRow.data)
-    return list(
-        s.exec(select(store.IncidentRow.id).where(data["parent"].as_string() == parent_id)).all()
-    )
+    parent = col(store.IncidentRow.parent)  # data["parent"], kept as an indexed column
+    return list(s.exec(select(store.IncidentRow.id).where(parent == parent_id)).all())
