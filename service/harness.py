@@ -18,6 +18,7 @@ import uvicorn
 from config.settings import Settings
 from service.app import create_app
 from service.runtime import Runtime, settle_gc
+from service.supervisor import WorkerProcess
 from simulators.runner import SimulatorCluster
 
 T = TypeVar("T")
@@ -162,9 +163,10 @@ class Service:
 
     def start(self) -> Service:
         if self._worker_process:
-            self.runtime.start(worker_process=True)
-            assert self.runtime.worker_process is not None
-            if not self.runtime.worker_process.wait_ready(60):
+            child = WorkerProcess(self.runtime.settings)
+            child.start()
+            self.runtime.start(worker_process=child)
+            if not child.wait_ready(60):
                 self.runtime.stop()
                 raise RuntimeError("the worker process did not start")
         else:

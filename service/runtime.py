@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from config.settings import Settings
 from connectors.base import Connector
@@ -32,8 +32,25 @@ from sync.worker import (
     reclaim_orphans,
 )
 
-if TYPE_CHECKING:
-    from service.supervisor import WorkerProcess
+
+class ChildWorkers(Protocol):
+    """The poller and workers running in a process of their own, as this process's Runtime
+    uses them (:class:`service.supervisor.WorkerProcess`, which the caller makes and starts:
+    the supervisor builds the child's Runtime, so this module does not import it)."""
+
+    ready_pid: int | None  # the child's pid once it said it is ready
+    deaths: int  # children that died and were replaced
+
+    def poke(self) -> None: ...
+
+    def reload(self) -> None: ...
+
+    def health(self) -> tuple[bool, str]: ...
+
+    def stats(self, timeout: float = 2.0) -> dict[str, Any] | None: ...
+
+    def stop(self) -> None: ...
+
 
 log = logging.getLogger("itsm_sync.service")
 
@@ -81,7 +98,7 @@ class Runtime:
         self.pruner: PruneLoop | None = None
         self.pool: WorkerPool | None = None
         self.listener: QueueListener | None = None
-        self.worker_process: WorkerProcess | None = None
+        self.worker_process: ChildWorkers | None = None
         # Every commit that queued work (a webhook, a poll, an API call) wakes idle workers:
         # this process's, the worker process's (through the supervisor) and, on PostgreSQL
         # with sync.pg_notify, every listening process's (NOTIFY, sent after the commit).
@@ -134,22 +151,15 @@ class Runtime:
         *,
         poll: bool = True,
         workers: bool = True,
-        worker_process: bool | WorkerProcess = False,
+        worker_process: ChildWorkers | None = None,
     ) -> None:
         """Start the mapping reloader and, as asked, the poller and the workers: in this
-        process, or (``worker_process``) in a child process that runs both
-        (:mod:`service.supervisor`; ``itsm-sync run``'s default). Pass a
-        :class:`~service.supervisor.WorkerProcess` already started (``run`` starts it before
-        this process builds its own Runtime, so the two start-ups overlap) or True."""
+        process, or in the ``worker_process`` given (:class:`service.supervisor.WorkerProcess`,
+        started by the caller; ``itsm-sync run``'s default starts it before this process
+        builds its own Runtime, so the two start-ups overlap)."""
         self.reloader.start()
-        if worker_process:
-            from service.supervisor import WorkerProcess
-
-            if isinstance(worker_process, WorkerProcess):
-                self.worker_process = worker_process
-            else:
-                self.worker_process = WorkerProcess(self.settings)
-                self.worker_process.start()
+        if worker_process is not None:
+            self.worker_process = worker_process
             self.wakeup.also.append(self.worker_process.poke)
         else:
             if poll:

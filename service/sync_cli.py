@@ -142,7 +142,7 @@ def register(app: typer.Typer) -> None:
         if role == "http":
             runtime.start(poll=False, workers=False)
         else:
-            runtime.start(worker_process=worker_process or False)
+            runtime.start(worker_process=worker_process)
         server = uvicorn.Server(
             uvicorn.Config(
                 create_app(runtime), log_level="warning", access_log=False, lifespan="off"
