@@ -76,6 +76,7 @@ COMMENT_EVENT_KEY = "_comment_event"  # a comment-only delivery: the comment, no
 # Field changes a record or a delivery carries (Jira's changelog, ServiceNow's sys_audit rows
 # of the update): a list of FieldChange.to_json(), oldest first.
 FIELD_CHANGES_KEY = "_field_changes"
+MAX_HISTORY = 100  # field changes kept with an observation (the newest)
 # On a record a write returned: the updates (FieldChange.update) that this write made.
 OUR_UPDATES_KEY = "_our_updates"
 
@@ -100,6 +101,11 @@ class FieldChange:
     old: Any = None
     known: bool = True
     update: str = ""  # the update it was part of (a Jira history id, a ServiceNow checkpoint)
+
+    @property
+    def key(self) -> str:
+        """What tells this entry apart from the others of the record's history."""
+        return self.id or f"{self.field}@{self.at.isoformat()}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,6 +134,16 @@ def field_changes_of(fields: Mapping[str, Any]) -> list[FieldChange]:
         except (KeyError, TypeError, ValueError):
             continue
     return sorted(out, key=lambda c: c.at)
+
+
+def join_history(*groups: list[FieldChange]) -> list[FieldChange]:
+    """Field changes from several observations of one record: each once (by id), oldest
+    first, the newest :data:`MAX_HISTORY`."""
+    unique: dict[str, FieldChange] = {}
+    for group in groups:
+        for change in group:
+            unique[change.key] = change
+    return sorted(unique.values(), key=lambda c: c.at)[-MAX_HISTORY:]
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from connectors.base import (
     RemoteRecord,
     RemoteRef,
     field_changes_of,
+    join_history,
 )
 from connectors.base import Visibility as RemoteVisibility
 from connectors.errors import Conflict, ConnectorError, Fatal, RateLimited, Retriable
@@ -74,7 +75,6 @@ from sync.planner import (
 from sync.queue import clear_backoff, incident_key, mark_dirty, next_backoff
 
 log = logging.getLogger("itsm_sync.executor")
-MAX_HISTORY = 100  # field changes kept with an observation
 WRITES_KEY = "_writes_at"  # in a shadow: when we wrote the record lately
 LOOP_LIMIT = 30
 LOOP_SECONDS = 60
@@ -117,12 +117,7 @@ def ref_of(link: store.Link) -> RemoteRef:
 
 def keep_history(*groups: list[FieldChange]) -> list[dict[str, Any]]:
     """Field changes as an observation keeps them: each once, the newest MAX_HISTORY."""
-    unique: dict[str, FieldChange] = {}
-    for group in groups:
-        for change in group:
-            unique[change.id or f"{change.field}@{change.at.isoformat()}"] = change
-    newest = sorted(unique.values(), key=lambda c: c.at)[-MAX_HISTORY:]
-    return [c.to_json() for c in newest]
+    return [c.to_json() for c in join_history(*groups)]
 
 
 class Executor:

@@ -10,7 +10,13 @@ from sqlalchemy import LargeBinary, bindparam, case, delete, func
 from sqlalchemy import cast as cast_
 from sqlmodel import Session, col, select, update
 
-from connectors.base import COMMENT_EVENT_KEY, JOURNAL_KEY
+from connectors.base import (
+    COMMENT_EVENT_KEY,
+    FIELD_CHANGES_KEY,
+    JOURNAL_KEY,
+    field_changes_of,
+    join_history,
+)
 from sync.store.db import (
     DeliveryStatus,
     ObservationSource,
@@ -84,12 +90,16 @@ def record_observation(
         # Someone inserted it since (PostgreSQL): weigh ours against theirs, row locked.
         stored = stored_observation_version(session, system, instance, object_type, remote_id)
         assert stored is not None
-    if tuple(version) <= tuple(stored):
+    if tuple(version) < tuple(stored) or (
+        tuple(version) == tuple(stored) and not fields.get(FIELD_CHANGES_KEY)
+    ):
         return False
     read = prepared(
         session, "observation.fields", lambda d: select(table.c.fields).where(_observation_key())
     )
     stored_fields = connection.execute(read, where).scalar_one()
+    if tuple(version) == tuple(stored):
+        return _join_history_of(session, where, stored_fields, fields)
     values["fields"] = _carry_comment_events(
         stored_fields, _join_journal(stored, stored_fields, values["fields"])
     )
@@ -99,6 +109,36 @@ def record_observation(
         lambda d: update(table).where(_observation_key()),
     )
     connection.execute(write, {**where, **values})
+    return True
+
+
+def _join_history_of(
+    session: Session, where: dict[str, Any], stored: Mapping[str, Any], new: Mapping[str, Any]
+) -> bool:
+    """The same version of a record again, with history the stored one lacks: keep both.
+
+    A write's answer (Jira's edit with its changelog) can tell of someone's edit made between
+    our read and our write, which the executor leaves for the next pass to weigh; but the echo
+    of the same write may have been stored first, carrying only its own update's changelog,
+    and the answer was then "not newer" and dropped, and that edit with it (a chaos run lost a
+    title so). True when history was added (the record is to be weighed again)."""
+    have = field_changes_of(stored)
+    known = {c.key for c in have}
+    more = [c for c in field_changes_of(new) if c.key not in known]
+    if not more:
+        return False
+    joined = {**stored, FIELD_CHANGES_KEY: [c.to_json() for c in join_history(have, more)]}
+    table = Observation.__table__  # type: ignore[attr-defined]
+    write = prepared(
+        session,
+        "observation.history",
+        lambda d: (
+            update(table)
+            .where(_observation_key())
+            .values(fields=bindparam("b_fields", type_=table.c.fields.type))
+        ),
+    )
+    session.connection().execute(write, {**where, "b_fields": joined})
     return True
 
 

@@ -11,8 +11,13 @@ pass that mark caused cost five more.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
 from sqlmodel import select
 
+from connectors.base import FIELD_CHANGES_KEY, OUR_UPDATES_KEY, RemoteRecord, RemoteRef
 from sync import store
 from sync.poller import poll_all
 from sync.store.db import engine_hooks
@@ -96,3 +101,42 @@ def test_a_new_incident_is_taken_on_at_once_and_costs_few_write_transactions(des
     # create's intent with the merge, its result, the move/finish. Before: 12 per incident.
     assert writes <= 3 * 7, writes
     assert totals.reconciled >= 3
+
+
+def test_an_edit_inside_the_write_answer_survives_the_echo_stored_first(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the echo of our write (the same version, with only our update's
+    changelog) is stored before the write's answer, as a webhook that overtakes the answer
+    does. The answer, "not newer", was dropped with the engineer's edit it showed: the chaos
+    run's lost title (seed 7)."""
+    inc, key = desk.linked_p1()
+    desk.patch(inc["sys_id"], short_description="Checkout down in EU")
+    poll_all(desk.rt.db, desk.rt.connectors)
+    jira = desk.rt.connectors[("jira", "default")]
+    update = jira.update
+
+    def echo_first(ref: RemoteRef, fields: Mapping[str, Any]) -> RemoteRecord:
+        answer = update(ref, fields)
+        ours = set(answer.fields.get(OUR_UPDATES_KEY) or [])
+        echo = {
+            **{k: v for k, v in answer.fields.items() if k != OUR_UPDATES_KEY},
+            FIELD_CHANGES_KEY: [
+                c for c in answer.fields.get(FIELD_CHANGES_KEY) or [] if c["update"] in ours
+            ],
+        }
+        with store.session_scope(desk.rt.db) as s:
+            assert store.record_observation(
+                s, system="jira", instance="default", object_type="issue", remote_id=ref.id,
+                version=list(answer.version), fields=echo, source="webhook",
+            )  # fmt: skip
+        return answer
+
+    monkeypatch.setattr(jira, "update", echo_first)
+    desk.during_next_write(
+        "jira",
+        "PUT /rest/api/{version}/issue/{issueIdOrKey}",
+        lambda: desk.edit(key, summary="Checkout down: card payments only"),
+    )
+    assert desk.sn_record(inc["sys_id"])["short_description"] == "Checkout down: card payments only"
+    assert desk.issue(key)["fields"]["summary"] == "Checkout down: card payments only"

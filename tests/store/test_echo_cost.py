@@ -5,6 +5,7 @@ write transaction waits its turn behind every other (docs/performance.md, issue 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from sqlmodel import func, select
 
 from config.settings import ServiceNowSettings
+from connectors.base import FIELD_CHANGES_KEY, FieldChange, field_changes_of
 from connectors.servicenow import ServiceNowConnector
 from sync import store
 from sync.ingest import ingest_webhook
@@ -99,3 +101,39 @@ def test_a_delivery_with_nothing_newer_packs_nothing_and_queues_nothing(
         stored = store.latest_observation(s, **ref, remote_id="a" * 32)
         assert stored is not None and stored.version == [5]
         assert stored.fields["short_description"] == "Checkout fails for EU"
+
+
+def _change(update: str, value: str, at: str, author: str) -> dict[str, Any]:
+    return FieldChange(
+        id=f"{update}-summary", field="summary", value=value, at=dt.datetime.fromisoformat(at),
+        author=author, update=update,
+    ).to_json()  # fmt: skip
+
+
+def test_the_answer_of_a_write_keeps_the_edit_it_shows_when_its_echo_came_first(db: Any) -> None:
+    """Seen in a chaos run (seed 7): an engineer retitled the issue (j6) between our read and
+    our write (s5). The write's answer showed their edit in its changelog and the pass left it
+    to the next one; but the echo of our write, same version, carrying only our update, was
+    stored first, the answer was "not newer" and dropped, and the next pass never saw j6."""
+    key = {"system": "jira", "instance": "default", "object_type": "issue", "remote_id": "10013"}
+    ours = _change("10381", "s5", "2026-12-07T05:17:08.301+00:00", "svc")
+    theirs = _change("10368", "j6", "2026-12-07T05:17:02.775+00:00", "engineer")
+    version = [1796620628301]
+    with store.session_scope(db) as s:
+        echo = {"summary": "s5", FIELD_CHANGES_KEY: [ours]}
+        assert store.record_observation(s, **key, version=version, fields=echo, source="webhook")
+    with store.session_scope(db) as s:
+        answer = {"summary": "s5", FIELD_CHANGES_KEY: [theirs, ours]}
+        # The record is to be weighed again: the history it holds grew.
+        assert store.record_observation(s, **key, version=version, fields=answer, source="poll")
+    with store.session_scope(db, readonly=True) as s:
+        stored = store.latest_observation(s, **key)
+        assert stored is not None
+        assert [c.value for c in field_changes_of(stored.fields)] == ["j6", "s5"]
+        assert stored.fields["summary"] == "s5" and stored.version == version
+    # The same history again (a redelivery of the echo) changes nothing.
+    with store.session_scope(db) as s:
+        again = {"summary": "s5", FIELD_CHANGES_KEY: [ours]}
+        assert not store.record_observation(
+            s, **key, version=version, fields=again, source="webhook"
+        )
