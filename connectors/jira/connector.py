@@ -60,7 +60,7 @@ from connectors.http import (
     limit_concurrency,
 )
 from connectors.requests_errors import size_pool, translate
-from connectors.tls import client_cert
+from connectors.tls import client_cert, read_environment_once
 
 SYSTEM = "jira"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
@@ -195,6 +195,7 @@ class JiraConnector:
             get_server_info=False,  # no call at construction; we use REST v2 paths directly
         )
         size_pool(client._session, self.settings.max_concurrency)
+        read_environment_once(client._session, self.base_url)
         client._session.hooks["response"].append(
             lambda r, *a, **k: CALLS.add(SYSTEM, r.request.method or "", r.status_code)
         )

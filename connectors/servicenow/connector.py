@@ -54,7 +54,7 @@ from connectors.http import (
 )
 from connectors.requests_errors import TimeoutSession, translate
 from connectors.servicenow.oauth import ServiceNowOAuth
-from connectors.tls import apply_to_session
+from connectors.tls import apply_to_session, read_environment_once
 
 SYSTEM = "servicenow"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -145,6 +145,7 @@ class ServiceNowConnector:
         else:
             session.auth = (settings.username, reveal(settings.password))
         apply_to_session(session, settings)
+        read_environment_once(session, self.base_url)
         self._client = pysnow.Client(
             host=parts.netloc, use_ssl=parts.scheme == "https", session=session
         )

@@ -14,7 +14,7 @@ import requests
 from config.settings import ServiceNowSettings, env_prefix, reveal
 from connectors.errors import AuthFailed
 from connectors.requests_errors import from_response
-from connectors.tls import apply_to_session
+from connectors.tls import apply_to_session, read_environment_once
 
 SYSTEM = "servicenow"
 REFRESH_MARGIN_SECONDS = 60.0  # a token this close to expiring is replaced first
@@ -35,6 +35,7 @@ class ServiceNowOAuth(requests.auth.AuthBase):
         self.clock = clock
         self._http = requests.Session()
         apply_to_session(self._http, settings)
+        read_environment_once(self._http, base_url)
         self._lock = threading.Lock()
         self._access = ""
         self._refresh = ""
