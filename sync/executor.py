@@ -421,7 +421,9 @@ class Executor:
             self.outcome.again = True
         with store.session_scope(self.db) as s:
             if source:
-                self._observe(s, after, history)
+                # An answer that shows someone's edit keeps it even where the echo of this
+                # write, the same version with only our update, was stored first.
+                self._observe(s, after, history, join=bool(theirs))
             store.set_shadow(s, link.id or 0, shadow, version)
             for path, value in written.items():
                 store.audit(
@@ -526,7 +528,9 @@ class Executor:
         )
         return ours, theirs, False, exact
 
-    def _observe(self, s: Any, record: RemoteRecord, history: list[FieldChange]) -> None:
+    def _observe(
+        self, s: Any, record: RemoteRecord, history: list[FieldChange], *, join: bool = False
+    ) -> None:
         fields = {k: v for k, v in record.fields.items() if k != OUR_UPDATES_KEY}
         fields[REF_KEY] = record.ref.key
         if history:
@@ -535,7 +539,7 @@ class Executor:
             s, system=record.ref.system, instance=record.ref.instance,
             object_type=record.ref.object_type, remote_id=record.ref.id,
             version=list(record.version), fields=fields, source="poll",
-            remote_updated_at=record.updated_at,
+            remote_updated_at=record.updated_at, join_history=join,
         )  # fmt: skip
 
     # -- comments ----------------------------------------------------------------------------

@@ -54,8 +54,12 @@ def record_observation(
     source: ObservationSource,
     remote_updated_at: dt.datetime | None = None,
     observed_at: dt.datetime | None = None,
+    join_history: bool = False,
 ) -> bool:
     """Store the newest known state of a remote record; True when this one is newer.
+
+    ``join_history``: an observation of the stored version whose history holds entries the
+    stored one lacks adds them (and True): a write's answer that shows someone's edit.
 
     An observation whose version is older than or equal to the stored one changes nothing
     (late or duplicated webhooks, overlapping polls). Concurrent writers of one record are
@@ -91,7 +95,7 @@ def record_observation(
         stored = stored_observation_version(session, system, instance, object_type, remote_id)
         assert stored is not None
     if tuple(version) < tuple(stored) or (
-        tuple(version) == tuple(stored) and not fields.get(FIELD_CHANGES_KEY)
+        tuple(version) == tuple(stored) and not (join_history and fields.get(FIELD_CHANGES_KEY))
     ):
         return False
     read = prepared(

@@ -125,7 +125,9 @@ def test_the_answer_of_a_write_keeps_the_edit_it_shows_when_its_echo_came_first(
     with store.session_scope(db) as s:
         answer = {"summary": "s5", FIELD_CHANGES_KEY: [theirs, ours]}
         # The record is to be weighed again: the history it holds grew.
-        assert store.record_observation(s, **key, version=version, fields=answer, source="poll")
+        assert store.record_observation(
+            s, **key, version=version, fields=answer, source="poll", join_history=True
+        )
     with store.session_scope(db, readonly=True) as s:
         stored = store.latest_observation(s, **key)
         assert stored is not None
