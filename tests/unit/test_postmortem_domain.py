@@ -471,3 +471,35 @@ def test_kpis_and_audit_csv_refuse_bad_input_and_viewers(api: TestClient) -> Non
     viewer = {"Authorization": "Bearer tok-v"}
     assert api.get("/api/kpis", headers=viewer).status_code == 403
     assert api.get("/api/audit.csv", headers=viewer).status_code == 403
+
+
+def test_a_latched_requirement_is_not_read_again_by_the_process_that_latched_it(
+    tracker: Tracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every reconcile notes the requirement; once latched (here or read back), the next notes
+    at that severity or a milder one read nothing (each incident's second reconcile read it
+    again: ~2 ms of the worker's CPU). A more severe one is still written."""
+    incident(tracker, "SEV2")
+    reads: list[str] = []
+    scope = store.session_scope
+
+    def counting(db: Any, **kw: Any) -> Any:
+        reads.append("readonly" if kw.get("readonly") else "write")
+        return scope(db, **kw)
+
+    monkeypatch.setattr(store, "session_scope", counting)
+
+    def at(severity: str) -> Incident:
+        return Incident.model_validate(
+            {"id": "inc1", "title": "x", "severity": severity, "state": "new"}
+        )
+
+    tracker.note(at("SEV2"))
+    tracker.note(at("SEV3"))
+    assert reads == []  # the old code read the requirement back on the first of these
+    tracker.note(at("SEV1"))
+    assert reads == ["readonly", "write"]
+    monkeypatch.undo()
+    with store.session_scope(tracker.db, readonly=True) as s:
+        row = s.get(Requirement, "inc1")
+        assert row is not None and row.severity == "SEV1"
