@@ -203,12 +203,14 @@ def incident_state(session: Session, incident_id: str) -> IncidentState | None:
     observations: dict[int, Observation | None] = {}
     shadows: dict[int, Shadow | None] = {}
     for r in connection.execute(records_q, wanted).mappings():
-        link = Link(**{n: r[n] for n in _LINK_COLUMNS})
+        # model_construct: the values come from the database, and validating them again cost
+        # ~40 us an object on every reconcile (Link(**...) does).
+        link = Link.model_construct(**{n: r[n] for n in _LINK_COLUMNS})
         links.append(link)
         observations[r["id"]] = (
             None
             if r["o_system"] is None
-            else Observation(
+            else Observation.model_construct(
                 system=r["system"], instance=r["instance"], object_type=r["object_type"],
                 remote_id=r["remote_id"], **{n: r[f"o_{n}"] for n in _OBSERVATION_COLUMNS},
             )
@@ -216,7 +218,7 @@ def incident_state(session: Session, incident_id: str) -> IncidentState | None:
         shadows[r["id"]] = (
             None
             if r["s_link_id"] is None
-            else Shadow(
+            else Shadow.model_construct(
                 link_id=r["id"], fields=r["s_fields"], version=r["s_version"],
                 updated_at=r["s_updated_at"],
             )
