@@ -26,12 +26,12 @@ class Postmortem(StoreModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     incident_id: str = Field(unique=True, index=True)
     jira_key: str = ""  # the "Post-incident review" issue, when configured
-    jira_id: str = ""
+    jira_id: str = Field(default="", index=True)  # owner_of looks up every new record
     created_at: dt.datetime = Field(default_factory=_now, sa_type=UTCDateTime)
     # Done: its review issue reached a done status, or someone completed it (CLI/API).
     completed_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
     completed_by: str = ""
-    problem_id: str = ""  # the ServiceNow problem (postmortem.problem_record)
+    problem_id: str = Field(default="", index=True)  # the ServiceNow problem (problem_record)
     problem_number: str = ""
 
 
@@ -61,9 +61,9 @@ class ActionItem(StoreModel, table=True):
     owner: str = ""  # email
     due_date: dt.date | None = Field(default=None, sa_type=Date)
     source: str = ""  # "jira:OPS-31", "cli", "api"
-    source_id: str = ""  # the Jira issue id, for a source on Jira
+    source_id: str = Field(default="", index=True)  # the Jira issue id, for a source on Jira
     source_url: str = ""
-    change_request_id: str = ""  # sys_id
+    change_request_id: str = Field(default="", index=True)  # sys_id
     change_request_number: str = ""
     change_request_state: str = ""
     change_request_close_code: str = ""

@@ -368,3 +368,41 @@ def test_0011_0012_convert_an_existing_database_and_give_it_back(
             assert store.get_incident(s, child).data == child_data  # type: ignore[union-attr]
     finally:
         db.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_0013_indexes_the_owner_lookups_and_gives_them_back(
+    dialect: str, fresh_url: Callable[[str], str]
+) -> None:
+    from sqlalchemy import inspect
+
+    wanted = {
+        ("action_item", "ix_action_item_change_request_id"),
+        ("action_item", "ix_action_item_source_id"),
+        ("postmortem", "ix_postmortem_jira_id"),
+        ("postmortem", "ix_postmortem_problem_id"),
+    }
+
+    def indexes() -> set[tuple[str, str]]:
+        found = inspect(db)
+        return {
+            (t, str(i["name"])) for t in ("action_item", "postmortem") for i in found.get_indexes(t)
+        }
+
+    db = make_engine(fresh_url(dialect))
+    try:
+        _upgrade(db, "0012")
+        with db.begin() as c:
+            c.execute(
+                text("INSERT INTO postmortem (incident_id, jira_key, jira_id, created_at,"
+                     " completed_by, problem_id, problem_number) VALUES ('inc', 'OPS-9', '10500',"
+                     " :at, '', '', '')"),
+                {"at": T0},
+            )  # fmt: skip
+        assert not wanted & indexes()
+        _upgrade(db, "0013")
+        assert wanted <= indexes()
+        _upgrade(db, "0012", down=True)
+        assert not wanted & indexes()
+    finally:
+        db.dispose()

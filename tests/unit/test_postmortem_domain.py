@@ -503,3 +503,29 @@ def test_a_latched_requirement_is_not_read_again_by_the_process_that_latched_it(
     with store.session_scope(tracker.db, readonly=True) as s:
         row = s.get(Requirement, "inc1")
         assert row is not None and row.severity == "SEV1"
+
+
+def test_the_incident_of_a_record_is_found_by_index_whatever_the_record_is(
+    tracker: Tracker,
+) -> None:
+    """Every unlinked record the engine meets (each one of a backfill) is looked up as a change
+    request, a review or problem, and an action item's source: by index (0013), not by reading
+    the postmortem and action item tables whole each time."""
+    with store.session_scope(tracker.db) as s:
+        s.add(Postmortem(incident_id="inc-r", jira_id="10500", problem_id="prb-sys"))
+        s.add(ActionItem(key="k1", incident_id="inc-cr", title="Fix", change_request_id="cr-sys"))
+        s.add(ActionItem(key="k2", incident_id="inc-src", title="Fix", source_id="10600"))
+    assert tracker.owner_of("servicenow", "change_request", "cr-sys") == "inc-cr"
+    assert tracker.owner_of("jira", "issue", "10500") == "inc-r"
+    assert tracker.owner_of("servicenow", "problem", "prb-sys") == "inc-r"
+    assert tracker.owner_of("jira", "issue", "10600") == "inc-src"
+    assert tracker.owner_of("servicenow", "incident", "unrelated") is None
+    with tracker.db.connect() as c:
+        for table, column in (
+            ("action_item", "change_request_id"), ("action_item", "source_id"),
+            ("postmortem", "jira_id"), ("postmortem", "problem_id"),
+        ):  # fmt: skip
+            plan = c.exec_driver_sql(
+                f"EXPLAIN QUERY PLAN SELECT incident_id FROM {table} WHERE {column} = 'x'"
+            ).all()
+            assert any(f"ix_{table}_{column}" in str(row) for row in plan), plan
