@@ -8,7 +8,7 @@ cross the boundary are frozen dataclasses.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -33,6 +33,7 @@ class Capability(StrEnum):
     FIELD_HISTORY = "field_history"  # field_changes() reads who changed which field when
     ISSUE_LINKS = "issue_links"  # links between records of the system (Jira issue links)
     MENTIONS = "mentions"  # text can name a user so the system notifies them (Mentions)
+    WORKFLOW = "workflow"  # a transition walks through states; it reports each (on_step)
 
 
 @dataclass(frozen=True)
@@ -237,11 +238,15 @@ class Connector(Protocol):
         fields: Mapping[str, Any] | None = None,
         *,
         known: Mapping[str, Any] | None = None,
+        on_step: Callable[[str], None] | None = None,
     ) -> RemoteRecord:
         """Move the record to state ``target`` (writing ``fields`` with it where the system
         can). Idempotent: a record already there is returned as it is. What the move needs
         and ``fields`` lack comes from ``known`` (the incident's values), else the system's
-        defaults."""
+        defaults. A system that gets there through intermediate states (a workflow; it has
+        :attr:`Capability.WORKFLOW`) calls ``on_step`` with each state before the call that
+        moves the record to it: a walk cut short (a crash between two steps) is then still
+        known as ours, not someone's move. Only such connectors are given ``on_step``."""
         ...
 
     def person_by_email(self, email: str) -> Person: ...

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -371,7 +371,8 @@ class Executor:
             after = connector.update(ref, nest(fields))
         else:
             path, value = state
-            after = self._transition(connector, ref, path, value, fields, known)
+            step = (lambda to: self._note_step(link.id or 0, path, to)) if target.source else None
+            after = self._transition(connector, ref, path, value, fields, known, step)
         source = target.source
         ours, theirs, alone, exact = self._attribute(connector, ref, held, after, written)
         read_paths = {f.path for f in target.mapping.fields if f.reads}
@@ -463,15 +464,22 @@ class Executor:
         value: Any,
         fields: Mapping[str, Any],
         known: Mapping[str, Any] | None,
+        on_step: Callable[[str], None] | None = None,
     ) -> RemoteRecord:
         """A transition, idempotent: refused, but the record is where it was to go (an earlier
         try was applied and its answer lost), it is a success, not a park."""
         try:
             if fields and Capability.FIELDS_ON_TRANSITION not in connector.capabilities:
                 connector.update(ref, nest(fields))
-            return connector.transition(
-                ref, str(value), nest(fields) if fields else None, known=nest(known or {})
+            extra = (
+                {"on_step": on_step}
+                if on_step and Capability.WORKFLOW in connector.capabilities
+                else {}
             )
+            return connector.transition(
+                ref, str(value), nest(fields) if fields else None, known=nest(known or {}),
+                **extra,
+            )  # fmt: skip
         except Fatal:
             now = connector.get(ref.object_type, ref.id)
             if normal(get_path(now.fields, path)) == normal(value):
@@ -480,6 +488,22 @@ class Executor:
                 )
                 return now
             raise
+
+    def _note_step(self, link_id: int, path: str, to: Any) -> None:
+        """Note, before the call that makes it, a state a workflow walk passes through on its
+        way (Jira: Open -> In Progress -> Resolved), beside the write's intent: if the walk is
+        cut short there (the process dies between two steps), the record's move to it is ours,
+        not someone's (a chaos run reopened a resolved incident so, seed 13)."""
+        with store.session_scope(self.db) as s:
+            noted = store.get_shadow(s, link_id)
+            if noted is None:
+                return
+            intent = dict(noted.fields.get(INTENT_KEY) or {"at": store.utcnow().isoformat()})
+            via = {k: list(v) for k, v in (intent.get("via") or {}).items()}
+            via[path] = [*via.get(path, []), jsonable(to)]
+            store.set_shadow(
+                s, link_id, {**noted.fields, INTENT_KEY: {**intent, "via": via}}, noted.version
+            )
 
     def _attribute(
         self,

@@ -177,11 +177,19 @@ class Record:
         intent = (self.shadow or {}).get(INTENT_KEY)
         if not isinstance(intent, Mapping):
             return {}
-        return {
+        made = {
             path: value
             for path, value in (intent.get("values") or {}).items()
             if any(self._made(c, path, value, intent) for c in self.history)
         }
+        # A workflow walk cut short: the last state it reached on its way is ours too.
+        for path, steps in (intent.get("via") or {}).items():
+            if path in made:
+                continue
+            reached = [v for c in self.history for v in steps if self._made(c, path, v, intent)]
+            if reached:
+                made[path] = reached[-1]
+        return made
 
     @staticmethod
     def _made(change: FieldChange, path: str, value: Any, intent: Mapping[str, Any]) -> bool:
@@ -207,7 +215,17 @@ class Record:
             if c.update not in ours
             and (seen is None or c.at > seen or not self.shadow)
             and not any(self._made(c, p, v, intent or {}) for p, v in intended.items())
+            and not self._stepped(c, intent)
         ]
+
+    @classmethod
+    def _stepped(cls, change: FieldChange, intent: Any) -> bool:
+        """A move to a state our last write noted it was walking through (a workflow step
+        before the state it was going to; the walk may have been cut short there)."""
+        if not isinstance(intent, Mapping):
+            return False
+        via = intent.get("via") or {}
+        return any(cls._made(change, p, v, intent) for p, vs in via.items() for v in vs)
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ class JiraConnector:
             Capability.FIELD_HISTORY,
             Capability.ISSUE_LINKS,
             Capability.MENTIONS,
+            Capability.WORKFLOW,
         }
     )
 
@@ -439,6 +440,7 @@ class JiraConnector:
         fields: Mapping[str, Any] | None = None,
         *,
         known: Mapping[str, Any] | None = None,
+        on_step: Callable[[str], None] | None = None,
     ) -> RemoteRecord:
         """Move the issue to status ``target`` (by name), through the workflow if need be.
 
@@ -462,6 +464,8 @@ class JiraConnector:
             if step is None:
                 break
             try:
+                if on_step is not None:
+                    on_step(str(step["to"]["name"]))
                 self._post_transition(ref, step, given)
             except Fatal:
                 if not cached:
@@ -472,6 +476,8 @@ class JiraConnector:
                 step = self._next_step(status.lower(), want, options, visited)
                 if step is None:
                     break
+                if on_step is not None:
+                    on_step(str(step["to"]["name"]))
                 self._post_transition(ref, step, given)
             steps.append(str(step["to"]["name"]))
             current = self.get("issue", ref.id)  # where it really is now, and what we return

@@ -371,6 +371,7 @@ class ServiceNowConnector:
         fields: Mapping[str, Any] | None = None,
         *,
         known: Mapping[str, Any] | None = None,
+        on_step: Callable[[str], None] | None = None,  # one step: nothing in between
     ) -> RemoteRecord:
         """Set ``state`` to ``target`` (a state value such as ``"6"``) with what it requires.
 

@@ -326,6 +326,7 @@ class StatuspageConnector:
         fields: Mapping[str, Any] | None = None,
         *,
         known: Mapping[str, Any] | None = None,
+        on_step: Callable[[str], None] | None = None,  # one step: nothing in between
     ) -> RemoteRecord:
         """Set the incident status, with component statuses (``components``) in the same PATCH."""
         if target not in INCIDENT_STATUSES:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import pytest
 
@@ -241,6 +242,35 @@ def test_quick_resolve_before_any_record_existed(desk: Desk) -> None:
     desk.patch(inc["sys_id"], state="6", close_code="Solution provided", close_notes="blip")
     desk.sync(rounds=3)
     assert desk.incident_issue()["fields"]["status"]["name"] == "Resolved"
+
+
+def test_a_workflow_walk_cut_short_is_ours_not_someones_move(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a chaos run (seed 13): the desk resolved an incident; on its way to Resolved
+    the engine moved the Jira issue Open -> In Progress and the process died before the next
+    step. The next pass took "In Progress" for an engineer's move, newer than the desk's
+    resolve, and reopened the ServiceNow incident. The step is noted before it is made."""
+    inc, key = desk.linked_p1("Payments blip")
+    desk.patch(inc["sys_id"], state="6", close_code="Solution provided", close_notes="blip")
+    jira = desk.rt.connectors[("jira", "default")]
+    post = jira._post_transition  # type: ignore[attr-defined]
+    made: list[str] = []
+
+    def dies_after_the_first_step(ref: Any, step: dict[str, Any], given: Any) -> None:
+        post(ref, step, given)
+        made.append(str(step["to"]["name"]))
+        raise RuntimeError("killed between two steps")  # no answer recorded, as a SIGKILL
+
+    monkeypatch.setattr(jira, "_post_transition", dies_after_the_first_step)
+    desk.sync(rounds=1)
+    monkeypatch.undo()
+    assert made == ["In Progress"]
+    assert desk.issue(key)["fields"]["status"]["name"] == "In Progress"
+    time.sleep(2.5)  # the failed key is due again after its first backoff (2 s)
+    desk.sync(rounds=2)
+    assert desk.sn_record(inc["sys_id"])["state"] == "6"  # the old code reopened it ("2")
+    assert desk.issue(key)["fields"]["status"]["name"] == "Resolved"
 
 
 def test_pairs_linked_by_hand_are_linked_not_duplicated(desk: Desk) -> None:
