@@ -540,6 +540,13 @@ class Executor:
                 for c in connector.field_changes(ref, read_at)
                 if c.update.isdigit() and before[0] < int(c.update) <= moved[0]
             ]
+            # By what each update set, not by the answer's counter: a write retried after its
+            # first try was applied (the answer lost) makes no update of its own, and its
+            # answer's counter is then someone else's later update (a chaos run took a desk's
+            # edit for ours so, and wrote the old value back over it: seed 13).
+            # (Where no update shows what we wrote, as a system that reshapes a value, the
+            # counter it answered still says which was ours.)
+            mine = {c.update for c in new if _sets(c, written)} or mine
         ours = [c for c in new if c.update in mine]
         theirs = [c for c in new if c.update not in mine]
         # Exact: the answer carried its history and no comment we had not seen. Otherwise
@@ -764,6 +771,17 @@ def _time_of(fields: Mapping[str, Any]) -> dt.datetime | None:
         except ValueError:
             return None
     return None
+
+
+def _sets(change: FieldChange, written: Mapping[str, Any]) -> bool:
+    """Whether ``change`` set a field to what we wrote there."""
+    for path, value in written.items():
+        top, _, rest = path.partition(".")
+        if change.field == top and change.known:
+            made = get_path(change.value, rest) if rest else change.value
+            if normal(made) == normal(value):
+                return True
+    return False
 
 
 def _counter(after: RemoteRecord, path: str) -> FieldChange:

@@ -140,3 +140,34 @@ def test_an_edit_inside_the_write_answer_survives_the_echo_stored_first(
     )
     assert desk.sn_record(inc["sys_id"])["short_description"] == "Checkout down: card payments only"
     assert desk.issue(key)["fields"]["summary"] == "Checkout down: card payments only"
+
+
+def test_a_retried_write_does_not_take_someones_later_update_for_its_own(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a chaos run (seed 13): our PATCH was applied but its answer lost; before the
+    retry the desk edited the description; the retry changed nothing, and its answer's
+    counter (sys_mod_count) was the desk's update, taken for ours: the desk's description was
+    then written back to its old value. Which update was ours is read from what each set."""
+    inc, key = desk.linked_p1()
+    desk.patch(inc["sys_id"], description="First report: checkout fails")
+    desk.sync()
+    assert desk.issue(key)["fields"]["description"] == "First report: checkout fails"
+    desk.edit(key, summary="Checkout down for card payments")
+    sn = desk.rt.connectors[("servicenow", "default")]
+    update = sn.update
+
+    def answer_lost_then_retried(ref: RemoteRef, fields: Mapping[str, Any]) -> RemoteRecord:
+        update(ref, fields)  # applied; its answer never arrives
+        desk.patch(inc["sys_id"], description="Desk notes: card payments only")
+        return update(ref, fields)  # the retry: nothing left to change
+
+    monkeypatch.setattr(sn, "update", answer_lost_then_retried)
+    poll_all(desk.rt.db, desk.rt.connectors)
+    drain(desk.rt.reconciler, threads=1, timeout=60)
+    monkeypatch.undo()
+    desk.sync(rounds=2)
+    record = desk.sn_record(inc["sys_id"])
+    assert record["short_description"] == "Checkout down for card payments"
+    assert record["description"] == "Desk notes: card payments only"  # the old code: reverted
+    assert desk.issue(key)["fields"]["description"] == "Desk notes: card payments only"
