@@ -408,8 +408,16 @@ class Executor:
         shadow[WRITES_KEY] = [*recent, now.isoformat()][-LOOP_LIMIT:]
         looping = len(recent) + 1 >= LOOP_LIMIT
         through = held.held.get(THROUGH_KEY)
-        if not theirs and isinstance(through, list) and through == held.version:
-            shadow[THROUGH_KEY] = list(after.version)  # no comment came in between
+        # No comment came in between only if nobody else's update did: "theirs" lists field
+        # changes, and a comment-only update changes no field (a desk's work note between our
+        # read and our write was never read, chaos seed 21), so it must be known exactly.
+        if (
+            not theirs
+            and (alone or exact)
+            and isinstance(through, list)
+            and through == held.version
+        ):
+            shadow[THROUGH_KEY] = list(after.version)
         history = [*held.history, *ours, *theirs]
         # A source's record may hold others' edits (their updates, a comment): the next pass
         # compares it field by field (version left empty); an output-only one is ours alone.

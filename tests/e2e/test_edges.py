@@ -350,3 +350,21 @@ def test_duplicates_follow_their_parent(desk: Desk) -> None:
     assert desk.sn_record(child["sys_id"])["state"] == "6"
     assert desk.sn_record(late["sys_id"])["state"] == "6"
     assert desk.issue(late_key)["fields"]["status"]["name"] == "Resolved"
+
+
+def test_a_work_note_made_while_the_engine_writes_is_mirrored(desk: Desk) -> None:
+    """Found by a chaos run (seed 21): the desk added a work note between the engine's read
+    and its PATCH of the incident; the PATCH's answer showed no one else's field change (a
+    note changes no field), so the comments were taken as read up to the answer, and the
+    note never reached Jira."""
+    inc, key = desk.linked_p1()
+    desk.edit(key, summary="Checkout down for card payments")
+    poll_all(desk.rt.db, desk.rt.connectors)
+    desk.during_next_write(
+        "servicenow",
+        "PATCH /api/now/table/{table}/{sys_id}",
+        lambda: desk.patch(inc["sys_id"], work_notes="WN we are looking into it"),
+    )
+    desk.sync()
+    comments = desk.jira.get(f"/rest/api/2/issue/{key}/comment").json()["comments"]
+    assert any("WN we are looking into it" in str(c["body"]) for c in comments), comments
