@@ -138,7 +138,7 @@ def _stats(urls: dict[str, str]) -> dict[str, collections.Counter[str]]:
 
 def _env(sims: SimulatorProcess, folder: Path, rates: dict[str, float], workers: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ITSM_SYNC_")}
-    env.update(simulator_env(sims, f"sqlite:///{folder / 'itsm-sync.db'}"))  # type: ignore[arg-type]
+    env.update(simulator_env(sims, f"sqlite:///{folder / 'itsm-sync.db'}"))
     env.update(
         {
             "ITSM_SYNC_SERVICENOW__REQUESTS_PER_SECOND": str(rates["servicenow"]),

@@ -335,10 +335,10 @@ DEFAULT_SYNC: dict[str, Any] = {
 REAL_STATUSPAGE: dict[str, Any] = {"requests_per_second": 1.0, "burst": 1.0}
 
 
-def _serve_simulators(conn: Connection) -> None:
+def _serve_simulators(conn: Connection, seed: bool = False) -> None:
     """In a child process: run the simulators on free ports until told to stop."""
     cluster = SimulatorCluster(
-        ClusterConfig(servicenow_port=0, jira_port=0, statuspage_port=0, seed=False)
+        ClusterConfig(servicenow_port=0, jira_port=0, statuspage_port=0, seed=seed)
     )
     cluster.start()
     conn.send(dict(cluster.urls))
@@ -349,10 +349,11 @@ def _serve_simulators(conn: Connection) -> None:
 
 class SimulatorProcess:
     """The simulators in a process of their own, so that their CPU time is not the service's
-    (what ``settings_for`` and ``register_webhooks`` need of a cluster: urls and config)."""
+    (what ``settings_for`` and ``register_webhooks`` need of a cluster: urls and config).
+    ``seed=True``: with the simulators' fixtures (people, services, a few records)."""
 
-    def __init__(self) -> None:
-        self.config = ClusterConfig(servicenow_port=0, jira_port=0, statuspage_port=0, seed=False)
+    def __init__(self, *, seed: bool = False) -> None:
+        self.config = ClusterConfig(servicenow_port=0, jira_port=0, statuspage_port=0, seed=seed)
         self.urls: dict[str, str] = {}
         self._ctx = multiprocessing.get_context("spawn")
         self._conn: Connection | None = None
@@ -360,7 +361,9 @@ class SimulatorProcess:
 
     def start(self) -> None:
         parent, child = self._ctx.Pipe()
-        self._process = self._ctx.Process(target=_serve_simulators, args=(child,), daemon=True)
+        self._process = self._ctx.Process(
+            target=_serve_simulators, args=(child, self.config.seed), daemon=True
+        )
         self._process.start()
         child.close()
         if not parent.poll(60):

@@ -43,7 +43,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -85,6 +85,7 @@ class Result:
     lost: int
     rate_limited: int
     calls: int  # the service's calls during the run
+    routes: Counter[str] = field(default_factory=Counter)  # those calls by route
     # CPU seconds per change of every process of the rig (simulators, the service's HTTP and
     # worker processes, the benchmark's people): what one change costs this machine.
     cpu_ms: float = math.nan
@@ -259,6 +260,7 @@ def measure(
         lost=lost,
         rate_limited=limited,
         calls=sum(calls.values()),
+        routes=calls,
         cpu_ms=cpu * 1000 / max(1, len(plan)),
         service_cpu_ms=(cpu - sims_cpu) * 1000 / max(1, len(plan)) if sims_pid else math.nan,
         http_cpu_ms=http_cpu * 1000 / max(1, len(plan)),
@@ -323,6 +325,10 @@ def run_setup(
                         f"lost {r.lost}, 429s {r.rate_limited} ({time.monotonic() - t0:.0f} s)",
                         flush=True,
                     )
+                    if r.calls > r.changes:  # more than its one write per change: which
+                        print("    the service's calls by route: " + ", ".join(
+                            f"{route} {n}" for route, n in r.routes.most_common(6)
+                        ), flush=True)  # fmt: skip
     return out
 
 

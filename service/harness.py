@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import uvicorn
@@ -19,7 +19,7 @@ from config.settings import Settings
 from service.app import create_app
 from service.runtime import Runtime, settle_gc
 from service.supervisor import WorkerProcess
-from simulators.runner import SimulatorCluster
+from simulators.runner import ClusterConfig
 
 T = TypeVar("T")
 
@@ -60,7 +60,19 @@ WEBHOOK_SECRETS = {
 }
 
 
-def settings_for(cluster: SimulatorCluster, database_url: str, **overrides: Any) -> Settings:
+class Simulators(Protocol):
+    """What the service needs of running simulators: their addresses and how they were started
+    (a :class:`simulators.runner.SimulatorCluster` here, or the benchmarks' simulators in a
+    process of their own)."""
+
+    @property
+    def urls(self) -> dict[str, str]: ...
+
+    @property
+    def config(self) -> ClusterConfig: ...
+
+
+def settings_for(cluster: Simulators, database_url: str, **overrides: Any) -> Settings:
     """Settings pointing at ``cluster`` (credentials as the cluster was started with)."""
     creds = cluster.config.credentials
     data: dict[str, Any] = {
@@ -93,7 +105,7 @@ def settings_for(cluster: SimulatorCluster, database_url: str, **overrides: Any)
 
 
 def simulator_env(
-    cluster: SimulatorCluster, database_url: str | None = None, *, api_token: str = ""
+    cluster: Simulators, database_url: str | None = None, *, api_token: str = ""
 ) -> dict[str, str]:
     """The simulator profile as ``ITSM_SYNC_*`` variables, for ``itsm-sync`` in a subprocess:
     the cluster's URLs and credentials and the demo webhook secrets (no setting has a secret
@@ -198,12 +210,12 @@ class Service:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def register_webhooks(self, cluster: SimulatorCluster) -> None:
+    def register_webhooks(self, cluster: Simulators) -> None:
         """Point each simulator's outbound webhooks at this service."""
         register_webhooks(cluster, self.url)
 
 
-def register_webhooks(cluster: SimulatorCluster, service_url: str) -> None:
+def register_webhooks(cluster: Simulators, service_url: str) -> None:
     """Add ``service_url`` as a webhook target of every simulator (others stay registered),
     with the secret each system's connector expects."""
     with httpx.Client(timeout=10, verify=False) as client:
