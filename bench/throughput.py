@@ -28,7 +28,7 @@ sharing the database and the queue, as a second instance would), each with the d
 workers, so that one run's workers are the limit (with 32 each, one run already takes the
 whole offered load and both runs share the same two cores with the simulators).
 
-``python -m bench.throughput [--small] [--latency MS] [--postgres] [--runs N] [--mode M]``
+``python -m bench.throughput [--small] [--latency MS] [--postgres] [--mode M]``
 """
 
 from __future__ import annotations
@@ -155,7 +155,9 @@ def _times(rig: Rig) -> tuple[dict[str, float], dict[str, float], int, Counter[s
     for system in ("servicenow", "jira"):
         for r in rig.requests(system, clear=True):
             if r["headers"].get("user-agent") != BENCH_UA:
-                calls[f"{system} {r['method']} {r['route']}"] += 1
+                # A ServiceNow table by its name (incident, sys_journal_field, sys_audit...).
+                route = r["path"] if str(r["route"]).endswith("{table}") else r["route"]
+                calls[f"{system} {r['method']} {route}"] += 1
             body = str(r.get("body") or "")
             if "bench-" not in body and r["status"] != 429:
                 continue
