@@ -172,13 +172,14 @@ class LeaseKeeper:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # No notify: the thread wakes at the old key's due time at the latest, which is
+            # before the new key's, and waits again; a wake-up per key would cost a GIL
+            # hand-over per key, the very thing this class is for.
 
     def drop(self, claim: Claim) -> None:
         with self._cond:
             if self._held is claim:
                 self._held = None
-                self._cond.notify()
 
     def _run(self) -> None:
         period = self.lease / 3
@@ -194,7 +195,7 @@ class LeaseKeeper:
                 wait = due - time.monotonic()
                 if wait > 0:
                     self._cond.wait(wait)
-                    continue  # woken by a new key, a finished one, or due: look again
+                    continue  # due, or another key held meanwhile: look again
                 self._since = time.monotonic()
             try:
                 with store.session_scope(self.db) as s:
