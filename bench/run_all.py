@@ -6,10 +6,19 @@ Each benchmark prints its own tables as it goes (and the command that reproduces
 the summary at the end has one line per target, ``PASS name: figure (target)`` or ``FAIL ...``,
 and ``INFO name: figure`` for a figure reported for context (no target of its own). It is
 meant to take at most 10 minutes on two cores; each benchmark's time is printed after it.
+
+Benchmarks whose figures are times or rates run alone, one after another. The four whose
+figures are counts run side by side, in one phase (``SIDE_BY_SIDE``): memory (RSS bytes per
+link), buckets (429s, and Statuspage's 1 request/s, which its bucket paces by the clock),
+idle (the idle service's own CPU time and its calls per minute) and storage (database bytes
+per edit). None of those figures depends on how busy the machine is; each benchmark's output
+is printed whole, in the usual order, once the phase ends, and its "other processes used"
+line then counts the others of the phase.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -21,9 +30,12 @@ from pathlib import Path
 
 from bench.common import ROOT, Row, command, load_note, parser
 
+# Figures that are counts, not times: these run side by side (the module docstring says why).
+SIDE_BY_SIDE = frozenset({"bench.memory", "bench.buckets", "bench.idle", "bench.storage"})
+
 
 def benchmarks(small: bool, postgres: bool) -> list[tuple[str, list[str]]]:
-    """(module, its arguments) in the order they run."""
+    """(module, its arguments) in the order they are reported."""
     out: list[tuple[str, list[str]]] = [
         ("bench.api_calls", []),
         ("bench.latency", []),
@@ -46,6 +58,21 @@ def benchmarks(small: bool, postgres: bool) -> list[tuple[str, list[str]]]:
     return out
 
 
+def phases(plan: list[tuple[str, list[str]]]) -> list[list[tuple[str, list[str]]]]:
+    """The plan as phases: each timed benchmark alone, in order, and the count-only ones
+    together in one phase where the first of them stood."""
+    out: list[list[tuple[str, list[str]]]] = []
+    group: list[tuple[str, list[str]]] = []
+    for step in plan:
+        if step[0] in SIDE_BY_SIDE:
+            if not group:
+                out.append(group)
+            group.append(step)
+        else:
+            out.append([step])
+    return out
+
+
 def line(row: Row) -> str:
     verdict = {True: "PASS", False: "FAIL", None: "INFO"}[row.passed]
     target = f" ({row.goal})" if row.passed is not None else ""
@@ -56,7 +83,8 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("--no-postgres", action="store_true", help="SQLite only")
     args = p.parse_args()
-    rows: list[Row] = []
+    plan = benchmarks(args.small, not args.no_postgres)
+    results: dict[str, list[Row]] = {}
     failed: list[str] = []
     started = time.monotonic()
     print(
@@ -66,18 +94,37 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="itsm-bench-") as folder:
-        for module, extra in benchmarks(args.small, not args.no_postgres):
-            out = Path(folder) / f"{module}.json"
-            argv = [sys.executable, "-m", module, *(["--small"] if args.small else []), *extra]
+        for phase in phases(plan):
+            if len(phase) > 1:
+                names = ", ".join(module for module, _ in phase)
+                print(f"(side by side, their figures being counts: {names})\n", flush=True)
             t0 = time.monotonic()
-            code = subprocess.call([*argv, "--json", str(out)], cwd=ROOT)
-            print(f"({module}: {time.monotonic() - t0:.0f}s)\n", flush=True)
-            if code != 0 or not out.exists():
-                failed.append(module)
-                rows.append(Row(module.split(".")[1], "the benchmark itself", "runs",
-                                f"exit status {code}", False))  # fmt: skip
-                continue
-            rows.extend(Row(**r) for r in json.loads(out.read_text()))
+            runs = []
+            for module, extra in phase:
+                out = Path(folder) / f"{module}.json"
+                argv = [sys.executable, "-m", module, *(["--small"] if args.small else []), *extra]
+                log = Path(folder) / f"{module}.log" if len(phase) > 1 else None
+                with open(log, "w") if log else contextlib.nullcontext() as sink:
+                    proc = subprocess.Popen(
+                        [*argv, "--json", str(out)],
+                        cwd=ROOT,
+                        stdout=sink,
+                        stderr=subprocess.STDOUT if sink else None,
+                    )
+                runs.append((module, out, log, proc))
+            for module, out, log, proc in runs:
+                code = proc.wait()
+                if log:
+                    print(log.read_text(), end="", flush=True)
+                print(f"({module}: {time.monotonic() - t0:.0f}s)\n", flush=True)
+                if code != 0 or not out.exists():
+                    failed.append(module)
+                    name = module.split(".")[1]
+                    status = f"exit status {code}"
+                    results[module] = [Row(name, "the benchmark itself", "runs", status, False)]
+                    continue
+                results[module] = [Row(**r) for r in json.loads(out.read_text())]
+    rows = [row for module, _ in plan for row in results.get(module, [])]
     elapsed = time.monotonic() - started
     print(f"Summary ({'--small' if args.small else 'full size'}, {elapsed:.0f} s):")
     for row in rows:

@@ -1,0 +1,18 @@
+"""make bench's plan: what runs alone and what runs side by side (bench/run_all.py)."""
+
+from __future__ import annotations
+
+from bench.run_all import SIDE_BY_SIDE, benchmarks, phases
+
+
+def test_timed_benchmarks_run_alone_and_counts_side_by_side() -> None:
+    plan = benchmarks(small=False, postgres=True)
+    steps = phases(plan)
+    together = [phase for phase in steps if len(phase) > 1]
+    assert len(together) == 1
+    assert {module for module, _ in together[0]} == SIDE_BY_SIDE
+    # Every benchmark runs exactly once, with its own arguments.
+    assert sorted(step for phase in steps for step in phase) == sorted(plan)
+    # Whatever measures a time or a rate has the machine to itself.
+    for timed in ("bench.latency", "bench.ack", "bench.throughput", "bench.backfill"):
+        assert [[m for m, _ in phase] for phase in steps].count([timed]) == 1
