@@ -350,7 +350,7 @@ def main() -> None:
         help="diagnostic: no Python write lock before SQLite's (the service's process only)",
     )
     args = p.parse_args()
-    seconds = 2.0 if args.small else 10.0
+    seconds = 2.0 if args.small else 6.0  # 600 deliveries per case
     incidents = 5 if args.small else 20
     pg_problem = "skipped (--no-postgres)" if args.no_postgres else postgres_available()
     settings = {

@@ -426,7 +426,7 @@ def main() -> None:
     latencies = args.latency or [200]
     modes = args.mode or ["mix", "one-way"]
     changes = 200 if args.small else 300
-    scale_changes = changes * 2 // 3
+    scale_changes = changes // 2
     header(
         "Throughput under injected latency",
         MODULE,
@@ -454,7 +454,7 @@ def main() -> None:
         # Scaling out, at the goal's latency (200 ms) only: each run with SCALE_WORKERS
         # workers, so that one run's workers (not the offered rate, nor two cores shared with
         # the simulators) are the limit, then a second run with as many on the same database.
-        # Two thirds as many changes: these cases run at a fifth of the rate of the others,
+        # Half as many changes: these cases run at a fifth of the rate of the others,
         # and the ratio compares two runs with one on the same count.
         at_200 = [(200, mode) for mode in modes]
         for runs in (1, 2):
