@@ -49,6 +49,8 @@ log = logging.getLogger("itsm_sync.worker")
 # processes that cannot wake it (on SQLite: the CLI's `parked replay` and `public`, `run --role
 # http`; a lost NOTIFY on PostgreSQL) are still found.
 IDLE_RECHECK_SECONDS = 0.5
+# How long an idle worker that is not the pool's timekeeper sleeps unless woken (a backstop).
+IDLE_SAFETY_SECONDS = 30.0
 
 
 class Wakeup:
@@ -81,6 +83,13 @@ class Wakeup:
             self._cond.notify(n)
         for callback in self.also:
             callback()
+
+    def nudge(self) -> None:
+        """Wake one waiting worker of this process (nothing queued: the ``also`` callbacks
+        are not called)."""
+        with self._cond:
+            self._seq += 1
+            self._cond.notify(1)
 
     def wait(self, seen: int, timeout: float) -> bool:
         """Sleep until notified after ``seen`` was read, closed, or ``timeout`` s; True when
@@ -228,9 +237,12 @@ class Worker:
         """Claim and handle one key; False when nothing was due."""
         return self.step_or_idle() == 0.0
 
-    def step_or_idle(self) -> float:
+    def step_or_idle(self, claimed: Callable[[], None] | None = None) -> float:
         """Claim and handle one key and return 0; or, when nothing is due, return how many
-        seconds until the earliest waiting key is (``inf``: the queue holds none)."""
+        seconds until the earliest waiting key is (``inf``: the queue holds none).
+
+        ``claimed`` is called when a due key was claimed, before it is handled (the pool wakes
+        another worker then, for any other key that is due)."""
         if self._next is not None:
             held, self._next = self._next, None
             self.handle(held)
@@ -246,6 +258,8 @@ class Worker:
             claims = claim(s, self.name, limit=1, lease_seconds=self.lease)
         if not claims:
             return 0.0001  # another worker took it first: look again (almost) at once
+        if claimed is not None:
+            claimed()
         self.handle(claims[0])
         return 0.0
 
@@ -582,9 +596,15 @@ class QueueNotifier:
 class WorkerPool:
     """N workers in threads until stopped (``itsm-sync run``).
 
-    An idle worker sleeps until the earliest waiting key is due (a debounced mark), until
-    :attr:`wakeup` is notified (a mark was committed), or for :data:`IDLE_RECHECK_SECONDS`,
-    whichever comes first; it never polls blindly.
+    Idle workers sleep until :attr:`wakeup` is notified (a mark was committed). One of them,
+    the *timekeeper*, sleeps only until the earliest waiting key is due (a debounced mark) or
+    for :data:`IDLE_RECHECK_SECONDS`, whichever comes first; a worker whose key falls due
+    sooner than any timekeeper's becomes one too. A worker that claims a due key wakes one
+    other, which takes the next due key or becomes the timekeeper. So a key falls due and one
+    worker looks, not every idle one: with every idle worker sleeping until the due time it
+    last saw, 32 workers made ~1.4 queue reads and ~0.4 failed claims (write transactions)
+    per pass of the mix, ~28 % of the worker process's transactions. The others also look on
+    their own every :data:`IDLE_SAFETY_SECONDS`, a backstop that is never needed.
     """
 
     def __init__(
@@ -601,6 +621,9 @@ class WorkerPool:
         self.recheck = recheck
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._timing = threading.Lock()
+        self._targets: list[float] = []  # when each timekeeper wakes (time.monotonic)
+        self.looks = 0  # queue looks by idle workers (for tests and diagnostics)
 
     def start(self) -> None:
         self.wakeup.reopen()
@@ -615,18 +638,36 @@ class WorkerPool:
         while not self._stop.is_set():
             seen = self.wakeup.seq  # before looking: a mark committed after this wakes us
             try:
-                idle = worker.step_or_idle()
+                idle = worker.step_or_idle(claimed=self.wakeup.nudge)
             except Exception:  # the database went away for a moment: keep trying
                 log.exception("worker step failed")
                 self._stop.wait(1.0)
                 continue
             if idle > 0:
-                # +1 ms: due_at <= now must hold when we look again
-                self.wakeup.wait(seen, min(idle + 0.001, self.recheck))
+                self.looks += 1
+                self._idle(seen, idle)
         try:
             worker.release_next()
         except Exception:  # the database is gone: the lease runs out instead
             log.exception("giving back a claimed key failed")
+
+    def _idle(self, seen: int, idle: float) -> None:
+        """Sleep: as a timekeeper until ``idle`` s (or the recheck) have passed, unless
+        another timekeeper wakes by then; else until woken."""
+        wait = min(idle + 0.001, self.recheck)  # +1 ms: due_at <= now must hold on waking
+        target = time.monotonic() + wait
+        with self._timing:
+            keeper = not any(t <= target for t in self._targets)
+            if keeper:
+                self._targets.append(target)
+        if not keeper:
+            self.wakeup.wait(seen, IDLE_SAFETY_SECONDS)
+            return
+        try:
+            self.wakeup.wait(seen, wait)
+        finally:
+            with self._timing:
+                self._targets.remove(target)
 
     def stop(self) -> None:
         self._stop.set()

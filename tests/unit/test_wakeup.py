@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from sync import store
+from sync import worker as worker_module
 from sync.queue import claim, incident_key, mark_dirty, next_due
 from sync.reconcile import Outcome
 from sync.worker import Wakeup, WorkerPool
@@ -193,3 +194,91 @@ def test_a_writer_waiting_for_another_process_gets_the_lock_soon_after_it_is_fre
     assert timeout == store.SQLITE_BUSY_TIMEOUT_MS
     first.dispose()
     second.dispose()
+
+
+class SlowReconciler(CountingReconciler):
+    """A reconcile that takes a while, as one waiting on a remote system does."""
+
+    def reconcile(self, incident_id: str) -> Outcome:
+        time.sleep(0.15)
+        return super().reconcile(incident_id)
+
+
+def _pool(db: Engine, engine: CountingReconciler, threads: int, recheck: float) -> WorkerPool:
+    wakeup = Wakeup()
+    store.engine_hooks(db).on_queued.append(wakeup.notify)
+    return WorkerPool(
+        engine,  # type: ignore[arg-type]
+        threads=threads,
+        lease=30,
+        wakeup=wakeup,
+        recheck=recheck,
+    )
+
+
+def test_idle_workers_leave_the_periodic_look_to_one_of_them(
+    db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight idle workers with a 0.1 s recheck: one timekeeper looks every 0.1 s, the others
+    sleep until woken. (Each looked every 0.1 s before: ~80 looks a second.)"""
+    looks: list[float] = []
+    real = worker_module.next_due
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        looks.append(time.monotonic())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "next_due", counting)
+    workers = _pool(db, CountingReconciler(db), threads=8, recheck=0.1)
+    workers.start()
+    try:
+        time.sleep(0.5)  # every worker has looked once and sleeps
+        before = len(looks)
+        time.sleep(1.0)
+        during = len(looks) - before
+    finally:
+        workers.stop()
+    assert 5 <= during <= 15, during  # ~10: one look per recheck, not eight
+
+
+def test_keys_due_together_are_taken_side_by_side(db: Engine) -> None:
+    """Six debounced marks fall due at once: the timekeeper takes one and wakes another, and
+    so on, so the six reconciles (0.15 s each) run side by side, not one after another."""
+    engine = SlowReconciler(db)
+    workers = _pool(db, engine, threads=8, recheck=5.0)
+    workers.start()
+    time.sleep(0.3)
+    try:
+        marked = time.monotonic()
+        with store.session_scope(db) as s:
+            for i in range(6):
+                mark_dirty(s, incident_key(f"k{i}"), debounce=0.3)
+        deadline = time.monotonic() + 5
+        while len(engine.done) < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        workers.stop()
+    assert len(engine.done) == 6
+    first = min(engine.done.values()) - marked
+    last = max(engine.done.values()) - marked
+    assert first >= 0.3 + 0.15 - 0.02  # not before they were due
+    assert last < 0.3 + 0.15 * 3, last  # side by side (one after another: 1.2 s)
+
+
+def test_a_mark_nobody_announced_is_found_by_the_timekeeper(db: Engine, tmp_path: Path) -> None:
+    """A row queued by a process that cannot wake this one (another engine on the file, no
+    hooks) is found within the recheck, though seven of the eight workers sleep until woken."""
+    engine = CountingReconciler(db)
+    workers = _pool(db, engine, threads=8, recheck=0.2)
+    workers.start()
+    time.sleep(0.4)
+    other = store.make_engine(str(db.url))
+    try:
+        with store.session_scope(other) as s:
+            mark_dirty(s, incident_key("silent"))
+        marked = time.monotonic()
+        assert engine.event.wait(3), "the unannounced mark was never picked up"
+        assert engine.done["silent"] - marked < 0.2 + 0.3
+    finally:
+        workers.stop()
+        other.dispose()
