@@ -14,8 +14,8 @@ its calls per minute) and storage (database bytes per edit). None of those figur
 how busy the machine is; each benchmark's output is printed whole, in the usual order, once
 the phase ends, and its "other processes used" line then counts the others of the phase.
 Memory runs alone although its figure is a count: beside the others its worker process grew
-~20 MiB more (958 and 971 B per link against 742 and 747 alone), as a slowed exercise keeps
-more pooled connections, and their SQLite page caches, busy at once.
+~20 MiB more (958 and 971 B per link against 742 and 747 alone); probably, not verified, a
+slowed exercise keeps more pooled connections, and their SQLite page caches, busy at once.
 """
 
 from __future__ import annotations

@@ -77,19 +77,18 @@ class Wakeup:
         return self._seq
 
     def notify(self, n: int = 1) -> None:
+        self.nudge(n)
         with self._cond:
-            self._seq += 1
             self.notified += 1
-            self._cond.notify(n)
         for callback in self.also:
             callback()
 
-    def nudge(self) -> None:
-        """Wake one waiting worker of this process (nothing queued: the ``also`` callbacks
-        are not called)."""
+    def nudge(self, n: int = 1) -> None:
+        """Wake ``n`` waiting workers of this process (nothing was queued: unlike
+        :meth:`notify`, not counted and no ``also`` callbacks)."""
         with self._cond:
             self._seq += 1
-            self._cond.notify(1)
+            self._cond.notify(n)
 
     def wait(self, seen: int, timeout: float) -> bool:
         """Sleep until notified after ``seen`` was read, closed, or ``timeout`` s; True when
