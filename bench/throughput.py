@@ -68,6 +68,7 @@ GOAL_MIX = 100.0  # changes/s, one run, SQLite, 200 ms
 GOAL_ONE_WAY = 40.0
 GOAL_SCALE = 1.8  # two runs on PostgreSQL against one
 WORKERS = 32
+WORKER_PROCESSES = 2  # as many as the cores: one worker process is bound by its GIL
 SCALE_WORKERS = 4  # per run in the scaling cases (the default sync.workers; see main)
 
 
@@ -289,6 +290,7 @@ def run_setup(
     workers: int,
     cases: list[tuple[int, str]],
     latency_at_goal: bool = True,
+    processes: int = 1,
 ) -> list[Result]:
     """One service (and, with ``runs == 2``, a second one on the same database), N incidents
     synced once, then every (latency, mode) case on them: each changes every incident once,
@@ -297,7 +299,7 @@ def run_setup(
     out: list[Result] = []
     with database as db:
         url = db.url if db is not None else None
-        sync = {"workers": workers, "worker_process_nice": 0}
+        sync = {"workers": workers, "worker_process_nice": 0, "worker_processes": processes}
         with Rig(database_url=url, sync=sync, separate_simulators=True, worker_process=True) as rig:
             pairs = _prepare(rig, changes)
             with second_run(rig) if runs == 2 else nullcontext(None):
@@ -422,6 +424,12 @@ def main() -> None:
     p.add_argument("--postgres", action="store_true", help="also PostgreSQL, one and two runs")
     p.add_argument("--mode", choices=("mix", "one-way"), action="append")
     p.add_argument("--workers", type=int, default=WORKERS, help="sync.workers per run")
+    p.add_argument(
+        "--worker-processes",
+        type=int,
+        default=WORKER_PROCESSES,
+        help="sync.worker_processes per run (not in the scaling cases: one each)",
+    )
     args = p.parse_args()
     latencies = args.latency or [200]
     modes = args.mode or ["mix", "one-way"]
@@ -448,7 +456,12 @@ def main() -> None:
     everything = [(lat, mode) for lat in latencies for mode in modes if lat == 200 or mode == "mix"]
     for postgres in (False, True) if args.postgres else (False,):
         results += run_setup(
-            postgres=postgres, runs=1, changes=changes, workers=args.workers, cases=everything
+            postgres=postgres,
+            runs=1,
+            changes=changes,
+            workers=args.workers,
+            cases=everything,
+            processes=args.worker_processes,
         )
     if args.postgres:
         # Scaling out, at the goal's latency (200 ms) only: each run with SCALE_WORKERS

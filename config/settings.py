@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -142,6 +142,11 @@ class SyncSettings(BaseModel):
     # CPU contention the HTTP process, which must answer webhooks within milliseconds, comes
     # first; an idle machine gives the workers all they want either way. 0: the same.
     worker_process_nice: int = Field(default=10, ge=0, le=19)
+    # How many worker processes `itsm-sync run` starts; `workers` threads are shared between
+    # them, and the first also runs the poller. One worker process is bound by its
+    # interpreter's lock at roughly one core: on a machine with cores to spare, give it
+    # as many as the work needs (at most the cores). `--role workers` runs its own one.
+    worker_processes: int = Field(default=1, ge=1, le=16)
     # Lifecycle rules (conditions over canonical fields, as in mapping files):
     create_jira_when: str = 'severity in ["SEV1", "SEV2"]'
     create_servicenow_for_jira: bool = True  # incidents born in Jira get a ServiceNow incident
@@ -154,6 +159,20 @@ class SyncSettings(BaseModel):
     quick_resolve_seconds: float = Field(default=3600.0, ge=0)
     # Resolving a parent resolves its duplicates (on every system they have records on).
     duplicates_follow_parent: bool = True
+
+    @model_validator(mode="after")
+    def _threads_for_each_process(self) -> SyncSettings:
+        if self.worker_processes > self.workers:
+            raise ValueError(
+                f"worker_processes ({self.worker_processes}) is more than workers "
+                f"({self.workers}): each worker process needs at least one worker thread"
+            )
+        return self
+
+    def threads_of(self, index: int) -> int:
+        """How many of the ``workers`` threads worker process ``index`` (from 0) runs."""
+        share, extra = divmod(self.workers, self.worker_processes)
+        return share + (1 if index < extra else 0)
 
 
 class IntakeSettings(BaseModel):

@@ -18,7 +18,7 @@ import uvicorn
 from config.settings import Settings
 from service.app import create_app
 from service.runtime import Runtime, settle_gc
-from service.supervisor import WorkerProcess
+from service.supervisor import worker_processes
 from simulators.runner import ClusterConfig
 
 T = TypeVar("T")
@@ -175,7 +175,7 @@ class Service:
 
     def start(self) -> Service:
         if self._worker_process:
-            child = WorkerProcess(self.runtime.settings)
+            child = worker_processes(self.runtime.settings)
             child.start()
             self.runtime.start(worker_process=child)
             if not child.wait_ready(60):

@@ -52,7 +52,9 @@ class Readiness:
         healthy, workers = self.runtime.health()
         checks["workers"] = {"ok": healthy, "detail": workers}
         if self.runtime.worker_process is not None:  # run's worker process (None: not ready)
-            checks["workers"]["pid"] = self.runtime.worker_process.ready_pid if healthy else None
+            child = self.runtime.worker_process
+            checks["workers"]["pid"] = child.ready_pid if healthy else None
+            checks["workers"]["pids"] = child.ready_pids  # each of sync.worker_processes
         for key, connector in sorted(self.runtime.connectors.items()):
             if isinstance(connector, Preflight):
                 probe = self._signin(key, connector)

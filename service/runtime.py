@@ -38,8 +38,14 @@ class ChildWorkers(Protocol):
     uses them (:class:`service.supervisor.WorkerProcess`, which the caller makes and starts:
     the supervisor builds the child's Runtime, so this module does not import it)."""
 
-    ready_pid: int | None  # the child's pid once it said it is ready
-    deaths: int  # children that died and were replaced
+    @property
+    def ready_pid(self) -> int | None: ...  # the (first) child's pid once it said it is ready
+
+    @property
+    def deaths(self) -> int: ...  # children that died and were replaced
+
+    @property
+    def ready_pids(self) -> list[int | None]: ...  # each child's, None until it is ready
 
     def poke(self) -> None: ...
 

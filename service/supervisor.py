@@ -75,9 +75,15 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
 
 
 def child_main(
-    settings: Settings, wake: Connection, control: Connection, parent: int, log_level: str
+    settings: Settings,
+    wake: Connection,
+    control: Connection,
+    parent: int,
+    log_level: str,
+    index: int = 0,
 ) -> None:
-    """The worker process (the target of the spawned process)."""
+    """The worker process (the target of the spawned process): worker process ``index`` of
+    ``sync.worker_processes``, with its share of the worker threads; the first also polls."""
     die_with_parent(signal.SIGTERM)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -94,8 +100,11 @@ def child_main(
     setup_logging(log_level)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_tag_worker_records)
+    if settings.sync.worker_processes > 1:
+        sync = settings.sync.model_copy(update={"workers": settings.sync.threads_of(index)})
+        settings = settings.model_copy(update={"sync": sync})
     runtime = Runtime(settings)
-    runtime.start(poll=True, workers=True)
+    runtime.start(poll=index == 0, workers=True)
     settle_gc()
     why = ["SIGTERM"]
     try:
@@ -185,10 +194,16 @@ class WorkerProcess:
     """Runs, watches and restarts the worker process; see the module's docstring."""
 
     def __init__(
-        self, settings: Settings, *, restart: bool = True, log_level: str | None = None
+        self,
+        settings: Settings,
+        *,
+        restart: bool = True,
+        log_level: str | None = None,
+        index: int = 0,
     ) -> None:
         self.settings = settings
         self.restart = restart
+        self.index = index  # which of sync.worker_processes (the first also polls)
         # The child logs at this process's level (``run`` set it from the settings).
         self.log_level = log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.process: Any = None
@@ -220,6 +235,10 @@ class WorkerProcess:
         return self._ready.wait(timeout)
 
     @property
+    def ready_pids(self) -> list[int | None]:
+        return [self.ready_pid]
+
+    @property
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
 
@@ -240,8 +259,8 @@ class WorkerProcess:
         control, child_control = CTX.Pipe(duplex=True)
         process = CTX.Process(
             target=child_main,
-            args=(self.settings, wake_r, child_control, os.getpid(), self.log_level),
-            name="itsm-sync-workers",
+            args=(self.settings, wake_r, child_control, os.getpid(), self.log_level, self.index),
+            name=f"itsm-sync-workers-{self.index}" if self.index else "itsm-sync-workers",
             daemon=True,
         )
         process.start()
@@ -409,3 +428,98 @@ class WorkerProcess:
             if not self._replied.wait_for(lambda: ident in self._replies, timeout):
                 return None
             return dict(self._replies.pop(ident))
+
+
+class WorkerProcesses:
+    """``sync.worker_processes`` worker processes (more than one), each a
+    :class:`WorkerProcess` watched and restarted on its own, seen by the HTTP process's
+    Runtime as one: a wake-up reaches every one (the first idle worker to claim the key wins,
+    the others find nothing due and sleep again), ``reload`` and ``stop`` go to all, ``health``
+    is healthy while all are ready, ``stats`` adds theirs up."""
+
+    def __init__(
+        self, settings: Settings, *, restart: bool = True, log_level: str | None = None
+    ) -> None:
+        self.settings = settings
+        self.children = [
+            WorkerProcess(settings, restart=restart, log_level=log_level, index=i)
+            for i in range(settings.sync.worker_processes)
+        ]
+
+    @property
+    def ready_pid(self) -> int | None:
+        """The first (polling) worker process's pid once every one is ready."""
+        pids = [child.ready_pid for child in self.children]
+        return pids[0] if all(pid is not None for pid in pids) else None
+
+    @property
+    def ready_pids(self) -> list[int | None]:
+        return [child.ready_pid for child in self.children]
+
+    @property
+    def deaths(self) -> int:
+        return sum(child.deaths for child in self.children)
+
+    def start(self) -> None:
+        for child in self.children:
+            child.start()
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(c.wait_ready(max(0.0, deadline - time.monotonic())) for c in self.children)
+
+    def health(self) -> tuple[bool, str]:
+        states = [child.health() for child in self.children]
+        if all(ok for ok, _ in states):
+            pids = ", ".join(str(child.ready_pid) for child in self.children)
+            return True, f"ok ({len(self.children)} worker processes: {pids})"
+        return False, "; ".join(
+            f"worker process {i + 1} of {len(states)}: {why}"
+            for i, (ok, why) in enumerate(states)
+            if not ok
+        )
+
+    def poke(self) -> None:
+        for child in self.children:
+            child.poke()
+
+    def reload(self) -> None:
+        for child in self.children:
+            child.reload()
+
+    def stop(self) -> None:
+        """Stop them all at once (each gives its workers :data:`GRACE_SECONDS`)."""
+        stoppers = [threading.Thread(target=c.stop, daemon=True) for c in self.children]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
+
+    def stats(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """Their :meth:`Runtime.local_stats` added up; None if one does not answer."""
+        out: dict[str, Any] | None = None
+        for child in self.children:
+            one = child.stats(timeout)
+            if one is None:
+                return None
+            if out is None:
+                out = {**one, "pid": [one["pid"]]}
+                continue
+            out["pid"].append(one["pid"])
+            for key in ("reconciled", "writes", "conflicts", "failures", "wakeups", "woken"):
+                out[key] = out.get(key, 0) + one.get(key, 0)
+            for key in ("calls", "rate_waits"):
+                merged = dict(out.get(key, {}))
+                for label, n in one.get(key, {}).items():
+                    merged[label] = merged.get(label, 0) + n
+                out[key] = merged
+        return out
+
+
+def worker_processes(
+    settings: Settings, *, restart: bool = True, log_level: str | None = None
+) -> WorkerProcess | WorkerProcesses:
+    """The worker process(es) ``itsm-sync run`` starts, as ``sync.worker_processes`` asks."""
+    if settings.sync.worker_processes == 1:
+        return WorkerProcess(settings, restart=restart, log_level=log_level)
+    return WorkerProcesses(settings, restart=restart, log_level=log_level)

@@ -106,10 +106,10 @@ def register(app: typer.Typer) -> None:
         setup_logging(settings.log_level)
         worker_process = None
         if role == "all" and not workers_in_process:
-            from service.supervisor import WorkerProcess
+            from service.supervisor import worker_processes
 
             # Started first, so that its start-up and this process's overlap.
-            worker_process = WorkerProcess(settings)
+            worker_process = worker_processes(settings)
             worker_process.start()
         try:
             runtime = runtime_or_exit(settings)

@@ -197,3 +197,49 @@ def test_role_http_and_role_workers_share_the_work(
                 proc.kill()
                 proc.wait(10)
         log.close()
+
+
+def test_two_worker_processes_share_the_work_and_are_each_replaced(
+    empty_sims: SimulatorCluster, tmp_path: Path
+) -> None:
+    """``sync.worker_processes: 2``: two children of ``run``, both ready before /readyz is; a
+    webhook wakes them; one killed is replaced while the other goes on; SIGTERM stops both."""
+    env = service_env(
+        empty_sims, f"sqlite:///{tmp_path / 'itsm-sync.db'}",
+        ITSM_SYNC_SYNC__WORKER_PROCESSES="2", **QUIET,
+    )  # fmt: skip
+    svc = ServiceProcess("run", env, tmp_path)
+    systems = Systems(empty_sims)
+    try:
+        svc.start(wait=True)
+        _, body = _health(svc)
+        pids = body["checks"]["workers"]["pids"]
+        assert len(set(pids)) == 2 and None not in pids, body
+        assert svc.proc is not None and all(_parent_of(p) == svc.proc.pid for p in pids)
+        assert "2 worker processes" in body["checks"]["workers"]["detail"], body
+        log = svc.log.read_text()
+        assert all(f"worker process {p} ready" in log for p in pids), log
+        svc.register_webhooks(empty_sims)
+        systems.open_p1("two worker processes: checkout fails")
+        wait_for(lambda: systems.jira_issues(), "the Jira issue", timeout=30)
+
+        os.kill(pids[1], signal.SIGKILL)
+
+        def replaced() -> list[int] | None:
+            status, body = _health(svc)
+            now = body.get("checks", {}).get("workers", {}).get("pids") or []
+            return now if status == 200 and None not in now and pids[1] not in now else None
+
+        now = wait_for(replaced, "the killed worker process to be replaced", timeout=60)
+        assert now[0] == pids[0] and now[1] != pids[1]  # the other one went on
+        metrics = httpx.get(f"{svc.url}/metrics", timeout=5).text
+        assert "itsm_sync_worker_process_restarts_total 1.0" in metrics
+        systems.open_p1("two worker processes: search fails")
+        wait_for(lambda: len(systems.jira_issues()) == 2, "the second Jira issue", timeout=30)
+
+        svc.proc.send_signal(signal.SIGTERM)
+        assert svc.proc.wait(timeout=60) == 0, svc.tail()
+        assert all(_gone(p) for p in now)
+    finally:
+        systems.close()
+        svc.kill()
