@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select, update
+from sqlmodel import col, select, update
 
 from connectors.base import (
     FIELD_CHANGES_KEY,
@@ -95,16 +95,9 @@ class Outcome:
     # A write's answer may hold an edit someone made between our read and our write (or
     # cannot tell): the incident is due again as soon as this pass is finished.
     again: bool = False
-    # The worker's end of the pass (Tail) committed with the pass's last transaction.
-    ended: bool = False
 
     def later(self, seconds: float) -> None:
         self.retry_in = seconds if self.retry_in is None else min(self.retry_in, seconds)
-
-
-# The worker's end of a pass (finish the key, claim the next), run in the pass's last
-# transaction when nothing follows it.
-Tail = Callable[[Session, Outcome], None]
 
 
 @dataclass
@@ -146,9 +139,6 @@ class Executor:
         self.noted: set[int] = set()
         # Creates whose intent was recorded with the merge: whether one was tried before.
         self.tried: dict[tuple[str, str], bool] = {}
-        # The pass's one write is its last transaction: the worker's end of the pass goes
-        # into it (set by the reconciler; not run where the write trips the loop breaker).
-        self.tail: Tail | None = None
 
     # -- A: the merge ------------------------------------------------------------------------
 
@@ -178,62 +168,46 @@ class Executor:
         version: int,
         intents: Mapping[int, dict[str, Any]],
         creates: list[Create] | None = None,
-        tail: Tail | None = None,
-    ) -> bool:
+    ) -> None:
         """Commit the merged incident, the consumed shadows, the comments taken in, the audit
         of the merge and the intents of the writes and creates to come, in one transaction
-        (StaleIncident if someone saved it since). Without a merge: the intents alone.
-
-        ``tail`` (the pass ends here) runs last in that transaction; returns whether there
-        was one (nothing to save: no transaction, ``tail`` not run)."""
+        (StaleIncident if someone saved it since). Without a merge: the intents alone."""
         if merged is None and not intents and not creates:
-            return False
-        with store.session_scope(self.db) as s:
-            self._save(s, merged, version, intents, creates)
-            if tail is not None:
-                tail(s, self.outcome)
-        self.outcome.ended = tail is not None
-        return True
-
-    def _save(
-        self,
-        s: Session,
-        merged: Merged | None,
-        version: int,
-        intents: Mapping[int, dict[str, Any]],
-        creates: list[Create] | None,
-    ) -> None:
-        for op in creates or []:
-            system, instance = op.target
-            self.tried[op.target] = store.create_intent(
-                s, incident_id=self.incident_id, system=system, instance=instance
-            )
-        consumed = merged.consumed if merged is not None else {}
-        for link_id, intent in intents.items():
-            if link_id in consumed:
-                continue
-            noted = store.get_shadow(s, link_id)
-            if noted is not None:
-                store.set_shadow(s, link_id, {**noted.fields, INTENT_KEY: intent}, noted.version)
-                self.noted.add(link_id)
-        if merged is None:
             return
-        store.replace_incident_data(
-            s, self.incident_id, version, merged.incident.model_dump(mode="json")
-        )
-        for link_id, (flat, seen) in merged.consumed.items():
-            if link_id in intents:
-                flat = {**flat, INTENT_KEY: intents[link_id]}
-                self.noted.add(link_id)
-            store.set_shadow(s, link_id, flat, seen)
-        for comment, record, remote_id in merged.new_comments:
-            store.link_comment(
-                s, incident_id=self.incident_id, canonical_id=comment.id,
-                system=record.ref.system, instance=record.ref.instance, remote_id=remote_id,
-                direction="in",
-            )  # fmt: skip
-        for entry in merged.audits:
-            store.audit(s, incident_id=self.incident_id, **entry)
+        with store.session_scope(self.db) as s:
+            for op in creates or []:
+                system, instance = op.target
+                self.tried[op.target] = store.create_intent(
+                    s, incident_id=self.incident_id, system=system, instance=instance
+                )
+            consumed = merged.consumed if merged is not None else {}
+            for link_id, intent in intents.items():
+                if link_id in consumed:
+                    continue
+                noted = store.get_shadow(s, link_id)
+                if noted is not None:
+                    store.set_shadow(
+                        s, link_id, {**noted.fields, INTENT_KEY: intent}, noted.version
+                    )
+                    self.noted.add(link_id)
+            if merged is None:
+                return
+            store.replace_incident_data(
+                s, self.incident_id, version, merged.incident.model_dump(mode="json")
+            )
+            for link_id, (flat, seen) in merged.consumed.items():
+                if link_id in intents:
+                    flat = {**flat, INTENT_KEY: intents[link_id]}
+                    self.noted.add(link_id)
+                store.set_shadow(s, link_id, flat, seen)
+            for comment, record, remote_id in merged.new_comments:
+                store.link_comment(
+                    s, incident_id=self.incident_id, canonical_id=comment.id,
+                    system=record.ref.system, instance=record.ref.instance, remote_id=remote_id,
+                    direction="in",
+                )  # fmt: skip
+            for entry in merged.audits:
+                store.audit(s, incident_id=self.incident_id, **entry)
 
     # -- B: per target -----------------------------------------------------------------------
 
@@ -454,7 +428,6 @@ class Executor:
             # when this pass finishes (the worker's finishing transaction; a crash before it
             # leaves the claim, which comes back the same way).
             self.outcome.again = True
-        tail, self.tail = (None if looping else self.tail), None
         with store.session_scope(self.db) as s:
             if source:
                 # An answer that shows someone's edit keeps it even where the echo of this
@@ -477,9 +450,6 @@ class Executor:
                     f"{change.at.isoformat(timespec='seconds')}, between our read and our "
                     "write: weighed on the next pass",
                 )  # fmt: skip
-            if tail is not None:
-                tail(s, self.outcome)
-        self.outcome.ended = self.outcome.ended or tail is not None
         self.outcome.writes += 1
         held.held = shadow
         held.version = list(after.version)

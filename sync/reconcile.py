@@ -48,7 +48,7 @@ from mapping.spec import Mapping as FieldMap
 from mapping.transforms import TransformContext
 from sync import pairing as pairing_module
 from sync import planner, store
-from sync.executor import Executor, Outcome, Tail, _revert, held_records, ref_of
+from sync.executor import Executor, Outcome, _revert, held_records, ref_of
 from sync.people import context_for
 from sync.planner import (
     CORRELATION_PREFIX,
@@ -72,9 +72,6 @@ __all__ = ["CORRELATION_PREFIX", "REF_KEY", "Outcome", "Reconciler", "correlatio
 log = logging.getLogger("itsm_sync.reconcile")
 # The open public incidents looked at for a page-wide component status: the newest this many.
 MAX_SHARED_INCIDENTS = 500
-# An incident that reaches one of these wakes its duplicates; resolved or closed, the
-# postmortem's work follows (Reconciler._after).
-ENDED = frozenset({State.RESOLVED, State.CLOSED, State.CANCELED})
 
 
 def policy_from(settings: SyncSettings) -> Policy:
@@ -338,10 +335,7 @@ class Reconciler:
 
     # -- one incident -------------------------------------------------------------------------
 
-    def reconcile(self, incident_id: str, *, tail: Tail | None = None) -> Outcome:
-        """One pass over the incident. ``tail``, the worker's end of the pass, runs in the
-        merge's transaction when nothing follows it (no operation, nothing for :meth:`_after`
-        to do); otherwise the caller ends the pass itself, after this returns."""
+    def reconcile(self, incident_id: str) -> Outcome:
         outcome = Outcome()
         mappings = self.mappings()
         with store.session_scope(self.db, readonly=True) as s:
@@ -414,23 +408,11 @@ class Reconciler:
         held = held_records(list(snap.records), state.links, merged.consumed)
         # The merge and the intents of the writes to come in one transaction. Raises
         # StaleIncident if someone saved the incident since we read it (or deleted it).
-        # The worker's end of the pass goes into the pass's last transaction: the merge's
-        # where nothing is written, the answer's where one update is (no backoff to clear).
-        last_is_save = not ops and incident.state not in ENDED
-        if (
-            tail is not None
-            and len(ops) == 1
-            and isinstance(ops[0], planner.Update)
-            and incident.state not in ENDED
-            and f"{ops[0].target[0]}:{ops[0].target[1]}" not in state.backoffs
-        ):
-            executor.tail = tail
         executor.save(
             merged if merged.incident != before or merged.changed else None,
             state.version,
             executor.intents(ops, snap.targets, held),
             [op for op in ops if isinstance(op, planner.Create)],
-            tail=tail if last_is_save else None,
         )
         executor.run(incident, ops, snap.targets, held, state.backoffs)
         self._after(snap.incident, incident, outcome)
@@ -566,7 +548,8 @@ class Reconciler:
     def _after(self, before: Incident, incident: Incident, outcome: Outcome) -> None:
         """Duplicates follow their parent: a parent that was resolved wakes its duplicates;
         and the postmortem's work on a resolved incident."""
-        if incident.state in ENDED and before.state not in ENDED:
+        done = {State.RESOLVED, State.CLOSED, State.CANCELED}
+        if incident.state in done and before.state not in done:
             with store.session_scope(self.db) as s:
                 for row in _children(s, incident.id):
                     mark_dirty(s, incident_key(row), reason=f"its parent {incident.id} ended")

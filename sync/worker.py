@@ -24,11 +24,10 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from connectors.errors import ConnectorError
 from sync import store
-from sync.executor import Outcome, Tail
 from sync.queue import (
     Claim,
     claim,
@@ -271,21 +270,9 @@ class Worker:
             self.keeper.drop(held)
 
     def _handle(self, held: Claim) -> None:
-        # A pass ends the key in its last transaction where it can (the merge's, when it
-        # writes nothing: the echo of a write, a redelivery; the answer's, when it makes one
-        # update): `ended` then holds the key claimed next, once that transaction committed.
-        tried: list[tuple[Claim | None, Outcome]] = []
-
-        def tail(s: Session, outcome: Outcome) -> None:
-            tried.append((self._finish(s, held, Done(outcome.retry_in, outcome.again)), outcome))
-
-        def ended() -> list[Claim | None]:
-            return [claimed for claimed, outcome in tried if outcome.ended]
-
         try:
-            result = self._work(held.key, tail)
+            result = self._work(held.key)
         except store.StaleIncident:
-            self._next = next(iter(ended()), None)  # a committed end of the pass claimed it
             with store.session_scope(self.db) as s:
                 release(s, held)  # someone saved the incident meanwhile: again, from the newest
             return
@@ -296,38 +283,28 @@ class Worker:
             )
             with self.totals.lock:
                 self.totals.failures += 1
-            self._next = next(iter(ended()), None)
-            with store.session_scope(self.db) as s:  # (nothing, if the pass ended the key)
+            with store.session_scope(self.db) as s:
                 retry_later(s, held, delay=delay, error=f"{type(exc).__name__}: {exc}")
             return
-        if ended():  # in the pass's last transaction
-            self._next = ended()[0]
-            return
         with store.session_scope(self.db) as s:
-            self._next = self._finish(s, held, result)
-
-    def _finish(self, s: Session, held: Claim, result: Done) -> Claim | None:
-        """End the work on ``held`` as ``result`` says, in the caller's transaction; returns
-        the key claimed to work on next (``chain``), if any."""
-        if result.again:  # a write's answer may hold someone's edit: due again, now
-            release(s, held)
-        elif result.retry_in is not None:
-            retry_later(s, held, delay=result.retry_in, error="a target failed retriably")
-        else:
-            finish(s, held)
-        take = incident_key(result.take) if result.take else None
-        if take is not None:
-            mark_dirty(s, take, reason=f"from {held.key}")
-        if not self.chain:
-            return None
-        # The incident a record belongs to first (it was just adopted, or its record changed):
-        # this worker goes on with it rather than queueing it behind every other record, as a
-        # backfill's thousands would be.
-        claimed = claim_key(s, self.name, take, lease_seconds=self.lease) if take else None
-        if claimed is None:
-            found = claim(s, self.name, limit=1, lease_seconds=self.lease)
-            claimed = found[0] if found else None
-        return claimed
+            if result.again:  # a write's answer may hold someone's edit: due again, now
+                release(s, held)
+            elif result.retry_in is not None:
+                retry_later(s, held, delay=result.retry_in, error="a target failed retriably")
+            else:
+                finish(s, held)
+            take = incident_key(result.take) if result.take else None
+            if take is not None:
+                mark_dirty(s, take, reason=f"from {held.key}")
+            if self.chain:
+                # The incident a record belongs to first (it was just adopted, or its record
+                # changed): this worker goes on with it rather than queueing it behind every
+                # other record, as a backfill's thousands would be.
+                claimed = claim_key(s, self.name, take, lease_seconds=self.lease) if take else None
+                if claimed is None:
+                    found = claim(s, self.name, limit=1, lease_seconds=self.lease)
+                    claimed = found[0] if found else None
+                self._next = claimed
 
     def release_next(self) -> None:
         """Give back a key claimed ahead but not worked on (the worker is stopping)."""
@@ -336,16 +313,16 @@ class Worker:
             with store.session_scope(self.db) as s:
                 release(s, held)
 
-    def _work(self, key: str, tail: Tail | None = None) -> Done:
+    def _work(self, key: str) -> Done:
         kind, *rest = parse_key(key)
         if kind == "incident":
-            retry_in, again = self._incident(rest[0], tail)
+            retry_in, again = self._incident(rest[0])
             return Done(retry_in, again)
         return self._remote(key, kind, *rest)
 
-    def _incident(self, incident_id: str, tail: Tail | None = None) -> tuple[float | None, bool]:
+    def _incident(self, incident_id: str) -> tuple[float | None, bool]:
         started = time.monotonic()
-        outcome = self.reconciler.reconcile(incident_id, tail=tail)
+        outcome = self.reconciler.reconcile(incident_id)
         log.info(
             "reconciled incident %s: %d write(s)", incident_id, outcome.writes,
             extra={"incident_id": incident_id, "writes": outcome.writes,

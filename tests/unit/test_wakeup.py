@@ -17,8 +17,8 @@ from sqlmodel import select
 
 from sync import store
 from sync import worker as worker_module
-from sync.executor import Outcome, Tail
 from sync.queue import claim, incident_key, mark_dirty, next_due
+from sync.reconcile import Outcome
 from sync.worker import Wakeup, WorkerPool
 
 RECHECK = 5.0  # the pools below look at the queue on their own only this rarely
@@ -34,7 +34,7 @@ class CountingReconciler:
         self.done: dict[str, float] = {}
         self.event = threading.Event()
 
-    def reconcile(self, incident_id: str, *, tail: Tail | None = None) -> Outcome:
+    def reconcile(self, incident_id: str) -> Outcome:
         self.done[incident_id] = time.monotonic()
         self.event.set()
         return Outcome()
@@ -199,7 +199,7 @@ def test_a_writer_waiting_for_another_process_gets_the_lock_soon_after_it_is_fre
 class SlowReconciler(CountingReconciler):
     """A reconcile that takes a while, as one waiting on a remote system does."""
 
-    def reconcile(self, incident_id: str, *, tail: Tail | None = None) -> Outcome:
+    def reconcile(self, incident_id: str) -> Outcome:
         time.sleep(0.15)
         return super().reconcile(incident_id)
 

@@ -10,8 +10,8 @@ from typing import Any
 from sqlmodel import func, select
 
 from sync import store
-from sync.executor import Outcome, Tail
 from sync.queue import claim, incident_key, mark_dirty
+from sync.reconcile import Outcome
 from sync.worker import Worker
 
 
@@ -24,7 +24,7 @@ class SlowReconciler:
         self.resolvers: list[Any] = []
         self.runs = 0
 
-    def reconcile(self, incident_id: str, *, tail: Tail | None = None) -> Outcome:
+    def reconcile(self, incident_id: str) -> Outcome:
         self.runs += 1
         time.sleep(1.5)
         return Outcome()
@@ -54,7 +54,7 @@ def test_a_long_reconcile_is_not_taken_over(tmp_path: Path) -> None:
 
 
 class QuickReconciler(SlowReconciler):
-    def reconcile(self, incident_id: str, *, tail: Tail | None = None) -> Outcome:
+    def reconcile(self, incident_id: str) -> Outcome:
         self.runs += 1
         return Outcome()
 
