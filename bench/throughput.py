@@ -21,14 +21,16 @@ length). Each round also counts the CPU seconds every process of the rig used pe
 (from ``/proc``): the simulators', the service's worker process's, and this process's (the
 service's HTTP process and the people's edits), and the ceiling that sets on this machine.
 
-The service runs as ``itsm-sync run`` does (HTTP here, the workers in a worker process,
-simulators in a process of their own), with ``sync.workers: 32``. With ``--postgres``: the
+The service runs as ``itsm-sync run`` does (HTTP here, the workers in worker processes,
+simulators in a process of their own), with ``sync.workers: 32`` shared by
+``sync.worker_processes: 2`` (``--worker-processes``; one worker process is bound by its
+interpreter lock at ~80 changes/s on two cores). With ``--postgres``: the
 same on PostgreSQL, then the scaling: one run, then two runs (a second ``run``, workers only,
 sharing the database and the queue, as a second instance would), each with the default four
 workers, so that one run's workers are the limit (with 32 each, one run already takes the
 whole offered load and both runs share the same two cores with the simulators).
 
-``python -m bench.throughput [--small] [--latency MS] [--postgres] [--mode M]``
+``python -m bench.throughput [--small] [--latency MS] [--postgres] [--mode M] [--worker-processes N]``
 """
 
 from __future__ import annotations
@@ -442,7 +444,8 @@ def main() -> None:
         {
             "changes per case": f"{changes} (one per incident, on {changes} synced incidents; "
             f"{scale_changes} in the scaling cases, one run and two, 4 workers each)",
-            "service": "itsm-sync run as by default (workers in a worker process), "
+            "service": f"itsm-sync run (workers in {args.worker_processes} worker "
+            "process(es), sync.worker_processes; 1 each in the scaling cases), "
             "worker_process_nice 0 (on a shared machine a niced worker process measures "
             "the other sessions' load, not the service)",
             "latency ms": latencies,

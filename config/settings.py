@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -344,6 +344,51 @@ class Settings(BaseSettings):
 def reveal(secret: SecretStr | None) -> str:
     """A secret's value, "" when it is not set (for the one place that sends or compares it)."""
     return "" if secret is None else secret.get_secret_value()
+
+
+_System = TypeVar("_System", ServiceNowSettings, JiraSettings, StatuspageSettings)
+
+
+def worker_share(settings: Settings, index: int) -> Settings:
+    """The settings of worker process ``index`` of ``sync.worker_processes``: its share of
+    the worker threads and of every system's budget.
+
+    Each process has its own token buckets, so N processes at the configured rates would call
+    a system N times as fast as its limit: each gets rates and ``max_concurrency`` divided by
+    N (bursts too, but never under one token, so N processes may burst N calls at most)."""
+    parts = settings.sync.worker_processes
+    if parts == 1:
+        return settings
+
+    def share(section: _System) -> _System:
+        update: dict[str, Any] = {}
+        for name in ("requests_per_second", "issue_writes_per_second"):
+            value = getattr(section, name, None)
+            if value is not None:
+                update[name] = value / parts
+        for name in ("burst", "issue_write_burst"):
+            value = getattr(section, name, None)
+            if value is not None:
+                update[name] = max(1.0, value / parts)
+        update["max_concurrency"] = max(1, section.max_concurrency // parts)
+        return section.model_copy(update=update)
+
+    instances = settings.instances
+    return settings.model_copy(
+        update={
+            "sync": settings.sync.model_copy(update={"workers": settings.sync.threads_of(index)}),
+            "servicenow": share(settings.servicenow),
+            "jira": share(settings.jira),
+            "statuspage": share(settings.statuspage),
+            "instances": instances.model_copy(
+                update={
+                    "servicenow": {k: share(v) for k, v in instances.servicenow.items()},
+                    "jira": {k: share(v) for k, v in instances.jira.items()},
+                    "statuspage": {k: share(v) for k, v in instances.statuspage.items()},
+                }
+            ),
+        }
+    )
 
 
 def env_prefix(system: str, instance: str = "default") -> str:

@@ -46,7 +46,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from config.settings import Settings
+from config.settings import Settings, worker_share
 
 log = logging.getLogger("itsm_sync.supervisor")
 CTX = multiprocessing.get_context("spawn")
@@ -100,9 +100,7 @@ def child_main(
     setup_logging(log_level)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_tag_worker_records)
-    if settings.sync.worker_processes > 1:
-        sync = settings.sync.model_copy(update={"workers": settings.sync.threads_of(index)})
-        settings = settings.model_copy(update={"sync": sync})
+    settings = worker_share(settings, index)  # its threads and its part of each budget
     runtime = Runtime(settings)
     runtime.start(poll=index == 0, workers=True)
     settle_gc()

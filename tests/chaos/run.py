@@ -862,6 +862,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", default="chaos_run")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--verbose", action="store_true", help="print every counted thing")
+    parser.add_argument(
+        "--worker-processes",
+        type=int,
+        default=1,
+        help="sync.worker_processes of each run (its 2 workers shared between them)",
+    )
     args = parser.parse_args(argv)
     if args.kills < 1:
         parser.error("--kills must be at least 1")
@@ -873,7 +879,12 @@ def main(argv: list[str] | None = None) -> int:
     db_url = fresh_database(args.database)
     sim_proc, urls = start_simulators(cwd)
     sims = cast(SimulatorCluster, SimpleNamespace(config=ClusterConfig(), urls=urls))
-    env = service_env(sims, db_url, ITSM_SYNC_SYNC__WORKERS="2")
+    env = service_env(
+        sims,
+        db_url,
+        ITSM_SYNC_SYNC__WORKERS="2",
+        ITSM_SYNC_SYNC__WORKER_PROCESSES=str(args.worker_processes),
+    )
     services = [Service(f"svc{k}", env, cwd) for k in range(2)]
     people = People(sims)
     try:

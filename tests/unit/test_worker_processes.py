@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from config.settings import Settings, SyncSettings
+from config.settings import Settings, SyncSettings, worker_share
 from service.supervisor import WorkerProcess, WorkerProcesses, worker_processes
 
 
@@ -92,3 +92,26 @@ def test_their_stats_add_up_and_a_silent_one_means_no_answer() -> None:
     assert total["calls"] == {("jira", "PUT", "200"): 10}
     assert total["rate_waits"] == {"jira": 1.0}
     assert _group(_Child(11, _stats(11, 5, 7)), _Child(12, None)).stats() is None
+
+
+def test_each_worker_process_gets_its_share_of_every_budget() -> None:
+    """Every process has its own token buckets: two at the configured rates would call a
+    system twice as fast as its limit allows."""
+    settings = Settings(
+        sync=SyncSettings(workers=5, worker_processes=2),
+        servicenow={"requests_per_second": 20.0, "max_concurrency": 16},
+        jira={"requests_per_second": 135.0, "issue_writes_per_second": 5.0,
+              "issue_write_burst": 10.0, "max_concurrency": 16},
+        instances={"statuspage": {"eu": {"requests_per_second": 1.0, "burst": 1.0}}},
+    )  # fmt: skip
+    first, second = worker_share(settings, 0), worker_share(settings, 1)
+    assert (first.sync.workers, second.sync.workers) == (3, 2)
+    for share in (first, second):
+        assert share.servicenow.requests_per_second == 10.0
+        assert share.servicenow.max_concurrency == 8
+        assert share.jira.requests_per_second == 67.5
+        assert (share.jira.issue_writes_per_second, share.jira.issue_write_burst) == (2.5, 5.0)
+        eu = share.instances.statuspage["eu"]
+        assert (eu.requests_per_second, eu.burst, eu.max_concurrency) == (0.5, 1.0, 1)
+        assert share.statuspage.requests_per_second == 0.5  # the default page's 1/s too
+    assert worker_share(Settings(), 0) == Settings()  # one process: the settings as they are
