@@ -26,7 +26,7 @@ again to the end (the resumability check: nothing duplicated, nothing missing; t
 is both runs').
 
 ``python -m bench.backfill [--small] [--incidents N] [--jira-rate R] [--servicenow-rate R]
-[--workers N] [--deadline X] [--interrupt-at F]``
+[--workers N] [--worker-processes N] [--deadline X] [--interrupt-at F]``
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ SERVICENOW_RATE = 100.0
 # bucket holds 1. (With 10 at 135/s, a loaded machine drew 429s.)
 BURST_SECONDS = 0.2
 WORKERS = 32
+# As many as the cores: one process's interpreter lock would bound the reconcile.
+WORKER_PROCESSES = 2
 DEADLINE = 2.0  # interrupt a backfill still running at this many times the creates' floor
 SEED_CHUNK = 1000
 SYSTEMS = ("servicenow", "jira", "statuspage")
@@ -136,7 +138,9 @@ def _stats(urls: dict[str, str]) -> dict[str, collections.Counter[str]]:
     return out
 
 
-def _env(sims: SimulatorProcess, folder: Path, rates: dict[str, float], workers: int) -> dict:
+def _env(
+    sims: SimulatorProcess, folder: Path, rates: dict[str, float], workers: int, processes: int
+) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ITSM_SYNC_")}
     env.update(simulator_env(sims, f"sqlite:///{folder / 'itsm-sync.db'}"))
     env.update(
@@ -144,6 +148,7 @@ def _env(sims: SimulatorProcess, folder: Path, rates: dict[str, float], workers:
             "ITSM_SYNC_SERVICENOW__REQUESTS_PER_SECOND": str(rates["servicenow"]),
             "ITSM_SYNC_JIRA__REQUESTS_PER_SECOND": str(rates["jira"]),
             "ITSM_SYNC_SYNC__WORKERS": str(workers),
+            "ITSM_SYNC_SYNC__WORKER_PROCESSES": str(processes),
             "COLUMNS": "120",
         }
     )
@@ -238,6 +243,10 @@ def main() -> None:
     p.add_argument("--servicenow-rate", type=float, default=SERVICENOW_RATE, help="requests/s")
     p.add_argument("--workers", type=int, default=WORKERS, help="sync.workers")
     p.add_argument(
+        "--worker-processes", type=int, default=WORKER_PROCESSES,
+        help="sync.worker_processes: the reconcile's processes",
+    )  # fmt: skip
+    p.add_argument(
         "--deadline", type=float, default=DEADLINE,
         help="interrupt a backfill still running at this many times the creates' floor",
     )  # fmt: skip
@@ -254,6 +263,7 @@ def main() -> None:
         ("--jira-rate", args.jira_rate, JIRA_RATE),
         ("--servicenow-rate", args.servicenow_rate, SERVICENOW_RATE),
         ("--workers", args.workers, WORKERS),
+        ("--worker-processes", args.worker_processes, WORKER_PROCESSES),
         ("--deadline", args.deadline, DEADLINE),
         ("--interrupt-at", args.interrupt_at, None),
     ):
@@ -270,6 +280,8 @@ def main() -> None:
         f"buckets of {_burst(rates['servicenow'])} and {_burst(rates['jira'])}: "
         f"{BURST_SECONDS:g} s of calls); Statuspage 1/s (its real budget)",
         "sync.workers": args.workers,
+        "sync.worker_processes": f"{args.worker_processes} (the reconcile's processes, "
+        "sharing the workers and the rate limits)",
         "command": "itsm-sync backfill --since 2000-01-01 (a subprocess, SQLite)",
         "deadline": f"{deadline:.0f} s ({args.deadline:g} x the creates' floor of "
         f"{creates_floor:.0f} s: 2 Jira calls per incident)",
@@ -287,7 +299,9 @@ def main() -> None:
             print(f"seeded {n:,} incidents in {seeded:.1f} s (/_sim/seed)", flush=True)
             _limit(sims.urls, rates)
             load0 = load_average()
-            backfill = Backfill(_env(sims, folder, rates, args.workers), folder)
+            backfill = Backfill(
+                _env(sims, folder, rates, args.workers, args.worker_processes), folder
+            )
             if args.interrupt_at:
                 at = math.ceil(n * args.interrupt_at)
                 backfill.run(lambda _: _issues_made(sims.urls["jira"]) >= at, check_every=0.2)

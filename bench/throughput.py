@@ -30,7 +30,8 @@ sharing the database and the queue, as a second instance would), each with the d
 workers, so that one run's workers are the limit (with 32 each, one run already takes the
 whole offered load and both runs share the same two cores with the simulators).
 
-``python -m bench.throughput [--small] [--latency MS] [--postgres] [--mode M] [--worker-processes N]``
+``python -m bench.throughput [--small] [--latency MS] [--postgres] [--mode M]
+[--worker-processes N]``
 """
 
 from __future__ import annotations

@@ -521,3 +521,79 @@ def worker_processes(
     if settings.sync.worker_processes == 1:
         return WorkerProcess(settings, restart=restart, log_level=log_level)
     return WorkerProcesses(settings, restart=restart, log_level=log_level)
+
+
+# --------------------------------------------------------------------------------------------
+# A backfill's reconcile in worker processes
+# --------------------------------------------------------------------------------------------
+
+
+def _drain_main(
+    settings: Settings, index: int, timeout: float, lease: float, out: Connection, level: str
+) -> None:
+    """One backfill worker process: drain the queue with its share of the threads and of each
+    system's budget, then send its totals."""
+    die_with_parent(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent decides (and exits)
+    from config.logging import setup_logging
+    from service.runtime import Runtime
+    from sync.worker import drain
+
+    setup_logging(level, json_lines=False)
+    share = worker_share(settings, index)
+    log.info(
+        "backfill worker process %d of %d (pid %d): %d worker threads",
+        index + 1, settings.sync.worker_processes, os.getpid(), share.sync.workers,
+    )  # fmt: skip
+    runtime = Runtime(share)
+    try:
+        totals = drain(runtime.reconciler, threads=share.sync.workers, timeout=timeout, lease=lease)
+    finally:
+        runtime.stop()
+    out.send(
+        (totals.reconciled, totals.writes, totals.conflicts, totals.failures, sorted(totals.parked))
+    )
+
+
+def drain_in_processes(settings: Settings, *, timeout: float, lease: float) -> Any:
+    """Drain the queue in ``sync.worker_processes`` processes (each with its share of the
+    threads and budgets, as ``run``'s worker processes) until nothing is due; their totals
+    added up (a :class:`sync.worker.Totals`). RuntimeError if one died: what it held comes
+    back when its lease runs out (or at once, to the next backfill on this host)."""
+    from sync.worker import Totals
+
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    children = []
+    for index in range(settings.sync.worker_processes):
+        reader, writer = CTX.Pipe(duplex=False)
+        process = CTX.Process(
+            target=_drain_main,
+            args=(settings, index, timeout, lease, writer, level),
+            name=f"itsm-sync-backfill-{index}",
+            daemon=True,
+        )
+        process.start()
+        writer.close()
+        children.append((process, reader))
+    totals = Totals()
+    died: list[str] = []
+    for process, reader in children:
+        try:
+            reconciled, writes, conflicts, failures, parked = reader.recv()
+        except (EOFError, OSError):
+            process.join(5)
+            code = process.exitcode
+            died.append(f"signal {-code}" if code is not None and code < 0 else f"exit {code}")
+            continue
+        process.join(30)
+        totals.reconciled += reconciled
+        totals.writes += writes
+        totals.conflicts += conflicts
+        totals.failures += failures
+        totals.parked |= set(parked)
+    if died:
+        raise RuntimeError(
+            f"{len(died)} of {len(children)} backfill worker processes died "
+            f"({', '.join(died)}); run the backfill again: it resumes"
+        )
+    return totals

@@ -529,13 +529,24 @@ def _backfill(runtime: Runtime, settings: Settings, start: dt.datetime) -> None:
             total = queue_depth(s)
         task = progress.add_task("reconcile", total=total)
         done: list[Totals] = []
-        worker = threading.Thread(
-            target=lambda: done.append(
-                drain(runtime.reconciler, threads=settings.sync.workers, timeout=24 * 3600,
-                      lease=settings.sync.lease_seconds)
-            ),
-            daemon=True,
-        )  # fmt: skip
+        failed: list[str] = []
+
+        def reconcile() -> None:
+            timeout, lease = 24 * 3600, settings.sync.lease_seconds
+            try:
+                if settings.sync.worker_processes > 1:  # as run's worker processes do
+                    from service.supervisor import drain_in_processes
+
+                    done.append(drain_in_processes(settings, timeout=timeout, lease=lease))
+                else:
+                    done.append(
+                        drain(runtime.reconciler, threads=settings.sync.workers,
+                              timeout=timeout, lease=lease)
+                    )  # fmt: skip
+            except RuntimeError as exc:
+                failed.append(str(exc))
+
+        worker = threading.Thread(target=reconcile, daemon=True)
         worker.start()
         while worker.is_alive():
             worker.join(0.5)
@@ -545,6 +556,9 @@ def _backfill(runtime: Runtime, settings: Settings, start: dt.datetime) -> None:
             progress.update(task, total=max(total, left), completed=max(0, total - left))
             total = max(total, left)
         progress.update(task, completed=total)
+    if failed:
+        err.print(f"[red]error:[/red] {plain(failed[0])}", highlight=False)
+        raise typer.Exit(1)
     totals = done[0] if done else Totals()
     console.print(
         f"backfill: reconciled {totals.reconciled}, wrote {totals.writes}, "

@@ -247,6 +247,29 @@ def test_backfill_links_existing_incidents_once(admin: Admin) -> None:
     assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
 
 
+def test_a_backfill_reconciles_in_worker_processes_as_run_does(admin: Admin) -> None:
+    """``sync.worker_processes: 2``: the backfill's reconcile runs in two processes (one
+    process's interpreter lock bounds a backfill the rate limits would let go faster), each
+    with its share of the threads and budgets; every record is linked once, and the summary
+    adds both up."""
+    titles = [f"Backfilled in two processes {n}" for n in range(8)]
+    for title in titles:
+        admin.open_p1(title)
+    admin.env["ITSM_SYNC_SYNC__WORKER_PROCESSES"] = "2"
+    admin.env["ITSM_SYNC_SYNC__WORKERS"] = "4"
+    admin.env["ITSM_SYNC_LOG_LEVEL"] = "INFO"
+    result = admin.run("backfill", "--since", "2000-01-01")
+    out = _ok(result)
+    assert "backfill: reconciled" in out and "parked 0" in out
+    reconciled = int(out.split("backfill: reconciled ")[1].split(",")[0])
+    assert reconciled >= len(titles), out
+    _one_issue_per_title(admin, titles)
+    started = [line for line in result.stderr.splitlines() if "backfill worker process" in line]
+    assert len(started) == 2, result.stderr[-2000:]
+    assert "process 1 of 2" in started[0] + started[1] and "process 2 of 2" in "".join(started)
+    assert all("2 worker threads" in line for line in started), started
+
+
 def test_backfill_dry_run_prints_what_it_would_create_and_link(admin: Admin) -> None:
     admin.open_p1("Dry outage one")
     admin.open_p1("Dry outage two")
