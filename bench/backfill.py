@@ -364,10 +364,11 @@ def main() -> None:
         f"{load0:.1f} at start, {load1:.1f} at the end"
     )
     print(
-        f"the backfill process used {cpu:.1f} CPU-seconds ({cpu / made * 1000:.1f} ms per "
-        f"incident made, {made:,}; to keep up with a floor of "
-        f"{2 * 1000 / rates['jira']:.1f} ms per incident one Python process needs less than "
-        "that on a core of its own); the simulators "
+        f"the backfill process and its {args.worker_processes} reconcile process(es) used "
+        f"{cpu:.1f} CPU-seconds ({cpu / made * 1000:.1f} ms per incident made, {made:,}; to "
+        f"keep up with a floor of {2 * 1000 / rates['jira']:.1f} ms per incident, each "
+        "process needs less than that times the processes, on a core of its own); the "
+        "simulators "
         f"{sims_cpu:.1f} CPU-seconds ({sims_cpu / made * 1000:.1f} ms per incident, seeding "
         "included)"
     )
