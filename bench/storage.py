@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import sqlite3
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,29 @@ def run(incidents: int, rounds: int) -> dict[str, Any]:
             poll_all(rt.db, rt.connectors)
             drain(rt.reconciler, threads=4, timeout=600)
 
+            # One client per editing thread: a client shared by the four once failed a read
+            # with EBADF (make bench, 2026-12-07 18:35 UTC), another thread having closed the
+            # pooled connection under it.
+            local = threading.local()
+            clients: list[httpx.Client] = []
+
+            def client() -> httpx.Client:
+                if not hasattr(local, "sn"):
+                    local.sn = httpx.Client(
+                        base_url=sims.urls["servicenow"], auth=("admin", "admin"), timeout=30
+                    )
+                    clients.append(local.sn)
+                return local.sn
+
             def edit(n: int, sys_id: str, r: int) -> None:
-                record = sn.patch(
-                    f"/api/now/table/incident/{sys_id}",
-                    json={"short_description": f"Checkout fails {n}, round {r}"},
-                ).json()["result"]
+                record = (
+                    client()
+                    .patch(
+                        f"/api/now/table/incident/{sys_id}",
+                        json={"short_description": f"Checkout fails {n}, round {r}"},
+                    )
+                    .json()["result"]
+                )
                 body = json.dumps({"table": "incident", "record": record}).encode()
                 ack = ingest_webhook(rt.db, connector, secret, body, coalesce=0)
                 assert ack.status in (200, 202), ack
@@ -98,6 +117,8 @@ def run(incidents: int, rounds: int) -> dict[str, Any]:
                     poll_all(rt.db, rt.connectors)
                     drain(rt.reconciler, threads=4, timeout=600)
             elapsed = time.monotonic() - started
+            for each in clients:
+                each.close()
             with store.session_scope(rt.db, readonly=True) as s:
                 audit = s.exec(text("SELECT count(*) FROM audit")).one()[0]  # type: ignore[call-overload]
             before = _size(db_file)
