@@ -61,6 +61,23 @@ class ChildWorkers(Protocol):
 log = logging.getLogger("itsm_sync.service")
 
 
+# What a worker process reports of its work (:meth:`Runtime.local_stats`), added up across
+# processes; wake-ups are each process's own.
+WORK_COUNTS = ("reconciled", "writes", "conflicts", "failures")
+
+
+def add_stats(into: dict[str, Any], one: dict[str, Any], counts: tuple[str, ...]) -> None:
+    """Add one process's :meth:`Runtime.local_stats` to ``into``: the ``counts`` summed, remote
+    calls and rate-limit waits summed by label."""
+    for key in counts:
+        into[key] = into.get(key, 0) + one.get(key, 0)
+    for key in ("calls", "rate_waits"):
+        merged = dict(into.get(key, {}))
+        for label, n in one.get(key, {}).items():
+            merged[label] = merged.get(label, 0) + n
+        into[key] = merged
+
+
 def settle_gc() -> None:
     """Once start-up is done: collect, then move everything alive into the permanent
     generation (``gc.freeze``), so that later full collections don't walk the tens of
@@ -232,16 +249,7 @@ class Runtime:
             child = self.worker_process.stats()
             out["worker_process"] = child is not None
             if child is not None:
-                for key in ("reconciled", "writes", "conflicts", "failures"):
-                    out[key] += child[key]
-                calls = dict(out["calls"])
-                for label, n in child["calls"].items():
-                    calls[label] = calls.get(label, 0) + n
-                out["calls"] = calls
-                waits = dict(out["rate_waits"])
-                for system, seconds in child.get("rate_waits", {}).items():
-                    waits[system] = waits.get(system, 0.0) + seconds
-                out["rate_waits"] = waits
+                add_stats(out, child, WORK_COUNTS)
         return out
 
     def stop(self) -> None:

@@ -495,22 +495,15 @@ class WorkerProcesses:
 
     def stats(self, timeout: float = 2.0) -> dict[str, Any] | None:
         """Their :meth:`Runtime.local_stats` added up; None if one does not answer."""
-        out: dict[str, Any] | None = None
+        from service.runtime import WORK_COUNTS, add_stats
+
+        out: dict[str, Any] = {"pid": []}
         for child in self.children:
             one = child.stats(timeout)
             if one is None:
                 return None
-            if out is None:
-                out = {**one, "pid": [one["pid"]]}
-                continue
             out["pid"].append(one["pid"])
-            for key in ("reconciled", "writes", "conflicts", "failures", "wakeups", "woken"):
-                out[key] = out.get(key, 0) + one.get(key, 0)
-            for key in ("calls", "rate_waits"):
-                merged = dict(out.get(key, {}))
-                for label, n in one.get(key, {}).items():
-                    merged[label] = merged.get(label, 0) + n
-                out[key] = merged
+            add_stats(out, one, (*WORK_COUNTS, "wakeups", "woken"))
         return out
 
 
