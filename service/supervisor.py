@@ -27,6 +27,11 @@ Between the two:
   doubling to 30 s; back to 1 s once one ran for a minute). Claims of the dead one come back
   at once (``reclaim_orphans`` when the new one starts).
 - **logs**: the child inherits stderr and logs JSON lines there like the parent, with its pid.
+
+With ``sync.worker_processes`` above 1 (:class:`WorkerProcesses`) there are that many such
+children, each watched, restarted and asked as above on its own; each runs its share of the
+worker threads and of every system's budget (``config.settings.worker_share``), and only the
+first polls. ``itsm-sync backfill`` reconciles in as many (:func:`drain_in_processes`).
 """
 
 from __future__ import annotations
