@@ -597,7 +597,7 @@ class Rig:
             if not all(sim.webhooks.idle() for sim in self.sims.simulators.values()):
                 return False
         elif not all(
-            self._probe.get(f"{u}/_sim/webhooks/log").json()["idle"]
+            self._probe.get(f"{u}/_sim/webhooks/log?limit=0").json()["idle"]
             for u in self.sims.urls.values()
         ):
             return False

@@ -843,7 +843,8 @@ def injected(urls: dict[str, str], people: People) -> tuple[int, int, dict[str, 
 
 def webhooks_idle(urls: dict[str, str]) -> bool:
     return all(
-        httpx.get(f"{u}/_sim/webhooks/log", timeout=10).json()["idle"] for u in urls.values()
+        httpx.get(f"{u}/_sim/webhooks/log?limit=0", timeout=10).json()["idle"]
+        for u in urls.values()
     )
 
 

@@ -122,7 +122,7 @@ class Systems(SharedSystems):
 
     def webhooks_idle(self) -> bool:
         return all(
-            httpx.get(f"{url}/_sim/webhooks/log", timeout=10).json()["idle"]
+            httpx.get(f"{url}/_sim/webhooks/log?limit=0", timeout=10).json()["idle"]
             for url in self.sims.urls.values()
         )
 

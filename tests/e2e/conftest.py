@@ -58,7 +58,8 @@ class World(Systems):
 
         def idle() -> bool:
             hooks = all(
-                httpx.get(f"{u}/_sim/webhooks/log").json()["idle"] for u in self.sims.urls.values()
+                httpx.get(f"{u}/_sim/webhooks/log?limit=0").json()["idle"]
+                for u in self.sims.urls.values()
             )
             with store.session_scope(self.service.runtime.db) as s:
                 return hooks and s.exec(select(store.Dirty)).first() is None

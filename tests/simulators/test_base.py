@@ -197,6 +197,27 @@ def test_webhook_rates_drop_duplicate_and_delay_deliveries_and_count_them(
     assert len(set(ids)) == 40 - faults["dropped"]
 
 
+def test_the_webhook_log_lists_only_the_newest_deliveries_asked_for(
+    toy: tuple[Toy, str], webhook_receiver: WebhookReceiver
+) -> None:
+    _, url = toy
+    httpx.post(f"{url}/_sim/webhooks", json={"url": webhook_receiver.url}).raise_for_status()
+    for n in range(3):
+        httpx.put(f"{url}/things/t{n}", json={"n": n})
+    webhook_receiver.wait_for(3)
+    deadline = time.monotonic() + 10
+    while not (idle := httpx.get(f"{url}/_sim/webhooks/log?limit=0").json())["idle"]:
+        assert time.monotonic() < deadline, "deliveries still outstanding"
+        time.sleep(0.05)
+    assert idle["deliveries"] == []  # a harness asking only "idle?" gets no log to parse
+    everything = httpx.get(f"{url}/_sim/webhooks/log").json()["deliveries"]
+    assert len(everything) == 3
+    assert httpx.get(f"{url}/_sim/webhooks/log?limit=2").json()["deliveries"] == everything[1:]
+    assert httpx.get(f"{url}/_sim/webhooks/log?limit=9").json()["deliveries"] == everything
+    refused = httpx.get(f"{url}/_sim/webhooks/log?limit=-1")
+    assert refused.status_code == 400 and "limit" in refused.text
+
+
 def test_snapshot_survives_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     sim = Toy()
