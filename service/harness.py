@@ -3,7 +3,6 @@ end-to-end tests and the benchmarks. Everything between the parts is real HTTP."
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading
@@ -185,7 +184,8 @@ class Service:
             self.runtime.start(poll=self._poll, workers=self._workers)
 
         def serve() -> None:
-            asyncio.run(self._server.serve(sockets=[self._sock]))
+            # As `itsm-sync run` serves: uvicorn picks the event loop (uvloop where installed).
+            self._server.run(sockets=[self._sock])
 
         self._thread = threading.Thread(target=serve, name="itsm-sync-http", daemon=True)
         self._thread.start()

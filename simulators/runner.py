@@ -166,7 +166,10 @@ class SimulatorCluster:
             self._saver.start()
 
     def _run(self, sockets: list[socket.socket]) -> None:
-        loop = asyncio.new_event_loop()
+        # The loop uvicorn would pick (uvloop where installed): less CPU per request, and the
+        # simulators share the machine with what they are used to measure.
+        factory = self._servers[0].config.get_loop_factory() if self._servers else None
+        loop = factory() if factory is not None else asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
 
