@@ -189,10 +189,40 @@ def load_average() -> float:
         return 0.0
 
 
+def python_speed(rounds: int = 10) -> float:
+    """How fast this machine runs plain Python: millions of steps a second of a fixed loop
+    (dict, string and call work, as the service does), the best of ``rounds``.
+
+    Two-core VMs differ by 2x and more in this between sessions, and every CPU-bound figure
+    differs with it: a figure is comparable to another machine's only beside this one. It
+    varies by ~20 % from one call to the next on a shared VM (hence the best of several).
+    """
+
+    def step(i: int, d: dict[str, int]) -> int:
+        key = f"k{i % 64}"
+        d[key] = d.get(key, 0) + i
+        return len(key)
+
+    best = math.inf
+    n = 100_000
+    for _ in range(rounds):
+        d: dict[str, int] = {}
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(n):
+            total += step(i, d)
+        best = min(best, time.perf_counter() - t0)
+    return n / best / 1e6
+
+
 def load_note() -> str:
     """The machine's load average (which includes a previous benchmark's own processes for
     about a minute; the report at the end tells what *other* processes used)."""
     return f"load average (1 min) at start: {load_average():.2f} on {os.cpu_count()} CPUs"
+
+
+def speed_note(speed: float) -> str:
+    return f"python speed: {speed:.2f} M steps/s (bench.common.python_speed: a fixed loop)"
 
 
 def finish(rows: Sequence[Row], json_path: str | None) -> None:

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, Row, command, load_note, parser
+from bench.common import ROOT, Row, command, load_note, parser, python_speed, speed_note
 
 # Figures that are counts, not times: these run side by side (the module docstring says why).
 SIDE_BY_SIDE = frozenset({"bench.buckets", "bench.idle", "bench.storage"})
@@ -89,10 +89,12 @@ def main() -> None:
     results: dict[str, list[Row]] = {}
     failed: list[str] = []
     started = time.monotonic()
+    speed = python_speed()
     print(
         f"make bench on {platform.node()}: {os.cpu_count()} CPUs, {platform.system()} "
         f"{platform.release()}, CPython {platform.python_version()}; "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {load_note()}\n",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {load_note()}; "
+        f"{speed_note(speed)}\n",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="itsm-bench-") as folder:
@@ -129,7 +131,11 @@ def main() -> None:
     rows = [row for module, _ in plan for row in results.get(module, [])]
     elapsed = time.monotonic() - started
     print(f"Summary ({'--small' if args.small else 'full size'}, {elapsed:.0f} s):")
-    for row in rows:
+    # The machine's speed, again at the end (the VM's speed drifts): the CPU-bound figures
+    # (throughput, backfill, the run's time) move with it.
+    after = python_speed()
+    speeds = f"{speed:.2f} at the start, {after:.2f} at the end (M steps/s of a fixed loop)"
+    for row in [*rows, Row("run_all", "python speed", "", speeds, None)]:
         print(line(row))
     print(line(Row("run_all", "make bench time", "<= 600 s", f"{elapsed:.0f} s", elapsed <= 600)))
     print(f"\nreproduce: {command('bench.run_all', args.small)}")

@@ -60,6 +60,8 @@ from bench.common import (
     header,
     parser,
     percentile,
+    python_speed,
+    speed_note,
     table,
     tree_cpu,
     wait_for,
@@ -453,6 +455,7 @@ def main() -> None:
             "sync.workers": args.workers,
             "offered rate": f"1.25 x the goal (mix {GOAL_MIX * 1.25:.0f}/s, one way "
             f"{GOAL_ONE_WAY * 1.25:.0f}/s)",
+            "machine": speed_note(python_speed()),
         },
     )
     results: list[Result] = []
