@@ -8,7 +8,7 @@ import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,7 +22,9 @@ from service.errors_cli import debug_requested, describe
 from service.mapping_cli import app as mapping_app
 from service.postmortem_cli import register as register_postmortem_commands
 from service.sync_cli import register as register_sync_commands
-from simulators.runner import ClusterConfig, Credentials, SimulatorCluster
+
+if TYPE_CHECKING:  # the simulators (uvicorn, cryptography) load only for the commands using them
+    from simulators.runner import ClusterConfig, SimulatorCluster
 
 app = typer.Typer(
     name="itsm-sync",
@@ -97,6 +99,8 @@ def simulate(
     ),
 ) -> None:
     """Run the ServiceNow, Jira and Statuspage simulators until Ctrl-C."""
+    from simulators.runner import ClusterConfig, Credentials
+
     credentials = Credentials(
         servicenow_username=servicenow_username,
         servicenow_password=servicenow_password,
@@ -139,6 +143,7 @@ def demo(
 ) -> None:
     """Simulators + the service on SQLite + a scripted P1, told step by step with URLs."""
     from service.demo import DemoFailed, run_demo
+    from simulators.runner import ClusterConfig
 
     ports = (0, 0, 0) if base_port == 0 else (base_port, base_port + 1, base_port + 2)
     config = ClusterConfig(servicenow_port=ports[0], jira_port=ports[1], statuspage_port=ports[2])
@@ -173,6 +178,8 @@ def masked_settings(settings: Settings) -> dict[str, Any]:
 
 
 def _start_cluster(config: ClusterConfig) -> SimulatorCluster:
+    from simulators.runner import SimulatorCluster
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     cluster = SimulatorCluster(config)

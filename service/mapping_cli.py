@@ -12,7 +12,6 @@ from rich.table import Table
 
 from config.settings import Settings
 from connectors.errors import ConnectorError
-from connectors.registry import build_connectors
 from mapping.engine import applies, build_incident, from_canonical, to_canonical
 from mapping.registry import MappingSet, diff_mappings, load_mappings
 from mapping.spec import MappingError, MappingFileError, load_mapping
@@ -118,6 +117,10 @@ def preview(
 ) -> None:
     """Fetch a live record and show the canonical incident and what every other system would
     get. A dry run: nothing is written anywhere."""
+    # Here, not at the top: the client libraries (jira, pysnow, requests) are a third of the
+    # CLI's start-up, and only this command of the group talks to a system.
+    from connectors.registry import build_connectors
+
     settings = settings_or_exit(config_file)
     mappings = _mappings(settings)
     connectors = build_connectors(settings)

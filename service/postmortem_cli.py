@@ -9,7 +9,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from connectors.registry import build_connectors
 from postmortem_tracker.report import to_csv, to_dicts
 from postmortem_tracker.tracker import Tracker
 from service.cli_common import (
@@ -30,6 +29,8 @@ KPI_COLUMNS = ("severity", "team", "acknowledged", "mtta_minutes", "resolved", "
 def _tracker(config_file: Path | None) -> Tracker:
     """The tracker over the database, with the connectors (built lazily: no call is made
     until a command asks a system, such as whether an owner is a user of it)."""
+    from connectors.registry import build_connectors  # only what asks a system needs them
+
     settings = settings_or_exit(config_file)
     return Tracker(open_db(settings), build_connectors(settings), settings.postmortem)
 

@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import threading
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import (
@@ -35,13 +35,15 @@ from service.cli_common import (
 from service.domain import health as health_data
 from service.domain import incidents, parked
 from service.domain.roles import Actor
-from service.runtime import Runtime
 from sync import cadence, store
 from sync.backfill import dry_run
 from sync.pairing import pair_unlinked
 from sync.poller import POLLED, poll_all, poll_once, results_table
 from sync.queue import queue_depth
 from sync.worker import Totals, drain, notify_workers
+
+if TYPE_CHECKING:
+    from service.runtime import Runtime
 
 
 def mappings_or_exit(settings: Settings) -> MappingSet:
@@ -55,7 +57,10 @@ def mappings_or_exit(settings: Settings) -> MappingSet:
 
 
 def runtime_or_exit(settings: Settings) -> Runtime:
+    # Here, not at the top: a Runtime brings the connectors' client libraries and the web app,
+    # which commands that only read the database (status, parked, history) do without.
     from mapping.spec import MappingFileError
+    from service.runtime import Runtime
 
     try:
         return Runtime(settings)

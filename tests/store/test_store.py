@@ -6,9 +6,11 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -59,6 +61,23 @@ def test_migrate_twice_is_idempotent(engine: Engine) -> None:
     migrate(engine)
     assert _revision(engine) == _head()
     assert set(inspect(engine).get_table_names()) == {*metadata.tables, "alembic_version"}
+
+
+def test_schema_head_is_the_newest_migration_and_a_database_behind_it_is_upgraded(
+    tmp_path: Path,
+) -> None:
+    # migrate() skips alembic for a database at SCHEMA_HEAD: a new migration must move it.
+    assert _head() == store.SCHEMA_HEAD
+    db = make_engine(f"sqlite:///{tmp_path / 'behind.db'}")
+    config = store.alembic_config()
+    with db.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0012")
+    assert _revision(db) == "0012"
+    migrate(db)  # one behind: not skipped
+    assert _revision(db) == store.SCHEMA_HEAD
+    migrate(db)  # at the head: nothing to do, and nothing breaks
+    assert _revision(db) == store.SCHEMA_HEAD
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
