@@ -18,7 +18,7 @@ from mapping.registry import MappingSet, Reloader
 from mapping.spec import Mapping, MappingFileError
 from postmortem_tracker.tracker import Tracker
 from sync import store
-from sync.cadence import CadenceLoop
+from sync.cadence import CadenceLoop, OverdueGauge
 from sync.maintenance import Maintenance
 from sync.poller import Poller
 from sync.reconcile import Reconciler
@@ -103,6 +103,7 @@ class Runtime:
         store.migrate(self.db)
         self.connectors = connectors or build_connectors(settings)
         self.mapping_problems: str = ""
+        self._overdue: OverdueGauge | None = None
         self.reloader = Reloader(
             settings.mappings_dir, on_accept=self._accepted, on_reject=self._rejected
         )
@@ -222,6 +223,15 @@ class Runtime:
         if self.pool is not None:
             return True, "ok (in this process)"
         return True, "none in this process"
+
+    @property
+    def overdue(self) -> OverdueGauge:
+        """How many open incidents owe an update, counted in the background (for ``/metrics``
+        and ``/api/status``); a new one when a reload changed the ``comms`` settings."""
+        comms = self.settings.comms
+        if self._overdue is None or self._overdue.settings is not comms:
+            self._overdue = OverdueGauge(self.db, comms)
+        return self._overdue
 
     def local_stats(self) -> dict[str, Any]:
         """This process's worker totals and remote calls (what the worker process reports)."""

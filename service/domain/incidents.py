@@ -80,9 +80,11 @@ def status(
     mapping_problems: str = "",
     comms: CommsSettings | None = None,
     overdue: int | None = None,
+    counted: bool = False,
 ) -> dict[str, Any]:
     """The queue, parked items, links per system, the poll watermarks and how many open
-    incidents owe an update."""
+    incidents owe an update: ``overdue`` when ``counted`` is set or it is given (``None``
+    with ``counted``: not counted yet), else counted here (every open incident read)."""
     links = s.exec(select(store.Link.system, func.count()).group_by(store.Link.system)).all()
     watermarks = s.exec(select(store.Watermark)).all()
     oldest = s.exec(
@@ -105,9 +107,9 @@ def status(
             for w in watermarks
         },
         "mappings": mapping_problems or "ok",
-        "updates_overdue": cadence.overdue(s, comms or CommsSettings())
-        if overdue is None
-        else overdue,
+        "updates_overdue": overdue
+        if counted or overdue is not None
+        else cadence.overdue(s, comms or CommsSettings()),
     }
 
 

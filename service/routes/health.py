@@ -17,7 +17,7 @@ from sqlmodel import select
 from service.domain import health as health_data
 from service.readiness import Readiness
 from service.runtime import Runtime
-from sync import cadence, store
+from sync import store
 from sync.queue import queue_depth
 
 router = APIRouter(tags=["health"])
@@ -34,7 +34,6 @@ class _Collector(Collector):
         with store.session_scope(self.runtime.db, readonly=True) as s:
             depth = queue_depth(s)
             watermarks = s.exec(select(store.Watermark)).all()
-            overdue = cadence.overdue(s, self.runtime.settings.comms)
             stuck = health_data.stuck(s)
         parked = stuck["parked"]
         yield GaugeMetricFamily(
@@ -80,11 +79,18 @@ class _Collector(Collector):
             for name, check in report["checks"].items():
                 checks.add_metric([name], 1 if check["ok"] else 0)
             yield checks
-        yield GaugeMetricFamily(
-            "itsm_sync_incidents_update_overdue",
-            "open incidents that owe an update by their severity's cadence",
-            value=overdue,
-        )
+        overdue, age = self.runtime.overdue.read()  # counted in the background, not per scrape
+        if overdue is not None and age is not None:
+            yield GaugeMetricFamily(
+                "itsm_sync_incidents_update_overdue",
+                "open incidents that owe an update by their severity's cadence",
+                value=overdue,
+            )
+            yield GaugeMetricFamily(
+                "itsm_sync_incidents_update_overdue_age_seconds",
+                "how long ago itsm_sync_incidents_update_overdue was counted",
+                value=age,
+            )
         lag = GaugeMetricFamily(
             "itsm_sync_poll_lag_seconds",  # since the last poll stored something
             "age of the poll watermark",

@@ -28,9 +28,16 @@ class PublicBody(BaseModel):
 
 @router.get("/status")
 def status(s: ReadSession, runtime: RuntimeDep, _: Reader) -> dict[str, Any]:
-    return incidents.status(
-        s, mapping_problems=runtime.mapping_problems, comms=runtime.settings.comms
+    overdue, age = runtime.overdue.read()  # counted in the background, at most 30 s old
+    out = incidents.status(
+        s,
+        mapping_problems=runtime.mapping_problems,
+        comms=runtime.settings.comms,
+        overdue=overdue,
+        counted=True,
     )
+    out["updates_overdue_age_seconds"] = age
+    return out
 
 
 @router.get("/incidents/{incident_id}")

@@ -9,9 +9,12 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import make_url
@@ -233,3 +236,86 @@ def test_healthz_stays_alive_while_the_database_is_down_and_readyz_names_it(
         runtime.stop()
         database(allowed=True)
         server.drop_all()
+
+
+def test_a_scrape_and_the_status_never_wait_for_the_overdue_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting reads every open incident (50,000 open: /metrics and /api/status took 35 s on a
+    slow VM, past Prometheus' 10 s scrape timeout). It runs in the background now: the first
+    read waits a little for it, later ones answer with the last count and its age."""
+    from sync import cadence
+
+    release = threading.Event()
+    counts = iter([3, 5])
+    calls: list[int] = []
+
+    def slow_overdue(s: object, settings: object, **_: object) -> int:
+        calls.append(1)
+        if len(calls) > 1:
+            release.wait(30)  # the recount hangs until the test lets it go
+        return next(counts)
+
+    monkeypatch.setattr(cadence, "overdue", slow_overdue)
+    from config.settings import Settings
+
+    runtime = Runtime(
+        Settings.model_validate(
+            {
+                "database_url": f"sqlite:///{tmp_path / 'm.db'}",
+                "api_tokens": [{"name": "sre", "token": "t0k", "role": "viewer"}],
+            }
+        )
+    )
+    gauge = runtime.overdue
+    gauge.max_age = 0.0  # every read after the first asks for a recount
+    answers: list[str] = []
+    try:
+        with TestClient(create_app(runtime)) as client:
+            first = client.get("/metrics").text
+            assert re.search(r"^itsm_sync_incidents_update_overdue 3\.0$", first, re.M), first
+            # The recount hangs: a scrape and the status answer anyway, with the last count.
+            worker = threading.Thread(
+                target=lambda: answers.extend(
+                    [
+                        client.get("/metrics").text,
+                        client.get("/api/status", headers={"Authorization": "Bearer t0k"}).text,
+                    ]
+                )
+            )
+            worker.start()
+            worker.join(20)
+            assert not worker.is_alive(), "a scrape waited for the count"
+            assert re.search(r"^itsm_sync_incidents_update_overdue 3\.0$", answers[0], re.M)
+            assert "itsm_sync_incidents_update_overdue_age_seconds" in answers[0]
+            assert '"updates_overdue":3' in answers[1].replace(" ", "")
+            release.set()
+            deadline = time.monotonic() + 10
+            while gauge.read()[0] != 5:
+                assert time.monotonic() < deadline, "the recount never landed"
+                time.sleep(0.05)
+    finally:
+        release.set()
+        runtime.stop()
+
+
+def test_the_first_overdue_count_that_takes_long_is_reported_as_not_counted_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sync import cadence
+
+    release = threading.Event()
+    monkeypatch.setattr(cadence, "overdue", lambda *a, **k: release.wait(30) and 7)
+    runtime = Runtime(settings_for_nothing(tmp_path))
+    runtime.overdue.wait = 0.1
+    try:
+        assert runtime.overdue.read() == (None, None)  # not counted yet: not made up
+        release.set()
+        deadline = time.monotonic() + 10
+        while runtime.overdue.read()[0] is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert runtime.overdue.read()[0] == 7
+    finally:
+        release.set()
+        runtime.stop()
