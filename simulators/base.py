@@ -747,7 +747,7 @@ class Simulator:
         # whether the queue is idle, many times a second, must not serialise the whole log
         # (up to 2,000 deliveries) each time: that CPU is taken from what it measures.
         raw = request.query_params.get("limit")
-        if raw is not None and not raw.isdigit():
+        if raw is not None and not (raw.isascii() and raw.isdigit()):
             return self.error_response(400, "Invalid limit", f"limit must be 0 or more: {raw!r}")
         log = list(self.webhooks.log)
         if raw is not None:
