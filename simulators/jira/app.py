@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from simulators.base import (
+    JSONResponse,
     MalformedBody,
     PaceLimit,
     SimHTTPError,

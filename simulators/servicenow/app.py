@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import compile_path
 
 from simulators.base import (
     Handler,
+    JSONResponse,
     PaceLimit,
     SimHTTPError,
     SimRequest,

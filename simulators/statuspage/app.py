@@ -12,9 +12,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from simulators.base import Handler, MalformedBody, SimHTTPError, SimRequest, Simulator
+from simulators.base import (
+    Handler,
+    JSONResponse,
+    MalformedBody,
+    SimHTTPError,
+    SimRequest,
+    Simulator,
+)
 
 from .model import (
     COMPONENT_STATUSES,

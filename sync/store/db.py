@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
+import orjson
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -128,14 +129,34 @@ def scrub(value: Any) -> Any:
 
 
 # A NUL in JSON text: \u0000 not itself escaped (an even run of backslashes before it).
-_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+_JSON_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+# orjson's way with what json.dumps refuses: a datetime or a dataclass is an error here too
+# (the store is given JSON-ready values), not quietly turned into text.
+_ORJSON_OPTIONS = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def json_bytes(value: Any) -> bytes:
+    """Compact UTF-8 JSON for the database, with every NUL taken out (checked on the text:
+    cheap when, as almost always, there is none).
+
+    Made by orjson, ~6x faster than ``json.dumps``: serialising what a pass stores was ~5 % of
+    a worker process's CPU under load (docs/performance.md). What orjson refuses and
+    ``json.dumps`` takes (an integer beyond 64 bits, a lone surrogate: a remote record may hold
+    either) is made by ``json.dumps`` in the same compact form; what both refuse raises
+    ``TypeError`` as before."""
+    try:
+        raw = orjson.dumps(value, option=_ORJSON_OPTIONS)
+    except TypeError:
+        raw = json.dumps(value, separators=(",", ":")).encode("ascii")
+    return _JSON_NUL.sub(rb"\1", raw) if b"\\u0000" in raw else raw
 
 
 def json_dumps(value: Any) -> str:
-    """JSON for the database, with every NUL taken out (checked on the text: cheap when, as
-    almost always, there is none)."""
-    text = json.dumps(value)
-    return _JSON_NUL.sub(r"\1", text) if "\\u0000" in text else text
+    """:func:`json_bytes` as text (the engines' ``json_serializer``)."""
+    return json_bytes(value).decode("utf-8")
 
 
 class JSONValue(TypeDecorator[Any]):

@@ -44,7 +44,7 @@ from sqlalchemy import BigInteger, DateTime, Dialect, LargeBinary, String, Text,
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeEngine
 
-from sync.store.db import _aware, json_dumps
+from sync.store.db import _aware, json_bytes, json_dumps
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 MICROSECOND = dt.timedelta(microseconds=1)
@@ -82,7 +82,7 @@ def pack(value: Any, dictionary: bytes | None = None) -> bytes:
     none, plain zlib as before the dictionaries)."""
     zdict = current_dictionary() if dictionary is None else dictionary
     packer = _primed(zdict).copy() if zdict else zlib.compressobj(LEVEL)
-    return packer.compress(json_dumps(value).encode("utf-8")) + packer.flush()
+    return packer.compress(json_bytes(value)) + packer.flush()
 
 
 @cache

@@ -24,7 +24,8 @@ from service.domain import incidents as incident_views
 from service.sample import populate
 from sync import store
 from sync.store import make_engine, migrate, session_scope
-from sync.store.db import json_dumps
+from sync.store.db import json_bytes, json_dumps
+from sync.store.dictionaries import build
 from sync.store.packed import (
     CODEBOOK,
     current_dictionary,
@@ -170,12 +171,43 @@ def test_packing_uses_the_preset_dictionary_and_reads_every_older_form() -> None
         del dictionaries()[zlib.adler32(later)]
 
 
-def test_the_shipped_dictionary_never_changes() -> None:
-    """Values packed with v1 name it by Adler-32: changed, they could not be read."""
-    v1 = (Path(store.__file__).parent / "dictionaries" / "v1.zdict").read_bytes()
+def test_the_shipped_dictionaries_never_change() -> None:
+    """Values packed with v1 or v2 name it by Adler-32: changed, they could not be read. v2
+    (compact JSON, as the store writes it now) is the one new values take."""
+    here = Path(store.__file__).parent / "dictionaries"
+    v1, v2 = (here / "v1.zdict").read_bytes(), (here / "v2.zdict").read_bytes()
     assert zlib.adler32(v1) == 0x816B8DE8
-    assert zlib.adler32(v1) in dictionaries()
+    assert zlib.adler32(v2) == 0xAD230BC8
+    assert {zlib.adler32(v1), zlib.adler32(v2)} <= set(dictionaries())
+    assert current_dictionary() == v2
     assert inflate(zlib.compress(b"{}")) == b"{}"
+    # remade from the vendors' recorded payloads, byte for byte
+    assert build.build(1) == v1 and build.build(2) == v2
+
+
+def test_a_value_packed_with_v1_is_still_read() -> None:
+    issue = _jira_issue()
+    v1 = (Path(store.__file__).parent / "dictionaries" / "v1.zdict").read_bytes()
+    old = pack(issue, v1)
+    assert int.from_bytes(old[2:6], "big") == zlib.adler32(v1)
+    assert unpack(old) == issue
+    assert len(pack(issue)) <= len(old)  # compact JSON with v2: no bigger than before
+
+
+def test_json_for_the_store_is_compact_and_loses_nothing_json_dumps_kept() -> None:
+    """orjson writes it; what orjson refuses and json.dumps took (an integer beyond 64 bits, a
+    lone surrogate) is still written, exactly, in the same compact form."""
+    assert json_bytes({"a": [1, "é"], 2: None}) == '{"a":[1,"é"],"2":null}'.encode()
+    big = {"n": 2**70, "m": -(2**64)}
+    assert json_bytes(big) == b'{"n":1180591620717411303424,"m":-18446744073709551616}'
+    assert json.loads(json_bytes(big)) == big and unpack(pack(big)) == big
+    lone = {"t": "a\ud800b"}
+    assert json.loads(json_bytes(lone)) == lone and unpack(pack(lone)) == lone
+    assert json_bytes({"t": "a\x00b", "u": "\\u0000"}) == b'{"t":"ab","u":"\\\\u0000"}'
+    assert json_dumps({"t": "ü"}) == '{"t":"ü"}'
+    for refused in (dt.datetime(2026, 1, 1, tzinfo=dt.UTC), object()):
+        with pytest.raises(TypeError):  # as json.dumps refused it: not quietly made text
+            json_bytes({"at": refused})
 
 
 def test_sqlite_packs_a_jira_issue_and_an_incident_small(tmp_path: Path) -> None:
