@@ -104,12 +104,14 @@ def main() -> int:
     parser.add_argument("--version", type=int, choices=VERSIONS)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
+    if args.write and not args.version:
+        parser.error("--write needs --version N: shipped dictionaries never change")
     differ = 0
     for version in [args.version] if args.version else VERSIONS:
         data = build(version)
         path = HERE / f"v{version}.zdict"
         print(f"v{version}: {len(data)} bytes, Adler-32 {zlib.adler32(data):#010x}")
-        if args.write and args.version:
+        if args.write:
             path.write_bytes(data)
         elif path.exists():
             same = path.read_bytes() == data
