@@ -13,8 +13,13 @@ service respects, is not what is measured):
 Measured from the simulators' request logs: a change's *latency* is from the person's edit
 (its log time, stamped when the simulator applied it) to the service's write that carries the
 new title (stamped the same way: the write's own round trip is inside); *throughput* is the
-changes divided by the time from the first edit to the last such write, with the changes
-offered at 1.25x the goal (the service is the limit); the p99 graded against its target is
+rate at which those writes were made, with the changes offered at 1.25x the goal (the service
+is the limit): the writes after the first divided by the time from the first write to the
+last. The changes divided by the time from the first edit to the last write is printed too
+("from the first edit"); it also counts one change's whole latency (~0.5 s at 200 ms: the
+debounce and two round trips) as if it were processing time, so that over a round of 300
+changes offered at 125/s it could not reach 105/s even if the service had no limit at all (300
+/ (2.4 s + 0.5 s)), and it is not what is graded. The p99 graded against its target is
 measured in a second round offered at the goal's rate (what a change waits while the service
 keeps up; above its capacity a queue grows without bound and any p99 is just the run's
 length). Each round also counts the CPU seconds every process of the rig used per change
@@ -85,7 +90,7 @@ class Result:
     latency_ms: int
     changes: int
     offered: float
-    throughput: float
+    throughput: float  # writes per second, first write to last (the service's rate)
     p50: float  # at the offered rate above the goal (queueing included)
     p99: float
     lost: int
@@ -106,6 +111,9 @@ class Result:
     # change waits when the service keeps up. NaN where not measured.
     goal_p50: float = math.nan
     goal_p99: float = math.nan
+    # The changes over the time from the first edit to the last write: the throughput above
+    # plus one change's whole latency in the denominator (see the module's docstring).
+    from_first_edit: float = math.nan
 
 
 def _set_latency(rig: Rig, ms: float) -> None:
@@ -253,8 +261,7 @@ def measure(
     _set_latency(rig, 0)
     delays = [(writes[t] - edits[t]) * 1000 for t in titles if t in writes and t in edits]
     lost = sum(1 for t in titles if t not in writes)
-    first = min(edits.values()) if edits else math.nan
-    last = max(writes.values()) if writes else math.nan
+    rate_written, from_first_edit = rates(edits, writes, titles)
     return Result(
         mode=mode,
         database=database,
@@ -262,7 +269,8 @@ def measure(
         latency_ms=latency_ms,
         changes=len(plan),
         offered=rate,
-        throughput=len(delays) / (last - first) if delays else 0.0,
+        throughput=rate_written,
+        from_first_edit=from_first_edit,
         p50=percentile(delays, 50),
         p99=percentile(delays, 99),
         lost=lost,
@@ -272,6 +280,24 @@ def measure(
         cpu_ms=cpu * 1000 / max(1, len(plan)),
         service_cpu_ms=(cpu - sims_cpu) * 1000 / max(1, len(plan)) if sims_pid else math.nan,
         http_cpu_ms=http_cpu * 1000 / max(1, len(plan)),
+    )
+
+
+def rates(
+    edits: dict[str, float], writes: dict[str, float], titles: set[str]
+) -> tuple[float, float]:
+    """(writes per second from the first write to the last: the service's rate; the changes
+    over the time from the first edit to the last write), from when each title was edited and
+    first written. Only changes both edited and written count; fewer than two: 0."""
+    both = [t for t in titles if t in edits and t in writes]
+    if len(both) < 2:
+        return 0.0, 0.0
+    written = sorted(writes[t] for t in both)
+    span = written[-1] - written[0]
+    whole = written[-1] - min(edits[t] for t in both)
+    return (
+        (len(written) - 1) / span if span > 0 else 0.0,
+        len(written) / whole if whole > 0 else 0.0,
     )
 
 
@@ -330,7 +356,8 @@ def run_setup(
                     out.append(r)
                     print(
                         f"  {mode} {r.database} x{runs} ({workers} workers) @{latency} ms: "
-                        f"{r.throughput:.1f}/s (p50 {r.p50:.0f} ms, p99 {r.p99:.0f} ms); "
+                        f"{r.throughput:.1f}/s (from the first edit {r.from_first_edit:.1f}/s; "
+                        f"p50 {r.p50:.0f} ms, p99 {r.p99:.0f} ms); "
                         f"at {goal:.0f}/s p50 {r.goal_p50:.0f} ms, p99 {r.goal_p99:.0f} ms; "
                         f"lost {r.lost}, 429s {r.rate_limited} ({time.monotonic() - t0:.0f} s)",
                         flush=True,
@@ -350,9 +377,9 @@ def rows_for(results: list[Result], latency_ms: int) -> list[Row]:
         rows.append(
             Row(
                 "throughput",
-                f"mix, one run, SQLite, {latency_ms} ms",
+                f"mix, one run, SQLite, {latency_ms} ms (written per second, first write to last)",
                 f">= {GOAL_MIX:.0f}/s",
-                f"{mix.throughput:.1f}/s",
+                f"{mix.throughput:.1f}/s (from the first edit: {mix.from_first_edit:.1f}/s)",
                 mix.throughput >= GOAL_MIX and not mix.lost,
             )
         )
@@ -376,9 +403,9 @@ def rows_for(results: list[Result], latency_ms: int) -> list[Row]:
         rows.append(
             Row(
                 "throughput",
-                f"one way SN->Jira, one run, SQLite, {latency_ms} ms",
+                f"one way SN->Jira, one run, SQLite, {latency_ms} ms (written per second)",
                 f">= {GOAL_ONE_WAY:.0f}/s",
-                f"{one.throughput:.1f}/s",
+                f"{one.throughput:.1f}/s (from the first edit: {one.from_first_edit:.1f}/s)",
                 one.throughput >= GOAL_ONE_WAY and not one.lost,
             )
         )
@@ -496,6 +523,7 @@ def main() -> None:
                 "changes",
                 "offered/s",
                 "changes/s",
+                "from 1st edit/s",
                 "p50 ms",
                 "p99 ms",
                 "lost",
@@ -515,6 +543,7 @@ def main() -> None:
                     r.changes,
                     r.offered,
                     r.throughput,
+                    r.from_first_edit,
                     r.p50,
                     r.p99,
                     r.lost,
