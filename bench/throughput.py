@@ -316,16 +316,16 @@ def second_run(rig: Rig) -> Iterator[Service]:
 def run_setup(
     *,
     postgres: bool,
-    runs: int,
+    runs: tuple[int, ...],
     changes: int,
     workers: int,
     cases: list[tuple[int, str]],
     latency_at_goal: bool = True,
     processes: int = 1,
 ) -> list[Result]:
-    """One service (and, with ``runs == 2``, a second one on the same database), N incidents
-    synced once, then every (latency, mode) case on them: each changes every incident once,
-    with a title of its own."""
+    """One service, N incidents synced once, then every (latency, mode) case on them: each
+    changes every incident once, with a title of its own. With ``runs == (1, 2)``: every case
+    with the one service, then again with a second one on the same database (started then)."""
     database = PostgresDatabase() if postgres else nullcontext(None)
     out: list[Result] = []
     with database as db:
@@ -333,39 +333,54 @@ def run_setup(
         sync = {"workers": workers, "worker_process_nice": 0, "worker_processes": processes}
         with Rig(database_url=url, sync=sync, separate_simulators=True, worker_process=True) as rig:
             pairs = _prepare(rig, changes)
-            with second_run(rig) if runs == 2 else nullcontext(None):
-                for latency, mode in cases:
-                    t0 = time.monotonic()
-                    goal = GOAL_MIX if mode == "mix" else GOAL_ONE_WAY
-                    store_name = "postgresql" if postgres else "sqlite"
-                    # Throughput: offered above the goal, so the service is the limit.
-                    r = measure(
-                        rig, pairs, mode=mode, rate=goal * 1.25, latency_ms=latency,
-                        database=store_name, runs=runs,
-                    )  # fmt: skip
-                    r.workers = workers
-                    if latency_at_goal and latency == 200:
-                        # Latency: offered at the goal, as a queue that keeps up sees it (the
-                        # goals are set at 200 ms; other latencies report the run above).
-                        g = measure(
-                            rig, pairs, mode=mode, rate=goal, latency_ms=latency,
-                            database=store_name, runs=runs,
-                        )  # fmt: skip
-                        r.goal_p50, r.goal_p99, r.lost = g.p50, g.p99, r.lost + g.lost
-                        r.rate_limited += g.rate_limited
-                    out.append(r)
-                    print(
-                        f"  {mode} {r.database} x{runs} ({workers} workers) @{latency} ms: "
-                        f"{r.throughput:.1f}/s (from the first edit {r.from_first_edit:.1f}/s; "
-                        f"p50 {r.p50:.0f} ms, p99 {r.p99:.0f} ms); "
-                        f"at {goal:.0f}/s p50 {r.goal_p50:.0f} ms, p99 {r.goal_p99:.0f} ms; "
-                        f"lost {r.lost}, 429s {r.rate_limited} ({time.monotonic() - t0:.0f} s)",
-                        flush=True,
-                    )
-                    if r.calls > r.changes:  # more than its one write per change: which
-                        print("    the service's calls by route: " + ", ".join(
-                            f"{route} {n}" for route, n in r.routes.most_common(6)
-                        ), flush=True)  # fmt: skip
+            for count in runs:
+                with second_run(rig) if count == 2 else nullcontext(None):
+                    out += _cases(rig, pairs, postgres, count, workers, cases, latency_at_goal)
+    return out
+
+
+def _cases(
+    rig: Rig,
+    pairs: list[tuple[str, str, str]],
+    postgres: bool,
+    runs: int,
+    workers: int,
+    cases: list[tuple[int, str]],
+    latency_at_goal: bool,
+) -> list[Result]:
+    out: list[Result] = []
+    for latency, mode in cases:
+        t0 = time.monotonic()
+        goal = GOAL_MIX if mode == "mix" else GOAL_ONE_WAY
+        store_name = "postgresql" if postgres else "sqlite"
+        # Throughput: offered above the goal, so the service is the limit.
+        r = measure(
+            rig, pairs, mode=mode, rate=goal * 1.25, latency_ms=latency,
+            database=store_name, runs=runs,
+        )  # fmt: skip
+        r.workers = workers
+        if latency_at_goal and latency == 200:
+            # Latency: offered at the goal, as a queue that keeps up sees it (the
+            # goals are set at 200 ms; other latencies report the run above).
+            g = measure(
+                rig, pairs, mode=mode, rate=goal, latency_ms=latency,
+                database=store_name, runs=runs,
+            )  # fmt: skip
+            r.goal_p50, r.goal_p99, r.lost = g.p50, g.p99, r.lost + g.lost
+            r.rate_limited += g.rate_limited
+        out.append(r)
+        print(
+            f"  {mode} {r.database} x{runs} ({workers} workers) @{latency} ms: "
+            f"{r.throughput:.1f}/s (from the first edit {r.from_first_edit:.1f}/s; "
+            f"p50 {r.p50:.0f} ms, p99 {r.p99:.0f} ms); "
+            f"at {goal:.0f}/s p50 {r.goal_p50:.0f} ms, p99 {r.goal_p99:.0f} ms; "
+            f"lost {r.lost}, 429s {r.rate_limited} ({time.monotonic() - t0:.0f} s)",
+            flush=True,
+        )
+        if r.calls > r.changes:  # more than its one write per change: which
+            print("    the service's calls by route: " + ", ".join(
+                f"{route} {n}" for route, n in r.routes.most_common(6)
+            ), flush=True)  # fmt: skip
     return out
 
 
@@ -491,7 +506,7 @@ def main() -> None:
     for postgres in (False, True) if args.postgres else (False,):
         results += run_setup(
             postgres=postgres,
-            runs=1,
+            runs=(1,),
             changes=changes,
             workers=args.workers,
             cases=everything,
@@ -503,16 +518,17 @@ def main() -> None:
         # the simulators) are the limit, then a second run with as many on the same database.
         # Half as many changes: these cases run at a fifth of the rate of the others,
         # and the ratio compares two runs with one on the same count.
+        # One database and one set of incidents for both: the one run's cases, then a second
+        # run started beside it and the same cases again.
         at_200 = [(200, mode) for mode in modes]
-        for runs in (1, 2):
-            results += run_setup(
-                postgres=True,
-                runs=runs,
-                changes=scale_changes,
-                workers=SCALE_WORKERS,
-                cases=at_200,
-                latency_at_goal=False,
-            )
+        results += run_setup(
+            postgres=True,
+            runs=(1, 2),
+            changes=scale_changes,
+            workers=SCALE_WORKERS,
+            cases=at_200,
+            latency_at_goal=False,
+        )
     print(
         table(
             [
