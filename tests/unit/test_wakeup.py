@@ -219,8 +219,8 @@ def _pool(db: Engine, engine: CountingReconciler, threads: int, recheck: float) 
 def test_idle_workers_leave_the_periodic_look_to_one_of_them(
     db: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Eight idle workers with a 0.1 s recheck: one timekeeper looks every 0.1 s, the others
-    sleep until woken. (Each looked every 0.1 s before: ~80 looks a second.)"""
+    """Eight idle workers with a 0.1 s recheck: the dispatcher looks every 0.1 s, the workers
+    never. (Each worker once looked every 0.1 s: ~80 looks a second.)"""
     looks: list[float] = []
     real = worker_module.next_due
 
@@ -242,8 +242,8 @@ def test_idle_workers_leave_the_periodic_look_to_one_of_them(
 
 
 def test_keys_due_together_are_taken_side_by_side(db: Engine) -> None:
-    """Six debounced marks fall due at once: the timekeeper takes one and wakes another, and
-    so on, so the six reconciles (0.15 s each) run side by side, not one after another."""
+    """Six debounced marks fall due at once: the dispatcher hands them to idle workers, so the
+    six reconciles (0.15 s each) run side by side, not one after another."""
     engine = SlowReconciler(db)
     workers = _pool(db, engine, threads=8, recheck=5.0)
     workers.start()
@@ -265,9 +265,9 @@ def test_keys_due_together_are_taken_side_by_side(db: Engine) -> None:
     assert last < 0.3 + 0.15 * 3, last  # side by side (one after another: 1.2 s)
 
 
-def test_a_mark_nobody_announced_is_found_by_the_timekeeper(db: Engine, tmp_path: Path) -> None:
+def test_a_mark_nobody_announced_is_found_by_the_dispatcher(db: Engine, tmp_path: Path) -> None:
     """A row queued by a process that cannot wake this one (another engine on the file, no
-    hooks) is found within the recheck, though seven of the eight workers sleep until woken."""
+    hooks) is found within the dispatcher's recheck."""
     engine = CountingReconciler(db)
     workers = _pool(db, engine, threads=8, recheck=0.2)
     workers.start()
