@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,33 @@ def _pool(db: Engine, engine: CountingReconciler, threads: int, recheck: float) 
     )
 
 
+def _burst(
+    db: Engine,
+    engine: CountingReconciler,
+    workers: WorkerPool,
+    prefix: str,
+    n: int,
+    before: Callable[[], object] | None = None,
+) -> float:
+    """Start the pool, let it settle, mark ``n`` keys in one commit (debounced 0.3 s), wait
+    until all are reconciled (at most 5 s), stop the pool; when the marks were made."""
+    workers.start()
+    time.sleep(0.3)
+    try:
+        if before is not None:
+            before()
+        marked = time.monotonic()
+        with store.session_scope(db) as s:
+            for i in range(n):
+                mark_dirty(s, incident_key(f"{prefix}{i}"), debounce=0.3)
+        deadline = time.monotonic() + 5
+        while len(engine.done) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        workers.stop()
+    return marked
+
+
 def test_idle_workers_leave_the_periodic_look_to_one_of_them(
     db: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -246,18 +273,7 @@ def test_keys_due_together_are_taken_side_by_side(db: Engine) -> None:
     six reconciles (0.15 s each) run side by side, not one after another."""
     engine = SlowReconciler(db)
     workers = _pool(db, engine, threads=8, recheck=5.0)
-    workers.start()
-    time.sleep(0.3)
-    try:
-        marked = time.monotonic()
-        with store.session_scope(db) as s:
-            for i in range(6):
-                mark_dirty(s, incident_key(f"k{i}"), debounce=0.3)
-        deadline = time.monotonic() + 5
-        while len(engine.done) < 6 and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        workers.stop()
+    marked = _burst(db, engine, workers, "k", 6)
     assert len(engine.done) == 6
     first = min(engine.done.values()) - marked
     last = max(engine.done.values()) - marked
@@ -308,19 +324,11 @@ def test_keys_due_together_are_claimed_in_batches_not_raced_for(
     monkeypatch.setattr(worker_module, "next_due", counting_next_due)
     engine = SlowReconciler(db)
     workers = _pool(db, engine, threads=8, recheck=5.0)
-    workers.start()
-    time.sleep(0.3)
-    try:
+    def forget() -> None:  # the pool's looks while it settled
         claims.clear()
         looks.clear()
-        with store.session_scope(db) as s:
-            for i in range(8):
-                mark_dirty(s, incident_key(f"b{i}"), debounce=0.3)
-        deadline = time.monotonic() + 5
-        while len(engine.done) < 8 and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        workers.stop()
+
+    _burst(db, engine, workers, "b", 8, before=forget)
     assert len(engine.done) == 8
     assert max(n for _, n in claims) > 1, claims  # several keys in one statement
     assert sum(n for _, n in claims) == 8, claims  # each once
