@@ -680,10 +680,6 @@ class WorkerPool:
             finally:
                 self._waiting -= 1
 
-    def _free(self) -> int:
-        with self._cond:
-            return self._waiting - len(self._handed)
-
     def _dispatch(self) -> None:
         while not self._stop.is_set():
             seen = self.wakeup.seq  # before looking: a mark committed after this wakes us
@@ -697,10 +693,11 @@ class WorkerPool:
 
     def _dispatch_once(self) -> float:
         """Hand due keys to waiting workers; how long to sleep (0: look again at once)."""
-        free = self._free()
-        if free <= 0:
-            with self._cond:
+        with self._cond:  # one look at both: a worker that waits from now on sees _starved
+            free = self._waiting - len(self._handed)
+            if free <= 0:
                 self._starved = True  # the next worker to wait nudges us
+        if free <= 0:
             return self.recheck
         now = store.utcnow()
         self.looks += 1

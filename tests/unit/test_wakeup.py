@@ -335,3 +335,25 @@ def test_keys_due_together_are_claimed_in_batches_not_raced_for(
     assert sum(n for _, n in claims) == 8, claims  # each once
     assert sum(1 for _, n in claims if n == 0) <= 8, claims  # the finishing workers' own tries
     assert len(looks) <= 8, len(looks)  # the mark's, the due time's, one per batch, spares
+
+
+def test_a_key_due_while_every_worker_is_busy_is_taken_once_one_is_free(db: Engine) -> None:
+    """One worker, not taking the next key itself: the second key, due while it works on the
+    first, is handed to it as soon as it is free, not at the dispatcher's 5 s recheck."""
+    engine = SlowReconciler(db)
+    workers = _pool(db, engine, threads=1, recheck=RECHECK)
+    workers.workers[0].chain = False
+    workers.start()
+    time.sleep(0.3)
+    try:
+        marked = time.monotonic()
+        with store.session_scope(db) as s:
+            mark_dirty(s, incident_key("first"))
+            mark_dirty(s, incident_key("second"))
+        deadline = time.monotonic() + RECHECK + 2
+        while len(engine.done) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        workers.stop()
+    assert set(engine.done) == {"first", "second"}
+    assert max(engine.done.values()) - marked < 2 * 0.15 + 1.0, engine.done
