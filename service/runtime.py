@@ -247,7 +247,7 @@ class Runtime:
             "calls": CALLS.snapshot(),
             "rate_waits": RATE_WAITS.snapshot(),
             "wakeups": self.wakeup.notified,  # marks this process heard of
-            "woken": self.wakeup.woken,  # dispatcher looks caused by one (not by its timer)
+            "woken": self.wakeup.woken,  # idle workers woken by one (not by their timer)
         }
 
     def stats(self) -> dict[str, Any]:

@@ -8,7 +8,6 @@ the incident's other targets went on.
 
 from __future__ import annotations
 
-import collections
 import functools
 import hashlib
 import logging
@@ -46,15 +45,12 @@ from sync.queue import (
 from sync.reconcile import Reconciler
 
 log = logging.getLogger("itsm_sync.worker")
-# An idle pool looks at the queue at least this often, whatever it was told: rows queued by
+# An idle worker looks at the queue at least this often, whatever it was told: rows queued by
 # processes that cannot wake it (on SQLite: the CLI's `parked replay` and `public`, `run --role
 # http`; a lost NOTIFY on PostgreSQL) are still found.
 IDLE_RECHECK_SECONDS = 0.5
-# How long an idle worker sleeps unless handed a key (a backstop: stopping wakes it too).
+# How long an idle worker that is not the pool's timekeeper sleeps unless woken (a backstop).
 IDLE_SAFETY_SECONDS = 30.0
-# The most keys the pool's dispatcher claims in one statement: two worker processes share the
-# due keys rather than the first to look taking them all.
-DISPATCH_BATCH = 4
 
 
 class Wakeup:
@@ -240,12 +236,14 @@ class Worker:
         """Claim and handle one key; False when nothing was due."""
         return self.step_or_idle() == 0.0
 
-    def step_or_idle(self) -> float:
+    def step_or_idle(self, claimed: Callable[[], None] | None = None) -> float:
         """Claim and handle one key and return 0; or, when nothing is due, return how many
-        seconds until the earliest waiting key is (``inf``: the queue holds none). For a worker
-        on its own (:func:`drain`); a :class:`WorkerPool`'s workers are handed their keys."""
-        held = self.take_next()
-        if held is not None:
+        seconds until the earliest waiting key is (``inf``: the queue holds none).
+
+        ``claimed`` is called when a due key was claimed, before it is handled (the pool wakes
+        another worker then, for any other key that is due)."""
+        if self._next is not None:
+            held, self._next = self._next, None
             self.handle(held)
             return 0.0
         now = store.utcnow()
@@ -259,6 +257,8 @@ class Worker:
             claims = claim(s, self.name, limit=1, lease_seconds=self.lease)
         if not claims:
             return 0.0001  # another worker took it first: look again (almost) at once
+        if claimed is not None:
+            claimed()
         self.handle(claims[0])
         return 0.0
 
@@ -305,11 +305,6 @@ class Worker:
                     found = claim(s, self.name, limit=1, lease_seconds=self.lease)
                     claimed = found[0] if found else None
                 self._next = claimed
-
-    def take_next(self) -> Claim | None:
-        """The key claimed ahead in the transaction that finished the last one, if any."""
-        held, self._next = self._next, None
-        return held
 
     def release_next(self) -> None:
         """Give back a key claimed ahead but not worked on (the worker is stopping)."""
@@ -598,20 +593,17 @@ class QueueNotifier:
 
 
 class WorkerPool:
-    """N workers in threads until stopped (``itsm-sync run``), and one dispatcher.
+    """N workers in threads until stopped (``itsm-sync run``).
 
-    Only the dispatcher looks at the queue for due keys. It sleeps until :attr:`wakeup` is
-    notified (a mark was committed), until the earliest waiting key is due (a debounced mark),
-    until a worker is free again while due keys wait, or for :data:`IDLE_RECHECK_SECONDS`,
-    whichever comes first; then it claims as many due keys as workers wait (at most
-    :data:`DISPATCH_BATCH` a statement) and hands them over. A worker that finishes a key
-    takes the next due one itself, in the same transaction (:attr:`Worker.chain`), and waits
-    for the dispatcher only when there was none.
-
-    Workers that each looked at the queue for themselves (one timekeeper among them, the others
-    woken by every mark and by every claim) raced for the same due key: on PostgreSQL, at 50
-    changes/s of the mix, 9 looks and 5 claims per change, 14 of its 39 statements, most of them
-    finding nothing (docs/performance.md).
+    Idle workers sleep until :attr:`wakeup` is notified (a mark was committed). One of them,
+    the *timekeeper*, sleeps only until the earliest waiting key is due (a debounced mark) or
+    for :data:`IDLE_RECHECK_SECONDS`, whichever comes first; a worker whose key falls due
+    sooner than any timekeeper's becomes one too. A worker that claims a due key wakes one
+    other, which takes the next due key or becomes the timekeeper. So a key falls due and one
+    worker looks, not every idle one (each idle worker used to sleep until the due time it
+    last saw or its recheck: eight idle workers looked 80 times a second, and keys marked
+    together waited for the others' recheck). The others also look on their own every
+    :data:`IDLE_SAFETY_SECONDS`, a backstop that is never needed.
     """
 
     def __init__(
@@ -624,21 +616,14 @@ class WorkerPool:
         recheck: float = IDLE_RECHECK_SECONDS,
     ) -> None:
         self.workers = [Worker(reconciler, lease_seconds=lease) for _ in range(threads)]
-        self.db: Engine = reconciler.db
-        self.lease = lease
-        self.name = worker_name()  # the dispatcher's claims bear its name
         self.wakeup = wakeup or Wakeup()
         self.recheck = recheck
-        self.looks = 0  # the dispatcher's looks at the queue (for tests and diagnostics)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._cond = threading.Condition()
-        self._handed: collections.deque[Claim] = collections.deque()  # claimed, not yet taken
-        self._waiting = 0  # workers waiting for a claim
-        self._starved = False  # due keys were left for want of a free worker
+        self._timing = threading.Lock()
+        self._targets: list[float] = []  # when each timekeeper wakes (time.monotonic)
 
     def start(self) -> None:
-        self._stop.clear()
         self.wakeup.reopen()
         for i, worker in enumerate(self.workers):
             thread = threading.Thread(
@@ -646,94 +631,46 @@ class WorkerPool:
             )
             thread.start()
             self._threads.append(thread)
-        dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
-        dispatcher.start()
-        self._threads.append(dispatcher)
 
     def _loop(self, worker: Worker) -> None:
         while not self._stop.is_set():
-            held = worker.take_next()
-            if held is None:
-                held = self._wait_for_claim()
-                if held is None:
-                    continue  # stopping, or a spurious wake-up
+            seen = self.wakeup.seq  # before looking: a mark committed after this wakes us
             try:
-                worker.handle(held)
+                idle = worker.step_or_idle(claimed=self.wakeup.nudge)
             except Exception:  # the database went away for a moment: keep trying
                 log.exception("worker step failed")
                 self._stop.wait(1.0)
+                continue
+            if idle > 0:
+                self._idle(seen, idle)
         try:
             worker.release_next()
         except Exception:  # the database is gone: the lease runs out instead
             log.exception("giving back a claimed key failed")
 
-    def _wait_for_claim(self) -> Claim | None:
-        with self._cond:
-            self._waiting += 1
-            if self._starved:  # due keys wait for a free worker: this one is free now
-                self._starved = False
-                self.wakeup.nudge()
-            try:
-                while not self._handed and not self._stop.is_set():
-                    self._cond.wait(IDLE_SAFETY_SECONDS)
-                return self._handed.popleft() if self._handed else None
-            finally:
-                self._waiting -= 1
-
-    def _dispatch(self) -> None:
-        while not self._stop.is_set():
-            seen = self.wakeup.seq  # before looking: a mark committed after this wakes us
-            try:
-                wait = self._dispatch_once()
-            except Exception:  # the database went away for a moment: keep trying
-                log.exception("dispatching failed")
-                wait = 1.0
-            if wait > 0 and not self._stop.is_set():
-                self.wakeup.wait(seen, wait)
-
-    def _dispatch_once(self) -> float:
-        """Hand due keys to waiting workers; how long to sleep (0: look again at once)."""
-        with self._cond:  # one look at both: a worker that waits from now on sees _starved
-            free = self._waiting - len(self._handed)
-            if free <= 0:
-                self._starved = True  # the next worker to wait nudges us
-        if free <= 0:
-            return self.recheck
-        now = store.utcnow()
-        self.looks += 1
-        with store.session_scope(self.db, readonly=True) as s:
-            due = next_due(s, now=now)  # a cheap read: no write lock while nothing is due
-        if due is None:
-            return self.recheck
-        if due > now:
-            return min((due - now).total_seconds() + 0.001, self.recheck)  # due_at <= now
-        limit = min(free, DISPATCH_BATCH)
-        with store.session_scope(self.db) as s:
-            claims = claim(s, self.name, limit=limit, lease_seconds=self.lease)
-        if claims:
-            with self._cond:
-                self._handed.extend(claims)
-                self._cond.notify(len(claims))
-        # Some: look again at once (more may be due, or when the next is). None: another
-        # process's workers took it between the look and the claim; again in a moment.
-        return 0.0 if claims else 0.002
+    def _idle(self, seen: int, idle: float) -> None:
+        """Sleep: as a timekeeper until ``idle`` s (or the recheck) have passed, unless
+        another timekeeper wakes by then; else until woken."""
+        wait = min(idle + 0.001, self.recheck)  # +1 ms: due_at <= now must hold on waking
+        target = time.monotonic() + wait
+        with self._timing:
+            keeper = not any(t <= target for t in self._targets)
+            if keeper:
+                self._targets.append(target)
+        if not keeper:
+            self.wakeup.wait(seen, IDLE_SAFETY_SECONDS)
+            return
+        try:
+            self.wakeup.wait(seen, wait)
+        finally:
+            with self._timing:
+                self._targets.remove(target)
 
     def stop(self) -> None:
         self._stop.set()
         self.wakeup.close()
-        with self._cond:
-            self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=30)
-        self._threads = []
-        with self._cond:
-            left, self._handed = list(self._handed), collections.deque()
-        for held in left:  # claimed for a worker that never took it: due again, now
-            try:
-                with store.session_scope(self.db) as s:
-                    release(s, held)
-            except Exception:  # the database is gone: the lease runs out instead
-                log.exception("giving back a claimed key failed")
 
     def totals(self) -> Totals:
         """The workers' totals, added up."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -216,38 +216,11 @@ def _pool(db: Engine, engine: CountingReconciler, threads: int, recheck: float) 
     )
 
 
-def _burst(
-    db: Engine,
-    engine: CountingReconciler,
-    workers: WorkerPool,
-    prefix: str,
-    n: int,
-    before: Callable[[], object] | None = None,
-) -> float:
-    """Start the pool, let it settle, mark ``n`` keys in one commit (debounced 0.3 s), wait
-    until all are reconciled (at most 5 s), stop the pool; when the marks were made."""
-    workers.start()
-    time.sleep(0.3)
-    try:
-        if before is not None:
-            before()
-        marked = time.monotonic()
-        with store.session_scope(db) as s:
-            for i in range(n):
-                mark_dirty(s, incident_key(f"{prefix}{i}"), debounce=0.3)
-        deadline = time.monotonic() + 5
-        while len(engine.done) < n and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        workers.stop()
-    return marked
-
-
 def test_idle_workers_leave_the_periodic_look_to_one_of_them(
     db: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Eight idle workers with a 0.1 s recheck: the dispatcher looks every 0.1 s, the workers
-    never. (Each worker once looked every 0.1 s: ~80 looks a second.)"""
+    """Eight idle workers with a 0.1 s recheck: one timekeeper looks every 0.1 s, the others
+    sleep until woken. (Each looked every 0.1 s before: ~80 looks a second.)"""
     looks: list[float] = []
     real = worker_module.next_due
 
@@ -269,11 +242,22 @@ def test_idle_workers_leave_the_periodic_look_to_one_of_them(
 
 
 def test_keys_due_together_are_taken_side_by_side(db: Engine) -> None:
-    """Six debounced marks fall due at once: the dispatcher hands them to idle workers, so the
-    six reconciles (0.15 s each) run side by side, not one after another."""
+    """Six debounced marks fall due at once: the timekeeper takes one and wakes another, and
+    so on, so the six reconciles (0.15 s each) run side by side, not one after another."""
     engine = SlowReconciler(db)
     workers = _pool(db, engine, threads=8, recheck=5.0)
-    marked = _burst(db, engine, workers, "k", 6)
+    workers.start()
+    time.sleep(0.3)
+    try:
+        marked = time.monotonic()
+        with store.session_scope(db) as s:
+            for i in range(6):
+                mark_dirty(s, incident_key(f"k{i}"), debounce=0.3)
+        deadline = time.monotonic() + 5
+        while len(engine.done) < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        workers.stop()
     assert len(engine.done) == 6
     first = min(engine.done.values()) - marked
     last = max(engine.done.values()) - marked
@@ -281,9 +265,9 @@ def test_keys_due_together_are_taken_side_by_side(db: Engine) -> None:
     assert last < 0.3 + 0.15 * 3, last  # side by side (one after another: 1.2 s)
 
 
-def test_a_mark_nobody_announced_is_found_by_the_dispatcher(db: Engine, tmp_path: Path) -> None:
+def test_a_mark_nobody_announced_is_found_by_the_timekeeper(db: Engine, tmp_path: Path) -> None:
     """A row queued by a process that cannot wake this one (another engine on the file, no
-    hooks) is found within the dispatcher's recheck."""
+    hooks) is found within the recheck, though seven of the eight workers sleep until woken."""
     engine = CountingReconciler(db)
     workers = _pool(db, engine, threads=8, recheck=0.2)
     workers.start()
@@ -298,62 +282,3 @@ def test_a_mark_nobody_announced_is_found_by_the_dispatcher(db: Engine, tmp_path
     finally:
         workers.stop()
         other.dispose()
-
-
-def test_keys_due_together_are_claimed_in_batches_not_raced_for(
-    db: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Eight debounced marks fall due at once for eight idle workers: the dispatcher claims them
-    a few at a time and hands them over. (Each worker used to look and claim for itself, one
-    key a statement, woken by every mark and every claim: most looks and many claims found
-    nothing.)"""
-    claims: list[tuple[int, int]] = []  # (limit, how many claimed)
-    looks: list[float] = []
-    real_claim, real_next_due = worker_module.claim, worker_module.next_due
-
-    def counting_claim(*args: Any, **kwargs: Any) -> Any:
-        found = real_claim(*args, **kwargs)
-        claims.append((kwargs["limit"], len(found)))
-        return found
-
-    def counting_next_due(*args: Any, **kwargs: Any) -> Any:
-        looks.append(time.monotonic())
-        return real_next_due(*args, **kwargs)
-
-    monkeypatch.setattr(worker_module, "claim", counting_claim)
-    monkeypatch.setattr(worker_module, "next_due", counting_next_due)
-    engine = SlowReconciler(db)
-    workers = _pool(db, engine, threads=8, recheck=5.0)
-
-    def forget() -> None:  # the pool's looks while it settled
-        claims.clear()
-        looks.clear()
-
-    _burst(db, engine, workers, "b", 8, before=forget)
-    assert len(engine.done) == 8
-    assert max(n for _, n in claims) > 1, claims  # several keys in one statement
-    assert sum(n for _, n in claims) == 8, claims  # each once
-    assert sum(1 for _, n in claims if n == 0) <= 8, claims  # the finishing workers' own tries
-    assert len(looks) <= 8, len(looks)  # the mark's, the due time's, one per batch, spares
-
-
-def test_a_key_due_while_every_worker_is_busy_is_taken_once_one_is_free(db: Engine) -> None:
-    """One worker, not taking the next key itself: the second key, due while it works on the
-    first, is handed to it as soon as it is free, not at the dispatcher's 5 s recheck."""
-    engine = SlowReconciler(db)
-    workers = _pool(db, engine, threads=1, recheck=RECHECK)
-    workers.workers[0].chain = False
-    workers.start()
-    time.sleep(0.3)
-    try:
-        marked = time.monotonic()
-        with store.session_scope(db) as s:
-            mark_dirty(s, incident_key("first"))
-            mark_dirty(s, incident_key("second"))
-        deadline = time.monotonic() + RECHECK + 2
-        while len(engine.done) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        workers.stop()
-    assert set(engine.done) == {"first", "second"}
-    assert max(engine.done.values()) - marked < 2 * 0.15 + 1.0, engine.done
