@@ -441,9 +441,9 @@ def register(app: typer.Typer) -> None:
         settings = settings_or_exit(config_file)
         db = open_db(settings)
         mappings = mappings_or_exit(settings)
-        with cli_errors(), store.session_scope(db) as s:
+        with cli_errors():
             incidents.set_public(
-                s, ident=incident, message=message, public=not off, actor=Actor.cli(),
+                db, ident=incident, message=message, public=not off, actor=Actor.cli(),
                 mappings=mappings, force=force,
             )  # fmt: skip
         if settings.sync.pg_notify:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from config.settings import CommsSettings
@@ -182,16 +183,42 @@ def _flight(s: Session, rows: Any) -> list[dict[str, Any]]:
     ]
 
 
+PUBLISH_ATTEMPTS = 5
+
+
 def set_public(
-    s: Session, *, ident: str, message: str, public: bool, actor: Actor,
+    db: Engine, *, ident: str, message: str, public: bool, actor: Actor,
     mappings: MappingSet | None = None, force: str = "",
 ) -> dict[str, Any]:  # fmt: skip
     """Comms approves what customers read: the public flag and the public message.
 
     An incident below what the status page shows (its mapping's ``when``: SEV1-SEV2 by
     default) is refused with the reason, unless ``force`` gives a reason to publish it anyway
-    (audited)."""
+    (audited).
+
+    Its own transaction: when the sync saved the incident between our read and our write
+    (optimistic versions), the approval is applied again to the newest version, so comms
+    never sees the sync's work as an error. Still losing after a few tries: Conflict."""
     actor.require(Permission.PUBLISH)
+    for _ in range(PUBLISH_ATTEMPTS):
+        try:
+            with store.session_scope(db) as s:
+                return _set_public(
+                    s, ident=ident, message=message, public=public, actor=actor,
+                    mappings=mappings, force=force,
+                )  # fmt: skip
+        except store.StaleIncident:
+            continue
+    raise Conflict(
+        f"{ident} kept changing while it was being published ({PUBLISH_ATTEMPTS} tries); try again",
+        field="incident",
+    )
+
+
+def _set_public(
+    s: Session, *, ident: str, message: str, public: bool, actor: Actor,
+    mappings: MappingSet | None, force: str,
+) -> dict[str, Any]:  # fmt: skip
     message = message.strip()
     if public and not message:
         raise Invalid("the public message is empty: say what customers will read", field="message")

@@ -301,16 +301,15 @@ def _publish(runtime: Any, session: Any, form: dict[str, str], ident: str, here:
     if not ident:
         return back(here, error="name the incident to publish (INC number, Jira key or id)")
     try:
-        with store.session_scope(runtime.db) as s:
-            result = incidents.set_public(
-                s,
-                ident=ident,
-                message=form.get("message", ""),
-                public=form.get("public", "yes") == "yes",
-                actor=session.actor,
-                mappings=runtime.mappings,
-                force=form.get("force", ""),
-            )
+        result = incidents.set_public(
+            runtime.db,
+            ident=ident,
+            message=form.get("message", ""),
+            public=form.get("public", "yes") == "yes",
+            actor=session.actor,
+            mappings=runtime.mappings,
+            force=form.get("force", ""),
+        )
     except ServiceError as exc:
         return back(here, error=exc.message)
     what = "published to the status page" if result["public"] else "made private"

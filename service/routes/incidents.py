@@ -9,7 +9,6 @@ from pydantic import BaseModel, Field
 
 from service.domain import incidents
 from service.routes.deps import Operator, Publisher, Reader, ReadSession, RuntimeDep
-from sync import store
 
 router = APIRouter(prefix="/api", tags=["incidents"])
 
@@ -56,11 +55,10 @@ def publish(
     incident_id: str, body: PublicBody, runtime: RuntimeDep, actor: Publisher
 ) -> dict[str, Any]:
     """Comms approves what customers read: the public flag and the public message."""
-    with store.session_scope(runtime.db) as s:
-        return incidents.set_public(
-            s, ident=incident_id, message=body.message, public=body.public, actor=actor,
-            mappings=runtime.mappings, force=body.force,
-        )  # fmt: skip
+    return incidents.set_public(
+        runtime.db, ident=incident_id, message=body.message, public=body.public, actor=actor,
+        mappings=runtime.mappings, force=body.force,
+    )  # fmt: skip
 
 
 @router.post("/links")

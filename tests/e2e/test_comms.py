@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from service.domain import incidents
-from service.domain.errors import Invalid
+from service.domain.errors import Conflict, Invalid
 from service.domain.roles import Actor
 from sync import cadence, store
 from tests.e2e.conftest import TOKENS, Desk, World
@@ -20,11 +20,10 @@ JIRA_COMMS = "customfield_10020"
 
 
 def _publish(desk: Desk, number: str, message: str, **kwargs: Any) -> dict[str, Any]:
-    with store.session_scope(desk.rt.db) as s:
-        return incidents.set_public(
-            s, ident=number, message=message, public=kwargs.pop("public", True),
-            actor=Actor.cli(), mappings=desk.rt.mappings, **kwargs,
-        )  # fmt: skip
+    return incidents.set_public(
+        desk.rt.db, ident=number, message=message, public=kwargs.pop("public", True),
+        actor=Actor.cli(), mappings=desk.rt.mappings, **kwargs,
+    )  # fmt: skip
 
 
 def _page(desk: Desk) -> dict[str, Any]:
@@ -201,3 +200,56 @@ def test_a_missed_update_reminds_both_sides_internally_then_escalates(desk: Desk
     assert desk.sp.get("/incidents").json() == []  # never the status page
     # Checked again later: nothing twice.
     assert cadence.check(desk.rt.db, comms, now=due + dt.timedelta(minutes=40)) == 0
+
+
+class _SyncSavesMeanwhile:
+    """``incidents.find`` as it is, except that the sync saves the incident between comms'
+    read and comms' write (the first ``times`` reads): the row comms holds is one version
+    behind, as when a worker on PostgreSQL commits in between."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+        self.reads = 0
+
+    def __call__(self, s: Any, *, ident: str) -> store.IncidentRow:
+        row = store.find_incident(s, ident)
+        assert row is not None
+        self.reads += 1
+        if self.reads <= self.times:
+            store.replace_incident_data(s, row.id, row.version, row.data)  # the sync's save
+        return row
+
+
+def test_publishing_while_the_sync_saves_the_incident_is_applied_to_the_newest_version(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI, two processes on PostgreSQL: `public INC…` failed with "StaleIncident: incident …
+    changed since version 5" because a worker saved the incident meanwhile. Comms' approval
+    is applied again to the newest version, and audited once."""
+    inc = desk.open_p1("Checkout down")
+    desk.sync(rounds=1)
+    meanwhile = _SyncSavesMeanwhile(times=2)
+    monkeypatch.setattr(incidents, "find", meanwhile)
+    result = _publish(desk, inc["number"], "Some customers cannot check out.")
+    assert result["public"] is True and meanwhile.reads == 3
+    with store.session_scope(desk.rt.db, readonly=True) as s:
+        row = store.find_incident(s, inc["number"])
+        assert row is not None and row.data["public"] is True
+        assert row.data["public_message"] == "Some customers cannot check out."
+        approvals = [e for e in store.history(s, row.id) if e.field == "public_message"]
+    assert [e.reason for e in approvals] == ["public status approved"]
+    desk.sync()
+    assert _page(desk)["status"] == "investigating"
+
+
+def test_publishing_an_incident_that_never_stops_changing_is_a_conflict_not_a_crash(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inc = desk.open_p1("Checkout down")
+    desk.sync(rounds=1)
+    monkeypatch.setattr(incidents, "find", _SyncSavesMeanwhile(times=10**6))
+    with pytest.raises(Conflict, match=r"kept changing while it was being published"):
+        _publish(desk, inc["number"], "Some customers cannot check out.")
+    with store.session_scope(desk.rt.db, readonly=True) as s:
+        row = store.find_incident(s, inc["number"])
+        assert row is not None and not row.data.get("public")  # nothing half-written

@@ -223,11 +223,10 @@ def test_an_incident_resolved_at_once_still_gets_its_records(desk: Desk) -> None
     inc = desk.open_p1("Login outage")
     desk.patch(inc["sys_id"], state="2")
     desk.sync(rounds=1)
-    with store.session_scope(desk.rt.db) as s:
-        incidents_domain.set_public(
-            s, ident=inc["number"], message="Login is failing for some customers.",
-            public=True, actor=Actor.cli(),
-        )  # fmt: skip
+    incidents_domain.set_public(
+        desk.rt.db, ident=inc["number"], message="Login is failing for some customers.",
+        public=True, actor=Actor.cli(),
+    )  # fmt: skip
     desk.patch(inc["sys_id"], state="6", close_code="Solution provided", close_notes="restarted")
     desk.sync(rounds=3)
     assert desk.incident_issue()["fields"]["status"]["name"] == "Resolved"
