@@ -7,12 +7,14 @@ the summary at the end has one line per target, ``PASS name: figure (target)`` o
 and ``INFO name: figure`` for a figure reported for context (no target of its own). It is
 meant to take at most 10 minutes on two cores; each benchmark's time is printed after it.
 
-Benchmarks whose figures are times or rates run alone, one after another. Three whose figures
-are counts run side by side, in one phase (``SIDE_BY_SIDE``): buckets (429s, and Statuspage's
-1 request/s, which its bucket paces by the clock), idle (the idle service's own CPU time and
-its calls per minute) and storage (database bytes per edit). None of those figures depends on
-how busy the machine is; each benchmark's output is printed whole, in the usual order, once
-the phase ends, and its "other processes used" line then counts the others of the phase.
+Benchmarks whose figures are times or rates run alone, one after another. Four whose figures
+are counts run side by side, in one phase (``SIDE_BY_SIDE``): api_calls (calls and writes per
+change against the minimum and the fair baseline, each round waited out until the service is
+quiet), buckets (429s, and Statuspage's 1 request/s, which its bucket paces by the clock),
+idle (the idle service's own CPU time and its calls per minute) and storage (database bytes
+per edit). None of those figures depends on how busy the machine is; each benchmark's output
+is printed whole, in the usual order, once the phase ends, and its "other processes used"
+line then counts the others of the phase.
 Memory runs alone although its figure is a count: beside the others its worker process grew
 ~20 MiB more (958 and 971 B per link against 742 and 747 alone); probably, not verified, a
 slowed exercise keeps more pooled connections, and their SQLite page caches, busy at once.
@@ -33,7 +35,7 @@ from pathlib import Path
 from bench.common import ROOT, Row, command, load_note, parser, python_speed, speed_note
 
 # Figures that are counts, not times: these run side by side (the module docstring says why).
-SIDE_BY_SIDE = frozenset({"bench.buckets", "bench.idle", "bench.storage"})
+SIDE_BY_SIDE = frozenset({"bench.api_calls", "bench.buckets", "bench.idle", "bench.storage"})
 
 
 def benchmarks(small: bool, postgres: bool) -> list[tuple[str, list[str]]]:

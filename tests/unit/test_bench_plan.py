@@ -13,6 +13,8 @@ def test_timed_benchmarks_run_alone_and_counts_side_by_side() -> None:
     together = [phase for phase in steps if len(phase) > 1]
     assert len(together) == 1
     assert {module for module, _ in together[0]} == SIDE_BY_SIDE
+    # The four whose figures are counts (calls, 429s, idle CPU seconds, bytes).
+    assert {"bench.api_calls", "bench.buckets", "bench.idle", "bench.storage"} == SIDE_BY_SIDE
     # Every benchmark runs exactly once, with its own arguments.
     assert sorted(step for phase in steps for step in phase) == sorted(plan)
     # Whatever measures a time or a rate has the machine to itself.
