@@ -6,11 +6,11 @@ does (HTTP in this process; 4 workers and the poller in its worker process;
 
 1. **start**: the service is running and one real incident was synced through it (a ServiceNow
    P1 and the Jira issue the service made): its rows are the templates.
-2. **filled**: a *separate* process bulk-inserts L/2 more incidents, each with a ServiceNow and
+2. **filled**: *separate* processes (two) bulk-insert L/2 more incidents, each with a ServiceNow and
    a Jira link, both links' shadows and both records' latest observations (copies of the
    template rows with their own ids, titles and remote keys), straight into the database with
    SQLAlchemy Core (the fast path; the service's own code never builds that many rows). The
-   inserting process's memory is not the service's.
+   inserting processes' memory is not the service's.
 3. **exercised**: the running service works over the full store: a sample of the incidents is
    queued and reconciled by the workers (each reads its links, observations, shadows, comment
    links and writes its incident back), signed ServiceNow webhooks for another sample are
@@ -128,8 +128,11 @@ def _templates(rig: Rig) -> dict[str, Any]:
     return {"blob": blob}
 
 
-def fill(database_url: str, templates: dict[str, Any], count: int, first_link_id: int) -> float:
-    """Insert ``count`` incidents with two links each (and shadows, observations); seconds."""
+def fill(
+    database_url: str, templates: dict[str, Any], count: int, first_link_id: int, first: int = 0
+) -> float:
+    """Insert ``count`` incidents with two links each (and shadows, observations), numbered
+    from ``first``, their links from ``first_link_id`` + 1; seconds."""
     import datetime as dt
 
     started = time.monotonic()
@@ -143,9 +146,9 @@ def fill(database_url: str, templates: dict[str, Any], count: int, first_link_id
         "shadow": store.Shadow.__table__,  # type: ignore[attr-defined]
         "observation": store.Observation.__table__,  # type: ignore[attr-defined]
     }
-    for start in range(0, count, BATCH):
+    for start in range(first, first + count, BATCH):
         rows: dict[str, list[dict[str, Any]]] = {name: [] for name in tables}
-        for i in range(start, min(count, start + BATCH)):
+        for i in range(start, min(first + count, start + BATCH)):
             incident_id = uuid.uuid4().hex
             filled = (
                 blob.replace("@@INCIDENT@@", incident_id)
@@ -182,22 +185,36 @@ def fill(database_url: str, templates: dict[str, Any], count: int, first_link_id
     return time.monotonic() - started
 
 
-def _fill_main(args: tuple[str, dict[str, Any], int, int], conn: Any) -> None:
+def _fill_main(args: tuple[str, dict[str, Any], int, int, int], conn: Any) -> None:
     conn.send(fill(*args))
     conn.close()
 
 
+FILL_PROCESSES = 2  # the fill is CPU-bound (JSON, packing) and the service idles meanwhile
+
+
 def fill_in_child(database_url: str, templates: dict[str, Any], count: int, first: int) -> float:
+    """:func:`fill` in :data:`FILL_PROCESSES` processes of their own, each inserting its own
+    share (its own incident numbers and link ids; SQLite takes their batches in turn);
+    the seconds until the last one finished."""
     ctx = multiprocessing.get_context("spawn")
-    receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(
-        target=_fill_main, args=((database_url, templates, count, first), sender), daemon=True
-    )
-    process.start()
-    sender.close()
-    seconds = float(receiver.recv())
-    process.join(timeout=60)
-    return seconds
+    started = time.monotonic()
+    share = -(-count // FILL_PROCESSES)
+    children = []
+    for k in range(FILL_PROCESSES):
+        n = min(share, count - k * share)
+        if n <= 0:
+            break
+        receiver, sender = ctx.Pipe(duplex=False)
+        args = (database_url, templates, n, first + 2 * k * share, k * share)
+        process = ctx.Process(target=_fill_main, args=(args, sender), daemon=True)
+        process.start()
+        sender.close()
+        children.append((process, receiver))
+    for process, receiver in children:
+        receiver.recv()
+        process.join(timeout=60)
+    return time.monotonic() - started
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,7 +433,8 @@ def main() -> None:
     print()
     t = r["timings"]
     print(
-        f"fill: {r['fill_seconds']:.1f}s in a separate process; exercise: {int(t['reconciled'])} "
+        f"fill: {r['fill_seconds']:.1f}s in {FILL_PROCESSES} separate processes; "
+        f"exercise: {int(t['reconciled'])} "
         f"reconciles: {r['sample']} queued at once, drained in {t['reconcile_seconds']:.1f}s; "
         f"{r['sample'] // 2} webhooks posted one by one and drained in "
         f"{t['webhook_seconds']:.1f}s; {int(t['parked'])} parked"
