@@ -5,6 +5,7 @@ the roles that may publish can."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import httpx
@@ -253,3 +254,25 @@ def test_publishing_an_incident_that_never_stops_changing_is_a_conflict_not_a_cr
     with store.session_scope(desk.rt.db, readonly=True) as s:
         row = store.find_incident(s, inc["number"])
         assert row is not None and not row.data.get("public")  # nothing half-written
+
+
+def test_the_api_publishes_through_a_concurrent_save_and_answers_409_when_it_never_settles(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    comms = httpx.Client(
+        base_url=world.service.url, headers={"Authorization": f"Bearer {TOKENS['comms']}"},
+        timeout=10,
+    )  # fmt: skip
+    inc = world.open_p1("Checkout down")
+    world.quiet()
+    path = f"/api/incidents/{inc['number']}/public"
+    monkeypatch.setattr(incidents, "find", _SyncSavesMeanwhile(times=1))
+    ok = comms.post(path, json={"message": "Checkout is failing."})
+    assert ok.status_code == 200, ok.text
+    monkeypatch.setattr(incidents, "find", _SyncSavesMeanwhile(times=10**6))
+    busy = comms.post(path, json={"message": "Checkout is failing again.", "public": False})
+    assert busy.status_code == 409, busy.text
+    assert "kept changing while it was being published" in busy.json()["detail"]
+    monkeypatch.undo()
+    detail = comms.get(f"/api/incidents/{inc['number']}").json()
+    assert json.dumps(detail).count("Checkout is failing again.") == 0  # nothing half-written
