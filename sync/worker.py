@@ -253,7 +253,7 @@ class Worker:
             return math.inf
         if due > now:
             return (due - now).total_seconds()
-        with store.session_scope(self.db) as s:
+        with store.session_scope(self.db, single=True) as s:  # one UPDATE ... RETURNING
             claims = claim(s, self.name, limit=1, lease_seconds=self.lease)
         if not claims:
             return 0.0001  # another worker took it first: look again (almost) at once

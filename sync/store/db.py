@@ -321,6 +321,7 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = POOL_SIZE) -> 
         event.listen(engine, "checkout", checkout)
         event.listen(engine, "checkin", _pg_checkin)
         engine_hooks(engine).readonly = {"isolation_level": "AUTOCOMMIT"}
+        engine_hooks(engine).single = {"isolation_level": "AUTOCOMMIT"}
         return engine
     raise ValueError(f"unsupported database {backend!r}: use sqlite:// or postgresql://")
 
@@ -368,12 +369,17 @@ class EngineHooks:
       write lock); PostgreSQL autocommit (set by :func:`make_engine`), which saves the BEGIN
       and COMMIT round trips and changes nothing for reads (under READ COMMITTED each
       statement sees its own snapshot, in a transaction or not).
+    - ``single``: the execution options of ``single`` scopes, whose one write statement is a
+      transaction by itself: PostgreSQL autocommit (set by :func:`make_engine`; the BEGIN and
+      COMMIT round trips saved, the statement as atomic as before); none on SQLite, where such
+      a scope is a write transaction like any other (``BEGIN IMMEDIATE``, the write lock).
     """
 
     def __init__(self) -> None:
         self.write_lock: threading.RLock | None = None
         self.on_queued: list[Callable[[], None]] = []
         self.readonly: dict[str, Any] = {"sqlite_begin": "DEFERRED"}
+        self.single: dict[str, Any] = {}
         # Write transactions begun (docs/performance.md: each one waits its turn on SQLite).
         self.writes = 0
         self._count = threading.Lock()
@@ -399,14 +405,18 @@ def engine_hooks(engine: Engine) -> EngineHooks:
 
 
 @contextmanager
-def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session]:
+def session_scope(
+    engine: Engine, *, readonly: bool = False, single: bool = False
+) -> Iterator[Session]:
     """One transaction: commit on success, roll back on any exception.
 
     Objects stay usable after the scope (``expire_on_commit=False``). On SQLite a scope takes
     the write lock when it begins (others wait up to 30 s; this process's other writers wait
     on a Python lock first, see :class:`EngineHooks`); pass ``readonly=True`` for pure reads
-    (the web page, the CLI) so they never wait for, or delay, a writer. A scope that marked
-    the queue runs the engine's ``on_queued`` hooks after its commit.
+    (the web page, the CLI) so they never wait for, or delay, a writer, and ``single=True``
+    for a scope that runs exactly one write statement (a claim of the queue): on PostgreSQL
+    it runs in autocommit, a transaction by itself. A scope that marked the queue runs the
+    engine's ``on_queued`` hooks after its commit.
     """
     hooks = _HOOKS.get(engine)
     lock = hooks.write_lock if hooks is not None and not readonly else None
@@ -419,6 +429,8 @@ def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session
     if readonly:
         options = hooks.readonly if hooks is not None else {"sqlite_begin": "DEFERRED"}
         bind = engine.execution_options(**options)
+    elif single and hooks is not None and hooks.single:
+        bind = engine.execution_options(**hooks.single)
     session = Session(bind=bind, expire_on_commit=False)
     queued = False
     try:

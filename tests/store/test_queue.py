@@ -10,11 +10,11 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from sync import queue
 from sync.queue import Claim, claim, finish, mark_dirty
-from sync.store import Dirty, make_engine, session_scope, utcnow
+from sync.store import Dirty, engine_hooks, make_engine, session_scope, utcnow
 
 WORKER = "host:1:main"
 
@@ -26,7 +26,7 @@ def _row(engine: Engine, key: str) -> Dirty | None:
 
 def _claim(engine: Engine, worker: str = WORKER, **kwargs: Any) -> list[Claim]:
     kwargs = {"limit": 10, "lease_seconds": 60.0, **kwargs}
-    with session_scope(engine) as session:
+    with session_scope(engine, single=True) as session:  # as the workers claim
         return claim(session, worker, **kwargs)
 
 
@@ -159,6 +159,35 @@ def test_processes_never_claim_a_key_twice(engine: Engine) -> None:
     every = [key for keys_of_one in claimed.values() for key in keys_of_one]
     assert len(every) == len(set(every)), "a key was claimed twice"
     assert set(every) == keys
+
+
+def test_a_claim_is_a_transaction_by_itself_on_postgresql_and_never_leaks_autocommit(
+    engine: Engine,
+) -> None:
+    """The workers claim in a ``single`` scope: one UPDATE ... RETURNING, autocommit on
+    PostgreSQL (no BEGIN and COMMIT round trips), a write transaction on SQLite. The pooled
+    connection must come back to transactions for the next scope: a multi-statement write
+    in autocommit would no longer be atomic."""
+    with session_scope(engine) as session:
+        mark_dirty(session, "incident:a")
+    postgres = engine.dialect.name == "postgresql"
+    for _ in range(3):  # the same pooled connection, scope after scope
+        with session_scope(engine, single=True) as session:
+            dbapi = session.connection().connection.dbapi_connection
+            if postgres:
+                assert dbapi is not None and dbapi.autocommit is True
+            else:
+                lock = engine_hooks(engine).write_lock
+                assert lock is not None and lock._is_owned()  # type: ignore[attr-defined]
+            claim(session, WORKER, limit=1, lease_seconds=60.0)
+        with session_scope(engine) as session:
+            dbapi = session.connection().connection.dbapi_connection
+            if postgres:
+                assert dbapi is not None and dbapi.autocommit is False
+                # In a transaction: now() is the transaction's start, not the statement's.
+                first = session.execute(text("SELECT now()")).scalar()
+                time.sleep(0.01)
+                assert session.execute(text("SELECT now()")).scalar() == first
 
 
 def test_finish_deletes_unless_marked_again_meanwhile(engine: Engine) -> None:
