@@ -57,6 +57,7 @@ from sync.planner import (
     MAX_OURS,
     OURS_KEY,
     REF_KEY,
+    THEIRS_KEY,
     THROUGH_KEY,
     Create,
     Join,
@@ -397,6 +398,9 @@ class Executor:
                 shadow[path] = get_path(after.fields, path)
         mine = sorted({c.update for c in ours})
         shadow[OURS_KEY] = [*held.held.get(OURS_KEY, []), *mine][-MAX_OURS:]
+        if theirs:  # kept until a pass weighed them (see THEIRS_KEY)
+            pending = field_changes_of({FIELD_CHANGES_KEY: held.held.get(THEIRS_KEY) or []})
+            shadow[THEIRS_KEY] = [c.to_json() for c in join_history(pending, theirs)]
         # A circuit breaker: a record written over and over (two values that read the same to
         # the mapping but never compare equal, a system that changes what we write) is parked
         # after LOOP_LIMIT writes in LOOP_SECONDS, rather than written forever.

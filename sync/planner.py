@@ -66,6 +66,11 @@ REF_KEY = "_ref_key"  # stored with each observation: the record's human key (OP
 THROUGH_KEY = "_comments_through"
 OURS_KEY = "_ours"
 SEEN_KEY = "_history_through"
+# Someone's field changes that a write's answer told of (made between our read and our write),
+# kept with the shadow until a pass has weighed them: a newer observation of the record (a
+# webhook of the next update, carrying that update's history alone) replaces the stored one
+# and its history before that pass (a chaos run lost a desk's title so: seed 21).
+THEIRS_KEY = "_theirs"
 # A write we are about to make ({"at", "values": {path: value}}), noted before it is sent: a
 # change in the record's history that made a path what we meant to write, at or after that time
 # (within INTENT_SECONDS), is ours even if its answer never came back to record it.
@@ -466,6 +471,7 @@ def merge(snap: Snapshot, policy: Policy) -> Merged:
             if record.history:
                 flat[SEEN_KEY] = max(c.at for c in record.history).isoformat()
             flat.pop(INTENT_KEY, None)  # weighed: what it made is now in the shadow
+            flat.pop(THEIRS_KEY, None)  # weighed with the record's history (Record.history)
             out.consumed[record.link_id] = (flat, list(record.version or ()))
         for rc in record.comments or ():
             if rc.origin or (record.ref.system, record.ref.instance, rc.id) in snap.synced:

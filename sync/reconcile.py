@@ -31,6 +31,7 @@ from sqlmodel import col, select
 
 from config.settings import SyncSettings
 from connectors.base import (
+    FIELD_CHANGES_KEY,
     Capability,
     Connector,
     FieldChange,
@@ -38,6 +39,7 @@ from connectors.base import (
     RemoteRecord,
     RemoteRef,
     field_changes_of,
+    join_history,
 )
 from connectors.errors import ConnectorError
 from mapping.conditions import parse_condition
@@ -56,6 +58,7 @@ from sync.planner import (
     PAGE_WIDE,
     REF_KEY,
     SEEN_KEY,
+    THEIRS_KEY,
     THROUGH_KEY,
     Merged,
     Policy,
@@ -440,7 +443,7 @@ class Reconciler:
                 observed_at=(obs.remote_updated_at or obs.observed_at) if obs else None,
                 shadow=dict(shadow.fields) if shadow else None,
                 shadow_version=tuple(shadow.version) if shadow else None,
-                history=tuple(field_changes_of(obs.fields)) if obs else (),
+                history=_history(obs, shadow),
             )
             target = targets.get(record.target)
             if target is not None and target.source and not target.parked and obs is not None:
@@ -623,6 +626,17 @@ class Reconciler:
 
 
 _FAILED = object()
+
+
+def _history(obs: store.Observation | None, shadow: store.Shadow | None) -> tuple[FieldChange, ...]:
+    """A record's known field history: its observation's, and someone's changes a write's
+    answer told of that no pass has weighed yet (kept with the shadow: a newer observation
+    may have replaced the one that carried them)."""
+    stored = field_changes_of(obs.fields) if obs else []
+    theirs = (shadow.fields if shadow else {}).get(THEIRS_KEY)
+    if not theirs:
+        return tuple(stored)
+    return tuple(join_history(stored, field_changes_of({FIELD_CHANGES_KEY: theirs})))
 
 
 def _at(change: FieldChange) -> dt.datetime:

@@ -6,6 +6,7 @@ is ``sync`` (poll, then drain the queue), so the order of events is the test's o
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Any
 
@@ -15,7 +16,9 @@ from service.domain import incidents as incidents_domain
 from service.domain import parked
 from service.domain.errors import Conflict
 from service.domain.roles import Actor
+from service.harness import WEBHOOK_SECRETS
 from sync import store
+from sync.ingest import ingest_webhook
 from sync.pairing import pair_unlinked
 from sync.poller import poll_all
 from sync.worker import drain
@@ -367,3 +370,54 @@ def test_a_work_note_made_while_the_engine_writes_is_mirrored(desk: Desk) -> Non
     desk.sync()
     comments = desk.jira.get(f"/rest/api/2/issue/{key}/comment").json()["comments"]
     assert any("WN we are looking into it" in str(c["body"]) for c in comments), comments
+
+
+def test_an_edit_made_while_the_engine_writes_survives_a_later_observation(desk: Desk) -> None:
+    """Found by a chaos run (seed 21, 2026-12-08): an engineer retitled the Jira issue (j3);
+    while the engine wrote j3 to ServiceNow the desk retitled the incident there (s4). The
+    write's answer told of s4 ("weighed on the next pass"), but before that pass a newer
+    observation of the incident (the desk's next edit, another field) replaced the stored one
+    and its history, s4 with it: j3 stayed everywhere, the desk's newer title lost."""
+    import threading
+
+    inc, key = desk.linked_p1()
+    with store.session_scope(desk.rt.db, readonly=True) as s:
+        row = store.find_incident(s, inc["number"])
+        assert row is not None
+        incident_id = row.id
+    time.sleep(1.1)  # ServiceNow keeps whole seconds: the edits below are each newer
+    desk.edit(key, summary="Checkout down (j3)")
+    poll_all(desk.rt.db, desk.rt.connectors)
+    time.sleep(1.1)
+    desk.fault(
+        "servicenow", route="PATCH /api/now/table/{table}/{sys_id}", latency_ms=1500, count=1
+    )
+    writing = threading.Thread(target=desk.rt.reconciler.reconcile, args=(incident_id,))
+    writing.start()
+    time.sleep(0.7)
+    desk.patch(inc["sys_id"], short_description="Checkout down (s4)")  # mid-write
+    writing.join(timeout=60)
+    assert desk.sn_record(inc["sys_id"])["short_description"] == "Checkout down (j3)"
+    time.sleep(1.1)
+    after = desk.patch(inc["sys_id"], description="Card payments fail at the last step (s5)")
+    # Its business-rule delivery (the update's record and its own sys_audit rows), stored
+    # before the next pass: the newer observation, whose history holds this update alone.
+    audit = desk.sn.get(
+        "/api/now/table/sys_audit",
+        params={"sysparm_query": f"documentkey={inc['sys_id']}^record_checkpoint="
+                f"{after['sys_mod_count']}"},
+    ).json()["result"]  # fmt: skip
+    record = desk.sn.get(f"{SN_TABLE}/{inc['sys_id']}").json()["result"]
+    body = json.dumps(
+        {"table": "incident", "operation": "update", "sys_id": inc["sys_id"],
+         "record": record, "journal": [], "audit": audit}
+    ).encode()  # fmt: skip
+    headers = {
+        "X-ServiceNow-Secret": WEBHOOK_SECRETS["servicenow"],
+        "X-ServiceNow-Delivery": f"{inc['sys_id']}:{after['sys_mod_count']}",
+    }
+    connector = desk.rt.connectors[("servicenow", "default")]
+    assert ingest_webhook(desk.rt.db, connector, headers, body).status == 202
+    desk.sync()
+    assert desk.sn_record(inc["sys_id"])["short_description"] == "Checkout down (s4)"
+    assert desk.issue(key)["fields"]["summary"] == "Checkout down (s4)"
