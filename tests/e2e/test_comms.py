@@ -111,13 +111,19 @@ def test_publishing_below_the_threshold_is_refused_unless_forced_with_a_reason(
     assert "published below the status page's threshold: customers are asking on X" in reasons
 
 
-def test_the_comms_role_publishes_and_does_nothing_else(world: World) -> None:
+def _comms_and_an_incident(world: World) -> tuple[httpx.Client, dict[str, Any]]:
+    """An API client with the comms role, and a P1 the service has synced."""
     comms = httpx.Client(
         base_url=world.service.url, headers={"Authorization": f"Bearer {TOKENS['comms']}"},
         timeout=10,
     )  # fmt: skip
     inc = world.open_p1("Checkout down")
     world.quiet()
+    return comms, inc
+
+
+def test_the_comms_role_publishes_and_does_nothing_else(world: World) -> None:
+    comms, inc = _comms_and_an_incident(world)
     number = inc["number"]
     ok = comms.post(f"/api/incidents/{number}/public", json={"message": "Checkout is failing."})
     assert ok.status_code == 200, ok.text
@@ -259,12 +265,7 @@ def test_publishing_an_incident_that_never_stops_changing_is_a_conflict_not_a_cr
 def test_the_api_publishes_through_a_concurrent_save_and_answers_409_when_it_never_settles(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    comms = httpx.Client(
-        base_url=world.service.url, headers={"Authorization": f"Bearer {TOKENS['comms']}"},
-        timeout=10,
-    )  # fmt: skip
-    inc = world.open_p1("Checkout down")
-    world.quiet()
+    comms, inc = _comms_and_an_incident(world)
     path = f"/api/incidents/{inc['number']}/public"
     monkeypatch.setattr(incidents, "find", _SyncSavesMeanwhile(times=1))
     ok = comms.post(path, json={"message": "Checkout is failing."})
