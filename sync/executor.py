@@ -72,6 +72,7 @@ from sync.planner import (
     jsonable,
     nest,
     normal,
+    pending_theirs,
 )
 from sync.queue import clear_backoff, incident_key, mark_dirty, next_backoff
 
@@ -399,8 +400,7 @@ class Executor:
         mine = sorted({c.update for c in ours})
         shadow[OURS_KEY] = [*held.held.get(OURS_KEY, []), *mine][-MAX_OURS:]
         if theirs:  # kept until a pass weighed them (see THEIRS_KEY)
-            pending = field_changes_of({FIELD_CHANGES_KEY: held.held.get(THEIRS_KEY) or []})
-            shadow[THEIRS_KEY] = [c.to_json() for c in join_history(pending, theirs)]
+            shadow[THEIRS_KEY] = keep_history(pending_theirs(held.held), theirs)
         # A circuit breaker: a record written over and over (two values that read the same to
         # the mapping but never compare equal, a system that changes what we write) is parked
         # after LOOP_LIMIT writes in LOOP_SECONDS, rather than written forever.

@@ -42,7 +42,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.base import FIELD_CHANGES_KEY, Capability, FieldChange, RemoteComment, RemoteRef
+from connectors.base import (
+    FIELD_CHANGES_KEY,
+    Capability,
+    FieldChange,
+    RemoteComment,
+    RemoteRef,
+    field_changes_of,
+)
 from mapping.conditions import Condition
 from mapping.engine import (
     applies,
@@ -71,6 +78,13 @@ SEEN_KEY = "_history_through"
 # webhook of the next update, carrying that update's history alone) replaces the stored one
 # and its history before that pass (a chaos run lost a desk's title so: seed 21).
 THEIRS_KEY = "_theirs"
+
+
+def pending_theirs(shadow: Mapping[str, Any] | None) -> list[FieldChange]:
+    """The changes kept under :data:`THEIRS_KEY` in a shadow's fields, oldest first."""
+    return field_changes_of({FIELD_CHANGES_KEY: (shadow or {}).get(THEIRS_KEY) or []})
+
+
 # A write we are about to make ({"at", "values": {path: value}}), noted before it is sent: a
 # change in the record's history that made a path what we meant to write, at or after that time
 # (within INTENT_SECONDS), is ours even if its answer never came back to record it.

@@ -31,7 +31,6 @@ from sqlmodel import col, select
 
 from config.settings import SyncSettings
 from connectors.base import (
-    FIELD_CHANGES_KEY,
     Capability,
     Connector,
     FieldChange,
@@ -58,7 +57,6 @@ from sync.planner import (
     PAGE_WIDE,
     REF_KEY,
     SEEN_KEY,
-    THEIRS_KEY,
     THROUGH_KEY,
     Merged,
     Policy,
@@ -67,6 +65,7 @@ from sync.planner import (
     Target,
     correlation_key,
     nested_values,
+    pending_theirs,
 )
 from sync.queue import incident_key, mark_dirty
 
@@ -633,10 +632,8 @@ def _history(obs: store.Observation | None, shadow: store.Shadow | None) -> tupl
     answer told of that no pass has weighed yet (kept with the shadow: a newer observation
     may have replaced the one that carried them)."""
     stored = field_changes_of(obs.fields) if obs else []
-    theirs = (shadow.fields if shadow else {}).get(THEIRS_KEY)
-    if not theirs:
-        return tuple(stored)
-    return tuple(join_history(stored, field_changes_of({FIELD_CHANGES_KEY: theirs})))
+    theirs = pending_theirs(shadow.fields if shadow else None)
+    return tuple(join_history(stored, theirs)) if theirs else tuple(stored)
 
 
 def _at(change: FieldChange) -> dt.datetime:
